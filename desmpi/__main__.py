@@ -1,0 +1,3 @@
+from desmpi.cli import main
+
+raise SystemExit(main())

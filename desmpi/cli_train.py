@@ -1,0 +1,91 @@
+"""Sub-commands beyond ``data``: smoke, bench."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+
+from desmpi.comm import Comm
+
+log = logging.getLogger("desmpi")
+CRITEO_SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "criteo",
+                             "head15k.tsv")
+
+
+def _smoke(a, comm: Comm) -> int:
+    """Each rank reads its slices of a generated data set; the Allgatherv of the slices must be
+    the global batch read by one process. ``--fail-rank`` makes one rank raise mid-run."""
+    from desmpi.accounting import Accounting
+    from desmpi.data.h5 import CtrDataset
+    from desmpi.data.slicing import n_batches, rank_slice, split_counts
+    from desmpi.data.synth import SynthSpec, generate
+
+    path = os.path.join(a.out, "smoke.h5")
+    if comm.rank == 0:
+        os.makedirs(a.out, exist_ok=True)
+        generate(SynthSpec(rows=a.rows, seed=a.seed, cap=1000), path)
+    comm.barrier()
+    ds = CtrDataset(path)
+    for t in range(n_batches(ds.n, a.batch)):
+        lo, hi = rank_slice(t, a.batch, ds.n, comm.size, comm.rank)
+        b = ds.read(lo, hi)
+        if t == 1 and comm.rank == a.fail_rank:
+            raise RuntimeError(f"injected failure at batch {t} (--fail-rank {a.fail_rank})")
+        counts = split_counts(min(a.batch, ds.n - t * a.batch), comm.size) * ds.n_fields
+        keys = comm.allgatherv(b.keys, counts)
+        ref = ds.read(t * a.batch, (t + 1) * a.batch)
+        if not np.array_equal(keys, ref.keys):
+            raise AssertionError(f"batch {t}: gathered keys differ from the global batch")
+        s = comm.allreduce(np.array([b.labels.sum()], dtype=np.float64))
+        if s[0] != ref.labels.sum():
+            raise AssertionError(f"batch {t}: positives {s[0]} != {ref.labels.sum()}")
+    c = comm.acct.counters("train")
+    if comm.rank == 0:
+        log.info("smoke: %d ranks read %d rows in global batches of %d; every gathered batch "
+                 "equals the single-process batch", comm.size, ds.n, a.batch)
+        for k, v in sorted(c.items()):
+            log.info("  %-14s calls %4d  payload %10d B  wire %10d B  %.4f s", k, v.calls,
+                     v.payload_bytes, v.wire_bytes, v.time_s)
+        if a.json:
+            print(json.dumps({"ranks": comm.size, "rows": ds.n,
+                              "comm": Accounting.as_dict(c)}))
+    return 0
+
+
+def _bench(a, comm: Comm) -> int:
+    if a.what == "data":
+        from desmpi.bench_data import bench_data
+
+        rep = bench_data(a.source, a.rows, a.batch, a.repeats, comm)
+        if comm.rank == 0:
+            log.info("convert: %.0f rows/s per rank (%d rows, %d ranks, median of %d); "
+                     "training read: %.0f rows/s per rank", rep["convert_rows_per_s_per_rank"],
+                     rep["rows"], rep["ranks"], rep["repeats"], rep["read_rows_per_s_per_rank"])
+            if a.json:
+                print(json.dumps(rep))
+        return 0
+    raise ValueError(f"unknown benchmark {a.what!r}")
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("smoke", help="multi-rank data + comm check (and failure drill)")
+    s.add_argument("--rows", type=int, default=5000)
+    s.add_argument("--batch", type=int, default=512)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="runs/smoke")
+    s.add_argument("--fail-rank", type=int, default=-1)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_smoke)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    b.add_argument("what", choices=["data"])
+    b.add_argument("--source", default=os.path.normpath(CRITEO_SAMPLE),
+                   help="Criteo TSV to repeat (default: shared head15k.tsv)")
+    b.add_argument("--rows", type=int, default=1_000_000)
+    b.add_argument("--batch", type=int, default=4096)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_bench)

@@ -1,0 +1,251 @@
+"""The communicator: the only module of desmpi that imports mpi4py.
+
+:class:`Comm` wraps its own ``Dup`` of ``COMM_WORLD`` (or nothing, at size 1 without MPI) and
+offers the collectives the strategies need on contiguous NumPy buffers — no pickling. Every call
+is recorded in :attr:`Comm.acct` with the exact payload and wire bytes of
+:mod:`sim.accounting` and the time spent in MPI.
+
+:func:`run_or_abort` runs a rank's main function and turns any exception into
+``MPI_Abort`` of the whole job, after logging which rank failed and why, so that no other rank
+waits forever in a collective.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from desmpi.accounting import Accounting
+from sim.accounting import Call
+
+log = logging.getLogger(__name__)
+
+_LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS",
+                  "HYDRA_CONTROL_FD", "PMI_FD")
+
+
+def launched_by_mpi() -> bool:
+    """True when a launcher (mpiexec, mpirun, srun with PMI) started this process."""
+    return any(v in os.environ for v in _LAUNCHER_VARS)
+
+
+class Comm:
+    """Collectives on NumPy buffers with accounting; size 1 works without MPI.
+
+    All buffers are C-contiguous; counts are element counts along the flattened buffer.
+    """
+
+    def __init__(self, mpi_comm=None, keep_log: bool = False) -> None:
+        self._c = mpi_comm
+        self.rank = 0 if mpi_comm is None else mpi_comm.Get_rank()
+        self.size = 1 if mpi_comm is None else mpi_comm.Get_size()
+        self.acct = Accounting(keep_log=keep_log)
+        if mpi_comm is not None:
+            from mpi4py import MPI
+
+            self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def world(cls, keep_log: bool = False) -> Comm:
+        """A Dup of COMM_WORLD when launched by MPI, else a size-1 Comm that needs no MPI."""
+        if not launched_by_mpi():
+            return cls(None, keep_log=keep_log)
+        from mpi4py import MPI
+
+        return cls(MPI.COMM_WORLD.Dup(), keep_log=keep_log)
+
+    @classmethod
+    def local(cls, keep_log: bool = False) -> Comm:
+        return cls(None, keep_log=keep_log)
+
+    @property
+    def is_mpi(self) -> bool:
+        return self._c is not None
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _record(self, kind: str, counts: Sequence[int], itemsize: int, t0: float,
+                root: int = 0) -> None:
+        call = Call(kind, tuple(int(c) for c in counts), int(itemsize), self.rank, self.size, root)
+        self.acct.record(call, time.perf_counter() - t0)
+
+    @staticmethod
+    def _check(buf: np.ndarray, name: str) -> None:
+        if not isinstance(buf, np.ndarray) or not buf.flags.c_contiguous:
+            raise TypeError(f"{name} must be a C-contiguous numpy array")
+
+    @staticmethod
+    def _displs(counts: np.ndarray) -> np.ndarray:
+        d = np.zeros(len(counts), dtype=np.int64)
+        np.cumsum(counts[:-1], out=d[1:])
+        return d
+
+    # ---- collectives ------------------------------------------------------------------------
+    def allreduce(self, send: np.ndarray, out: np.ndarray | None = None, op: str = "sum"
+                  ) -> np.ndarray:
+        """Elementwise reduction of ``send`` over ranks; every rank gets the result."""
+        self._check(send, "send")
+        out = np.empty_like(send) if out is None else out
+        t0 = time.perf_counter()
+        if self._c is None:
+            np.copyto(out, send)
+        else:
+            self._c.Allreduce(send, out, op=self._ops[op])
+        self._record("allreduce", (send.size,), send.itemsize, t0)
+        return out
+
+    def reduce_scatter(self, send: np.ndarray, recvcounts: Sequence[int]) -> np.ndarray:
+        """Sum ``send`` over ranks and give rank r the r-th block (``recvcounts[r]`` elements).
+
+        Returns a flat array; the caller reshapes (e.g. to ``(b, W)``).
+        """
+        self._check(send, "send")
+        rc = np.asarray(recvcounts, dtype=np.int64)
+        if rc.sum() != send.size or len(rc) != self.size:
+            raise ValueError(f"recvcounts {rc.tolist()} do not split {send.size} elements "
+                             f"over {self.size} ranks")
+        out = np.empty(int(rc[self.rank]), dtype=send.dtype)
+        t0 = time.perf_counter()
+        if self._c is None:
+            np.copyto(out, send.reshape(-1))
+        else:
+            self._c.Reduce_scatter(send, out, recvcounts=rc.tolist())
+        self._record("reduce_scatter", rc, send.itemsize, t0)
+        return out
+
+    def allgatherv(self, send: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+        """Concatenate every rank's ``send`` in rank order (``counts[r]`` elements each).
+
+        Counts must be known to every rank (the strategies derive them from the data layout);
+        use :meth:`allgather_counts` first when they are not. Returns a flat array.
+        """
+        self._check(send, "send")
+        c = np.asarray(counts, dtype=np.int64)
+        if len(c) != self.size or c[self.rank] != send.size:
+            raise ValueError(f"counts {c.tolist()} disagree with this rank's {send.size} elements")
+        out = np.empty(int(c.sum()), dtype=send.dtype)
+        t0 = time.perf_counter()
+        if self._c is None:
+            np.copyto(out, send.reshape(-1))
+        else:
+            self._c.Allgatherv(send, [out, (c.tolist(), self._displs(c).tolist())])
+        self._record("allgatherv", c, send.itemsize, t0)
+        return out
+
+    def allgather_counts(self, n: int) -> np.ndarray:
+        """Every rank's integer ``n`` (an Allgather of one int64 each)."""
+        send = np.array([n], dtype=np.int64)
+        out = np.empty(self.size, dtype=np.int64)
+        t0 = time.perf_counter()
+        if self._c is None:
+            out[0] = n
+        else:
+            self._c.Allgather(send, out)
+        self._record("allgather", (1,) * self.size, 8, t0)
+        return out
+
+    def alltoallv(self, send: np.ndarray, sendcounts: Sequence[int],
+                  recvcounts: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Personalised exchange: ``sendcounts[j]`` elements of ``send`` (in rank order) go to j.
+
+        When ``recvcounts`` is not given they are exchanged first with an Alltoall of one int64
+        per peer (recorded as its own call). Returns ``(recv, recvcounts)``.
+        """
+        self._check(send, "send")
+        sc = np.asarray(sendcounts, dtype=np.int64)
+        if len(sc) != self.size or sc.sum() != send.size:
+            raise ValueError(f"sendcounts {sc.tolist()} do not split {send.size} elements")
+        if recvcounts is None:
+            rc = np.empty(self.size, dtype=np.int64)
+            t0 = time.perf_counter()
+            if self._c is None:
+                rc[:] = sc
+            else:
+                self._c.Alltoall(sc, rc)
+            self._record("alltoall", (1,) * self.size, 8, t0)
+        else:
+            rc = np.asarray(recvcounts, dtype=np.int64)
+        out = np.empty(int(rc.sum()), dtype=send.dtype)
+        t0 = time.perf_counter()
+        if self._c is None:
+            np.copyto(out, send.reshape(-1))
+        else:
+            self._c.Alltoallv([send, (sc.tolist(), self._displs(sc).tolist())],
+                              [out, (rc.tolist(), self._displs(rc).tolist())])
+        self._record("alltoallv", sc, send.itemsize, t0)
+        return out, rc
+
+    def bcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
+        """Broadcast ``buf`` in place from ``root``."""
+        self._check(buf, "buf")
+        t0 = time.perf_counter()
+        if self._c is not None:
+            self._c.Bcast(buf, root=root)
+        self._record("bcast", (buf.size,), buf.itemsize, t0, root=root)
+        return buf
+
+    def barrier(self) -> None:
+        t0 = time.perf_counter()
+        if self._c is not None:
+            self._c.Barrier()
+        self._record("barrier", (), 1, t0)
+
+    def bcast_object(self, obj, root: int = 0):
+        """Broadcast a small Python object (configs, manifests; never on the hot path)."""
+        if self._c is None:
+            return obj
+        with self.acct.scoped("meta"):
+            t0 = time.perf_counter()
+            obj = self._c.bcast(obj, root=root)
+            self._record("bcast", (0,), 1, t0, root=root)
+        return obj
+
+    def allgather_object(self, obj) -> list:
+        """Every rank's small Python object, in rank order (reports, never the hot path)."""
+        if self._c is None:
+            return [obj]
+        with self.acct.scoped("meta"):
+            t0 = time.perf_counter()
+            out = self._c.allgather(obj)
+            self._record("allgather", (0,) * self.size, 1, t0)
+        return out
+
+    def abort(self, code: int = 1) -> None:
+        """End the whole job now (all ranks)."""
+        if self._c is None:
+            raise SystemExit(code)
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(code)
+
+
+def run_or_abort(main: Callable[[], int | None], comm: Comm | None = None) -> int:
+    """Run ``main``; if it raises on any rank, name the rank and error and abort the job.
+
+    At size 1 the exception is logged and the exit status is 1. Under MPI the failing rank calls
+    ``MPI_Abort``, which ends every rank at once, so none waits in a collective.
+    """
+    try:
+        rc = main()
+        return 0 if rc is None else int(rc)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - every failure must end the job
+        if isinstance(e, SystemExit) and (e.code in (None, 0)):
+            return 0
+        rank = comm.rank if comm is not None else 0
+        size = comm.size if comm is not None else 1
+        msg = f"desmpi: rank {rank} of {size} failed: {type(e).__name__}: {e}"
+        if not isinstance(e, SystemExit):
+            sys.stderr.write("".join(traceback.format_exception(e)))
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+        if comm is not None and comm.size > 1:
+            comm.abort(1)
+        return e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1

@@ -1,0 +1,55 @@
+"""64-bit mixing: owner of a key, counter-based random numbers of (seed, key)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+FIELD_SHIFT = 48
+VALUE_MASK = (1 << 47) - 1
+MISSING_BIT = 1 << 47  # value part of a field's "missing" key; never produced by a raw id
+_U64 = np.uint64
+
+
+@njit(cache=True, inline="always")
+def mix64(x):
+    """SplitMix64 finaliser (Steele, Lea, Flood 2014): a bijection of uint64 with full avalanche."""
+    x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
+
+
+@njit(cache=True)
+def owners(keys, p):
+    """owner(key) = mix64(key) mod P for every key. keys: (n,) int64 -> (n,) int64."""
+    out = np.empty(keys.shape[0], dtype=np.int64)
+    pp = _U64(p)
+    for i in range(keys.shape[0]):
+        out[i] = np.int64(mix64(_U64(keys[i])) % pp)
+    return out
+
+
+@njit(cache=True, inline="always")
+def uniform01(seed, key, j):
+    """A uniform in (0, 1) that depends only on (seed, key, j): counter-based, no state."""
+    c = _U64(key) + _U64(j) * _U64(0xD1B54A32D192ED03)
+    x = mix64(_U64(seed) * _U64(0x9E3779B97F4A7C15) ^ mix64(c))
+    return ((x >> _U64(11)) + 0.5) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True, inline="always")
+def normal01(seed, key, j):
+    """A standard normal that depends only on (seed, key, j) (Box-Muller on two uniforms)."""
+    u1 = uniform01(seed, key, 2 * j)
+    u2 = uniform01(seed, key, 2 * j + 1)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def field_key(field: int, value: np.ndarray | int) -> np.ndarray | int:
+    """Field-aware key of a raw value (< 2**47) of field ``field`` (0-based)."""
+    return ((field + 1) << FIELD_SHIFT) | value
+
+
+def key_field(keys: np.ndarray) -> np.ndarray:
+    """Field index (0-based) of field-aware keys."""
+    return (keys >> FIELD_SHIFT) - 1

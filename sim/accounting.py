@@ -1,0 +1,129 @@
+"""Exact byte accounting of one rank's part in a collective (DESIGN.md §3).
+
+Two figures per call and rank r of P:
+
+* payload: the bytes the rank hands to MPI for *other* ranks (self-sends excluded; 0 at P = 1);
+* wire: the bytes the rank sends under the standard algorithm.
+
+Wire bytes follow the ring / pairwise algorithms exactly, with integer chunking, so that the
+numbers are integers and planned == counted holds with ``==``:
+
+* Allreduce (ring = reduce-scatter ring + allgather ring) of n elements split into P chunks as
+  ``numpy.array_split`` does (first n mod P chunks one larger): rank r sends every chunk but
+  chunk r in the first half and every chunk but chunk r+1 in the second, so
+  ``wire = 2n - c[r] - c[(r+1) % P]``. Summed over ranks this is 2(P-1)n; per rank it is
+  2(P-1)/P·n when P divides n (the textbook figure).
+* Reduce_scatter (ring) with receive counts c: rank r sends every block except its own,
+  ``wire = n - c[r]`` = (P-1)/P·n for equal blocks.
+* Allgather(v) (ring) with counts c: rank r forwards every block except block r+1, the last one
+  to reach it, ``wire = n - c[(r+1) % P]`` = (P-1)/P·n for equal blocks.
+* Alltoall(v) (pairwise exchange): the sum of what is sent to other ranks.
+* Bcast (binomial tree): n times the number of children of r in the tree.
+* Barrier: 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = ("allreduce", "reduce_scatter", "allgather", "allgatherv", "alltoall", "alltoallv",
+         "bcast", "barrier")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One collective as seen by one rank.
+
+    ``counts`` is, per kind (element counts, not bytes):
+
+    * allreduce, bcast: ``(n,)`` (bcast also names ``root``);
+    * reduce_scatter: the P receive counts; allgather(v): the P block counts;
+    * alltoall(v): this rank's P send counts;
+    * barrier: ``()``.
+    """
+
+    kind: str
+    counts: tuple[int, ...]
+    itemsize: int
+    rank: int
+    size: int
+    root: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown collective kind {self.kind!r}; expected one of {KINDS}")
+
+    @property
+    def elements(self) -> int:
+        """Elements in this rank's send buffer (what the rank hands to MPI)."""
+        k, c, r = self.kind, self.counts, self.rank
+        if k in ("allreduce", "bcast"):
+            return c[0]
+        if k == "reduce_scatter":
+            return sum(c)
+        if k in ("allgather", "allgatherv"):
+            return c[r]
+        if k in ("alltoall", "alltoallv"):
+            return sum(c)
+        return 0
+
+    @property
+    def payload_bytes(self) -> int:
+        return payload_bytes(self)
+
+    @property
+    def wire_bytes(self) -> int:
+        return wire_bytes(self)
+
+
+def _chunks(n: int, p: int) -> list[int]:
+    q, m = divmod(n, p)
+    return [q + 1 if i < m else q for i in range(p)]
+
+
+def _binomial_children(rank: int, root: int, p: int) -> int:
+    """Children of ``rank`` in MPICH's binomial broadcast tree rooted at ``root``."""
+    vr = (rank - root) % p
+    low = vr & -vr if vr else 1 << max(p - 1, 0).bit_length()
+    n, mask = 0, 1
+    while mask < low and vr + mask < p:
+        n += 1
+        mask <<= 1
+    return n
+
+
+def payload_bytes(call: Call) -> int:
+    """Bytes handed to MPI for other ranks (self-sends excluded)."""
+    k, c, r, p, s = call.kind, call.counts, call.rank, call.size, call.itemsize
+    if p == 1 or k == "barrier":
+        return 0
+    if k == "allreduce":
+        return c[0] * s
+    if k == "bcast":
+        return c[0] * s if r == call.root else 0
+    if k == "reduce_scatter":
+        return (sum(c) - c[r]) * s
+    if k in ("allgather", "allgatherv"):
+        return c[r] * s
+    if k in ("alltoall", "alltoallv"):
+        return (sum(c) - c[r]) * s
+    raise AssertionError(k)
+
+
+def wire_bytes(call: Call) -> int:
+    """Bytes this rank sends under the standard algorithm (module docstring)."""
+    k, c, r, p, s = call.kind, call.counts, call.rank, call.size, call.itemsize
+    if p == 1 or k == "barrier":
+        return 0
+    if k == "allreduce":
+        ch = _chunks(c[0], p)
+        return (2 * c[0] - ch[r] - ch[(r + 1) % p]) * s
+    if k == "reduce_scatter":
+        return (sum(c) - c[r]) * s
+    if k in ("allgather", "allgatherv"):
+        return (sum(c) - c[(r + 1) % p]) * s
+    if k in ("alltoall", "alltoallv"):
+        return (sum(c) - c[r]) * s
+    if k == "bcast":
+        return c[0] * s * _binomial_children(r, call.root, p)
+    raise AssertionError(k)
