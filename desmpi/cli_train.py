@@ -70,7 +70,26 @@ def _bench(a, comm: Comm) -> int:
     raise ValueError(f"unknown benchmark {a.what!r}")
 
 
+def _train(a, comm: Comm) -> int:
+    from desmpi.config import load
+    from desmpi.train import run
+
+    cfg = load(a.config, a.set)
+    summary = run(cfg, comm, a.out)
+    if comm.rank == 0 and a.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
+    return 0
+
+
 def add_commands(sub) -> None:
+    t = sub.add_parser("train", help="synchronous training (mpiexec -n P desmpi train ...)")
+    t.add_argument("config", nargs="?", default=None, help="TOML config (configs/*.toml)")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config key (repeatable)")
+    t.add_argument("--out", default=None, help="directory for metrics, summary, predictions")
+    t.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    t.set_defaults(fn=_train)
+
     s = sub.add_parser("smoke", help="multi-rank data + comm check (and failure drill)")
     s.add_argument("--rows", type=int, default=5000)
     s.add_argument("--batch", type=int, default=512)

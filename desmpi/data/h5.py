@@ -175,6 +175,10 @@ class CtrDataset:
             values = np.asarray(self._get("values")[k0:k1], dtype=dtype)
         return Batch(labels, dense, keys, F, offsets, values)
 
+    def labels(self) -> np.ndarray:
+        """(N,) every label."""
+        return np.asarray(self._get("labels")[:])
+
     def oracle_prob(self, a: int = 0, b: int | None = None) -> np.ndarray | None:
         if not self.has("oracle_prob"):
             return None

@@ -1,0 +1,222 @@
+"""Typed, frozen run configuration loaded from TOML; unknown keys and bad values are errors.
+
+``--set section.key=value`` overrides take TOML literals (``train.lr=0.05``,
+``model.hidden=[400,400]``) and fall back to a bare string (``model.name=dcn``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from desmpi.tomlcompat import tomllib
+
+MODELS = ("lr", "fm", "wdl", "deepfm", "dcn", "dlrm")
+STRATEGIES = ("des",)
+AGGREGATES = ("allreduce", "reduce_scatter")
+SPARSE_OPTIMIZERS = ("sgd", "adagrad", "ftrl", "adam")
+DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "deepfm"
+    embed_dim: int = 16
+    hidden: tuple[int, ...] = (400, 400, 400)
+    bottom: tuple[int, ...] = (512, 256)  # DLRM bottom MLP (its last layer is embed_dim)
+    cross_layers: int = 3  # DCN
+    deep_input: str = "auto"  # auto | pooling | fused: substitution of the first dense layer
+    init_std: float = 0.01  # embedding initialisation N(0, init_std^2), a function of (seed, key)
+
+    def check(self) -> None:
+        _choice("model.name", self.name, MODELS)
+        _choice("model.deep_input", self.deep_input, ("auto", "pooling", "fused"))
+        _positive("model.embed_dim", self.embed_dim)
+        for h in (*self.hidden, *self.bottom):
+            _positive("model.hidden/bottom width", h)
+        if self.name in ("wdl", "deepfm", "dcn", "dlrm") and not self.hidden:
+            raise ConfigError(f"model.hidden: {self.name} needs at least one hidden layer")
+        if self.cross_layers < 0:
+            raise ConfigError("model.cross_layers must be >= 0")
+        if self.init_std < 0:
+            raise ConfigError("model.init_std must be >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = ""
+    eval: str = ""
+    in_memory: bool = True  # load each data set into memory (False: read slices from disk)
+
+    def check(self) -> None:
+        if not self.train:
+            raise ConfigError("data.train: path of an HDF5 data set is required")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 4096  # global batch B, the same at every P
+    steps: int = 0  # 0: run `epochs` epochs
+    epochs: int = 1
+    optimizer: str = "adagrad"  # sparse optimizer
+    dense_optimizer: str = "auto"  # auto: the same as optimizer (adagrad for ftrl)
+    lr: float = 0.05
+    dense_lr: float = 0.0  # 0: the same as lr
+    l2: float = 0.0  # L2 on touched sparse rows (folded into their gradient)
+    ftrl_l1: float = 0.0
+    ftrl_l2: float = 0.0
+    ftrl_beta: float = 1.0
+    seed: int = 0
+    dtype: str = "float32"
+    eval_every: int = 0  # steps; 0: only at the end
+    log_every: int = 50
+    nan_policy: str = "stop"
+
+    def check(self) -> None:
+        _positive("train.batch_size", self.batch_size)
+        if self.steps < 0 or self.epochs < 1:
+            raise ConfigError("train.steps must be >= 0 and train.epochs >= 1")
+        _choice("train.optimizer", self.optimizer, SPARSE_OPTIMIZERS)
+        _choice("train.dense_optimizer", self.dense_optimizer, ("auto", *DENSE_OPTIMIZERS))
+        _choice("train.dtype", self.dtype, ("float32", "float64"))
+        _choice("train.nan_policy", self.nan_policy, ("stop",))
+        if self.lr <= 0 or self.dense_lr < 0:
+            raise ConfigError("train.lr must be > 0 and train.dense_lr >= 0")
+        if self.eval_every < 0 or self.log_every < 1:
+            raise ConfigError("train.eval_every must be >= 0 and train.log_every >= 1")
+
+    @property
+    def dense_opt(self) -> str:
+        if self.dense_optimizer != "auto":
+            return self.dense_optimizer
+        return self.optimizer if self.optimizer in DENSE_OPTIMIZERS else "adagrad"
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    strategy: str = "des"
+    aggregate: str = "allreduce"
+    check_every: int = 100  # steps between checksums of replicated dense parameters
+
+    def check(self) -> None:
+        _choice("dist.strategy", self.strategy, STRATEGIES)
+        _choice("dist.aggregate", self.aggregate, AGGREGATES)
+        if self.check_every < 0:
+            raise ConfigError("dist.check_every must be >= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    def check(self) -> Config:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).check()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _choice(key, v, allowed) -> None:
+    if v not in allowed:
+        raise ConfigError(f"{key} = {v!r}: expected one of {', '.join(allowed)}")
+
+
+def _positive(key, v) -> None:
+    if v <= 0:
+        raise ConfigError(f"{key} = {v!r}: must be positive")
+
+
+def _coerce(key: str, tp, v):
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {v!r}")
+        return tuple(_coerce(key, int, x) for x in v)
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{key}: expected true or false, got {v!r}")
+        return v
+    if tp is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{key}: expected an integer, got {v!r}")
+        return v
+    if tp is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {v!r}")
+        return float(v)
+    if tp is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{key}: expected a string, got {v!r}")
+        return v
+    raise AssertionError(tp)
+
+
+def from_dict(d: dict, source: str = "config") -> Config:
+    hints = typing.get_type_hints(Config)
+    sections = {}
+    for name, sub in d.items():
+        if name not in hints:
+            raise ConfigError(f"{source}: unknown section [{name}]; allowed: "
+                              f"{', '.join(hints)}")
+        if not isinstance(sub, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        cls = hints[name]
+        fh = typing.get_type_hints(cls)
+        kw = {}
+        for k, v in sub.items():
+            if k not in fh:
+                raise ConfigError(f"{source}: unknown key {name}.{k}; allowed: {', '.join(fh)}")
+            kw[k] = _coerce(f"{name}.{k}", fh[k], v)
+        sections[name] = cls(**kw)
+    return Config(**sections)
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["train.lr=0.1", "model.name=dcn"]`` -> nested dict of TOML-typed values."""
+    out: dict = {}
+    for it in items:
+        if "=" not in it or "." not in it.split("=", 1)[0]:
+            raise ConfigError(f"--set {it!r}: expected section.key=value")
+        path, raw = it.split("=", 1)
+        sec, key = path.strip().split(".", 1)
+        try:
+            v = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            v = raw
+        out.setdefault(sec, {})[key] = v
+    return out
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for sec, kv in over.items():
+        out.setdefault(sec, {}).update(kv)
+    return out
+
+
+def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Config from a TOML file (or defaults), with ``--set`` overrides applied; checked."""
+    base: dict = {}
+    src = "defaults"
+    if path:
+        src = str(path)
+        try:
+            with open(path, "rb") as f:
+                base = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    cfg = from_dict(merge(base, parse_set(overrides or [])), src)
+    return cfg.check()

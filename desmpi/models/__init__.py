@@ -1,0 +1,18 @@
+"""The six models as compositions of substituted operators and dense layers."""
+
+from desmpi.models.base import Model
+from desmpi.models.dcn import DCN
+from desmpi.models.deepfm import DeepFM
+from desmpi.models.dlrm import DLRM
+from desmpi.models.fm import FMModel
+from desmpi.models.lr import LR
+from desmpi.models.wdl import WDL
+
+REGISTRY = {"lr": LR, "fm": FMModel, "wdl": WDL, "deepfm": DeepFM, "dcn": DCN, "dlrm": DLRM}
+
+
+def build_model(cfg, n_fields: int, n_dense: int, dtype, seed: int) -> Model:
+    return REGISTRY[cfg.name](cfg, n_fields, n_dense, dtype, seed)
+
+
+__all__ = ["Model", "REGISTRY", "build_model"]

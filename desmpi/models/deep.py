@@ -1,0 +1,59 @@
+"""The DNN of Wide&Deep / DeepFM on [dense features, pooled embeddings].
+
+Its first layer h1 = x W1d + Σ_f E_f W1s_f + b1 is either computed here from the aggregated
+pooled embeddings (field pooling, W = F·d) or arrives already summed over ranks as the partial
+of a fused first layer (W = H); the smaller width wins, ties go to pooling (no W1 Allreduce).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from desmpi.models.layers import MLP, Dense, Params
+from desmpi.ops import FieldPooling, FusedFirstLayer
+
+
+def choose_deep_input(mode: str, n_fields: int, d: int, h1: int, extra_fused: int = 0) -> str:
+    """'pooling' or 'fused': the smaller partial width (extra_fused: columns fusing adds)."""
+    if mode != "auto":
+        return mode
+    return "fused" if h1 + extra_fused < n_fields * d else "pooling"
+
+
+class DeepTower:
+    def __init__(self, params: Params, F: int, d: int, Dn: int, hidden: tuple[int, ...],
+                 mode: str) -> None:
+        self.mode, self.F, self.d = mode, F, d
+        H1 = hidden[0]
+        params.add("w1_sparse", (F * d, H1), "glorot", fan=(F * d + Dn, H1))
+        params.add("w1_dense", (Dn, H1), "glorot", fan=(F * d + Dn, H1))
+        params.add("b1", (H1,))
+        self.rest = MLP(params, "deep", [*hidden, 1], final_relu=False)
+        self.op = (FusedFirstLayer(F, d, H1) if mode == "fused" else FieldPooling(F, d))
+
+    def forward(self, p: Params, x: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, dict]:
+        """z: this op's aggregated columns; returns (n,) output and a cache."""
+        n = x.shape[0]
+        if self.mode == "fused":
+            h = FusedFirstLayer.finish(z, p["b1"]) + x @ p["w1_dense"]
+            e = None
+        else:
+            e = z.reshape(n, -1)
+            h = e @ p["w1_sparse"] + x @ p["w1_dense"] + p["b1"]
+        a1 = np.maximum(h, 0)
+        out, acts = self.rest.forward(p, a1)
+        return out[:, 0], {"x": x, "e": e, "h": h, "acts": acts}
+
+    def backward(self, p: Params, c: dict, g: np.ndarray) -> np.ndarray:
+        """g (n,) -> gradient of this op's columns (n, F·d or H)."""
+        ga1 = self.rest.backward(p, c["acts"], g[:, None])
+        gh = ga1 * (c["h"] > 0)
+        p.grad("w1_dense")[...] += c["x"].T @ gh
+        p.grad("b1")[...] += gh.sum(axis=0)
+        if self.mode == "fused":
+            return gh  # W1s's gradient is the fused op's (from owned keys, summed over ranks)
+        p.grad("w1_sparse")[...] += c["e"].T @ gh
+        return gh @ p["w1_sparse"].T
+
+
+__all__ = ["DeepTower", "choose_deep_input", "Dense"]

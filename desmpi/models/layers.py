@@ -1,0 +1,108 @@
+"""Dense parameters in one flat vector, and dense layers with explicit backward."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Params:
+    """Named views into one flat parameter vector and its gradient.
+
+    One buffer makes the dense gradient a single Allreduce and the optimizer one vector op.
+    Add every parameter, then :meth:`build`; initial values come from ``rng`` in the order of
+    ``add`` calls, so they are the same on every rank.
+    """
+
+    def __init__(self, dtype, rng: np.random.Generator) -> None:
+        self.dtype = np.dtype(dtype)
+        self.rng = rng
+        self._specs: list[tuple[str, tuple[int, ...], np.ndarray]] = []
+        self.offsets: dict[str, tuple[int, int, tuple[int, ...]]] = {}
+        self.data = np.empty(0, dtype=self.dtype)
+        self.grads = np.empty(0, dtype=self.dtype)
+
+    def add(self, name: str, shape: tuple[int, ...], init: str = "zeros",
+            fan: tuple[int, int] | None = None) -> None:
+        if name in self.offsets or any(s[0] == name for s in self._specs):
+            raise ValueError(f"parameter {name} added twice")
+        if init == "glorot":
+            fi, fo = fan if fan is not None else (shape[0], shape[-1])
+            a = np.sqrt(6.0 / (fi + fo))
+            v = self.rng.uniform(-a, a, size=shape)
+        elif init == "zeros":
+            v = np.zeros(shape)
+        else:
+            raise ValueError(init)
+        self._specs.append((name, tuple(shape), v))
+
+    def build(self) -> None:
+        n = sum(int(np.prod(s)) for _, s, _ in self._specs)
+        self.data = np.empty(n, dtype=self.dtype)
+        self.grads = np.zeros(n, dtype=self.dtype)
+        o = 0
+        for name, shape, v in self._specs:
+            m = int(np.prod(shape))
+            self.offsets[name] = (o, m, shape)
+            self.data[o:o + m] = v.reshape(-1)
+            o += m
+        self._specs = []
+
+    @property
+    def size(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        o, m, shape = self.offsets[name]
+        return self.data[o:o + m].reshape(shape)
+
+    def grad(self, name: str) -> np.ndarray:
+        o, m, shape = self.offsets[name]
+        return self.grads[o:o + m].reshape(shape)
+
+    def zero_grad(self) -> None:
+        self.grads[...] = 0
+
+
+class Dense:
+    """y = x W + b with W: (n_in, n_out)."""
+
+    def __init__(self, params: Params, name: str, n_in: int, n_out: int) -> None:
+        self.w, self.b = f"{name}.w", f"{name}.b"
+        params.add(self.w, (n_in, n_out), "glorot")
+        params.add(self.b, (n_out,))
+
+    def forward(self, p: Params, x: np.ndarray) -> np.ndarray:
+        return x @ p[self.w] + p[self.b]
+
+    def backward(self, p: Params, x: np.ndarray, gy: np.ndarray, need_gx: bool = True
+                 ) -> np.ndarray | None:
+        p.grad(self.w)[...] += x.T @ gy
+        p.grad(self.b)[...] += gy.sum(axis=0)
+        return gy @ p[self.w].T if need_gx else None
+
+
+class MLP:
+    """Dense layers with ReLU between them (and after the last when ``final_relu``)."""
+
+    def __init__(self, params: Params, name: str, dims: list[int], final_relu: bool) -> None:
+        self.layers = [Dense(params, f"{name}{i}", a, b)
+                       for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))]
+        self.final_relu = final_relu
+
+    def forward(self, p: Params, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        acts = [x]
+        for i, layer in enumerate(self.layers):
+            y = layer.forward(p, acts[-1])
+            if i < len(self.layers) - 1 or self.final_relu:
+                np.maximum(y, 0, out=y)
+            acts.append(y)
+        return acts[-1], acts
+
+    def backward(self, p: Params, acts: list[np.ndarray], gy: np.ndarray,
+                 need_gx: bool = True) -> np.ndarray | None:
+        g = gy
+        for i in range(len(self.layers) - 1, -1, -1):
+            if i < len(self.layers) - 1 or self.final_relu:
+                g = g * (acts[i + 1] > 0)
+            g = self.layers[i].backward(p, acts[i], g, need_gx=need_gx or i > 0)
+        return g

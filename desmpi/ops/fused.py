@@ -1,0 +1,35 @@
+"""Fused first dense layer: partial h = Σ_f E_f W1_f over owned keys (W = H), W1 replicated.
+
+Backward: ∂/∂E_f = gh W1_fᵀ for every sample (gh is known everywhere), and ∂/∂W1 = Σ_r
+E^(r)ᵀ gh, the rank's share of which goes into the dense gradient for one Allreduce of W1's size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from desmpi.ops.base import KeyGrads, Op, Pooled
+
+
+class FusedFirstLayer(Op):
+    name = "fused_first_layer"
+    needs_E = True
+
+    def __init__(self, n_fields: int, d: int, hidden: int, w1_name: str = "w1_sparse") -> None:
+        super().__init__()
+        self.F, self.d, self.H = n_fields, d, hidden
+        self.width = hidden
+        self.w1_name = w1_name  # (F·d, H) replicated parameter
+
+    def partial(self, p: Pooled, params) -> np.ndarray:
+        return p.E.reshape(p.E.shape[0], -1) @ params[self.w1_name]
+
+    @staticmethod
+    def finish(z: np.ndarray, b1: np.ndarray) -> np.ndarray:
+        """(n, H) aggregated partial -> first-layer pre-activation (sparse part) + bias."""
+        return z + b1
+
+    def key_grads(self, gz: np.ndarray, kg: KeyGrads, p: Pooled, params) -> None:
+        w1 = params[self.w1_name]
+        kg.G += (gz @ w1.T).reshape(gz.shape[0], self.F, self.d)
+        params.grad(self.w1_name)[...] += p.E.reshape(p.E.shape[0], -1).T @ gz

@@ -1,0 +1,70 @@
+"""Sparse optimizers (touched rows of a shard, state beside the rows) and dense optimizers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from desmpi.kernels import optim as k
+
+ADAGRAD_EPS = 1e-10  # as torch.optim.Adagrad
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # Kingma & Ba 2015 defaults
+
+
+def sparse_slots(name: str, width: int) -> int:
+    """Optimizer slot columns per row of width ``width``."""
+    return {"sgd": 0, "adagrad": width, "ftrl": 2 * width, "adam": 2 * width}[name]
+
+
+@dataclass
+class SparseOptimizer:
+    name: str
+    lr: float
+    l2: float = 0.0
+    ftrl_l1: float = 0.0
+    ftrl_l2: float = 0.0
+    ftrl_beta: float = 1.0
+
+    def apply(self, table, urows: np.ndarray, grad: np.ndarray, t: int) -> None:
+        """Update rows ``urows`` (nu,) of ``table`` with gradients ``grad`` (nu, R); t >= 1."""
+        w, s = table.weights, table.slots
+        if self.name == "sgd":
+            k.sgd(w, urows, grad, self.lr, self.l2)
+        elif self.name == "adagrad":
+            k.adagrad(w, s, urows, grad, self.lr, ADAGRAD_EPS, self.l2)
+        elif self.name == "ftrl":
+            k.ftrl(w, s, urows, grad, self.lr, self.ftrl_beta, self.ftrl_l1,
+                   self.ftrl_l2 + self.l2)
+        elif self.name == "adam":
+            k.adam(w, s, urows, grad, self.lr, ADAM_B1, ADAM_B2, ADAM_EPS, t, self.l2)
+        else:
+            raise ValueError(f"unknown sparse optimizer {self.name!r}")
+
+
+class DenseOptimizer:
+    """SGD / Adagrad / Adam on one flat parameter vector."""
+
+    def __init__(self, name: str, lr: float, size: int, dtype) -> None:
+        if name not in ("sgd", "adagrad", "adam"):
+            raise ValueError(f"unknown dense optimizer {name!r}")
+        self.name, self.lr = name, lr
+        n_state = {"sgd": 0, "adagrad": 1, "adam": 2}[name]
+        self.state = np.zeros((n_state, size), dtype=dtype)
+
+    def apply(self, params: np.ndarray, grad: np.ndarray, t: int) -> None:
+        if self.name == "sgd":
+            params -= self.lr * grad
+        elif self.name == "adagrad":
+            acc = self.state[0]
+            acc += grad * grad
+            params -= self.lr * grad / (np.sqrt(acc) + ADAGRAD_EPS)
+        else:
+            m, v = self.state
+            m *= ADAM_B1
+            m += (1 - ADAM_B1) * grad
+            v *= ADAM_B2
+            v += (1 - ADAM_B2) * grad * grad
+            mh = m / (1 - ADAM_B1 ** t)
+            vh = v / (1 - ADAM_B2 ** t)
+            params -= self.lr * mh / (np.sqrt(vh) + ADAM_EPS)

@@ -1,0 +1,110 @@
+"""Pieces every strategy shares: the batch layout, routing, local pooling and sparse update."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from desmpi.data.batch import Batch
+from desmpi.kernels.hashing import owners
+from desmpi.kernels.sparse import pool, row_grads
+from desmpi.ops.base import KeyGrads, Pooled
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What every rank knows of a global batch before any communication.
+
+    sizes: (P,) samples per rank (the slicing rule); nnz: (P,) keys per rank (known to the
+    planner from the data; at run time rank r learns the others' from the gathered lengths).
+    """
+
+    sizes: tuple[int, ...]
+    nnz: tuple[int, ...]
+    n_fields: int
+    n_dense: int
+    onehot: bool
+    weighted: bool
+
+    @staticmethod
+    def of(local_batches: list[Batch], onehot: bool, weighted: bool) -> Layout:
+        b0 = local_batches[0]
+        return Layout(tuple(b.n for b in local_batches),
+                      tuple(int(b.keys.shape[0]) for b in local_batches), b0.n_fields,
+                      b0.dense.shape[1], onehot, weighted)
+
+
+@dataclass
+class Occurrences:
+    """Owned keys of a batch: sample, field, table row and value of each (global order)."""
+
+    s: np.ndarray
+    f: np.ndarray
+    rows: np.ndarray
+    vals: np.ndarray  # empty: all ones
+
+
+class Timer:
+    """Seconds per phase, accumulated (``phases``) — the per-phase breakdown of benchmarks."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = defaultdict(float)
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        t = time.perf_counter()
+        self.phases[name] += t - self._t
+        self._t = t
+
+    def start(self) -> None:
+        self._t = time.perf_counter()
+
+
+def route(batch: Batch, rank: int, size: int) -> np.ndarray:
+    """Positions (into batch.keys) of the keys this rank owns, in batch order."""
+    if size == 1:
+        return np.arange(batch.keys.shape[0], dtype=np.int64)
+    return np.flatnonzero(owners(batch.keys, size) == rank)
+
+
+def occurrences(batch: Batch, pos: np.ndarray, table, insert: bool) -> Occurrences:
+    s, f = batch.sample_field()
+    keys = batch.keys[pos]
+    rows = table.lookup_or_insert(keys) if insert else table.lookup(keys)
+    vals = batch.values[pos] if batch.values is not None else np.empty(0, table.dtype)
+    return Occurrences(s[pos], f[pos].astype(np.int64), rows, vals)
+
+
+def pool_owned(model, occ: Occurrences, n: int, table) -> Pooled:
+    p = model.empty_pooled(n)
+    pool(occ.s, occ.f, occ.rows, occ.vals, table.weights, model.emb_col, p.L, p.E, p.Q)
+    return p
+
+
+def sparse_update(model, occ: Occurrences, kg: KeyGrads, table, opt, t: int) -> int:
+    """Accumulate per-row gradients in occurrence order and apply the sparse optimizer.
+
+    Returns the number of distinct rows touched.
+    """
+    if occ.rows.shape[0] == 0:
+        return 0
+    urows, inv = np.unique(occ.rows, return_inverse=True)
+    grad = np.zeros((urows.shape[0], table.R), dtype=table.dtype)
+    row_grads(occ.s, occ.f, inv, occ.rows, occ.vals, table.weights, model.emb_col, kg.gL, kg.G,
+              kg.gQ, grad)
+    opt.apply(table, urows, grad, t)
+    return int(urows.shape[0])
+
+
+def bce_with_logits(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Sum over samples of the binary cross-entropy of logits z, and σ(z)."""
+    p = np.empty_like(z)
+    pos = z >= 0
+    p[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    p[~pos] = ez / (1.0 + ez)
+    loss = np.logaddexp(0.0, z) - y * z
+    return float(loss.sum()), p

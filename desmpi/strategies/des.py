@@ -1,0 +1,193 @@
+"""Strategy ``des``: Distributed Equivalent Substitution (DESIGN.md §3).
+
+aggregate = "allreduce" (the paper's form): Allgatherv of the local batch (lengths of multi-hot
+bags, keys, values, [label | dense] rows); every rank computes the partials of its own keys for
+the whole global batch; Allreduce of Z (B×W); the dense part is replicated over the global batch,
+so no backward communication except a fused first layer's W1 gradient (Allreduce of W1's size).
+
+aggregate = "reduce_scatter": Allgatherv of keys only; Reduce_scatter of Z gives each rank its
+own b×W; the dense part is data parallel; backward Allgatherv of gZ (b×W each) and one
+Allreduce of the dense gradients (with the loss sum riding along as one more element).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from desmpi.comm import Comm
+from desmpi.data.batch import Batch
+from desmpi.metrics import sigmoid
+from desmpi.strategies.common import (
+    Layout,
+    Timer,
+    bce_with_logits,
+    occurrences,
+    pool_owned,
+    route,
+    sparse_update,
+)
+from sim.accounting import Call
+
+
+class DesStrategy:
+    name = "des"
+
+    def __init__(self, model, table, sparse_opt, dense_opt, comm: Comm, aggregate: str,
+                 timer: Timer | None = None) -> None:
+        if aggregate not in ("allreduce", "reduce_scatter"):
+            raise ValueError(f"dist.aggregate = {aggregate!r}: allreduce or reduce_scatter")
+        self.model, self.table, self.comm = model, table, comm
+        self.sparse_opt, self.dense_opt = sparse_opt, dense_opt
+        self.aggregate = aggregate
+        self.timer = timer or Timer()
+        self.replicated = aggregate == "allreduce"
+
+    # ---- plan --------------------------------------------------------------------------------
+    def plan(self, lay: Layout, rank: int) -> list[Call]:
+        """Collectives of one training step on ``rank``, from the batch layout alone."""
+        P, F, W = len(lay.sizes), lay.n_fields, self.model.W
+        isz = self.model.dtype.itemsize
+        calls = []
+
+        def c(kind, counts, itemsize):
+            calls.append(Call(kind, tuple(int(x) for x in counts), itemsize, rank, P))
+
+        if not lay.onehot:
+            c("allgatherv", [s * F for s in lay.sizes], 8)
+        c("allgatherv", lay.nnz, 8)
+        if lay.weighted:
+            c("allgatherv", lay.nnz, isz)
+        B = sum(lay.sizes)
+        if self.replicated:
+            c("allgatherv", [s * (1 + lay.n_dense) for s in lay.sizes], isz)
+            c("allreduce", [B * W], isz)
+            if self.model.partial_grad_size:
+                c("allreduce", [self.model.partial_grad_size], isz)
+        else:
+            c("reduce_scatter", [s * W for s in lay.sizes], isz)
+            c("allgatherv", [s * W for s in lay.sizes], isz)
+            c("allreduce", [self.model.params.size + 1], isz)
+        return calls
+
+    # ---- execution ---------------------------------------------------------------------------
+    def _gather(self, b: Batch, sizes: np.ndarray, features: bool) -> Batch:
+        """The global batch's keys (and, when ``features``, labels and dense rows)."""
+        comm, F = self.comm, b.n_fields
+        dt = self.model.dtype
+        offsets = None
+        if b.offsets is not None:
+            lens = comm.allgatherv(np.diff(b.offsets), sizes * F)
+            offsets = np.zeros(lens.shape[0] + 1, dtype=np.int64)
+            np.cumsum(lens, out=offsets[1:])
+            bounds = offsets[np.concatenate([[0], np.cumsum(sizes * F)])]
+            nnz = np.diff(bounds)
+        else:
+            nnz = sizes * F
+        keys = comm.allgatherv(b.keys, nnz)
+        values = None
+        if b.values is not None:
+            values = comm.allgatherv(np.ascontiguousarray(b.values, dtype=dt), nnz)
+        B = int(sizes.sum())
+        if features:
+            Dn = b.dense.shape[1]
+            feats = np.empty((b.n, 1 + Dn), dtype=dt)
+            feats[:, 0] = b.labels
+            feats[:, 1:] = b.dense
+            fg = comm.allgatherv(feats.reshape(-1), sizes * (1 + Dn)).reshape(B, 1 + Dn)
+            labels, dense = fg[:, 0], fg[:, 1:]
+        else:
+            labels, dense = np.empty(B, dt), np.empty((B, 0), dt)
+        return Batch(labels, dense, keys, F, offsets, values)
+
+    def _local_partials(self, g: Batch, insert: bool):
+        tm = self.timer
+        pos = route(g, self.comm.rank, self.comm.size)
+        tm.lap("route")
+        occ = occurrences(g, pos, self.table, insert)
+        tm.lap("lookup")
+        pooled = pool_owned(self.model, occ, g.n, self.table)
+        Z = self.model.partial(pooled)
+        tm.lap("partials")
+        return occ, pooled, Z
+
+    def train_step(self, b: Batch, sizes: np.ndarray, t: int) -> float:
+        """One synchronous step on this rank's slice ``b``; returns the global loss sum."""
+        comm, model, tm = self.comm, self.model, self.timer
+        prm = model.params
+        sizes = np.asarray(sizes, dtype=np.int64)
+        B, W = int(sizes.sum()), model.W
+        tm.start()
+        g = self._gather(b, sizes, features=self.replicated)
+        tm.lap("gather")
+        occ, pooled, Zloc = self._local_partials(g, insert=True)
+        prm.zero_grad()
+        if self.replicated:
+            Z = comm.allreduce(Zloc)
+            tm.lap("aggregate")
+            logits, cache = model.forward(Z, g.dense)
+            loss, p = bce_with_logits(logits, g.labels)
+            gZ = model.backward(cache, (p - g.labels) / B)
+            tm.lap("dense")
+            kg = model.key_grads(gZ, pooled)
+            tm.lap("key_grads")
+            sl = model.partial_grad
+            if model.partial_grad_size:
+                prm.grads[sl] = comm.allreduce(np.ascontiguousarray(prm.grads[sl]))
+                tm.lap("aggregate")
+        else:
+            Zm = comm.reduce_scatter(Zloc, sizes * W).reshape(b.n, W)
+            tm.lap("aggregate")
+            logits, cache = model.forward(Zm, b.dense)
+            loss_local, p = bce_with_logits(logits, b.labels)
+            gZm = model.backward(cache, (p - b.labels) / B)
+            tm.lap("dense")
+            gZ = comm.allgatherv(np.ascontiguousarray(gZm).reshape(-1), sizes * W).reshape(B, W)
+            tm.lap("aggregate")
+            kg = model.key_grads(gZ, pooled)
+            tm.lap("key_grads")
+            buf = np.empty(prm.size + 1, dtype=model.dtype)
+            buf[:-1] = prm.grads
+            buf[-1] = loss_local
+            red = comm.allreduce(buf)
+            prm.grads[:] = red[:-1]
+            loss = float(red[-1])
+            tm.lap("aggregate")
+        if not np.isfinite(loss) or not np.isfinite(prm.grads).all():
+            what = "loss" if not np.isfinite(loss) else "dense gradients"
+            raise FloatingPointError(f"step {t}: non-finite {what} in model {model.name} "
+                                     f"(try a smaller train.lr)")
+        sparse_update(model, occ, kg, self.table, self.sparse_opt, t)
+        tm.lap("sparse_update")
+        self.dense_opt.apply(prm.data, prm.grads, t)
+        tm.lap("dense_update")
+        return loss
+
+    def predict(self, b: Batch, sizes: np.ndarray) -> np.ndarray:
+        """Probabilities of the whole global batch, on every rank (communication: scope eval)."""
+        comm, model = self.comm, self.model
+        sizes = np.asarray(sizes, dtype=np.int64)
+        W = model.W
+        with comm.acct.scoped("eval"):
+            g = self._gather(b, sizes, features=self.replicated)
+            _, _, Zloc = self._local_partials(g, insert=False)
+            if self.replicated:
+                logits, _ = model.forward(comm.allreduce(Zloc), g.dense)
+            else:
+                Zm = comm.reduce_scatter(Zloc, sizes * W).reshape(b.n, W)
+                lm, _ = model.forward(Zm, b.dense)
+                logits = comm.allgatherv(np.ascontiguousarray(lm), sizes)
+        return sigmoid(np.asarray(logits, dtype=np.float64))
+
+    def check_replicas(self, step: int) -> None:
+        """Replicated dense parameters must be bitwise equal on every rank (DESIGN.md §3)."""
+        if not self.replicated or self.comm.size == 1:
+            return
+        h = hashlib.blake2b(self.model.params.data.tobytes(), digest_size=16).hexdigest()
+        hs = self.comm.allgather_object(h)
+        if len(set(hs)) > 1:
+            bad = [r for r, x in enumerate(hs) if x != hs[0]]
+            raise RuntimeError(f"step {step}: replicated dense parameters differ between rank "
+                               f"0 and ranks {bad}: the MPI library's Allreduce is not "
+                               "bitwise reproducible; use dist.aggregate = 'reduce_scatter'")

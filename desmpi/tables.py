@@ -1,0 +1,75 @@
+"""A rank's shard of a dynamic sparse table: key -> row of weights and optimizer slots.
+
+Rows live in contiguous arrays that grow by doubling; the hash index keeps its load factor
+under 1/2. A key seen for the first time is inserted and initialised from (seed, key) alone,
+so initial values do not depend on P, arrival order or which rank inserted the key.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from desmpi.kernels.table import EMPTY, find, find_or_insert, rehash
+
+
+class ShardTable:
+    """Rows of width R = ``emb_col`` linear columns + embedding columns, S optimizer slots."""
+
+    def __init__(self, width: int, emb_col: int, n_slots: int, dtype, seed: int,
+                 init_std: float, slot_init: float = 0.0, capacity: int = 1024) -> None:
+        self.R, self.emb_col, self.S = width, emb_col, n_slots
+        self.dtype = np.dtype(dtype)
+        self.seed, self.init_std, self.slot_init = seed, init_std, slot_init
+        cap = 1 << max(4, (2 * capacity - 1).bit_length())
+        self.tkeys = np.full(cap, EMPTY, dtype=np.int64)
+        self.tvals = np.zeros(cap, dtype=np.int64)
+        self.weights = np.zeros((capacity, width), dtype=self.dtype)
+        self.slots = np.zeros((capacity, n_slots), dtype=self.dtype)
+        self.n = 0
+
+    def _reserve(self, extra: int) -> None:
+        need = self.n + extra
+        if need > self.weights.shape[0]:
+            cap = max(need, 2 * self.weights.shape[0])
+            w = np.empty((cap, self.R), dtype=self.dtype)
+            w[: self.n] = self.weights[: self.n]
+            s = np.empty((cap, self.S), dtype=self.dtype)
+            s[: self.n] = self.slots[: self.n]
+            self.weights, self.slots = w, s
+        if 2 * need > self.tkeys.shape[0]:
+            cap = 1 << (2 * need - 1).bit_length()
+            nk = np.full(cap, EMPTY, dtype=np.int64)
+            nv = np.zeros(cap, dtype=np.int64)
+            rehash(self.tkeys, self.tvals, nk, nv)
+            self.tkeys, self.tvals = nk, nv
+
+    def lookup_or_insert(self, keys: np.ndarray) -> np.ndarray:
+        """(n,) int64 keys -> (n,) int64 rows, inserting new keys."""
+        self._reserve(keys.shape[0])
+        out = np.empty(keys.shape[0], dtype=np.int64)
+        self.n = find_or_insert(self.tkeys, self.tvals, self.n, keys, out, self.weights,
+                                self.seed, self.init_std, self.emb_col, self.slots,
+                                self.slot_init)
+        return out
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """(n,) keys -> (n,) rows, -1 for keys never trained (they contribute zero)."""
+        out = np.empty(keys.shape[0], dtype=np.int64)
+        find(self.tkeys, self.tvals, keys, out)
+        return out
+
+    def keys(self) -> np.ndarray:
+        """Keys in row order."""
+        occ = self.tkeys != EMPTY
+        out = np.empty(self.n, dtype=np.int64)
+        out[self.tvals[occ]] = self.tkeys[occ]
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: hash index + row and slot arrays (allocated capacity)."""
+        return (self.tkeys.nbytes + self.tvals.nbytes + self.weights.nbytes
+                + self.slots.nbytes)
+
+    def bytes_per_key(self) -> float:
+        return self.nbytes / self.n if self.n else float("nan")

@@ -1,0 +1,210 @@
+"""The synchronous training loop: data -> step -> metrics -> outputs.
+
+Rank 0 logs progress and writes ``metrics.jsonl``, ``summary.json`` and
+``eval_predictions.npy`` (every eval row's final probability, in row order, the same file at
+every P) into the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from desmpi import metrics
+from desmpi.accounting import Accounting
+from desmpi.comm import Comm
+from desmpi.config import Config, ConfigError
+from desmpi.data.h5 import CtrDataset
+from desmpi.data.slicing import n_batches, rank_slice, split_counts
+from desmpi.models import build_model
+from desmpi.optim import DenseOptimizer, SparseOptimizer, sparse_slots
+from desmpi.strategies import make_strategy
+from desmpi.strategies.common import Timer
+from desmpi.tables import ShardTable
+
+log = logging.getLogger("desmpi.train")
+
+
+class Trainer:
+    """Everything one rank holds for a run: data, model, shard, strategy."""
+
+    def __init__(self, cfg: Config, comm: Comm) -> None:
+        self.cfg, self.comm = cfg, comm
+        tc = cfg.train
+        self.dtype = np.dtype(tc.dtype)
+        self.train_ds = CtrDataset(cfg.data.train, in_memory=cfg.data.in_memory)
+        self.eval_ds = CtrDataset(cfg.data.eval, in_memory=cfg.data.in_memory) \
+            if cfg.data.eval else None
+        ds = self.train_ds
+        if self.eval_ds is not None and (self.eval_ds.n_fields, self.eval_ds.n_dense) != \
+                (ds.n_fields, ds.n_dense):
+            raise ConfigError(f"data.eval {cfg.data.eval} has {self.eval_ds.n_fields} fields / "
+                              f"{self.eval_ds.n_dense} dense, data.train {ds.n_fields} / "
+                              f"{ds.n_dense}")
+        if tc.batch_size < comm.size:
+            raise ConfigError(f"train.batch_size = {tc.batch_size} is smaller than the "
+                              f"{comm.size} ranks")
+        self.model = build_model(cfg.model, ds.n_fields, ds.n_dense, self.dtype, tc.seed)
+        m = self.model
+        self.table = ShardTable(m.row_width, m.emb_col, sparse_slots(tc.optimizer, m.row_width),
+                                self.dtype, tc.seed, cfg.model.init_std)
+        self.sparse_opt = SparseOptimizer(tc.optimizer, tc.lr, tc.l2, tc.ftrl_l1, tc.ftrl_l2,
+                                          tc.ftrl_beta)
+        self.dense_opt = DenseOptimizer(tc.dense_opt, tc.dense_lr or tc.lr, m.params.size,
+                                        self.dtype)
+        self.timer = Timer()
+        self.strategy = make_strategy(cfg.dist.strategy, model=m, table=self.table,
+                                      sparse_opt=self.sparse_opt, dense_opt=self.dense_opt,
+                                      comm=comm, aggregate=cfg.dist.aggregate, timer=self.timer)
+        self.nb = n_batches(ds.n, tc.batch_size)
+        self.total_steps = tc.steps or self.nb * tc.epochs
+
+    def local_batch(self, ds: CtrDataset, t: int):
+        B = self.cfg.train.batch_size
+        lo, hi = rank_slice(t, B, ds.n, self.comm.size, self.comm.rank)
+        sizes = split_counts(min(B, ds.n - t * B), self.comm.size)
+        return ds.read(lo, hi, self.dtype), sizes
+
+    def evaluate(self) -> tuple[float, float, np.ndarray]:
+        """(AUC, logloss, predictions) over the whole eval set, on every rank."""
+        ds = self.eval_ds
+        preds = []
+        for t in range(n_batches(ds.n, self.cfg.train.batch_size)):
+            b, sizes = self.local_batch(ds, t)
+            preds.append(self.strategy.predict(b, sizes))
+        p = np.concatenate(preds)
+        y = ds.labels()
+        return metrics.auc(y, p), metrics.logloss(y, p), p
+
+
+def _fmt_eta(s: float) -> str:
+    s = int(max(s, 0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def run(cfg: Config, comm: Comm, out: str | Path | None) -> dict:
+    """Train as configured; returns the summary (the same dict on every rank)."""
+    tr = Trainer(cfg, comm)
+    tc = cfg.train
+    rank0 = comm.rank == 0
+    out = Path(out) if out else None
+    if out is not None and rank0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").write_text("")
+    m = tr.model
+    if rank0:
+        log.info("%s on %d rank(s), strategy %s/%s, global batch %d, %d steps, partial width "
+                 "W=%d, substitutions %s, dtype %s", m.name, comm.size, cfg.dist.strategy,
+                 cfg.dist.aggregate, tc.batch_size, tr.total_steps, m.W, m.substitutions,
+                 tc.dtype)
+    step_times: list[float] = []
+    losses: list[float] = []
+    samples = 0
+    interval_loss, interval_n, interval_t = 0.0, 0, 0.0
+    before = comm.acct.counters("train")
+    last_eval: tuple[float, float] | None = None
+    last_interval = float("nan")
+    for step in range(1, tr.total_steps + 1):
+        t = (step - 1) % tr.nb
+        b, sizes = tr.local_batch(tr.train_ds, t)
+        t0 = time.perf_counter()
+        loss = tr.strategy.train_step(b, sizes, step)
+        dt = time.perf_counter() - t0
+        n = int(sizes.sum())
+        step_times.append(dt)
+        samples += n
+        losses.append(loss / n)
+        interval_loss += loss
+        interval_n += n
+        interval_t += dt
+        if cfg.dist.check_every and step % cfg.dist.check_every == 0:
+            tr.strategy.check_replicas(step)
+        do_eval = tr.eval_ds is not None and tc.eval_every and step % tc.eval_every == 0
+        if do_eval:
+            auc, ll, _ = tr.evaluate()
+            last_eval = (auc, ll)
+        if step % tc.log_every == 0 or step == tr.total_steps or do_eval:
+            wire = Accounting.total(comm.acct.counters("train"), "wire_bytes") - \
+                Accounting.total(before, "wire_bytes")
+            rec = {"step": step, "samples": samples,
+                   "train_logloss": interval_loss / interval_n,
+                   "samples_per_s": interval_n / interval_t if interval_t > 0 else 0.0,
+                   "wire_bytes_per_step": wire / step}
+            if do_eval:
+                rec.update(eval_auc=last_eval[0], eval_logloss=last_eval[1])
+            if rank0:
+                eta = (tr.total_steps - step) * (sum(step_times) / step)
+                log.info("step %d/%d | %.0f samples/s | loss %.5f | comm %.3f MB/step (rank 0) "
+                         "| ETA %s%s", step, tr.total_steps, rec["samples_per_s"],
+                         rec["train_logloss"], rec["wire_bytes_per_step"] / 1e6, _fmt_eta(eta),
+                         f" | eval AUC {last_eval[0]:.4f}" if do_eval else "")
+                if out is not None:
+                    with open(out / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+            last_interval = interval_loss / interval_n
+            interval_loss, interval_n, interval_t = 0.0, 0, 0.0
+    tr.strategy.check_replicas(tr.total_steps)
+    summary = _summary(tr, cfg, comm, step_times, samples, last_interval, losses)
+    if tr.eval_ds is not None:
+        auc, ll, preds = tr.evaluate()
+        summary.update(eval_auc=auc, eval_logloss=ll, eval_rows=int(preds.shape[0]))
+        if rank0 and out is not None:
+            np.save(out / "eval_predictions.npy", preds)
+    if rank0:
+        if "eval_auc" in summary:
+            log.info("eval AUC %.5f, logloss %.5f over %d rows", summary["eval_auc"],
+                     summary["eval_logloss"], summary["eval_rows"])
+        log.info("%.0f samples/s, median step %.4f s, %.3f MB/step on the wire (mean over "
+                 "ranks), %d keys, %.1f bytes/key", summary["samples_per_s"],
+                 summary["step_time_s"], summary["wire_bytes_per_step"] / 1e6,
+                 summary["table_keys"], summary["bytes_per_key"])
+        if out is not None:
+            (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_loss, losses
+             ) -> dict:
+    steps = len(step_times)
+    mine = {"counters": Accounting.as_dict(comm.acct.counters("train")),
+            "keys": tr.table.n, "table_bytes": tr.table.nbytes,
+            "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "phases": dict(tr.timer.phases)}
+    every = comm.allgather_object(mine)
+    P = comm.size
+    kinds = sorted({k for e in every for k in e["counters"]})
+    comm_rep = {}
+    for k in kinds:
+        tot = {f: sum(e["counters"].get(k, {}).get(f, 0) for e in every)
+               for f in ("calls", "payload_bytes", "wire_bytes", "time_s")}
+        comm_rep[k] = {"calls_per_step": tot["calls"] / P / steps,
+                       "payload_bytes_per_step": tot["payload_bytes"] / P / steps,
+                       "wire_bytes_per_step": tot["wire_bytes"] / P / steps,
+                       "time_s_per_step": tot["time_s"] / P / steps}
+    keys = sum(e["keys"] for e in every)
+    total_t = sum(step_times)
+    return {
+        "model": cfg.model.name, "strategy": cfg.dist.strategy, "aggregate": cfg.dist.aggregate,
+        "world_size": P, "global_batch": cfg.train.batch_size, "steps": steps,
+        "samples": samples, "train_logloss": last_loss,
+        "train_logloss_mean": float(np.mean(losses)) if losses else float("nan"),
+        "eval_auc": None, "eval_logloss": None,
+        "samples_per_s": samples / total_t if total_t > 0 else 0.0,
+        "step_time_s": statistics.median(step_times) if step_times else 0.0,
+        "comm": comm_rep,
+        "wire_bytes_per_step": sum(v["wire_bytes_per_step"] for v in comm_rep.values()),
+        "payload_bytes_per_step": sum(v["payload_bytes_per_step"] for v in comm_rep.values()),
+        "partial_width": tr.model.W, "substitutions": tr.model.substitutions,
+        "table_keys": keys,
+        "bytes_per_key": sum(e["table_bytes"] for e in every) / keys if keys else None,
+        "peak_rss_bytes": max(e["rss"] for e in every),
+        "phases_s_per_step": {k: sum(e["phases"].get(k, 0.0) for e in every) / P / steps
+                              for k in sorted({k for e in every for k in e["phases"]})},
+        "config": cfg.to_dict(),
+    }

@@ -1,0 +1,71 @@
+"""Run under mpiexec -n P: train every (model, aggregate, optimizer) case for a few steps in
+float64, writing each case's outputs under OUT/CASE, and check on every rank that each step's
+collectives equal the strategy's plan (kind, counts, item size, payload and wire bytes)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from desmpi.comm import Comm
+from desmpi.config import from_dict
+from desmpi.data.h5 import CtrDataset
+from desmpi.data.slicing import rank_slice
+from desmpi.strategies.common import Layout
+from desmpi.train import Trainer, run
+
+out_root, onehot_h5, multi_h5, eval_h5, eval_multi_h5 = sys.argv[1:6]
+which = sys.argv[6] if len(sys.argv) > 6 else "all"
+STEPS, B = 20, 64
+MODELS = ["lr", "fm", "wdl", "deepfm", "dcn", "dlrm"]
+cases = []
+if which in ("all", "onehot"):
+    for m in MODELS:
+        for agg in ("allreduce", "reduce_scatter"):
+            for opt in ("sgd", "adagrad", "ftrl", "adam"):
+                cases.append((f"{m}-{agg}-{opt}", m, agg, opt, onehot_h5, eval_h5, "auto"))
+if which in ("all", "multi"):
+    for m in MODELS:
+        for agg in ("allreduce", "reduce_scatter"):
+            cases.append((f"{m}-{agg}-multi", m, agg, "adagrad", multi_h5, eval_multi_h5,
+                          "auto"))
+    for m in ("wdl", "deepfm"):
+        for agg in ("allreduce", "reduce_scatter"):
+            cases.append((f"{m}-{agg}-pooling", m, agg, "adam", onehot_h5, eval_h5, "pooling"))
+
+comm = Comm.world(keep_log=True)
+problems = []
+for name, m, agg, opt, tr, ev, deep in cases:
+    cfg = from_dict({
+        "model": {"name": m, "embed_dim": 4, "hidden": [16, 8], "bottom": [8],
+                  "cross_layers": 2, "deep_input": deep, "init_std": 0.1},
+        "data": {"train": tr, "eval": ev},
+        "train": {"batch_size": B, "steps": STEPS, "optimizer": opt, "lr": 0.05,
+                  "dtype": "float64", "seed": 3, "log_every": 10, "ftrl_l1": 0.001},
+        "dist": {"strategy": "des", "aggregate": agg, "check_every": 5},
+    }).check()
+    comm.acct.log.clear()
+    run(cfg, comm, Path(out_root) / name)
+    # planned == counted, step by step
+    trainer = Trainer(cfg, Comm.local())  # a planner: reads the data, never communicates
+    ds = CtrDataset(tr)
+    logged = [c for scope, c, _ in comm.acct.log if scope == "train"]
+    pos = 0
+    for step in range(STEPS):
+        t = step % trainer.nb
+        parts = [ds.read(*rank_slice(t, B, ds.n, comm.size, r)) for r in range(comm.size)]
+        lay = Layout.of(parts, ds.onehot, ds.has("values"))
+        plan = trainer.strategy.plan(lay, comm.rank)
+        got = logged[pos:pos + len(plan)]
+        pos += len(plan)
+        if got != plan or [c.wire_bytes for c in got] != [c.wire_bytes for c in plan] or \
+                [c.payload_bytes for c in got] != [c.payload_bytes for c in plan]:
+            problems.append(f"{name} step {step} rank {comm.rank}: planned {plan} != {got}")
+            break
+    if pos != len(logged):
+        problems.append(f"{name} rank {comm.rank}: {len(logged) - pos} unplanned calls")
+allp = comm.allgather_object(problems)
+if comm.rank == 0:
+    Path(out_root, "plan_check.json").write_text(json.dumps(sum(allp, [])))
+    Path(out_root, "cases.json").write_text(json.dumps([c[0] for c in cases]))
