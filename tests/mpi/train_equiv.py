@@ -6,8 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from desmpi.comm import Comm
 from desmpi.config import from_dict
 from desmpi.data.h5 import CtrDataset
