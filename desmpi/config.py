@@ -69,6 +69,7 @@ class TrainConfig:
     lr: float = 0.05
     dense_lr: float = 0.0  # 0: the same as lr
     l2: float = 0.0  # L2 on touched sparse rows (folded into their gradient)
+    adagrad_init: float = 0.0  # initial Adagrad accumulator (PyTorch 0, TensorFlow 0.1)
     ftrl_l1: float = 0.0
     ftrl_l2: float = 0.0
     ftrl_beta: float = 1.0

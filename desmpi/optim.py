@@ -45,12 +45,15 @@ class SparseOptimizer:
 class DenseOptimizer:
     """SGD / Adagrad / Adam on one flat parameter vector."""
 
-    def __init__(self, name: str, lr: float, size: int, dtype) -> None:
+    def __init__(self, name: str, lr: float, size: int, dtype, adagrad_init: float = 0.0
+                 ) -> None:
         if name not in ("sgd", "adagrad", "adam"):
             raise ValueError(f"unknown dense optimizer {name!r}")
         self.name, self.lr = name, lr
         n_state = {"sgd": 0, "adagrad": 1, "adam": 2}[name]
         self.state = np.zeros((n_state, size), dtype=dtype)
+        if name == "adagrad":
+            self.state[0] = adagrad_init
 
     def apply(self, params: np.ndarray, grad: np.ndarray, t: int) -> None:
         if self.name == "sgd":

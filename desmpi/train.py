@@ -53,11 +53,12 @@ class Trainer:
         self.model = build_model(cfg.model, ds.n_fields, ds.n_dense, self.dtype, tc.seed)
         m = self.model
         self.table = ShardTable(m.row_width, m.emb_col, sparse_slots(tc.optimizer, m.row_width),
-                                self.dtype, tc.seed, cfg.model.init_std)
+                                self.dtype, tc.seed, cfg.model.init_std,
+                                slot_init=tc.adagrad_init if tc.optimizer == "adagrad" else 0.0)
         self.sparse_opt = SparseOptimizer(tc.optimizer, tc.lr, tc.l2, tc.ftrl_l1, tc.ftrl_l2,
                                           tc.ftrl_beta)
         self.dense_opt = DenseOptimizer(tc.dense_opt, tc.dense_lr or tc.lr, m.params.size,
-                                        self.dtype)
+                                        self.dtype, adagrad_init=tc.adagrad_init)
         self.timer = Timer()
         self.strategy = make_strategy(cfg.dist.strategy, model=m, table=self.table,
                                       sparse_opt=self.sparse_opt, dense_opt=self.dense_opt,

@@ -51,6 +51,7 @@ class SynthSpec:
     sigma_v: float = 0.2
     latent: int = 4
     dense_scale: float = 0.15
+    signal_ids: int = 100  # ids >= this (the rare tail) carry no signal in the hidden model
 
     def __post_init__(self) -> None:
         if self.rows <= 0:
@@ -125,7 +126,8 @@ def generate_block(spec: SynthSpec, block: int) -> tuple[Batch, np.ndarray]:
         mh = np.isin(fid, list(spec.multi_hot))
         values[mh] = rng.uniform(0.5, 1.5, size=int(mh.sum()))
     z = spec.bias + dense @ _dense_weights(spec) + hidden_logit(
-        keys, offsets, values, n, F, spec.model_seed, spec.sigma_w, spec.sigma_v, spec.latent)
+        keys, offsets, values, n, F, spec.model_seed, spec.sigma_w, spec.sigma_v, spec.latent,
+        spec.signal_ids)
     prob = sigmoid(z).astype(np.float32)  # as stored: the oracle AUC is that of the file
     labels = (rng.random(n) < prob).astype(np.float32)
     onehot = not spec.multi_hot

@@ -1,0 +1,160 @@
+"""Operators: partials summed over shards == an unsharded NumPy reference; gradients of every
+model by central finite differences (float64)."""
+
+import numpy as np
+import pytest
+
+from desmpi.config import ModelConfig
+from desmpi.data.synth import SynthSpec, generate_block
+from desmpi.kernels.hashing import owners
+from desmpi.kernels.sparse import row_grads
+from desmpi.models import REGISTRY, build_model
+from desmpi.optim import sparse_slots
+from desmpi.strategies.common import bce_with_logits, occurrences, pool_owned, route
+from desmpi.tables import ShardTable
+
+D = 4
+
+
+def small_batch(n=40, multi=True, seed=0):
+    spec = SynthSpec(rows=n, seed=seed, cap=50,
+                     multi_hot={2: 3, 7: 2} if multi else {}, weighted=multi)
+    b, _ = generate_block(spec, 0)
+    b.dense = b.dense.astype(np.float64)
+    b.labels = b.labels.astype(np.float64)
+    if b.values is not None:
+        b.values = b.values.astype(np.float64)
+    return b
+
+
+def make(name, deep_input="auto", hidden=(6, 5)):
+    cfg = ModelConfig(name=name, embed_dim=D, hidden=hidden, bottom=(5,), cross_layers=2,
+                      deep_input=deep_input, init_std=0.3)
+    m = build_model(cfg, 26, 13, np.float64, seed=5)
+    t = ShardTable(m.row_width, m.emb_col, sparse_slots("adagrad", m.row_width), np.float64,
+                   seed=11, init_std=0.3)
+    # random (not zero) linear weights and dense parameters make every path non-trivial
+    m.params.data[:] = np.random.default_rng(1).normal(0, 0.3, m.params.size)
+    return m, t
+
+
+MODEL_CASES = [("lr", "auto"), ("fm", "auto"), ("wdl", "fused"), ("wdl", "pooling"),
+               ("deepfm", "fused"), ("deepfm", "pooling"), ("dcn", "auto"), ("dlrm", "auto")]
+
+
+def reference_pools(b, table):
+    """NumPy reference of L, E, Q over all keys of the batch (no kernels, no sharding)."""
+    s, f = b.sample_field()
+    rows = table.lookup_or_insert(b.keys)
+    w = table.weights[rows]
+    x = b.values if b.values is not None else np.ones(len(s))
+    L = np.bincount(s, weights=w[:, 0] * x, minlength=b.n) if table.emb_col else None
+    v = w[:, table.emb_col:] * x[:, None]
+    E = np.zeros((b.n, 26, v.shape[1]))
+    np.add.at(E, (s, f), v)
+    Q = np.bincount(s, weights=(v * v).sum(1), minlength=b.n)
+    return L, E, Q
+
+
+@pytest.mark.parametrize("name,deep", MODEL_CASES)
+@pytest.mark.parametrize("P", [1, 2, 3, 4])
+def test_partials_summed_over_shards_equal_reference(name, deep, P):
+    b = small_batch()
+    m, ref_table = make(name, deep)
+    L, E, Q = reference_pools(b, ref_table)
+    ref = {"linear": None if L is None else L[:, None],
+           "fm": np.concatenate([E.sum(1), Q[:, None]], 1), "field_pooling": E.reshape(b.n, -1)}
+    if any(op.name == "fused_first_layer" for op in m.ops):
+        ref["fused_first_layer"] = E.reshape(b.n, -1) @ m.params["w1_sparse"]
+    Z = np.zeros((b.n, m.W))
+    own = owners(b.keys, P)
+    for r in range(P):
+        _, t = make(name, deep)
+        pos = route(b, r, P)
+        assert np.array_equal(pos, np.flatnonzero(own == r))
+        occ = occurrences(b, pos, t, insert=True)
+        # initial rows depend on (seed, key) only, not on which shard inserted them
+        np.testing.assert_array_equal(t.weights[occ.rows, t.emb_col:],
+                                      ref_table.weights[ref_table.lookup(b.keys[pos]),
+                                                        t.emb_col:])
+        t.weights[occ.rows, : t.emb_col] = ref_table.weights[ref_table.lookup(b.keys[pos]),
+                                                             : t.emb_col]
+        Z += m.partial(pool_owned(m, occ, b.n, t))
+    for op in m.ops:
+        want = ref[op.name]
+        if op.name == "fm" and op.s_from_pooling:
+            want = Q[:, None]
+        np.testing.assert_allclose(Z[:, op.cols], want, rtol=1e-12, atol=1e-14,
+                                   err_msg=f"{name}/{op.name}")
+
+
+def loss_and_grads(m, t, b):
+    """Mean BCE and its gradients: per-row (rows, grad) and the dense gradient vector."""
+    pos = route(b, 0, 1)
+    occ = occurrences(b, pos, t, insert=True)
+    pooled = pool_owned(m, occ, b.n, t)
+    Z = m.partial(pooled)
+    logits, cache = m.forward(Z, b.dense)
+    loss, p = bce_with_logits(logits, b.labels)
+    m.params.zero_grad()
+    gZ = m.backward(cache, (p - b.labels) / b.n)
+    kg = m.key_grads(gZ, pooled)
+    urows, inv = np.unique(occ.rows, return_inverse=True)
+    g = np.zeros((len(urows), t.R))
+    row_grads(occ.s, occ.f, inv, occ.rows, occ.vals, t.weights, m.emb_col, kg.gL, kg.G, kg.gQ,
+              g)
+    return loss / b.n, urows, g, m.params.grads.copy()
+
+
+def _loss(m, t, b):
+    pos = route(b, 0, 1)
+    occ = occurrences(b, pos, t, insert=True)
+    logits, _ = m.forward(m.partial(pool_owned(m, occ, b.n, t)), b.dense)
+    return bce_with_logits(logits, b.labels)[0] / b.n
+
+
+@pytest.mark.parametrize("name,deep", MODEL_CASES)
+def test_gradients_by_finite_differences(name, deep):
+    b = small_batch(n=30)
+    m, t = make(name, deep)
+    _, urows, g, gd = loss_and_grads(m, t, b)
+    rng = np.random.default_rng(2)
+    eps = 1e-6
+    # sparse rows: a few (row, column) entries, the most frequent row included
+    for i in [*rng.choice(len(urows), 6, replace=False), int(np.argmax(np.abs(g).sum(1)))]:
+        for c in range(t.R):
+            r = urows[i]
+            old = t.weights[r, c]
+            t.weights[r, c] = old + eps
+            up = _loss(m, t, b)
+            t.weights[r, c] = old - eps
+            dn = _loss(m, t, b)
+            t.weights[r, c] = old
+            num = (up - dn) / (2 * eps)
+            assert num == pytest.approx(g[i, c], rel=1e-5, abs=1e-9), (name, "row", r, c)
+    # dense parameters: a sample of entries of every named parameter
+    for pname, (o, size, _) in m.params.offsets.items():
+        for j in rng.choice(size, min(size, 4), replace=False):
+            old = m.params.data[o + j]
+            m.params.data[o + j] = old + eps
+            up = _loss(m, t, b)
+            m.params.data[o + j] = old - eps
+            dn = _loss(m, t, b)
+            m.params.data[o + j] = old
+            num = (up - dn) / (2 * eps)
+            assert num == pytest.approx(gd[o + j], rel=1e-5, abs=1e-9), (name, pname, j)
+
+
+def test_deep_input_choice_takes_the_narrower_partial():
+    def width(name, H, d=16):
+        cfg = ModelConfig(name=name, embed_dim=d, hidden=(H, 8))
+        return build_model(cfg, 26, 13, np.float32, 0)
+
+    # W&D: F·d = 416 vs H = 400 -> fused; H = 512 -> pooling
+    assert width("wdl", 400).substitutions["deep"] == "fused_first_layer"
+    assert width("wdl", 400).W == 1 + 400
+    assert width("wdl", 512).W == 1 + 26 * 16
+    # DeepFM: pooling [L|E|Q] = 418 vs fused [L|S|Q|h] = 18 + H: tie at 400 -> pooling
+    assert width("deepfm", 400).W == 418 and width("deepfm", 400).fm.s_from_pooling
+    assert width("deepfm", 200).W == 1 + 17 + 200
+    assert set(REGISTRY) == {"lr", "fm", "wdl", "deepfm", "dcn", "dlrm"}
