@@ -150,6 +150,21 @@ class Comm:
         self._record("allgather", (1,) * self.size, 8, t0)
         return out
 
+    def alltoall_counts(self, counts: np.ndarray) -> np.ndarray:
+        """Exchange k integers per peer: row j of ``counts`` (P, k) goes to rank j; returns
+        (P, k) whose row j came from rank j (one Alltoall of k int64 per peer)."""
+        c = np.ascontiguousarray(counts, dtype=np.int64)
+        if c.ndim != 2 or c.shape[0] != self.size:
+            raise ValueError(f"counts must be (P, k), got {c.shape}")
+        out = np.empty_like(c)
+        t0 = time.perf_counter()
+        if self._c is None:
+            out[...] = c
+        else:
+            self._c.Alltoall(c, out)
+        self._record("alltoall", (c.shape[1],) * self.size, 8, t0)
+        return out
+
     def alltoallv(self, send: np.ndarray, sendcounts: Sequence[int],
                   recvcounts: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Personalised exchange: ``sendcounts[j]`` elements of ``send`` (in rank order) go to j.

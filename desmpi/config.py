@@ -14,7 +14,7 @@ from pathlib import Path
 from desmpi.tomlcompat import tomllib
 
 MODELS = ("lr", "fm", "wdl", "deepfm", "dcn", "dlrm")
-STRATEGIES = ("des",)
+STRATEGIES = ("des", "ps", "a2a", "des-a2a")
 AGGREGATES = ("allreduce", "reduce_scatter")
 SPARSE_OPTIMIZERS = ("sgd", "adagrad", "ftrl", "adam")
 DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam")

@@ -118,6 +118,8 @@ def run(cfg: Config, comm: Comm, out: str | Path | None) -> dict:
         loss = tr.strategy.train_step(b, sizes, step)
         dt = time.perf_counter() - t0
         n = int(sizes.sum())
+        if step == 1:
+            tr.first_step_samples = n
         step_times.append(dt)
         samples += n
         losses.append(loss / n)
@@ -189,14 +191,17 @@ def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_los
                        "wire_bytes_per_step": tot["wire_bytes"] / P / steps,
                        "time_s_per_step": tot["time_s"] / P / steps}
     keys = sum(e["keys"] for e in every)
-    total_t = sum(step_times)
+    # throughput leaves out the first step (JIT compilation or cache loading, table warm-up)
+    warm = step_times[1:] if len(step_times) > 1 else step_times
+    warm_samples = samples - (tr.first_step_samples if len(step_times) > 1 else 0)
+    total_t = sum(warm)
     return {
         "model": cfg.model.name, "strategy": cfg.dist.strategy, "aggregate": cfg.dist.aggregate,
         "world_size": P, "global_batch": cfg.train.batch_size, "steps": steps,
         "samples": samples, "train_logloss": last_loss,
         "train_logloss_mean": float(np.mean(losses)) if losses else float("nan"),
         "eval_auc": None, "eval_logloss": None,
-        "samples_per_s": samples / total_t if total_t > 0 else 0.0,
+        "samples_per_s": warm_samples / total_t if total_t > 0 else 0.0,
         "step_time_s": statistics.median(step_times) if step_times else 0.0,
         "comm": comm_rep,
         "wire_bytes_per_step": sum(v["wire_bytes_per_step"] for v in comm_rep.values()),

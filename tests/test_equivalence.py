@@ -1,7 +1,8 @@
 """Equivalence, the property that gives DES its name: P = 2 and 4 train the P = 1 model.
 
-Every model × aggregate × optimizer (and multi-hot weighted data, and both substitutions of the
-first dense layer) trains 20 steps in float64 at P = 1, 2, 4; eval predictions and final train
+Every model × strategy (des with both aggregates and every optimizer; ps, a2a, des-a2a), on
+one-hot and on multi-hot weighted data, with both substitutions of the first dense layer, trains
+20 steps in float64 at P = 1, 2, 4; eval predictions and final train
 loss must agree to 1e-9 relative (summation order is the only difference; float64 rounding over
 20 steps stays near 1e-13). The same runs check that every step's collectives equal the plan.
 """
@@ -53,7 +54,9 @@ def test_planned_equals_counted(runs):
 @pytest.mark.parametrize("P", [2, 4])
 def test_equivalent_to_single_process(runs, P):
     cases = json.loads((runs[1] / "cases.json").read_text())
-    assert len(cases) == 6 * 2 * 4 + 6 * 2 + 4
+    # 6 models x (des/allreduce, des/reduce_scatter: 4 optimizers; ps, a2a, des-a2a: adagrad)
+    # + multi-hot weighted for every model and strategy + pooling-substituted W&D and DeepFM
+    assert len(cases) == 6 * (2 * 4 + 3) + 6 * 5 + 2 * 5
     worst = {}
     for c in cases:
         p1 = np.load(runs[1] / c / "eval_predictions.npy")
@@ -70,8 +73,8 @@ def test_equivalent_to_single_process(runs, P):
 
 
 def test_summaries_report_traffic(runs):
-    s1 = json.loads((runs[1] / "deepfm-allreduce-adagrad" / "summary.json").read_text())
-    s4 = json.loads((runs[4] / "deepfm-allreduce-adagrad" / "summary.json").read_text())
+    s1 = json.loads((runs[1] / "deepfm-des-allreduce-adagrad" / "summary.json").read_text())
+    s4 = json.loads((runs[4] / "deepfm-des-allreduce-adagrad" / "summary.json").read_text())
     assert s1["wire_bytes_per_step"] == 0
     assert s4["wire_bytes_per_step"] > 0 and "allreduce" in s4["comm"]
     assert s4["table_keys"] == s1["table_keys"]  # every key lives on exactly one rank

@@ -5,12 +5,17 @@ Each strategy can also *plan* a step — the list of collectives with their coun
 exactly that plan (tests compare them with ``==``).
 """
 
+from desmpi.strategies.a2a import A2AStrategy
 from desmpi.strategies.des import DesStrategy
+from desmpi.strategies.des_a2a import DesA2AStrategy
+from desmpi.strategies.ps import PsStrategy
 
-__all__ = ["DesStrategy", "make_strategy"]
+STRATEGIES = {"des": DesStrategy, "ps": PsStrategy, "a2a": A2AStrategy,
+              "des-a2a": DesA2AStrategy}
+__all__ = ["STRATEGIES", "make_strategy"]
 
 
 def make_strategy(name: str, **kw):
-    if name == "des":
-        return DesStrategy(**kw)
-    raise ValueError(f"unknown strategy {name!r}")
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](**kw)

@@ -14,29 +14,6 @@ from desmpi.kernels.sparse import pool, row_grads
 from desmpi.ops.base import KeyGrads, Pooled
 
 
-@dataclass(frozen=True)
-class Layout:
-    """What every rank knows of a global batch before any communication.
-
-    sizes: (P,) samples per rank (the slicing rule); nnz: (P,) keys per rank (known to the
-    planner from the data; at run time rank r learns the others' from the gathered lengths).
-    """
-
-    sizes: tuple[int, ...]
-    nnz: tuple[int, ...]
-    n_fields: int
-    n_dense: int
-    onehot: bool
-    weighted: bool
-
-    @staticmethod
-    def of(local_batches: list[Batch], onehot: bool, weighted: bool) -> Layout:
-        b0 = local_batches[0]
-        return Layout(tuple(b.n for b in local_batches),
-                      tuple(int(b.keys.shape[0]) for b in local_batches), b0.n_fields,
-                      b0.dense.shape[1], onehot, weighted)
-
-
 @dataclass
 class Occurrences:
     """Owned keys of a batch: sample, field, table row and value of each (global order)."""

@@ -20,7 +20,6 @@ from desmpi.comm import Comm
 from desmpi.data.batch import Batch
 from desmpi.metrics import sigmoid
 from desmpi.strategies.common import (
-    Layout,
     Timer,
     bce_with_logits,
     occurrences,
@@ -28,6 +27,8 @@ from desmpi.strategies.common import (
     route,
     sparse_update,
 )
+from desmpi.strategies.counts import ModelDims, StepCounts
+from desmpi.strategies.plans import plan_des
 from sim.accounting import Call
 
 
@@ -45,31 +46,9 @@ class DesStrategy:
         self.replicated = aggregate == "allreduce"
 
     # ---- plan --------------------------------------------------------------------------------
-    def plan(self, lay: Layout, rank: int) -> list[Call]:
-        """Collectives of one training step on ``rank``, from the batch layout alone."""
-        P, F, W = len(lay.sizes), lay.n_fields, self.model.W
-        isz = self.model.dtype.itemsize
-        calls = []
-
-        def c(kind, counts, itemsize):
-            calls.append(Call(kind, tuple(int(x) for x in counts), itemsize, rank, P))
-
-        if not lay.onehot:
-            c("allgatherv", [s * F for s in lay.sizes], 8)
-        c("allgatherv", lay.nnz, 8)
-        if lay.weighted:
-            c("allgatherv", lay.nnz, isz)
-        B = sum(lay.sizes)
-        if self.replicated:
-            c("allgatherv", [s * (1 + lay.n_dense) for s in lay.sizes], isz)
-            c("allreduce", [B * W], isz)
-            if self.model.partial_grad_size:
-                c("allreduce", [self.model.partial_grad_size], isz)
-        else:
-            c("reduce_scatter", [s * W for s in lay.sizes], isz)
-            c("allgatherv", [s * W for s in lay.sizes], isz)
-            c("allreduce", [self.model.params.size + 1], isz)
-        return calls
+    def plan(self, counts: StepCounts, rank: int) -> list[Call]:
+        """Collectives of one training step on ``rank``, from the batch's counts alone."""
+        return plan_des(counts, ModelDims.of(self.model), self.aggregate, rank)
 
     # ---- execution ---------------------------------------------------------------------------
     def _gather(self, b: Batch, sizes: np.ndarray, features: bool) -> Batch:

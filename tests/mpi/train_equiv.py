@@ -9,39 +9,37 @@ from pathlib import Path
 from desmpi.comm import Comm
 from desmpi.config import from_dict
 from desmpi.data.h5 import CtrDataset
-from desmpi.data.slicing import rank_slice
-from desmpi.strategies.common import Layout
+from desmpi.strategies.counts import count_step
 from desmpi.train import Trainer, run
 
 out_root, onehot_h5, multi_h5, eval_h5, eval_multi_h5 = sys.argv[1:6]
-which = sys.argv[6] if len(sys.argv) > 6 else "all"
 STEPS, B = 20, 64
 MODELS = ["lr", "fm", "wdl", "deepfm", "dcn", "dlrm"]
+# (name, model, strategy, aggregate, optimizer, train, eval, deep_input)
 cases = []
-if which in ("all", "onehot"):
-    for m in MODELS:
-        for agg in ("allreduce", "reduce_scatter"):
-            for opt in ("sgd", "adagrad", "ftrl", "adam"):
-                cases.append((f"{m}-{agg}-{opt}", m, agg, opt, onehot_h5, eval_h5, "auto"))
-if which in ("all", "multi"):
-    for m in MODELS:
-        for agg in ("allreduce", "reduce_scatter"):
-            cases.append((f"{m}-{agg}-multi", m, agg, "adagrad", multi_h5, eval_multi_h5,
-                          "auto"))
-    for m in ("wdl", "deepfm"):
-        for agg in ("allreduce", "reduce_scatter"):
-            cases.append((f"{m}-{agg}-pooling", m, agg, "adam", onehot_h5, eval_h5, "pooling"))
+VARIANTS = [("des", "allreduce"), ("des", "reduce_scatter"), ("ps", ""), ("a2a", ""),
+            ("des-a2a", "")]
+for m in MODELS:
+    for st, agg in VARIANTS:
+        tag = f"{m}-{st}{'-' + agg if agg else ''}"
+        opts = ("sgd", "adagrad", "ftrl", "adam") if st == "des" else ("adagrad",)
+        for opt in opts:
+            cases.append((f"{tag}-{opt}", m, st, agg, opt, onehot_h5, eval_h5, "auto"))
+        cases.append((f"{tag}-multi", m, st, agg, "adam", multi_h5, eval_multi_h5, "auto"))
+        if m in ("wdl", "deepfm"):
+            cases.append((f"{tag}-pooling", m, st, agg, "adagrad", onehot_h5, eval_h5,
+                          "pooling"))
 
 comm = Comm.world(keep_log=True)
 problems = []
-for name, m, agg, opt, tr, ev, deep in cases:
+for name, m, st, agg, opt, tr, ev, deep in cases:
     cfg = from_dict({
         "model": {"name": m, "embed_dim": 4, "hidden": [16, 8], "bottom": [8],
                   "cross_layers": 2, "deep_input": deep, "init_std": 0.1},
         "data": {"train": tr, "eval": ev},
         "train": {"batch_size": B, "steps": STEPS, "optimizer": opt, "lr": 0.05,
                   "dtype": "float64", "seed": 3, "log_every": 10, "ftrl_l1": 0.001},
-        "dist": {"strategy": "des", "aggregate": agg, "check_every": 5},
+        "dist": {"strategy": st, "aggregate": agg or "allreduce", "check_every": 5},
     }).check()
     comm.acct.log.clear()
     run(cfg, comm, Path(out_root) / name)
@@ -52,9 +50,8 @@ for name, m, agg, opt, tr, ev, deep in cases:
     pos = 0
     for step in range(STEPS):
         t = step % trainer.nb
-        parts = [ds.read(*rank_slice(t, B, ds.n, comm.size, r)) for r in range(comm.size)]
-        lay = Layout.of(parts, ds.onehot, ds.has("values"))
-        plan = trainer.strategy.plan(lay, comm.rank)
+        counts = count_step(ds.read(t * B, (t + 1) * B), comm.size)
+        plan = trainer.strategy.plan(counts, comm.rank)
         got = logged[pos:pos + len(plan)]
         pos += len(plan)
         if got != plan or [c.wire_bytes for c in got] != [c.wire_bytes for c in plan] or \

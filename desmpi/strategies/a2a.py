@@ -1,0 +1,115 @@
+"""Strategy ``a2a``: TorchRec / DLRM row-wise style.
+
+Keys go to their owners grouped in (sample, field) bag parts; each owner pools its part of
+every bag and sends the pooled vectors back (one per (sample, field, owner) that exists, of
+width ``seg`` = [L | v (d) | Q] as the model needs); the requester sums the parts, runs the model
+on its b samples, and sends the parts' gradients back to the owners.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from desmpi.data.batch import Batch
+from desmpi.kernels.sparse import pool
+from desmpi.ops.base import KeyGrads
+from desmpi.strategies.common import Occurrences, sparse_update
+from desmpi.strategies.counts import ModelDims
+from desmpi.strategies.exchange import ExchangeStrategy, group_by_owner, runs
+
+
+class A2AStrategy(ExchangeStrategy):
+    name = "a2a"
+
+    def _sparse_forward(self, b: Batch, insert: bool):
+        comm, table, model, tm = self.comm, self.table, self.model, self.timer
+        P, F = comm.size, b.n_fields
+        dt = table.dtype
+        s, f = b.sample_field()
+        order, kcnt = group_by_owner(self.owners(b.keys), P)
+        bag = (s * F + f)[order]
+        own_sorted = np.repeat(np.arange(P), kcnt)
+        first = runs(own_sorted, bag)
+        seg_start = np.flatnonzero(first)
+        lens = np.diff(np.append(seg_start, bag.shape[0]))
+        scnt = np.bincount(own_sorted[first], minlength=P).astype(np.int64)
+        seg_s, seg_f = bag[first] // F, bag[first] % F
+        tm.lap("route")
+        rc = comm.alltoall_counts(np.stack([kcnt, scnt], axis=1))
+        rk, rs = rc[:, 0], rc[:, 1]
+        keys_in, _ = comm.alltoallv(b.keys[order], kcnt, rk)
+        if b.offsets is not None:
+            lens_in, _ = comm.alltoallv(lens, scnt, rs)
+        else:
+            lens_in = np.ones(keys_in.shape[0], dtype=np.int64)
+        if b.values is not None:
+            vals_in, _ = comm.alltoallv(np.ascontiguousarray(b.values[order], dtype=dt), kcnt,
+                                        rk)
+        else:
+            vals_in = np.empty(0, dt)
+        tm.lap("exchange")
+        rows = table.lookup_or_insert(keys_in) if insert else table.lookup(keys_in)
+        tm.lap("lookup")
+        nseg_in = int(rs.sum())
+        seg_of_key = np.repeat(np.arange(nseg_in, dtype=np.int64), lens_in)
+        zf = np.zeros(seg_of_key.shape[0], dtype=np.int64)
+        L, E, Q = model.needs()
+        d = model.d
+        Lp = np.zeros(nseg_in if L else 0, dt)
+        Ep = np.zeros((nseg_in, 1, d) if E else (0, 0, 0), dt)
+        Qp = np.zeros(nseg_in if Q else 0, dt)
+        pool(seg_of_key, zf, rows, vals_in, table.weights, model.emb_col, Lp, Ep, Qp)
+        seg_out = self._pack(Lp, Ep, Qp, nseg_in)
+        tm.lap("partials")
+        w = ModelDims.of(model).seg
+        back, _ = comm.alltoallv(seg_out.reshape(-1), rs * w, scnt * w)
+        back = back.reshape(-1, w)
+        tm.lap("exchange")
+        pooled = model.empty_pooled(b.n)
+        c = 0
+        if L:
+            np.add.at(pooled.L, seg_s, back[:, 0])
+            c = 1
+        if E:
+            np.add.at(pooled.E, (seg_s, seg_f), back[:, c:c + d])
+            c += d
+        if Q:
+            np.add.at(pooled.Q, seg_s, back[:, c])
+        Z = model.partial(pooled)
+        tm.lap("partials")
+        occ = Occurrences(seg_of_key, zf, rows, vals_in)
+        return Z, (pooled, seg_s, seg_f, scnt, rs, occ, nseg_in, w)
+
+    @staticmethod
+    def _pack(Lp, Ep, Qp, n):
+        cols = []
+        if Lp.shape[0]:
+            cols.append(Lp[:, None])
+        if Ep.shape[0]:
+            cols.append(Ep[:, 0, :])
+        if Qp.shape[0]:
+            cols.append(Qp[:, None])
+        return np.ascontiguousarray(np.concatenate(cols, axis=1) if cols else
+                                    np.zeros((n, 0), Lp.dtype))
+
+    def _sparse_backward(self, state, gZ: np.ndarray):
+        comm, table, model, tm = self.comm, self.table, self.model, self.timer
+        pooled, seg_s, seg_f, scnt, rs, occ, nseg_in, w = state
+        kg = model.key_grads(gZ, pooled)
+        L, E, Q = model.needs()
+        gseg = self._pack(kg.gL[seg_s] if L else kg.gL, kg.G[seg_s, seg_f][:, None, :] if E
+                          else kg.G, kg.gQ[seg_s] if Q else kg.gQ, seg_s.shape[0])
+        tm.lap("key_grads")
+        g_in, _ = comm.alltoallv(gseg.reshape(-1), scnt * w, rs * w)
+        g_in = g_in.reshape(-1, w)
+        tm.lap("exchange")
+        d, c = model.d, 0
+        dt = table.dtype
+        gL = np.ascontiguousarray(g_in[:, 0]) if L else np.zeros(0, dt)
+        c = 1 if L else 0
+        G = np.ascontiguousarray(g_in[:, c:c + d]).reshape(-1, 1, d) if E else \
+            np.zeros((0, 0, 0), dt)
+        c += d if E else 0
+        gQ = np.ascontiguousarray(g_in[:, c]) if Q else np.zeros(0, dt)
+        kg_owner = KeyGrads(gL, G, gQ)
+        return lambda t: sparse_update(model, occ, kg_owner, table, self.sparse_opt, t)
