@@ -103,11 +103,15 @@ class TrainConfig:
 class DistConfig:
     strategy: str = "des"
     aggregate: str = "allreduce"
+    input: str = "gather"  # des only: gather (Allgatherv the local batches) | replicate (read)
     check_every: int = 100  # steps between checksums of replicated dense parameters
 
     def check(self) -> None:
         _choice("dist.strategy", self.strategy, STRATEGIES)
         _choice("dist.aggregate", self.aggregate, AGGREGATES)
+        _choice("dist.input", self.input, ("gather", "replicate"))
+        if self.input == "replicate" and self.strategy != "des":
+            raise ConfigError("dist.input = 'replicate' applies to dist.strategy = 'des' only")
         if self.check_every < 0:
             raise ConfigError("dist.check_every must be >= 0")
 

@@ -60,16 +60,20 @@ class Trainer:
         self.dense_opt = DenseOptimizer(tc.dense_opt, tc.dense_lr or tc.lr, m.params.size,
                                         self.dtype, adagrad_init=tc.adagrad_init)
         self.timer = Timer()
+        kw = {"input_mode": cfg.dist.input} if cfg.dist.strategy == "des" else {}
         self.strategy = make_strategy(cfg.dist.strategy, model=m, table=self.table,
                                       sparse_opt=self.sparse_opt, dense_opt=self.dense_opt,
-                                      comm=comm, aggregate=cfg.dist.aggregate, timer=self.timer)
+                                      comm=comm, aggregate=cfg.dist.aggregate, timer=self.timer,
+                                      **kw)
         self.nb = n_batches(ds.n, tc.batch_size)
         self.total_steps = tc.steps or self.nb * tc.epochs
 
     def local_batch(self, ds: CtrDataset, t: int):
         B = self.cfg.train.batch_size
-        lo, hi = rank_slice(t, B, ds.n, self.comm.size, self.comm.rank)
         sizes = split_counts(min(B, ds.n - t * B), self.comm.size)
+        if self.cfg.dist.input == "replicate":  # every rank reads the whole global batch
+            return ds.read(t * B, (t + 1) * B, self.dtype), sizes
+        lo, hi = rank_slice(t, B, ds.n, self.comm.size, self.comm.rank)
         return ds.read(lo, hi, self.dtype), sizes
 
     def evaluate(self) -> tuple[float, float, np.ndarray]:
@@ -160,7 +164,7 @@ def run(cfg: Config, comm: Comm, out: str | Path | None) -> dict:
         if rank0 and out is not None:
             np.save(out / "eval_predictions.npy", preds)
     if rank0:
-        if "eval_auc" in summary:
+        if summary["eval_auc"] is not None:
             log.info("eval AUC %.5f, logloss %.5f over %d rows", summary["eval_auc"],
                      summary["eval_logloss"], summary["eval_rows"])
         log.info("%.0f samples/s, median step %.4f s, %.3f MB/step on the wire (mean over "

@@ -54,9 +54,10 @@ def test_planned_equals_counted(runs):
 @pytest.mark.parametrize("P", [2, 4])
 def test_equivalent_to_single_process(runs, P):
     cases = json.loads((runs[1] / "cases.json").read_text())
-    # 6 models x (des/allreduce, des/reduce_scatter: 4 optimizers; ps, a2a, des-a2a: adagrad)
-    # + multi-hot weighted for every model and strategy + pooling-substituted W&D and DeepFM
-    assert len(cases) == 6 * (2 * 4 + 3) + 6 * 5 + 2 * 5
+    # 6 models x (des/allreduce, des/reduce_scatter: 4 optimizers; ps, a2a, des-a2a and des
+    # with replicated input: adagrad) + multi-hot weighted for every model and variant +
+    # pooling-substituted W&D and DeepFM for every variant
+    assert len(cases) == 6 * (2 * 4 + 5) + 6 * 7 + 2 * 7
     worst = {}
     for c in cases:
         p1 = np.load(runs[1] / c / "eval_predictions.npy")

@@ -42,3 +42,23 @@ def test_des_allreduce_plan_is_the_papers_form():
     assert ar.wire_bytes == 2 * 3 * 256 * 418 * 4 // 4
     ps = plan("ps", "", c, dims, 0)
     assert ps[1].counts == tuple(c.distinct[0]) and ps[-1].counts == (1001,)
+
+
+@pytest.mark.parametrize("P", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("multi", [False, True])
+def test_vectorised_traffic_equals_summed_plans(P, multi):
+    from desmpi.strategies.plans import traffic
+
+    spec = SynthSpec(rows=200, seed=2, cap=60, multi_hot={3: 3} if multi else {}, weighted=multi)
+    b, _ = generate_block(spec, 0)
+    c = count_step(b, P)
+    for partial_grad in (0, 640):
+        dims = ModelDims(W=21, R=5, seg=6, D=777, partial_grad=partial_grad, itemsize=8)
+        for st, agg, rep in (("des", "allreduce", False), ("des", "reduce_scatter", False),
+                             ("des", "allreduce", True), ("des", "reduce_scatter", True),
+                             ("ps", "", False), ("a2a", "", False), ("des-a2a", "", False)):
+            pay, wire = traffic(st, agg, c, dims, rep)
+            for r in range(P):
+                calls = plan(st, agg, c, dims, r, rep)
+                assert wire[r] == sum(x.wire_bytes for x in calls), (st, agg, r)
+                assert pay[r] == sum(x.payload_bytes for x in calls), (st, agg, r)

@@ -5,6 +5,9 @@ bags, keys, values, [label | dense] rows); every rank computes the partials of i
 the whole global batch; Allreduce of Z (B×W); the dense part is replicated over the global batch,
 so no backward communication except a fused first layer's W1 gradient (Allreduce of W1's size).
 
+dist.input = "replicate" drops the input Allgathervs: every rank reads the whole global batch
+from the data set itself (I/O instead of MPI traffic, as in the DES paper's setting).
+
 aggregate = "reduce_scatter": Allgatherv of keys only; Reduce_scatter of Z gives each rank its
 own b×W; the dense part is data parallel; backward Allgatherv of gZ (b×W each) and one
 Allreduce of the dense gradients (with the loss sum riding along as one more element).
@@ -36,7 +39,7 @@ class DesStrategy:
     name = "des"
 
     def __init__(self, model, table, sparse_opt, dense_opt, comm: Comm, aggregate: str,
-                 timer: Timer | None = None) -> None:
+                 timer: Timer | None = None, input_mode: str = "gather") -> None:
         if aggregate not in ("allreduce", "reduce_scatter"):
             raise ValueError(f"dist.aggregate = {aggregate!r}: allreduce or reduce_scatter")
         self.model, self.table, self.comm = model, table, comm
@@ -44,11 +47,16 @@ class DesStrategy:
         self.aggregate = aggregate
         self.timer = timer or Timer()
         self.replicated = aggregate == "allreduce"
+        if input_mode not in ("gather", "replicate"):
+            raise ValueError(f"dist.input = {input_mode!r}: gather or replicate")
+        # replicate: every rank reads the whole global batch itself (no input collective)
+        self.replicate_input = input_mode == "replicate"
 
     # ---- plan --------------------------------------------------------------------------------
     def plan(self, counts: StepCounts, rank: int) -> list[Call]:
         """Collectives of one training step on ``rank``, from the batch's counts alone."""
-        return plan_des(counts, ModelDims.of(self.model), self.aggregate, rank)
+        return plan_des(counts, ModelDims.of(self.model), self.aggregate, rank,
+                        self.replicate_input)
 
     # ---- execution ---------------------------------------------------------------------------
     def _gather(self, b: Batch, sizes: np.ndarray, features: bool) -> Batch:
@@ -80,6 +88,14 @@ class DesStrategy:
             labels, dense = np.empty(B, dt), np.empty((B, 0), dt)
         return Batch(labels, dense, keys, F, offsets, values)
 
+    def _inputs(self, b: Batch, sizes: np.ndarray) -> tuple[Batch, np.ndarray, np.ndarray]:
+        """(global batch, this rank's labels, this rank's dense rows)."""
+        if self.replicate_input:
+            lo = int(sizes[: self.comm.rank].sum())
+            hi = lo + int(sizes[self.comm.rank])
+            return b, b.labels[lo:hi], b.dense[lo:hi]
+        return self._gather(b, sizes, features=self.replicated), b.labels, b.dense
+
     def _local_partials(self, g: Batch, insert: bool):
         tm = self.timer
         pos = route(g, self.comm.rank, self.comm.size)
@@ -98,7 +114,8 @@ class DesStrategy:
         sizes = np.asarray(sizes, dtype=np.int64)
         B, W = int(sizes.sum()), model.W
         tm.start()
-        g = self._gather(b, sizes, features=self.replicated)
+        g, y_mine, x_mine = self._inputs(b, sizes)
+        n_mine = y_mine.shape[0]
         tm.lap("gather")
         occ, pooled, Zloc = self._local_partials(g, insert=True)
         prm.zero_grad()
@@ -116,11 +133,11 @@ class DesStrategy:
                 prm.grads[sl] = comm.allreduce(np.ascontiguousarray(prm.grads[sl]))
                 tm.lap("aggregate")
         else:
-            Zm = comm.reduce_scatter(Zloc, sizes * W).reshape(b.n, W)
+            Zm = comm.reduce_scatter(Zloc, sizes * W).reshape(n_mine, W)
             tm.lap("aggregate")
-            logits, cache = model.forward(Zm, b.dense)
-            loss_local, p = bce_with_logits(logits, b.labels)
-            gZm = model.backward(cache, (p - b.labels) / B)
+            logits, cache = model.forward(Zm, x_mine)
+            loss_local, p = bce_with_logits(logits, y_mine)
+            gZm = model.backward(cache, (p - y_mine) / B)
             tm.lap("dense")
             gZ = comm.allgatherv(np.ascontiguousarray(gZm).reshape(-1), sizes * W).reshape(B, W)
             tm.lap("aggregate")
@@ -149,13 +166,13 @@ class DesStrategy:
         sizes = np.asarray(sizes, dtype=np.int64)
         W = model.W
         with comm.acct.scoped("eval"):
-            g = self._gather(b, sizes, features=self.replicated)
+            g, _, x_mine = self._inputs(b, sizes)
             _, _, Zloc = self._local_partials(g, insert=False)
             if self.replicated:
                 logits, _ = model.forward(comm.allreduce(Zloc), g.dense)
             else:
-                Zm = comm.reduce_scatter(Zloc, sizes * W).reshape(b.n, W)
-                lm, _ = model.forward(Zm, b.dense)
+                Zm = comm.reduce_scatter(Zloc, sizes * W).reshape(x_mine.shape[0], W)
+                lm, _ = model.forward(Zm, x_mine)
                 logits = comm.allgatherv(np.ascontiguousarray(lm), sizes)
         return sigmoid(np.asarray(logits, dtype=np.float64))
 

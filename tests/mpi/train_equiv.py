@@ -18,11 +18,12 @@ MODELS = ["lr", "fm", "wdl", "deepfm", "dcn", "dlrm"]
 # (name, model, strategy, aggregate, optimizer, train, eval, deep_input)
 cases = []
 VARIANTS = [("des", "allreduce"), ("des", "reduce_scatter"), ("ps", ""), ("a2a", ""),
-            ("des-a2a", "")]
+            ("des-a2a", ""), ("des", "allreduce-replicate"), ("des", "reduce_scatter-replicate")]
 for m in MODELS:
     for st, agg in VARIANTS:
         tag = f"{m}-{st}{'-' + agg if agg else ''}"
-        opts = ("sgd", "adagrad", "ftrl", "adam") if st == "des" else ("adagrad",)
+        opts = ("sgd", "adagrad", "ftrl", "adam") if st == "des" and "-" not in agg \
+            else ("adagrad",)
         for opt in opts:
             cases.append((f"{tag}-{opt}", m, st, agg, opt, onehot_h5, eval_h5, "auto"))
         cases.append((f"{tag}-multi", m, st, agg, "adam", multi_h5, eval_multi_h5, "auto"))
@@ -39,7 +40,9 @@ for name, m, st, agg, opt, tr, ev, deep in cases:
         "data": {"train": tr, "eval": ev},
         "train": {"batch_size": B, "steps": STEPS, "optimizer": opt, "lr": 0.05,
                   "dtype": "float64", "seed": 3, "log_every": 10, "ftrl_l1": 0.001},
-        "dist": {"strategy": st, "aggregate": agg or "allreduce", "check_every": 5},
+        "dist": {"strategy": st, "aggregate": (agg or "allreduce").split("-")[0],
+                 "input": "replicate" if agg.endswith("replicate") else "gather",
+                 "check_every": 5},
     }).check()
     comm.acct.log.clear()
     run(cfg, comm, Path(out_root) / name)
