@@ -39,15 +39,16 @@ class Accounting:
     """Records every collective: totals per scope and kind, and optionally the call log.
 
     Scopes separate traffic that users compare (``train``) from evaluation, metadata and
-    checkpoint traffic. ``log`` (when ``keep_log``) holds ``(scope, Call, time_s)`` tuples in
-    call order; the planned-vs-counted tests and ``--trace`` read it.
+    checkpoint traffic. ``log`` (when ``keep_log``) holds ``(scope, Call, time_s, t_start)``
+    tuples in call order (t_start: ``time.perf_counter()``); the planned-vs-counted tests and
+    ``--trace`` read it.
     """
 
     def __init__(self, keep_log: bool = False) -> None:
         self.scope = "train"
         self.totals: dict[str, Counters] = {}
         self.keep_log = keep_log
-        self.log: list[tuple[str, Call, float]] = []
+        self.log: list[tuple[str, Call, float, float]] = []
 
     @contextmanager
     def scoped(self, name: str):
@@ -57,11 +58,11 @@ class Accounting:
         finally:
             self.scope = prev
 
-    def record(self, call: Call, time_s: float) -> None:
+    def record(self, call: Call, time_s: float, t_start: float = 0.0) -> None:
         kinds = self.totals.setdefault(self.scope, {})
         kinds.setdefault(call.kind, KindTotals()).add(call, time_s)
         if self.keep_log:
-            self.log.append((self.scope, call, time_s))
+            self.log.append((self.scope, call, time_s, t_start))
 
     def counters(self, scope: str = "train") -> Counters:
         """A copy of the totals of ``scope`` (kind -> totals)."""

@@ -56,6 +56,27 @@ def _smoke(a, comm: Comm) -> int:
 
 
 def _bench(a, comm: Comm) -> int:
+    if a.what == "comm":
+        from desmpi.bench_comm import bench_comm
+
+        sizes = [int(x) for x in a.sizes.split(",")]
+        samples = bench_comm(comm, sizes, a.repeats_comm)
+        if comm.rank == 0:
+            for s in samples:
+                log.info("%-14s P=%d %10.0f B  %.2e s", s["kind"], s["P"], s["n"], s["time_s"])
+            if a.json:
+                print(json.dumps({"samples": samples}))
+        return 0
+    if a.what == "compute":
+        from desmpi.bench_comm import bench_compute
+
+        rep = bench_compute()
+        if comm.rank == 0:
+            log.info("GEMM %.3g flop/s, sparse %.3g key-columns/s", rep["gemm_flops"],
+                     rep["sparse_keys_per_s"])
+            if a.json:
+                print(json.dumps(rep))
+        return 0
     if a.what == "data":
         from desmpi.bench_data import bench_data
 
@@ -75,7 +96,9 @@ def _train(a, comm: Comm) -> int:
     from desmpi.train import run
 
     cfg = load(a.config, a.set)
-    summary = run(cfg, comm, a.out)
+    if a.trace:
+        comm.acct.keep_log = True
+    summary = run(cfg, comm, a.out, trace=a.trace)
     if comm.rank == 0 and a.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return 0
@@ -130,6 +153,8 @@ def add_commands(sub) -> None:
                    help="override a config key (repeatable)")
     t.add_argument("--out", default=None, help="directory for metrics, summary, predictions")
     t.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    t.add_argument("--trace", default=None, metavar="FILE",
+                   help="write every step's compute spans and collectives (JSON)")
     t.set_defaults(fn=_train)
 
     s = sub.add_parser("smoke", help="multi-rank data + comm check (and failure drill)")
@@ -142,7 +167,10 @@ def add_commands(sub) -> None:
     s.set_defaults(fn=_smoke)
 
     b = sub.add_parser("bench", help="benchmarks")
-    b.add_argument("what", choices=["data"])
+    b.add_argument("what", choices=["data", "comm", "compute"])
+    b.add_argument("--sizes", default="64,1024,16384,131072,1048576,4194304",
+                   help="bench comm: message sizes in bytes")
+    b.add_argument("--repeats-comm", type=int, default=10)
     b.add_argument("--source", default=os.path.normpath(CRITEO_SAMPLE),
                    help="Criteo TSV to repeat (default: shared head15k.tsv)")
     b.add_argument("--rows", type=int, default=1_000_000)

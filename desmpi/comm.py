@@ -73,7 +73,7 @@ class Comm:
     def _record(self, kind: str, counts: Sequence[int], itemsize: int, t0: float,
                 root: int = 0) -> None:
         call = Call(kind, tuple(int(c) for c in counts), int(itemsize), self.rank, self.size, root)
-        self.acct.record(call, time.perf_counter() - t0)
+        self.acct.record(call, time.perf_counter() - t0, t0)
 
     @staticmethod
     def _check(buf: np.ndarray, name: str) -> None:

@@ -93,8 +93,28 @@ def _fmt_eta(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def run(cfg: Config, comm: Comm, out: str | Path | None) -> dict:
-    """Train as configured; returns the summary (the same dict on every rank)."""
+def _step_events(log_slice, t_begin: float, t_end: float) -> list[dict]:
+    """A step's events for a trace: compute gaps and collectives, in order."""
+    ev, t = [], t_begin
+    for scope, call, dt, t0 in log_slice:
+        if scope != "train":
+            continue
+        ev.append({"compute_s": max(t0 - t, 0.0)})
+        ev.append({"kind": call.kind, "counts": list(call.counts), "itemsize": call.itemsize,
+                   "root": call.root, "time_s": dt})
+        t = t0 + dt
+    ev.append({"compute_s": max(t_end - t, 0.0)})
+    return ev
+
+
+def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = None) -> dict:
+    """Train as configured; returns the summary (the same dict on every rank).
+
+    ``trace``: write every step's compute spans and collectives (with counts and measured
+    times) of every rank to this JSON file (rank 0 writes; ``desmpi simulate --replay``).
+    """
+    if trace and not comm.acct.keep_log:
+        raise ValueError("tracing needs a Comm created with keep_log=True")
     tr = Trainer(cfg, comm)
     tc = cfg.train
     rank0 = comm.rank == 0
@@ -115,12 +135,18 @@ def run(cfg: Config, comm: Comm, out: str | Path | None) -> dict:
     before = comm.acct.counters("train")
     last_eval: tuple[float, float] | None = None
     last_interval = float("nan")
+    traced: list[dict] = []
     for step in range(1, tr.total_steps + 1):
         t = (step - 1) % tr.nb
         b, sizes = tr.local_batch(tr.train_ds, t)
+        n_log = len(comm.acct.log)
         t0 = time.perf_counter()
         loss = tr.strategy.train_step(b, sizes, step)
-        dt = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        dt = t1 - t0
+        if trace:
+            traced.append({"step": step, "step_s": dt,
+                           "events": _step_events(comm.acct.log[n_log:], t0, t1)})
         n = int(sizes.sum())
         if step == 1:
             tr.first_step_samples = n
@@ -157,6 +183,8 @@ def run(cfg: Config, comm: Comm, out: str | Path | None) -> dict:
             last_interval = interval_loss / interval_n
             interval_loss, interval_n, interval_t = 0.0, 0, 0.0
     tr.strategy.check_replicas(tr.total_steps)
+    if trace:
+        _write_trace(trace, traced, cfg, comm)
     summary = _summary(tr, cfg, comm, step_times, samples, last_interval, losses)
     if tr.eval_ds is not None:
         auc, ll, preds = tr.evaluate()
@@ -174,6 +202,21 @@ def run(cfg: Config, comm: Comm, out: str | Path | None) -> dict:
         if out is not None:
             (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _write_trace(path: str, traced: list[dict], cfg: Config, comm: Comm) -> None:
+    every = comm.allgather_object(traced)
+    if comm.rank != 0:
+        return
+    steps = [{"step": s["step"], "step_s": [e[i]["step_s"] for e in every],
+              "ranks": [e[i]["events"] for e in every]} for i, s in enumerate(every[0])]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({"world_size": comm.size, "model": cfg.model.name,
+                                      "strategy": cfg.dist.strategy,
+                                      "aggregate": cfg.dist.aggregate,
+                                      "global_batch": cfg.train.batch_size,
+                                      "config": cfg.to_dict(), "steps": steps}))
+    log.info("wrote trace of %d steps to %s", len(steps), path)
 
 
 def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_loss, losses
@@ -209,6 +252,8 @@ def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_los
         "step_time_s": statistics.median(step_times) if step_times else 0.0,
         "comm": comm_rep,
         "wire_bytes_per_step": sum(v["wire_bytes_per_step"] for v in comm_rep.values()),
+        "wire_bytes_total": int(sum(v.get("wire_bytes", 0) for e in every
+                                    for v in e["counters"].values())),
         "payload_bytes_per_step": sum(v["payload_bytes_per_step"] for v in comm_rep.values()),
         "partial_width": tr.model.W, "substitutions": tr.model.substitutions,
         "table_keys": keys,

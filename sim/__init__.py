@@ -4,6 +4,6 @@ It never imports ``desmpi``; ``desmpi`` describes its traffic in this package's 
 (:class:`sim.accounting.Call`) so that real and simulated traffic have one source of truth.
 """
 
-from sim.accounting import KINDS, Call, payload_bytes, wire_bytes
+from sim.accounting import KINDS, Call, Collective, payload_bytes, wire_bytes
 
-__all__ = ["KINDS", "Call", "payload_bytes", "wire_bytes"]
+__all__ = ["KINDS", "Call", "Collective", "payload_bytes", "wire_bytes"]

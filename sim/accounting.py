@@ -25,6 +25,10 @@ numbers are integers and planned == counted holds with ``==``:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KINDS = ("allreduce", "reduce_scatter", "allgather", "allgatherv", "alltoall", "alltoallv",
          "bcast", "barrier")
@@ -127,3 +131,55 @@ def wire_bytes(call: Call) -> int:
     if k == "bcast":
         return c[0] * s * _binomial_children(r, call.root, p)
     raise AssertionError(k)
+
+
+@dataclass(frozen=True)
+class Collective:
+    """One collective of a step seen from all P ranks at once (the simulator's unit).
+
+    counts (element counts) by kind: allreduce, bcast: shape (1,) ``[n]``; allgather(v),
+    reduce_scatter: shape (P,) block per rank; alltoall(v): shape (P, P), entry [r, j] sent by
+    rank r to rank j; barrier: empty.
+    """
+
+    kind: str
+    itemsize: int
+    counts: np.ndarray
+    root: int = 0
+
+    def call(self, rank: int, size: int) -> Call:
+        """This rank's :class:`Call`."""
+        c = self.counts
+        if self.kind in ("alltoall", "alltoallv"):
+            cc = tuple(int(x) for x in c[rank])
+        else:
+            cc = tuple(int(x) for x in c)
+        return Call(self.kind, cc, self.itemsize, rank, size, self.root)
+
+    def bytes_per_rank(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(payload, wire) bytes of every rank, (P,) each; equal to each rank's Call."""
+        import numpy as np
+
+        P, s, c = size, self.itemsize, np.asarray(self.counts, dtype=np.int64)
+        z = np.zeros(P, dtype=np.int64)
+        if P == 1 or self.kind == "barrier":
+            return z, z.copy()
+        r = np.arange(P)
+        if self.kind == "allreduce":
+            n = int(c[0])
+            q, m = divmod(n, P)
+            ch = np.where(r < m, q + 1, q)
+            return np.full(P, n * s), (2 * n - ch - np.roll(ch, -1)) * s
+        if self.kind == "reduce_scatter":
+            x = (c.sum() - c) * s
+            return x, x.copy()
+        if self.kind in ("allgather", "allgatherv"):
+            return c * s, (c.sum() - np.roll(c, -1)) * s
+        if self.kind in ("alltoall", "alltoallv"):
+            x = (c.sum(axis=1) - c[r, r]) * s
+            return x, x.copy()
+        if self.kind == "bcast":
+            pay = np.where(r == self.root, int(c[0]) * s, 0)
+            kids = np.array([_binomial_children(i, self.root, P) for i in range(P)])
+            return pay, int(c[0]) * s * kids
+        raise ValueError(self.kind)

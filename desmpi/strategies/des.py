@@ -31,7 +31,7 @@ from desmpi.strategies.common import (
     sparse_update,
 )
 from desmpi.strategies.counts import ModelDims, StepCounts
-from desmpi.strategies.plans import plan_des
+from desmpi.strategies.plans import plan
 from sim.accounting import Call
 
 
@@ -55,8 +55,8 @@ class DesStrategy:
     # ---- plan --------------------------------------------------------------------------------
     def plan(self, counts: StepCounts, rank: int) -> list[Call]:
         """Collectives of one training step on ``rank``, from the batch's counts alone."""
-        return plan_des(counts, ModelDims.of(self.model), self.aggregate, rank,
-                        self.replicate_input)
+        return plan("des", self.aggregate, counts, ModelDims.of(self.model), rank,
+                    self.replicate_input)
 
     # ---- execution ---------------------------------------------------------------------------
     def _gather(self, b: Batch, sizes: np.ndarray, features: bool) -> Batch:

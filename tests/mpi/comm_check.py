@@ -55,7 +55,7 @@ expected = [
     Call("alltoallv", tuple(send_counts), 8, r, P), Call("alltoallv", tuple(send_counts), 8, r, P),
     Call("bcast", (11,), 8, r, P, P - 1), Call("barrier", (), 1, r, P),
 ]
-logged = [c for _, c, _ in comm.acct.log]
+logged = [c for _, c, _, _ in comm.acct.log]
 assert logged == expected, (logged, expected)
 tot = comm.acct.counters()
 res = {"rank": r, "size": P,

@@ -49,7 +49,7 @@ for name, m, st, agg, opt, tr, ev, deep in cases:
     # planned == counted, step by step
     trainer = Trainer(cfg, Comm.local())  # a planner: reads the data, never communicates
     ds = CtrDataset(tr)
-    logged = [c for scope, c, _ in comm.acct.log if scope == "train"]
+    logged = [c for scope, c, _, _ in comm.acct.log if scope == "train"]
     pos = 0
     for step in range(STEPS):
         t = step % trainer.nb

@@ -1,0 +1,89 @@
+"""``desmpi bench comm`` / ``bench compute``: microbenchmarks that feed calibration."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from desmpi.comm import Comm
+
+KINDS = ("allreduce", "allgatherv", "reduce_scatter", "alltoallv")
+
+
+def bench_comm(comm: Comm, sizes_bytes: list[int], repeats: int = 20) -> list[dict]:
+    """Median seconds per collective and size on this communicator (every rank times, the
+    maximum over ranks counts). ``n`` follows :func:`sim.collectives.cost`."""
+    P = comm.size
+    out = []
+    for kind in KINDS:
+        for nbytes in sizes_bytes:
+            per = max(1, nbytes // 8 // P)  # float64 elements per block
+            ts = []
+            for rep in range(repeats + 2):
+                if kind == "allreduce":
+                    x = np.ones(per * P)
+                elif kind in ("allgatherv",):
+                    x = np.ones(per)
+                else:
+                    x = np.ones(per * P)
+                with comm.acct.scoped("bench"):
+                    comm.barrier()
+                    t0 = time.perf_counter()
+                    if kind == "allreduce":
+                        comm.allreduce(x)
+                    elif kind == "allgatherv":
+                        comm.allgatherv(x, [per] * P)
+                    elif kind == "reduce_scatter":
+                        comm.reduce_scatter(x, [per] * P)
+                    else:
+                        comm.alltoallv(x, [per] * P, [per] * P)
+                    dt = time.perf_counter() - t0
+                if rep >= 2:  # warm-up
+                    ts.append(dt)
+            t = float(comm.allreduce(np.array([statistics.median(ts)]), op="max")[0])
+            n_total = per * P * 8
+            rec = {"kind": kind, "P": P, "time_s": t, "n": float(n_total)}
+            if kind in ("allgatherv", "reduce_scatter"):
+                rec["max_block"] = float(per * 8)
+            if kind == "alltoallv":
+                rec["n"] = rec["max_rank"] = float((P - 1) * per * 8)
+            out.append(rec)
+    return out
+
+
+def bench_compute(repeats: int = 5) -> dict:
+    """Per-kernel rates of this process: GEMM flop/s and sparse key-columns/s."""
+    from desmpi.kernels.sparse import pool, row_grads
+    from desmpi.tables import ShardTable
+
+    rng = np.random.default_rng(0)
+    a = rng.random((4096, 429), dtype=np.float32)
+    w = rng.random((429, 400), dtype=np.float32)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ w
+        ts.append(time.perf_counter() - t0)
+    gemm = 2 * 4096 * 429 * 400 / statistics.median(ts)
+    R, n = 17, 4096 * 26
+    t = ShardTable(R, 1, 0, np.float32, 0, 0.01)
+    keys = rng.integers(1, 1 << 40, size=n)
+    rows = t.lookup_or_insert(keys)
+    s = np.repeat(np.arange(4096), 26)
+    f = np.tile(np.arange(26), 4096)
+    L = np.zeros(4096, np.float32)
+    E = np.zeros((4096, 26, 16), np.float32)
+    Q = np.zeros(4096, np.float32)
+    vals = np.empty(0, np.float32)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        t.lookup_or_insert(keys)
+        pool(s, f, rows, vals, t.weights, 1, L, E, Q)
+        u, inv = np.unique(rows, return_inverse=True)
+        g = np.zeros((u.shape[0], R), np.float32)
+        row_grads(s, f, inv, rows, vals, t.weights, 1, L, E, Q, g)
+        ts.append(time.perf_counter() - t0)
+    return {"gemm_flops": gemm, "sparse_keys_per_s": n * R / statistics.median(ts)}

@@ -1,0 +1,220 @@
+"""``desmpi simulate``: what-if sweeps, trace replay and validation against real runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from desmpi.comm import Comm
+
+log = logging.getLogger("desmpi")
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
+
+
+def _whatif(a, comm: Comm) -> int:
+    from desmpi.config import load
+    from desmpi.data.h5 import CtrDataset
+    from desmpi.models import build_model
+    from desmpi.simulate import VARIANTS, ModelInfo, crossovers, predict, profile, recommend
+    from sim.cluster import ComputeRates, load_cluster
+
+    if a.config is None:
+        raise ValueError("simulate needs a CONFIG (or --replay TRACE, or --validate)")
+    cfg = load(a.config, a.set)
+    ds = CtrDataset(cfg.data.train, in_memory=False)
+    info = ModelInfo.of(build_model(cfg.model, ds.n_fields, ds.n_dense, cfg.train.dtype, 0))
+    clusters = [load_cluster(c) for c in a.cluster]
+    variants = a.strategies.split(",")
+    for v in variants:
+        if v not in VARIANTS:
+            raise ValueError(f"--strategies: unknown {v!r}; known: {', '.join(VARIANTS)}")
+    rates = None
+    if a.rates:
+        r = json.loads(Path(a.rates).read_text())
+        r = r.get("calibration", {}).get("compute", r)
+        rates = ComputeRates(r["gemm_flops"], r["sparse_keys_per_s"], r.get("overhead_s", 0.0))
+    batches = _ints(a.batch) if a.batch else [cfg.train.batch_size]
+    t0 = time.perf_counter()
+    profs = [p for B in batches for P in _ints(a.ranks)
+             for p in profile(ds, info, P, B, a.profile_batches, variants)]
+    t1 = time.perf_counter()
+    rows = [predict(p, cl, rates, a.algorithm) for p in profs for cl in clusters]
+    t2 = time.perf_counter()
+    log.info("profiled %d (P, batch) points in %.2f s; costed %d configurations in %.3f s",
+             len(profs) // len(variants), t1 - t0, len(rows), t2 - t1)
+    rec = recommend(rows, a.target)
+    xs = {f"{x} vs {y}": {f"{k[0]} @ B={k[1]}": v for k, v in crossovers(rows, x, y).items()}
+          for x, y in (("des", "ps"), ("des", "des-a2a"), ("des-read", "ps"))
+          if x in variants and y in variants}
+    if comm.rank == 0:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_tables(out, rows, cfg, a, xs, rec)
+        _plots(out, rows, clusters, batches, variants)
+        log.info("wrote %s/whatif.md, whatif.csv and plots", out)
+        if rec:
+            log.info("recommendation: %s at P=%d, batch %d on %s: %.0f samples/s",
+                     rec["strategy"], rec["P"], rec["batch"], rec["cluster"],
+                     rec["samples_per_s"])
+        if a.json:
+            print(json.dumps({"rows": rows, "crossovers": xs, "recommendation": rec,
+                              "profile_s": t1 - t0, "cost_s": t2 - t1}))
+    return 0
+
+
+def _write_tables(out: Path, rows, cfg, a, xs, rec) -> None:
+    with open(out / "whatif.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    L = [f"# What-if: {cfg.model.name} ({a.config})", "",
+         f"Ranks {a.ranks}; batch {a.batch or cfg.train.batch_size}; clusters "
+         f"{', '.join(a.cluster)}; algorithms: {a.algorithm}. Step time = modelled "
+         "collectives + compute (no overlap).", "",
+         "| cluster | batch | P | strategy | step ms | samples/s | wire MB/step/rank | "
+         "comm share |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        L.append(f"| {r['cluster']} | {r['batch']} | {r['P']} | {r['strategy']} | "
+                 f"{r['step_time_s'] * 1e3:.2f} | {r['samples_per_s']:.0f} | "
+                 f"{r['wire_bytes_per_step'] / 1e6:.3f} | {r['comm_share']:.0%} |")
+    L += ["", "## Crossovers (smallest P where the first is slower than the second)", ""]
+    for k, v in xs.items():
+        for kk, P in v.items():
+            L.append(f"- {k}, {kk}: P = {P}")
+    if rec:
+        goal = f"Fewest ranks meeting {a.target:.0f} samples/s" if a.target else "Fastest"
+        L += ["", "## Recommendation", "",
+              f"{goal}: **{rec['strategy']}**, P = {rec['P']}, batch {rec['batch']} on "
+              f"{rec['cluster']} — {rec['samples_per_s']:.0f} samples/s, step "
+              f"{rec['step_time_s'] * 1e3:.2f} ms, comm share {rec['comm_share']:.0%}."]
+    (out / "whatif.md").write_text("\n".join(L) + "\n")
+
+
+def _plots(out: Path, rows, clusters, batches, variants) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib not installed (pip install 'desmpi[plot]'): no plots")
+        return
+    for cl in clusters:
+        fig, axes = plt.subplots(len(batches), 2, figsize=(11, 3.6 * len(batches)),
+                                 squeeze=False)
+        for i, B in enumerate(batches):
+            for v in variants:
+                rr = sorted((r for r in rows if r["cluster"] == cl.name and r["batch"] == B
+                             and r["strategy"] == v), key=lambda r: r["P"])
+                P = [r["P"] for r in rr]
+                axes[i][0].plot(P, [r["samples_per_s"] for r in rr], marker="o", label=v)
+                axes[i][1].plot(P, [r["wire_bytes_per_step"] / 1e6 for r in rr], marker="o",
+                                label=v)
+            for ax, yl in zip(axes[i], ("samples/s", "wire MB/step/rank")):
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xlabel("ranks P")
+                ax.set_ylabel(yl)
+                ax.set_title(f"{cl.name}, global batch {B}")
+                ax.grid(True, which="both", alpha=0.3)
+            axes[i][0].legend(fontsize=8)
+        fig.tight_layout()
+        name = "".join(ch if ch.isalnum() else "_" for ch in cl.name).strip("_").lower()
+        fig.savefig(out / f"whatif_{name}.png", dpi=110)
+        plt.close(fig)
+
+
+def _replay(a, comm: Comm) -> int:
+    from sim.cluster import load_cluster
+    from sim.replay import replay
+
+    trace = json.loads(Path(a.replay).read_text())
+    res = []
+    for c in a.cluster:
+        cl = load_cluster(c)
+        steps = replay(trace, cl, a.compute_scale, a.algorithm)
+        measured = [float(np.max(s["step_s"])) for s in trace["steps"]]
+        res.append({"cluster": cl.name, "world_size": trace["world_size"],
+                    "median_step_s": float(np.median([s.time_s for s in steps])),
+                    "median_comm_s": float(np.median([s.comm_s for s in steps])),
+                    "comm_share": float(np.median([s.comm_s / s.time_s for s in steps])),
+                    "measured_median_step_s": float(np.median(measured)),
+                    "critical_rank": int(np.bincount([s.critical_rank for s in steps]).argmax())})
+    if comm.rank == 0:
+        for r in res:
+            log.info("%s: median step %.4f s (comm %.4f s, %.0f%%), critical rank %d; traced "
+                     "run: %.4f s", r["cluster"], r["median_step_s"], r["median_comm_s"],
+                     100 * r["comm_share"], r["critical_rank"], r["measured_median_step_s"])
+        if a.json:
+            print(json.dumps(res))
+    return 0
+
+
+def _validate(a, comm: Comm) -> int:
+    from desmpi.validate import validate
+
+    if comm.size > 1:
+        raise ValueError("run 'desmpi simulate --validate' without mpiexec: it launches runs")
+    models = a.models.split(",")
+    variants = a.strategies.split(",")
+    rep = validate(models, variants, _ints(a.ranks or "1,2,4"), a.batch_int, a.steps)
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        (Path(a.out) / "validation.json").write_text(json.dumps(rep, indent=1))
+        L = ["| model | strategy | P | measured s/step | predicted s/step | error | bytes "
+             "planned == counted |", "|---|---|---:|---:|---:|---:|---|"]
+        for c in rep["cases"]:
+            L.append(f"| {c['model']} | {c['strategy']} | {c['P']} | "
+                     f"{c['measured_step_time_s']:.4f} | {c['predicted_step_time_s']:.4f} | "
+                     f"{c['error']:+.1%} | {c['bytes_equal']} |")
+        L.append(f"\nMedian absolute error: {rep['median_abs_error']:.1%}")
+        (Path(a.out) / "validation.md").write_text("\n".join(L) + "\n")
+    log.info("median absolute error of predicted step time: %.1f%% over %d cases",
+             100 * rep["median_abs_error"], len(rep["cases"]))
+    if a.json:
+        print(json.dumps(rep))
+    return 0
+
+
+def _simulate(a, comm: Comm) -> int:
+    if a.cluster is None:
+        a.cluster = ["25gbe", "hdr"]
+    if a.validate:
+        a.batch_int = int(a.batch) if a.batch else 2048
+        return _validate(a, comm)
+    if a.replay:
+        return _replay(a, comm)
+    return _whatif(a, comm)
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("simulate", help="what-if sweeps, trace replay, validation")
+    s.add_argument("config", nargs="?", default=None)
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    s.add_argument("--cluster", action="append", default=None,
+                   help="preset (10gbe, 25gbe, edr, hdr) or TOML; repeatable")
+    s.add_argument("--ranks", default="8,16,32,64,128,256,512,1024")
+    s.add_argument("--strategies", default="des,des-rs,des-read,des-a2a,a2a,ps")
+    s.add_argument("--batch", default=None, help="global batch size(s), comma separated")
+    s.add_argument("--profile-batches", type=int, default=2)
+    s.add_argument("--algorithm", default="mpich",
+                   help="mpich (size-based default) | ring | two_level | ...")
+    s.add_argument("--rates", default=None, help="compute rates JSON (bench compute/validate)")
+    s.add_argument("--target", type=float, default=None, help="throughput goal, samples/s")
+    s.add_argument("--out", default="runs/simulate")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--replay", default=None, metavar="TRACE")
+    s.add_argument("--compute-scale", type=float, default=1.0,
+                   help="replay: target compute time / traced compute time")
+    s.add_argument("--validate", action="store_true")
+    s.add_argument("--models", default="lr,fm,wdl,deepfm")
+    s.add_argument("--steps", type=int, default=6)
+    s.set_defaults(fn=_simulate)

@@ -1,0 +1,163 @@
+"""Simulation mode: data profile + the strategies' planned collectives + a compute model +
+a cluster -> predicted step time, throughput, wire bytes and comm share, for any P.
+
+desmpi describes its traffic in sim's vocabulary (plans -> :class:`sim.accounting.Collective`)
+and its compute as :class:`sim.compute.Work`; sim costs both.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from desmpi.data.h5 import CtrDataset
+from desmpi.models import Model
+from desmpi.strategies.counts import ModelDims, StepCounts, count_step
+from desmpi.strategies.plans import collectives
+from sim.cluster import Cluster, ComputeRates
+from sim.collectives import Sizes, sized_time, sizes
+from sim.compute import Work, compute_time
+
+log = logging.getLogger("desmpi.simulate")
+
+# (strategy, aggregate, replicated input) and their labels
+VARIANTS = {"des": ("des", "allreduce", False), "des-rs": ("des", "reduce_scatter", False),
+            "des-read": ("des", "allreduce", True), "des-a2a": ("des-a2a", "", False),
+            "a2a": ("a2a", "", False), "ps": ("ps", "", False)}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the compute model needs of a model: traffic dims and multiply-adds per row."""
+
+    name: str
+    dims: ModelDims
+    dense_macs: float  # per sample of the dense part (fused first layer excluded)
+    fused_macs: float  # per row of a fused first layer's partial (F·d·H), 0 if none
+
+    @staticmethod
+    def of(model: Model) -> ModelInfo:
+        fused = model.partial_grad_size
+        macs = 0.0
+        for name, (_, size, shape) in model.params.offsets.items():
+            if len(shape) == 2 and not (fused and name == "w1_sparse"):
+                macs += size
+        if model.name == "dlrm":
+            macs += (model.F + 1) ** 2 * model.d
+        if model.name == "dcn":
+            macs += 3 * model.cfg.cross_layers * (model.Dn + model.F * model.d)
+        return ModelInfo(model.name, ModelDims.of(model), macs, float(fused))
+
+
+def step_work(variant: tuple[str, str, bool], c: StepCounts, info: ModelInfo) -> Work:
+    """Mean per-rank work of one step (the cost model's compute side)."""
+    st, agg, _ = variant
+    P = c.P
+    B = float(c.sizes.sum())
+    b = B / P
+    nnz = float(c.nnz.sum())
+    R, W, seg = info.dims.R, info.dims.W, info.dims.seg
+    own = nnz / P * R * 3  # pool, gradients, update of owned keys
+    if st == "des":
+        rows, fused_rows = (B if agg == "allreduce" else b), B
+        keys = nnz + own  # every rank routes every key of the global batch
+    elif st == "ps":
+        rows, fused_rows = b, b
+        keys = own + c.distinct.sum() / P * R * 2
+    elif st == "a2a":
+        rows, fused_rows = b, b
+        keys = own + c.bags.sum() / P * seg * 2
+    elif st == "des-a2a":
+        rows, fused_rows = b, c.samples.sum() / P
+        keys = own + c.samples.sum() / P * W * 2
+    else:
+        raise ValueError(st)
+    return Work(6.0 * (rows * info.dense_macs + fused_rows * info.fused_macs), keys)
+
+
+@dataclass
+class Profiled:
+    """One (variant, P, batch) from the data: collective sizes, work and wire bytes per step
+    (averaged over the profiled batches)."""
+
+    variant: str
+    P: int
+    batch: int
+    colls: list[list[Sizes]]  # per profiled batch
+    work: Work
+    wire_bytes: float  # mean over ranks, per step
+    payload_bytes: float
+    wire_total: int = 0  # over all ranks and profiled batches (exact, for comparison)
+
+
+def profile(ds: CtrDataset, info: ModelInfo, P: int, B: int, n_batches: int,
+            variants: list[str], first_batch: int = 0) -> list[Profiled]:
+    """Count ``n_batches`` global batches of size B at P ranks once; plan every variant."""
+    need = (first_batch + n_batches) * B
+    if ds.n < need:
+        raise ValueError(f"{ds.path} has {ds.n} rows; profiling {n_batches} batches of {B} "
+                         f"needs {need}")
+    counts = [count_step(ds.read(t * B, (t + 1) * B), P, ds.onehot, ds.has("values"))
+              for t in range(first_batch, first_batch + n_batches)]
+    out = []
+    for v in variants:
+        st, agg, rep = VARIANTS[v]
+        colls, wire, pay, total = [], 0.0, 0.0, 0
+        work = Work(0.0, 0.0)
+        for c in counts:
+            cl = collectives(st, agg, c, info.dims, rep)
+            colls.append([sizes(x, P) for x in cl])
+            for x in cl:
+                p, w = x.bytes_per_rank(P)
+                wire += w.mean() / len(counts)
+                total += int(w.sum())
+                pay += p.mean() / len(counts)
+            w1 = step_work(VARIANTS[v], c, info)
+            work = Work(work.gemm_flops + w1.gemm_flops / len(counts),
+                        work.sparse_keys + w1.sparse_keys / len(counts))
+        out.append(Profiled(v, P, B, colls, work, wire, pay, total))
+    return out
+
+
+def predict(p: Profiled, cluster: Cluster, rates: ComputeRates | None = None,
+            algorithm: str = "mpich") -> dict:
+    """Predicted step of a profiled configuration on a cluster sized for its P."""
+    cl = cluster.with_ranks(p.P)
+    comm_s = float(np.mean([sum(sized_time(z, cl, p.P, algorithm) for z in cs)
+                            for cs in p.colls]))
+    comp_s = compute_time(p.work, rates or cl.compute, cl.compute_share)
+    step = comm_s + comp_s
+    return {"strategy": p.variant, "P": p.P, "batch": p.batch, "cluster": cluster.name,
+            "step_time_s": step, "samples_per_s": p.batch / step, "comm_s": comm_s,
+            "compute_s": comp_s, "comm_share": comm_s / step, "wire_bytes_per_step": p.wire_bytes,
+            "wire_bytes_per_sample": p.wire_bytes * p.P / p.batch}
+
+
+def crossovers(rows: list[dict], a: str, b: str) -> dict:
+    """Per (cluster, batch): the smallest P where variant a is slower than b (None: never)."""
+    out = {}
+    keys = {(r["cluster"], r["batch"]) for r in rows}
+    for cl, B in sorted(keys):
+        ra = {r["P"]: r["step_time_s"] for r in rows
+              if (r["cluster"], r["batch"], r["strategy"]) == (cl, B, a)}
+        rb = {r["P"]: r["step_time_s"] for r in rows
+              if (r["cluster"], r["batch"], r["strategy"]) == (cl, B, b)}
+        out[(cl, B)] = next((P for P in sorted(ra) if P in rb and ra[P] > rb[P]), None)
+    return out
+
+
+def recommend(rows: list[dict], target: float | None) -> dict | None:
+    """Fewest ranks meeting ``target`` samples/s (ties: highest throughput), else the fastest.
+
+    As in sizing guides for data-parallel training: pick the smallest allocation that meets
+    the throughput goal; only when none does, the configuration closest to it.
+    """
+    if not rows:
+        return None
+    if target:
+        ok = [r for r in rows if r["samples_per_s"] >= target]
+        if ok:
+            return min(ok, key=lambda r: (r["P"], -r["samples_per_s"]))
+    return max(rows, key=lambda r: r["samples_per_s"])

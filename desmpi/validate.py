@@ -1,0 +1,135 @@
+"""``desmpi simulate --validate``: predict real runs on this machine and report the error.
+
+1. the network: ``desmpi bench comm`` at each P > 1, α and β fitted per P (one node: ranks
+   share memory, and past the core count they share cores too);
+2. compute rates: fitted on the P = 1 runs only (no communication there);
+3. every (model, strategy, P) case: measured median step time and counted wire bytes of a real
+   ``mpiexec`` run against the prediction for the same batches (and the planned bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from desmpi.config import load
+from desmpi.data.h5 import CtrDataset
+from desmpi.data.synth import SynthSpec, generate
+from desmpi.models import build_model
+from desmpi.simulate import VARIANTS, ModelInfo, predict, profile
+from sim.calibrate import CommSample, fit_compute, fit_level
+from sim.cluster import Cluster
+
+log = logging.getLogger("desmpi.validate")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mpiexec() -> str:
+    exe = Path(sys.executable).parent / "mpiexec"
+    if exe.exists():
+        return str(exe)
+    import shutil
+
+    found = shutil.which("mpiexec")
+    if not found:
+        raise FileNotFoundError("mpiexec not found (pip install mpich, or load the site MPI)")
+    return found
+
+
+def _run(P: int, args: list[str]) -> dict:
+    cmd = [_mpiexec(), "-n", str(P), sys.executable, "-m", "desmpi", *args, "--json"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _config_path(model: str) -> Path:
+    p = ROOT / "configs" / f"{model}.toml"
+    if not p.exists():
+        raise FileNotFoundError(f"{p} not found: --validate runs from a source checkout")
+    return p
+
+
+def validate(models: list[str], variants: list[str], ranks: list[int], batch: int, steps: int,
+             workdir: str | None = None) -> dict:
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        data = os.path.join(tmp, "train.h5")
+        generate(SynthSpec(rows=batch * steps, seed=1, cap=100_000), data)
+        ds = CtrDataset(data, in_memory=True)
+        levels, fits = {}, {}
+        for P in ranks:
+            if P == 1:
+                continue
+            rep = _run(P, ["bench", "comm"])
+            samples = [CommSample(r["kind"], r["P"], r["n"], r["time_s"],
+                                  max_block=r.get("max_block"), max_rank=r.get("max_rank"))
+                       for r in rep["samples"]]
+            levels[P], fits[P] = fit_level(samples)
+            log.info("P=%d: fitted latency %.2e s, bandwidth %.3g B/s (median error %.1f%%)",
+                     P, levels[P].latency_s, levels[P].bandwidth_Bps,
+                     100 * fits[P].median_rel_error)
+        cases = []
+        for m in models:
+            cfgp = _config_path(m)
+            cfg = load(cfgp, [f"data.train={data}"])
+            info = ModelInfo.of(build_model(cfg.model, ds.n_fields, ds.n_dense, "float32", 0))
+            for v in variants:
+                st, agg, rep_in = VARIANTS[v]
+                for P in ranks:
+                    s = _run(P, ["train", str(cfgp), "--set", f"data.train={data}", "--set",
+                                 "data.eval=", "--set", f"train.batch_size={batch}", "--set",
+                                 f"train.steps={steps}", "--set", f"dist.strategy={st}", "--set",
+                                 f"dist.aggregate={agg or 'allreduce'}", "--set",
+                                 f"dist.input={'replicate' if rep_in else 'gather'}", "--set",
+                                 f"train.log_every={steps}"])
+                    prof = profile(ds, info, P, batch, steps, [v])[0]
+                    cases.append({"model": m, "strategy": v, "P": P, "prof": prof,
+                                  "measured_step_time_s": s["step_time_s"],
+                                  "counted_wire_bytes_per_step": s["wire_bytes_per_step"],
+                                  "planned_wire_bytes_per_step": prof.wire_bytes,
+                                  "counted_wire_bytes_total": s["wire_bytes_total"],
+                                  "planned_wire_bytes_total": prof.wire_total})
+                    log.info("%s %s P=%d: measured %.4f s/step", m, v, P, s["step_time_s"])
+        rates, cfit = fit_compute([(c["prof"].work, c["measured_step_time_s"])
+                                   for c in cases if c["P"] == 1])
+        log.info("compute: %.3g flop/s GEMM, %.3g key-columns/s, %.2e s overhead "
+                 "(median error %.1f%% on P=1)", rates.gemm_flops, rates.sparse_keys_per_s,
+                 rates.overhead_s, 100 * cfit.median_rel_error)
+        out = []
+        for c in cases:
+            P = c["P"]
+            lvl = levels.get(P, levels[min(levels)] if levels else None)
+            cl = Cluster("this machine", 1, P, lvl, lvl, cores, rates) if lvl else \
+                Cluster("this machine", 1, 1, _dummy(), _dummy(), cores, rates)
+            pr = predict(c.pop("prof"), cl, rates)
+            c["predicted_step_time_s"] = pr["step_time_s"]
+            c["predicted_comm_s"] = pr["comm_s"]
+            c["error"] = (pr["step_time_s"] - c["measured_step_time_s"]) / \
+                c["measured_step_time_s"]
+            c["bytes_equal"] = c["counted_wire_bytes_total"] == c["planned_wire_bytes_total"]
+            out.append(c)
+    return {"cases": out, "median_abs_error": statistics.median(abs(c["error"]) for c in out),
+            "calibration": {"compute": {"gemm_flops": rates.gemm_flops,
+                                        "sparse_keys_per_s": rates.sparse_keys_per_s,
+                                        "overhead_s": rates.overhead_s,
+                                        "median_rel_error": cfit.median_rel_error},
+                            "network": {str(P): {"latency_s": lv.latency_s,
+                                                 "bandwidth_Bps": lv.bandwidth_Bps,
+                                                 "median_rel_error": fits[P].median_rel_error}
+                                        for P, lv in levels.items()}},
+            "batch": batch, "steps": steps, "cores": cores}
+
+
+def _dummy():
+    from sim.cluster import Level
+
+    return Level(0.0, 1.0)

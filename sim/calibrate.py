@@ -1,0 +1,85 @@
+"""Fit α, β of a network level and compute rates from measurements (least squares).
+
+Each model time is linear in its unknowns — cost = α·A + β·B for a collective with known
+algorithm, P and sizes; compute = overhead + flops/g + keys/s — so the fit is a linear least
+squares with non-negativity enforced by refitting without negative unknowns. The error reported
+is the relative RMS and the median relative error over the samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.cluster import ComputeRates, Level
+from sim.collectives import cost, mpich_default
+from sim.compute import Work
+
+
+@dataclass(frozen=True)
+class CommSample:
+    """One measured collective: kind, P, bytes n (as in :func:`sim.collectives.cost`)."""
+
+    kind: str
+    P: int
+    n: float
+    time_s: float
+    algorithm: str = "mpich"
+    max_block: float | None = None
+    max_rank: float | None = None
+
+
+@dataclass(frozen=True)
+class Fit:
+    values: tuple[float, ...]
+    rel_rms: float
+    median_rel_error: float
+
+
+def _nnls(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Least squares with x >= 0 (active-set on few unknowns), rows weighted by w."""
+    Xw, yw = X * w[:, None], y * w
+    free = list(range(X.shape[1]))
+    while True:
+        x = np.zeros(X.shape[1])
+        if free:
+            x[free] = np.linalg.lstsq(Xw[:, free], yw, rcond=None)[0]
+        neg = [i for i in free if x[i] < 0]
+        if not neg:
+            return x
+        free.remove(min(neg, key=lambda i: x[i]))
+
+
+def _errors(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    rel = (pred - y) / y
+    return float(np.sqrt(np.mean(rel ** 2))), float(np.median(np.abs(rel)))
+
+
+def fit_level(samples: list[CommSample]) -> tuple[Level, Fit]:
+    """α and bandwidth of one level from measured collectives (relative least squares)."""
+    if len(samples) < 2:
+        raise ValueError("need at least two measurements to fit latency and bandwidth")
+    rows, y = [], []
+    for s in samples:
+        alg = mpich_default(s.kind, s.P, s.n) if s.algorithm == "mpich" else s.algorithm
+        a = cost(s.kind, alg, s.P, s.n, 1.0, 0.0, s.max_block, s.max_rank)
+        b = cost(s.kind, alg, s.P, s.n, 0.0, 1.0, s.max_block, s.max_rank)
+        rows.append((a, b))
+        y.append(s.time_s)
+    X, y = np.array(rows), np.array(y)
+    x = _nnls(X, y, 1.0 / y)  # relative errors: small and large messages weigh alike
+    alpha, beta = x
+    lvl = Level(alpha, 1.0 / beta if beta > 0 else float("inf"))
+    return lvl, Fit((alpha, beta), *_errors(X @ x, y))
+
+
+def fit_compute(samples: list[tuple[Work, float]]) -> tuple[ComputeRates, Fit]:
+    """Overhead, GEMM flop/s and sparse key-columns/s from (work, seconds) pairs."""
+    X = np.array([(1.0, w.gemm_flops, w.sparse_keys) for w, _ in samples])
+    y = np.array([t for _, t in samples])
+    x = _nnls(X, y, 1.0 / y)
+    o, ig, ik = x
+    rates = ComputeRates(gemm_flops=1 / ig if ig > 0 else float("inf"),
+                         sparse_keys_per_s=1 / ik if ik > 0 else float("inf"), overhead_s=o)
+    return rates, Fit(tuple(x), *_errors(X @ x, y))
