@@ -19,6 +19,16 @@ def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x]
 
 
+def _sized(cl, a):
+    """The cluster with ``--ranks-per-node`` applied (1: every rank on its own node)."""
+    from dataclasses import replace
+
+    if a.ranks_per_node:
+        return replace(cl, ranks_per_node=a.ranks_per_node,
+                       name=f"{cl.name}, {a.ranks_per_node} rank(s)/node")
+    return cl
+
+
 def _whatif(a, comm: Comm) -> int:
     from desmpi.config import load
     from desmpi.data.h5 import CtrDataset
@@ -31,7 +41,7 @@ def _whatif(a, comm: Comm) -> int:
     cfg = load(a.config, a.set)
     ds = CtrDataset(cfg.data.train, in_memory=False)
     info = ModelInfo.of(build_model(cfg.model, ds.n_fields, ds.n_dense, cfg.train.dtype, 0))
-    clusters = [load_cluster(c) for c in a.cluster]
+    clusters = [_sized(load_cluster(c), a) for c in a.cluster]
     variants = a.strategies.split(",")
     for v in variants:
         if v not in VARIANTS:
@@ -40,7 +50,8 @@ def _whatif(a, comm: Comm) -> int:
     if a.rates:
         r = json.loads(Path(a.rates).read_text())
         r = r.get("calibration", {}).get("compute", r)
-        rates = ComputeRates(r["gemm_flops"], r["sparse_keys_per_s"], r.get("overhead_s", 0.0))
+        rates = ComputeRates(r["gemm_flops"], r["sparse_keys_per_s"], r.get("overhead_s", 0.0),
+                             r.get("per_call_s", 0.0))
     batches = _ints(a.batch) if a.batch else [cfg.train.batch_size]
     t0 = time.perf_counter()
     profs = [p for B in batches for P in _ints(a.ranks)
@@ -139,7 +150,7 @@ def _replay(a, comm: Comm) -> int:
     trace = json.loads(Path(a.replay).read_text())
     res = []
     for c in a.cluster:
-        cl = load_cluster(c)
+        cl = _sized(load_cluster(c), a)
         steps = replay(trace, cl, a.compute_scale, a.algorithm)
         measured = [float(np.max(s["step_s"])) for s in trace["steps"]]
         res.append({"cluster": cl.name, "world_size": trace["world_size"],
@@ -205,6 +216,8 @@ def add_commands(sub) -> None:
     s.add_argument("--strategies", default="des,des-rs,des-read,des-a2a,a2a,ps")
     s.add_argument("--batch", default=None, help="global batch size(s), comma separated")
     s.add_argument("--profile-batches", type=int, default=2)
+    s.add_argument("--ranks-per-node", type=int, default=None,
+                   help="override the clusters' ranks per node (1: one rank per node)")
     s.add_argument("--algorithm", default="mpich",
                    help="mpich (size-based default) | ring | two_level | ...")
     s.add_argument("--rates", default=None, help="compute rates JSON (bench compute/validate)")

@@ -116,7 +116,7 @@ def profile(ds: CtrDataset, info: ModelInfo, P: int, B: int, n_batches: int,
                 pay += p.mean() / len(counts)
             w1 = step_work(VARIANTS[v], c, info)
             work = Work(work.gemm_flops + w1.gemm_flops / len(counts),
-                        work.sparse_keys + w1.sparse_keys / len(counts))
+                        work.sparse_keys + w1.sparse_keys / len(counts), len(cl))
         out.append(Profiled(v, P, B, colls, work, wire, pay, total))
     return out
 

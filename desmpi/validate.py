@@ -121,6 +121,7 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
             "calibration": {"compute": {"gemm_flops": rates.gemm_flops,
                                         "sparse_keys_per_s": rates.sparse_keys_per_s,
                                         "overhead_s": rates.overhead_s,
+                                        "per_call_s": rates.per_call_s,
                                         "median_rel_error": cfit.median_rel_error},
                             "network": {str(P): {"latency_s": lv.latency_s,
                                                  "bandwidth_Bps": lv.bandwidth_Bps,

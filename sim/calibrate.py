@@ -75,11 +75,12 @@ def fit_level(samples: list[CommSample]) -> tuple[Level, Fit]:
 
 
 def fit_compute(samples: list[tuple[Work, float]]) -> tuple[ComputeRates, Fit]:
-    """Overhead, GEMM flop/s and sparse key-columns/s from (work, seconds) pairs."""
-    X = np.array([(1.0, w.gemm_flops, w.sparse_keys) for w, _ in samples])
+    """Overhead, GEMM flop/s, sparse key-columns/s and per-call cost from (work, seconds)."""
+    X = np.array([(1.0, w.gemm_flops, w.sparse_keys, w.calls) for w, _ in samples])
     y = np.array([t for _, t in samples])
     x = _nnls(X, y, 1.0 / y)
-    o, ig, ik = x
+    o, ig, ik, ic = x
     rates = ComputeRates(gemm_flops=1 / ig if ig > 0 else float("inf"),
-                         sparse_keys_per_s=1 / ik if ik > 0 else float("inf"), overhead_s=o)
+                         sparse_keys_per_s=1 / ik if ik > 0 else float("inf"), overhead_s=o,
+                         per_call_s=ic)
     return rates, Fit(tuple(x), *_errors(X @ x, y))

@@ -48,6 +48,7 @@ class ComputeRates:
     gemm_flops: float = 3.0e10
     sparse_keys_per_s: float = 3.0e7
     overhead_s: float = 2.0e-4
+    per_call_s: float = 5.0e-5  # software cost around each collective call
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def load_cluster(spec: str) -> Cluster:
         return lv
 
     comp = d.get("compute", {})
-    extra = set(comp) - {"gemm_flops", "sparse_keys_per_s", "overhead_s"}
+    extra = set(comp) - {"gemm_flops", "sparse_keys_per_s", "overhead_s", "per_call_s"}
     if extra:
         raise ValueError(f"{path}: unknown keys in [compute]: {sorted(extra)}")
     for k in ("nodes", "ranks_per_node"):

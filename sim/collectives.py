@@ -161,7 +161,7 @@ class Sizes:
 
 
 def sizes(c: Collective, P: int) -> Sizes:
-    counts = np.asarray(c.counts, dtype=np.float64)
+    counts = np.asarray(c.counts)
     s = c.itemsize
     fam = _FAMILY[c.kind]
     if fam in ("allreduce", "bcast"):
@@ -169,9 +169,9 @@ def sizes(c: Collective, P: int) -> Sizes:
     if fam in ("allgather", "reduce_scatter"):
         return Sizes(c.kind, float(counts.sum()) * s, float(counts.max()) * s)
     if fam == "alltoall":
-        m = counts.copy()
-        np.fill_diagonal(m, 0)
-        sent, recv = m.sum(axis=1), m.sum(axis=0)
+        diag = np.diagonal(counts)  # self-sends stay in memory
+        sent = counts.sum(axis=1) - diag
+        recv = counts.sum(axis=0) - diag
         return Sizes(c.kind, float(sent.mean()) * s, None,
                      float(max(sent.max(), recv.max())) * s)
     return Sizes(c.kind, 0.0)

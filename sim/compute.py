@@ -14,14 +14,16 @@ class Work:
 
     gemm_flops: float
     sparse_keys: float
+    calls: float = 0.0  # collective calls (each has a fixed software cost around it)
 
     def __add__(self, o: Work) -> Work:
-        return Work(self.gemm_flops + o.gemm_flops, self.sparse_keys + o.sparse_keys)
+        return Work(self.gemm_flops + o.gemm_flops, self.sparse_keys + o.sparse_keys,
+                    self.calls + o.calls)
 
 
 def compute_time(w: Work, rates: ComputeRates, share: float = 1.0) -> float:
-    """Seconds: overhead + flops / GEMM rate + key-columns / sparse rate, on ``share`` of a
-    core (oversubscribed ranks get less)."""
+    """Seconds: overhead + flops / GEMM rate + key-columns / sparse rate + calls × per-call
+    cost, on ``share`` of a core (oversubscribed ranks get less)."""
     t = rates.overhead_s + w.gemm_flops / rates.gemm_flops + w.sparse_keys / \
-        rates.sparse_keys_per_s
+        rates.sparse_keys_per_s + w.calls * rates.per_call_s
     return t / share

@@ -96,17 +96,20 @@ def test_calibration_recovers_alpha_beta(kind):
 
 
 def test_compute_fit_and_time():
-    true = ComputeRates(gemm_flops=2e10, sparse_keys_per_s=5e7, overhead_s=1e-4)
+    true = ComputeRates(gemm_flops=2e10, sparse_keys_per_s=5e7, overhead_s=1e-4,
+                        per_call_s=3e-5)
     rng = np.random.default_rng(1)
     samples = []
     for _ in range(30):
-        w = Work(rng.uniform(1e8, 1e10), rng.uniform(1e5, 1e7))
+        w = Work(rng.uniform(1e8, 1e10), rng.uniform(1e5, 1e7), rng.integers(1, 9))
         samples.append((w, compute_time(w, true)))
     rates, fit = fit_compute(samples)
     assert rates.gemm_flops == pytest.approx(2e10, rel=1e-6)
     assert rates.sparse_keys_per_s == pytest.approx(5e7, rel=1e-6)
+    assert rates.per_call_s == pytest.approx(3e-5, rel=1e-6)
     assert fit.rel_rms < 1e-9
     assert compute_time(Work(2e10, 0), true, share=0.5) == pytest.approx(2 * (1 + 1e-4))
+    assert compute_time(Work(0, 0, 10), true) == pytest.approx(1e-4 + 3e-4)
 
 
 def test_replay_hand_made_trace():

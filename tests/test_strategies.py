@@ -62,3 +62,16 @@ def test_vectorised_traffic_equals_summed_plans(P, multi):
                 calls = plan(st, agg, c, dims, r, rep)
                 assert wire[r] == sum(x.wire_bytes for x in calls), (st, agg, r)
                 assert pay[r] == sum(x.payload_bytes for x in calls), (st, agg, r)
+
+
+def test_distinct_counts_both_paths_agree():
+    from desmpi.strategies.counts import _distinct
+
+    rng = np.random.default_rng(0)
+    P = 4
+    a = rng.integers(0, 50, 500)
+    b = rng.integers(0, P, 500)
+    kr = rng.integers(0, P, 500)
+    fast = _distinct(a, b, kr, b, P)
+    slow = _distinct(a + (1 << 61), b, kr, b, P)  # too large for the one-code path
+    assert np.array_equal(fast, slow) and fast.sum() == len(set(zip(a.tolist(), b.tolist())))

@@ -64,6 +64,10 @@ def _distinct(a: np.ndarray, b: np.ndarray, kr: np.ndarray, own: np.ndarray, P: 
     """(P, P) count of distinct (a, b) pairs, by (rank kr, owner own) of their first item."""
     if a.shape[0] == 0:
         return np.zeros((P, P), dtype=np.int64)
+    amax = int(a.max())
+    if amax >= 0 and int(a.min()) >= 0 and amax < (1 << 62) // P:  # one sortable int64 code
+        _, idx = np.unique(a * P + b, return_index=True)
+        return np.bincount(kr[idx] * P + own[idx], minlength=P * P).reshape(P, P)
     order = np.lexsort((b, a))
     sa, sb = a[order], b[order]
     first = np.ones(sa.shape[0], dtype=bool)
