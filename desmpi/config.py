@@ -117,11 +117,23 @@ class DistConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    dir: str = ""  # empty: no checkpoints
+    every: int = 0  # steps between checkpoints (0: only at the end when dir is set)
+    keep: int = 2  # complete checkpoints kept
+
+    def check(self) -> None:
+        if self.every < 0 or self.keep < 1:
+            raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def check(self) -> Config:
         for f in dataclasses.fields(self):

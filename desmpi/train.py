@@ -107,21 +107,66 @@ def _step_events(log_slice, t_begin: float, t_end: float) -> list[dict]:
     return ev
 
 
-def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = None) -> dict:
+# config keys a checkpoint must agree with to be resumed (the rest may change on resume)
+_RESUME_KEYS = (("model", None), ("data", "train"), ("train", "batch_size"),
+                ("train", "optimizer"), ("train", "dense_optimizer"), ("train", "dtype"),
+                ("train", "seed"))
+
+
+def _check_resumable(saved: dict, cfg: Config, where: Path) -> None:
+    now = cfg.to_dict()
+    for sec, key in _RESUME_KEYS:
+        a = saved[sec] if key is None else saved[sec][key]
+        b = now[sec] if key is None else now[sec][key]
+        if a != b:
+            name = sec if key is None else f"{sec}.{key}"
+            raise ConfigError(f"--resume: {name} is {b!r} but checkpoint {where} was trained "
+                              f"with {a!r}")
+
+
+def resume_point(tr: Trainer, cfg: Config, comm: Comm, check_config: bool = True) -> int:
+    """Restore the newest complete checkpoint of checkpoint.dir; returns its step (0: none)."""
+    from desmpi.checkpoint import newest_valid, restore
+
+    found = newest_valid(cfg.checkpoint.dir) if comm.rank == 0 else None
+    found = comm.bcast_object(None if found is None else (str(found[0]), found[1]))
+    if found is None:
+        log.warning("--resume: no complete checkpoint in %r; starting from step 0",
+                    cfg.checkpoint.dir)
+        return 0
+    d, manifest = Path(found[0]), found[1]
+    if check_config:
+        _check_resumable(manifest["config"], cfg, d)
+    restore(d, manifest, comm, tr.table, tr.model, tr.dense_opt)
+    if comm.rank == 0:
+        log.info("resumed from %s (step %d, saved at P=%d)", d, manifest["step"],
+                 manifest["world_size"])
+    return int(manifest["step"])
+
+
+def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = None,
+        resume: bool = False) -> dict:
     """Train as configured; returns the summary (the same dict on every rank).
 
     ``trace``: write every step's compute spans and collectives (with counts and measured
     times) of every rank to this JSON file (rank 0 writes; ``desmpi simulate --replay``).
+    ``resume``: continue from the newest complete checkpoint in ``checkpoint.dir``.
     """
+    from desmpi.checkpoint import save
+
     if trace and not comm.acct.keep_log:
         raise ValueError("tracing needs a Comm created with keep_log=True")
+    if resume and not cfg.checkpoint.dir:
+        raise ConfigError("--resume needs checkpoint.dir")
     tr = Trainer(cfg, comm)
     tc = cfg.train
     rank0 = comm.rank == 0
+    start = resume_point(tr, cfg, comm) if resume else 0
     out = Path(out) if out else None
     if out is not None and rank0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").write_text("")
+        if not start:
+            (out / "metrics.jsonl").write_text("")
     m = tr.model
     if rank0:
         log.info("%s on %d rank(s), strategy %s/%s, global batch %d, %d steps, partial width "
@@ -136,7 +181,8 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
     last_eval: tuple[float, float] | None = None
     last_interval = float("nan")
     traced: list[dict] = []
-    for step in range(1, tr.total_steps + 1):
+    ck = cfg.checkpoint
+    for step in range(start + 1, tr.total_steps + 1):
         t = (step - 1) % tr.nb
         b, sizes = tr.local_batch(tr.train_ds, t)
         n_log = len(comm.acct.log)
@@ -148,7 +194,7 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
             traced.append({"step": step, "step_s": dt,
                            "events": _step_events(comm.acct.log[n_log:], t0, t1)})
         n = int(sizes.sum())
-        if step == 1:
+        if step == start + 1:
             tr.first_step_samples = n
         step_times.append(dt)
         samples += n
@@ -162,17 +208,21 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
         if do_eval:
             auc, ll, _ = tr.evaluate()
             last_eval = (auc, ll)
+        if ck.dir and ((ck.every and step % ck.every == 0) or step == tr.total_steps):
+            save(ck.dir, step, comm, tr.table, tr.model, tr.dense_opt,
+                 {"config": cfg.to_dict(), "next_batch": step % tr.nb, "epoch": step // tr.nb,
+                  "sparse_opt_t": step}, ck.keep)
         if step % tc.log_every == 0 or step == tr.total_steps or do_eval:
             wire = Accounting.total(comm.acct.counters("train"), "wire_bytes") - \
                 Accounting.total(before, "wire_bytes")
             rec = {"step": step, "samples": samples,
                    "train_logloss": interval_loss / interval_n,
                    "samples_per_s": interval_n / interval_t if interval_t > 0 else 0.0,
-                   "wire_bytes_per_step": wire / step}
+                   "wire_bytes_per_step": wire / (step - start)}
             if do_eval:
                 rec.update(eval_auc=last_eval[0], eval_logloss=last_eval[1])
             if rank0:
-                eta = (tr.total_steps - step) * (sum(step_times) / step)
+                eta = (tr.total_steps - step) * (sum(step_times) / len(step_times))
                 log.info("step %d/%d | %.0f samples/s | loss %.5f | comm %.3f MB/step (rank 0) "
                          "| ETA %s%s", step, tr.total_steps, rec["samples_per_s"],
                          rec["train_logloss"], rec["wire_bytes_per_step"] / 1e6, _fmt_eta(eta),
@@ -186,6 +236,7 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
     if trace:
         _write_trace(trace, traced, cfg, comm)
     summary = _summary(tr, cfg, comm, step_times, samples, last_interval, losses)
+    summary["resumed_from_step"] = start
     if tr.eval_ds is not None:
         auc, ll, preds = tr.evaluate()
         summary.update(eval_auc=auc, eval_logloss=ll, eval_rows=int(preds.shape[0]))
@@ -221,7 +272,7 @@ def _write_trace(path: str, traced: list[dict], cfg: Config, comm: Comm) -> None
 
 def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_loss, losses
              ) -> dict:
-    steps = len(step_times)
+    steps = max(len(step_times), 1)  # per-step figures; 0 steps run (resumed at the end)
     mine = {"counters": Accounting.as_dict(comm.acct.counters("train")),
             "keys": tr.table.n, "table_bytes": tr.table.nbytes,
             "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -244,7 +295,8 @@ def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_los
     total_t = sum(warm)
     return {
         "model": cfg.model.name, "strategy": cfg.dist.strategy, "aggregate": cfg.dist.aggregate,
-        "world_size": P, "global_batch": cfg.train.batch_size, "steps": steps,
+        "world_size": P, "global_batch": cfg.train.batch_size, "steps": len(step_times),
+        "total_steps": tr.total_steps,
         "samples": samples, "train_logloss": last_loss,
         "train_logloss_mean": float(np.mean(losses)) if losses else float("nan"),
         "eval_auc": None, "eval_logloss": None,

@@ -1,0 +1,197 @@
+"""Checkpoints: one HDF5 file per rank + a dense file + a manifest written last, atomically.
+
+Layout of ``checkpoint.dir``::
+
+    step-00000050/rank-00000.h5 ... rank-{P-1}.h5   keys, rows, optimizer slots, table metadata
+    step-00000050/dense.h5                          dense parameters and optimizer state
+    step-00000050/manifest.json                     written last: temp name + fsync + rename
+
+A step directory without a valid manifest is incomplete and ignored. The manifest records
+format version, step, world size, data position, config, the sparse optimizer's step and a
+SHA-256 of every file, so a truncated or altered file is detected on restore, which then falls
+back to the previous complete checkpoint. Restoring onto a different number of ranks re-shards
+the rows by owner under the new P. A new checkpoint never touches the previous ones; only after
+it is complete are checkpoints beyond ``checkpoint.keep`` removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from desmpi.comm import Comm
+from desmpi.kernels.hashing import owners
+
+log = logging.getLogger("desmpi.checkpoint")
+FORMAT, VERSION = "desmpi-checkpoint", 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_h5(path: Path, arrays: dict, attrs: dict) -> str:
+    """Write arrays to ``path`` via a temporary name; returns the file's SHA-256."""
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        for k, v in arrays.items():
+            f.create_dataset(k, data=v)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return _sha256(path)
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def save(root: str | Path, step: int, comm: Comm, table, model, dense_opt, extra: dict,
+         keep: int) -> Path:
+    """Write the checkpoint of ``step`` collectively; returns its directory."""
+    root = Path(root)
+    d = step_dir(root, step)
+    with comm.acct.scoped("checkpoint"):
+        if comm.rank == 0:
+            if d.exists():  # an incomplete earlier attempt at this step
+                shutil.rmtree(d)
+            d.mkdir(parents=True)
+        comm.barrier()
+        n = table.n
+        name = f"rank-{comm.rank:05d}.h5"
+        digest = _write_h5(d / name, {"keys": table.keys(), "weights": table.weights[:n],
+                                      "slots": table.slots[:n]},
+                           {"R": table.R, "emb_col": table.emb_col, "S": table.S,
+                            "seed": table.seed, "init_std": table.init_std,
+                            "slot_init": table.slot_init, "dtype": table.dtype.name,
+                            "rank": comm.rank, "world_size": comm.size, "step": step})
+        files = dict(comm.allgather_object((name, digest)))
+        if comm.rank == 0:
+            files["dense.h5"] = _write_h5(d / "dense.h5", {"params": model.params.data,
+                                                         "opt_state": dense_opt.state}, {})
+            manifest = {"format": FORMAT, "version": VERSION, "step": step,
+                        "world_size": comm.size, "files": files, **extra}
+            tmp = d / "manifest.json.tmp"
+            with open(tmp, "w") as f:
+                json.dump(manifest, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, d / "manifest.json")
+            _fsync_dir(d)
+            _prune(root, keep)
+        comm.barrier()
+    return d
+
+
+def _prune(root: Path, keep: int) -> None:
+    done = complete_steps(root)
+    for s in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(step_dir(root, s), ignore_errors=True)
+    for p in root.glob("step-*"):  # incomplete attempts older than the newest complete one
+        if done and not (p / "manifest.json").exists() and p.name < step_dir(root, done[-1]).name:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def complete_steps(root: Path) -> list[int]:
+    """Steps whose directory has a manifest, oldest first."""
+    out = []
+    for p in Path(root).glob("step-*"):
+        if (p / "manifest.json").exists():
+            try:
+                out.append(int(p.name.split("-")[1]))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def verify(d: Path) -> dict:
+    """The manifest of checkpoint ``d`` after checking version, files and checksums."""
+    mpath = d / "manifest.json"
+    try:
+        m = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{mpath}: unreadable manifest ({e})") from None
+    if m.get("format") != FORMAT or m.get("version") != VERSION:
+        raise CheckpointError(f"{mpath}: format {m.get('format')!r} version "
+                              f"{m.get('version')!r}; this desmpi reads {FORMAT} {VERSION}")
+    for name, digest in m["files"].items():
+        f = d / name
+        if not f.exists():
+            raise CheckpointError(f"{f}: missing")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"{f}: checksum mismatch (truncated or modified)")
+    return m
+
+
+def newest_valid(root: str | Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that verifies, warning about every newer one that does not."""
+    root = Path(root)
+    for s in reversed(complete_steps(root)):
+        d = step_dir(root, s)
+        try:
+            return d, verify(d)
+        except CheckpointError as e:
+            log.warning("skipping checkpoint %s: %s; falling back to the previous one", d, e)
+    return None
+
+
+def restore(d: Path, manifest: dict, comm: Comm, table, model, dense_opt) -> None:
+    """Load checkpoint ``d`` into this rank's table and the dense state, at any P.
+
+    Same P: each rank reads its own file. Other P: each rank reads every rank file and keeps
+    the keys it owns under the new P.
+    """
+    P_old = int(manifest["world_size"])
+    names = [f"rank-{r:05d}.h5" for r in range(P_old)]
+    mine = [names[comm.rank]] if P_old == comm.size else names
+    for name in mine:
+        with h5py.File(d / name, "r") as f:
+            if (int(f.attrs["R"]), int(f.attrs["S"]), int(f.attrs["emb_col"])) != \
+                    (table.R, table.S, table.emb_col):
+                raise CheckpointError(f"{d / name}: rows of width {f.attrs['R']} with "
+                                      f"{f.attrs['S']} slots do not fit this model's "
+                                      f"{table.R} / {table.S} (another model or optimizer?)")
+            keys = f["keys"][...]
+            w = f["weights"][...]
+            s = f["slots"][...]
+        if P_old != comm.size:
+            keep = owners(keys, comm.size) == comm.rank if comm.size > 1 else \
+                np.ones(keys.shape[0], bool)
+            keys, w, s = keys[keep], w[keep], s[keep]
+        rows = table.lookup_or_insert(keys)
+        table.weights[rows] = w
+        table.slots[rows] = s
+    with h5py.File(d / "dense.h5", "r") as f:
+        p = f["params"][...]
+        st = f["opt_state"][...]
+    if p.shape != model.params.data.shape or st.shape != dense_opt.state.shape:
+        raise CheckpointError(f"{d / 'dense.h5'}: dense parameters {p.shape} / optimizer state "
+                              f"{st.shape} do not fit this model ({model.params.data.shape} / "
+                              f"{dense_opt.state.shape})")
+    model.params.data[:] = p
+    dense_opt.state[...] = st

@@ -1,0 +1,69 @@
+"""A single-file model for serving: every key's weights + dense parameters + the config.
+
+``export`` writes it from a (P = 1 restored) trainer; :class:`ServingModel` loads it in any
+Python process — no MPI, no checkpoint directory — and predicts probabilities of a Batch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from desmpi.comm import Comm
+from desmpi.config import from_dict
+from desmpi.data.batch import Batch
+from desmpi.models import build_model
+from desmpi.strategies.common import occurrences, pool_owned, route
+from desmpi.tables import ShardTable
+
+FORMAT = "desmpi-model"
+
+
+def export(path: str | Path, tr, cfg) -> None:
+    n = tr.table.n
+    tmp = Path(str(path) + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("keys", data=tr.table.keys())
+        f.create_dataset("weights", data=tr.table.weights[:n])
+        f.create_dataset("dense_params", data=tr.model.params.data)
+        f.attrs["format"] = FORMAT
+        f.attrs["config"] = json.dumps(cfg.to_dict())
+        f.attrs["n_fields"] = tr.model.F
+        f.attrs["n_dense"] = tr.model.Dn
+    tmp.replace(path)
+
+
+class ServingModel:
+    """Load an exported model and predict; keys never trained contribute zero."""
+
+    def __init__(self, path: str | Path) -> None:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise ValueError(f"{path}: not a desmpi exported model")
+            cfg = from_dict(json.loads(f.attrs["config"]), str(path))
+            keys = f["keys"][...]
+            w = f["weights"][...]
+            p = f["dense_params"][...]
+            F, Dn = int(f.attrs["n_fields"]), int(f.attrs["n_dense"])
+        self.cfg = cfg
+        self.model = build_model(cfg.model, F, Dn, w.dtype, cfg.train.seed)
+        m = self.model
+        self.model.params.data[:] = p
+        self.table = ShardTable(m.row_width, m.emb_col, 0, w.dtype, cfg.train.seed,
+                                cfg.model.init_std, capacity=max(len(keys), 1))
+        rows = self.table.lookup_or_insert(keys)
+        self.table.weights[rows] = w
+        self.comm = Comm.local()
+
+    def predict(self, b: Batch) -> np.ndarray:
+        """(n,) probabilities of batch ``b``."""
+        from desmpi.metrics import sigmoid
+
+        m = self.model
+        occ = occurrences(b, route(b, 0, 1), self.table, insert=False)
+        Z = m.partial(pool_owned(m, occ, b.n, self.table))
+        logits, _ = m.forward(Z, b.dense.astype(m.dtype))
+        return sigmoid(np.asarray(logits, dtype=np.float64))

@@ -1,0 +1,141 @@
+"""Checkpoints: bitwise resume after SIGKILL, restore onto other P, fallback on corruption,
+export for serving, and a killed rank ending the job."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from desmpi.data.h5 import CtrDataset
+from desmpi.data.synth import SynthSpec, generate
+from tests.conftest import ROOT, mpi_env, mpiexec_path, run_mpi
+
+BASE = ["--set", "model.name=deepfm", "--set", "model.embed_dim=8", "--set",
+        "model.hidden=[256,256]", "--set", "train.dtype=float64", "--set",
+        "train.batch_size=256", "--set", "train.optimizer=adam", "--set", "train.lr=0.01",
+        "--set", "train.log_every=25"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    generate(SynthSpec(rows=256 * 50, seed=1, cap=2000), d / "tr.h5")
+    generate(SynthSpec(rows=1000, seed=2, cap=2000), d / "ev.h5")
+    return d
+
+
+def _args(data, ck, steps, every, extra=()):
+    return ["-m", "desmpi", "train", *BASE, "--set", f"data.train={data}/tr.h5", "--set",
+            f"data.eval={data}/ev.h5", "--set", f"train.steps={steps}", "--set",
+            f"checkpoint.dir={ck}", "--set", f"checkpoint.every={every}", *extra]
+
+
+def test_resume_after_sigkill_is_bitwise(data, tmp_path):
+    run_mpi(2, [*_args(data, tmp_path / "ck_a", 100, 50), "--out", str(tmp_path / "a")])
+    ck = tmp_path / "ck_b"
+    cmd = [mpiexec_path(), "-n", "2", sys.executable,
+           *_args(data, ck, 100, 50), "--out", str(tmp_path / "b")]
+    p = subprocess.Popen(cmd, env=mpi_env(), cwd=ROOT, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = ck / "step-00000050" / "manifest.json"
+    t0 = time.monotonic()
+    while not manifest.exists():
+        assert p.poll() is None, "the run ended before its step-50 checkpoint"
+        assert time.monotonic() - t0 < 300
+        time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    assert not (ck / "step-00000100" / "manifest.json").exists(), "killed too late"
+    run_mpi(2, [*_args(data, ck, 100, 50), "--out", str(tmp_path / "b"), "--resume"])
+    a = np.load(tmp_path / "a" / "eval_predictions.npy")
+    b = np.load(tmp_path / "b" / "eval_predictions.npy")
+    assert np.array_equal(a, b)
+    s = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert s["resumed_from_step"] == 50 and s["steps"] == 50
+    # same weights too: the final checkpoints' dense parameters are identical
+    import h5py
+
+    with h5py.File(tmp_path / "ck_a" / "step-00000100" / "dense.h5") as fa, \
+            h5py.File(ck / "step-00000100" / "dense.h5") as fb:
+        assert np.array_equal(fa["params"][...], fb["params"][...])
+
+
+def test_restore_onto_other_world_sizes(data, tmp_path):
+    ck = tmp_path / "ck"
+    run_mpi(4, [*_args(data, ck, 20, 0), "--out", str(tmp_path / "p4")])
+    ref = np.load(tmp_path / "p4" / "eval_predictions.npy")
+    for P in (1, 2, 3):
+        out = tmp_path / f"pred{P}.npy"
+        run_mpi(P, ["-m", "desmpi", "predict", "--checkpoint", str(ck), "--out", str(out)])
+        np.testing.assert_allclose(np.load(out), ref, rtol=1e-12, atol=0)
+    # training continues equivalently at P = 1 and P = 3 from the P = 4 checkpoint
+    outs = {}
+    for P in (1, 3):
+        ckp = tmp_path / f"ck_from4_{P}"
+        import shutil
+
+        shutil.copytree(ck, ckp)
+        run_mpi(P, [*_args(data, ckp, 30, 0), "--out", str(tmp_path / f"c{P}"), "--resume"])
+        outs[P] = np.load(tmp_path / f"c{P}" / "eval_predictions.npy")
+    np.testing.assert_allclose(outs[3], outs[1], rtol=1e-9, atol=0)
+
+
+def test_corrupt_newest_checkpoint_falls_back(data, tmp_path):
+    ck = tmp_path / "ck"
+    run_mpi(2, [*_args(data, ck, 10, 5, ("--set", "checkpoint.keep=3"))])
+    newest = ck / "step-00000010" / "rank-00001.h5"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated
+    p = run_mpi(1, ["-m", "desmpi", "eval", "--checkpoint", str(ck), "--json"])
+    assert "rank-00001.h5: checksum mismatch" in p.stderr
+    assert json.loads(p.stdout.strip().splitlines()[-1])["step"] == 5
+    m = ck / "step-00000005" / "manifest.json"
+    j = json.loads(m.read_text())
+    j["version"] = 99
+    m.write_text(json.dumps(j))
+    p = run_mpi(1, ["-m", "desmpi", "eval", "--checkpoint", str(ck / "step-00000005")],
+                check=False)
+    assert p.returncode != 0 and "step-00000005/manifest.json" in p.stderr
+    assert "version 99" in p.stderr
+    # an incomplete step directory (no manifest) is ignored
+    (ck / "step-00000099").mkdir()
+    p = run_mpi(1, ["-m", "desmpi", "eval", "--checkpoint", str(ck), "--json"], check=False)
+    assert p.returncode != 0 and "no complete checkpoint" in p.stderr
+
+
+def test_export_serves_without_mpi(data, tmp_path):
+    ck = tmp_path / "ck"
+    run_mpi(2, [*_args(data, ck, 10, 0), "--out", str(tmp_path / "r")])
+    model = tmp_path / "model.h5"
+    subprocess.run([sys.executable, "-m", "desmpi", "export", "--checkpoint", str(ck), "--out",
+                    str(model)], check=True, cwd=ROOT, capture_output=True, timeout=300)
+    from desmpi.serving import ServingModel
+
+    sm = ServingModel(model)
+    ev = CtrDataset(data / "ev.h5")
+    p = sm.predict(ev.read(0, ev.n, np.float64))
+    ref = np.load(tmp_path / "r" / "eval_predictions.npy")
+    np.testing.assert_allclose(p, ref, rtol=1e-12)
+
+
+def test_killed_rank_ends_the_job(data, tmp_path):
+    cmd = [mpiexec_path(), "-n", "2", sys.executable, *_args(data, tmp_path / "ck", 100000, 0)]
+    p = subprocess.Popen(cmd, env=mpi_env(), cwd=ROOT, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(8)  # both ranks training
+        ranks = subprocess.run(["pgrep", "-f", "-s", str(p.pid), "desmpi train"],
+                               capture_output=True, text=True).stdout.split()
+        ranks = [int(x) for x in ranks if int(x) != p.pid]
+        assert len(ranks) >= 2, ranks
+        t0 = time.monotonic()
+        os.kill(max(ranks), signal.SIGKILL)
+        rc = p.wait(timeout=30)
+        assert rc != 0 and time.monotonic() - t0 < 15
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
