@@ -77,7 +77,7 @@ class TrainConfig:
     dtype: str = "float32"
     eval_every: int = 0  # steps; 0: only at the end
     log_every: int = 50
-    nan_policy: str = "stop"
+    nan_policy: str = "stop"  # non-finite loss/gradients: stop, or skip the step and count it
 
     def check(self) -> None:
         _positive("train.batch_size", self.batch_size)
@@ -86,7 +86,7 @@ class TrainConfig:
         _choice("train.optimizer", self.optimizer, SPARSE_OPTIMIZERS)
         _choice("train.dense_optimizer", self.dense_optimizer, ("auto", *DENSE_OPTIMIZERS))
         _choice("train.dtype", self.dtype, ("float32", "float64"))
-        _choice("train.nan_policy", self.nan_policy, ("stop",))
+        _choice("train.nan_policy", self.nan_policy, ("stop", "skip"))
         if self.lr <= 0 or self.dense_lr < 0:
             raise ConfigError("train.lr must be > 0 and train.dense_lr >= 0")
         if self.eval_every < 0 or self.log_every < 1:

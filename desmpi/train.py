@@ -25,7 +25,7 @@ from desmpi.data.slicing import n_batches, rank_slice, split_counts
 from desmpi.models import build_model
 from desmpi.optim import DenseOptimizer, SparseOptimizer, sparse_slots
 from desmpi.strategies import make_strategy
-from desmpi.strategies.common import Timer
+from desmpi.strategies.common import NonFiniteError, Timer
 from desmpi.tables import ShardTable
 
 log = logging.getLogger("desmpi.train")
@@ -114,6 +114,9 @@ _RESUME_KEYS = (("model", None), ("data", "train"), ("train", "batch_size"),
 
 
 def _check_resumable(saved: dict, cfg: Config, where: Path) -> None:
+    from desmpi.config import from_dict
+
+    saved = from_dict(saved, f"{where}/manifest.json").to_dict()  # JSON lists -> tuples
     now = cfg.to_dict()
     for sec, key in _RESUME_KEYS:
         a = saved[sec] if key is None else saved[sec][key]
@@ -181,13 +184,22 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
     last_eval: tuple[float, float] | None = None
     last_interval = float("nan")
     traced: list[dict] = []
+    skipped = 0
     ck = cfg.checkpoint
     for step in range(start + 1, tr.total_steps + 1):
         t = (step - 1) % tr.nb
         b, sizes = tr.local_batch(tr.train_ds, t)
         n_log = len(comm.acct.log)
         t0 = time.perf_counter()
-        loss = tr.strategy.train_step(b, sizes, step)
+        try:
+            loss = tr.strategy.train_step(b, sizes, step)
+        except NonFiniteError as e:
+            if tc.nan_policy != "skip":
+                raise
+            skipped += 1
+            if rank0:
+                log.warning("skipped: %s", e)
+            continue
         t1 = time.perf_counter()
         dt = t1 - t0
         if trace:
@@ -237,6 +249,7 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
         _write_trace(trace, traced, cfg, comm)
     summary = _summary(tr, cfg, comm, step_times, samples, last_interval, losses)
     summary["resumed_from_step"] = start
+    summary["skipped_steps"] = skipped
     if tr.eval_ds is not None:
         auc, ll, preds = tr.evaluate()
         summary.update(eval_auc=auc, eval_logloss=ll, eval_rows=int(preds.shape[0]))

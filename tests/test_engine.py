@@ -168,3 +168,24 @@ def test_learns_on_real_criteo_rows(criteo_split, model, min_auc):
     s = _train_cli([str(ROOT / "configs" / f"{model}.toml"), "--set", f"data.train={d}/train.h5",
                     "--set", f"data.eval={d}/eval.h5", "--set", "train.batch_size=256"])
     assert s["eval_auc"] > min_auc, s["eval_auc"]
+
+
+def test_nan_stops_naming_step_and_operator_or_skips(tmp_path):
+    generate(SynthSpec(rows=2048, seed=1, cap=500), tmp_path / "tr.h5")
+    base = [sys.executable, "-m", "desmpi", "train", str(ROOT / "configs" / "fm.toml"),
+            "--set", f"data.train={tmp_path}/tr.h5", "--set", "data.eval=", "--set",
+            "train.batch_size=256", "--set", "train.optimizer=sgd", "--set", "train.lr=1e30",
+            "--set", f"checkpoint.dir={tmp_path}/ck", "--set", "checkpoint.every=1"]
+    p = subprocess.run(base, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode != 0
+    assert "non-finite" in p.stderr and "step " in p.stderr and "operator fm" in p.stderr
+    bad_step = int(p.stderr.split("step ")[-1].split(":")[0])
+    # no checkpoint of the poisoned step (or later) exists
+    from desmpi.checkpoint import complete_steps
+
+    assert all(s < bad_step for s in complete_steps(tmp_path / "ck"))
+    p = subprocess.run([*base, "--set", "train.nan_policy=skip", "--set",
+                        f"checkpoint.dir={tmp_path}/ck2", "--json"], capture_output=True,
+                       text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1])["skipped_steps"] > 0

@@ -76,6 +76,24 @@ def sparse_update(model, occ: Occurrences, kg: KeyGrads, table, opt, t: int) -> 
     return int(urows.shape[0])
 
 
+class NonFiniteError(FloatingPointError):
+    """NaN/inf in a step's loss or gradients; raised before any update is applied."""
+
+
+def check_finite(model, Z: np.ndarray, loss: float, grads: np.ndarray, t: int) -> None:
+    """Raise NonFiniteError naming the step and the first operator whose partial is bad."""
+    if np.isfinite(loss) and np.isfinite(grads).all():
+        return
+    where = "the dense part"
+    for op in model.ops:
+        if not np.isfinite(Z[:, op.cols]).all():
+            where = f"operator {op.name}"
+            break
+    what = "loss" if not np.isfinite(loss) else "dense gradients"
+    raise NonFiniteError(f"step {t}: non-finite {what} in model {model.name}, first seen in "
+                         f"{where} (try a smaller train.lr)")
+
+
 def bce_with_logits(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """Sum over samples of the binary cross-entropy of logits z, and σ(z)."""
     p = np.empty_like(z)

@@ -25,6 +25,7 @@ from desmpi.metrics import sigmoid
 from desmpi.strategies.common import (
     Timer,
     bce_with_logits,
+    check_finite,
     occurrences,
     pool_owned,
     route,
@@ -150,10 +151,7 @@ class DesStrategy:
             prm.grads[:] = red[:-1]
             loss = float(red[-1])
             tm.lap("aggregate")
-        if not np.isfinite(loss) or not np.isfinite(prm.grads).all():
-            what = "loss" if not np.isfinite(loss) else "dense gradients"
-            raise FloatingPointError(f"step {t}: non-finite {what} in model {model.name} "
-                                     f"(try a smaller train.lr)")
+        check_finite(model, Z if self.replicated else Zm, loss, prm.grads, t)
         sparse_update(model, occ, kg, self.table, self.sparse_opt, t)
         tm.lap("sparse_update")
         self.dense_opt.apply(prm.data, prm.grads, t)

@@ -14,7 +14,7 @@ from desmpi.comm import Comm
 from desmpi.data.batch import Batch
 from desmpi.kernels.hashing import owners
 from desmpi.metrics import sigmoid
-from desmpi.strategies.common import Timer, bce_with_logits
+from desmpi.strategies.common import Timer, bce_with_logits, check_finite
 from desmpi.strategies.counts import ModelDims, StepCounts
 from desmpi.strategies.plans import plan
 from sim.accounting import Call
@@ -83,10 +83,7 @@ class ExchangeStrategy:
         prm.grads[:] = red[:-1]
         loss = float(red[-1])
         tm.lap("aggregate")
-        if not np.isfinite(loss) or not np.isfinite(prm.grads).all():
-            what = "loss" if not np.isfinite(loss) else "dense gradients"
-            raise FloatingPointError(f"step {t}: non-finite {what} in model {model.name} "
-                                     f"(try a smaller train.lr)")
+        check_finite(model, Z, loss, prm.grads, t)
         update(t)
         tm.lap("sparse_update")
         self.dense_opt.apply(prm.data, prm.grads, t)

@@ -1,0 +1,42 @@
+"""The study drivers and benchmarks run on tiny inputs (their figures live in docs/)."""
+
+import csv
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def _run(args, timeout=900):
+    p = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
+                       timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def test_compare_strategies_quick(tmp_path):
+    _run(["scripts/compare_strategies.py", "--quick", "--out", str(tmp_path)])
+    rows = list(csv.DictReader(open(tmp_path / "strategies.csv")))
+    real = [r for r in rows if r["counted_wire_bytes_per_step"] != ""]
+    assert len(real) == 2 * 2 * 6  # models × real P × variants
+    for r in real:
+        assert float(r["counted_wire_bytes_per_step"]) == float(r["wire_bytes_per_step"]), r
+    md = (tmp_path / "strategies.md").read_text()
+    assert "Crossover" in md and "saving vs ps" in md
+
+
+def test_bench_whatif_small():
+    p = _run(["scripts/bench_whatif.py", "--ranks", "8,64", "--batch", "512,1024",
+              "--clusters", "3", "--json"])
+    rep = json.loads(p.stdout)
+    assert rep["configurations"] == 2 * 2 * 6 * 3 and rep["total_s"] > 0
+
+
+def test_bench_data_and_compute():
+    p = _run(["-m", "desmpi", "bench", "data", "--rows", "20000", "--repeats", "1", "--json"])
+    rep = json.loads(p.stdout.strip().splitlines()[-1])
+    assert rep["rows"] == 20000 and rep["convert_rows_per_s_per_rank"] > 0
+    p = _run(["-m", "desmpi", "bench", "compute", "--json"])
+    rep = json.loads(p.stdout.strip().splitlines()[-1])
+    assert rep["gemm_flops"] > 1e8 and rep["sparse_keys_per_s"] > 1e5
