@@ -86,7 +86,11 @@ def _write_tables(out: Path, rows, cfg, a, xs, rec) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    import shlex
+    import sys
+
     L = [f"# What-if: {cfg.model.name} ({a.config})", "",
+         "Command: `desmpi " + " ".join(shlex.quote(x) for x in sys.argv[1:]) + "`", "",
          f"Ranks {a.ranks}; batch {a.batch or cfg.train.batch_size}; clusters "
          f"{', '.join(a.cluster)}; algorithms: {a.algorithm}. Step time = modelled "
          "collectives + compute (no overlap).", "",

@@ -77,6 +77,24 @@ def _bench(a, comm: Comm) -> int:
             if a.json:
                 print(json.dumps(rep))
         return 0
+    if a.what == "train":
+        from desmpi.bench_train import bench_train
+
+        rep = bench_train(comm, a.model, a.batch, a.steps, a.warmup, a.cap, a.dim,
+                          a.strategy, a.aggregate, a.optimizer)
+        if comm.rank == 0:
+            log.info("%s P=%d batch %d: %.0f samples/s (median step %.4f s); GEMM limit %.0f "
+                     "samples/s; ratio %.2f; %.0f%% of the step outside the GEMMs",
+                     rep["model"], rep["ranks"], rep["batch"], rep["samples_per_s"],
+                     rep["step_time_s"], rep["gemm_limit_samples_per_s"],
+                     rep["ratio_to_gemm_limit"], 100 * rep["outside_gemm_share"])
+            for k, v in sorted(rep["phases_s"].items(), key=lambda kv: -kv[1]):
+                log.info("  %-14s %.4f s/step", k, v)
+            log.info("  memory: %.0f bytes/key (weights + slots: %d)", rep["bytes_per_key"],
+                     rep["bytes_per_key_payload"])
+            if a.json:
+                print(json.dumps(rep))
+        return 0
     if a.what == "data":
         from desmpi.bench_data import bench_data
 
@@ -169,14 +187,22 @@ def add_commands(sub) -> None:
     s.set_defaults(fn=_smoke)
 
     b = sub.add_parser("bench", help="benchmarks")
-    b.add_argument("what", choices=["data", "comm", "compute"])
+    b.add_argument("what", choices=["data", "comm", "compute", "train"])
+    b.add_argument("--model", default="deepfm", help="bench train: model")
+    b.add_argument("--steps", type=int, default=20, help="bench train: timed steps")
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--cap", type=int, default=1_000_000, help="bench train: cardinality cap")
+    b.add_argument("--dim", type=int, default=None, help="bench train: embedding dim")
+    b.add_argument("--strategy", default="des")
+    b.add_argument("--aggregate", default="allreduce")
+    b.add_argument("--optimizer", default="adagrad")
     b.add_argument("--sizes", default="64,1024,16384,131072,1048576,4194304",
                    help="bench comm: message sizes in bytes")
     b.add_argument("--repeats-comm", type=int, default=10)
     b.add_argument("--source", default=os.path.normpath(CRITEO_SAMPLE),
                    help="Criteo TSV to repeat (default: shared head15k.tsv)")
     b.add_argument("--rows", type=int, default=1_000_000)
-    b.add_argument("--batch", type=int, default=4096)
+    b.add_argument("--batch", type=int, default=4096, help="data: read batch; train: B")
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench)

@@ -1,7 +1,8 @@
 """A rank's shard of a dynamic sparse table: key -> row of weights and optimizer slots.
 
-Rows live in contiguous arrays that grow by doubling; the hash index keeps its load factor
-under 1/2. A key seen for the first time is inserted and initialised from (seed, key) alone,
+Rows live in contiguous arrays that grow by 1/4 when full; the hash index (linear probing,
+any capacity) grows by half when its load passes 0.8. Memory per key stays near 1.3x the row
+and slot bytes themselves (``bytes_per_key``). A key seen for the first time is inserted and initialised from (seed, key) alone,
 so initial values do not depend on P, arrival order or which rank inserted the key.
 """
 
@@ -10,6 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from desmpi.kernels.table import EMPTY, find, find_or_insert, rehash
+
+LOAD_MAX = 0.8  # hash index load factor that triggers growth
+HASH_GROWTH = 1.5
+ROW_GROWTH = 1.25
 
 
 class ShardTable:
@@ -20,7 +25,7 @@ class ShardTable:
         self.R, self.emb_col, self.S = width, emb_col, n_slots
         self.dtype = np.dtype(dtype)
         self.seed, self.init_std, self.slot_init = seed, init_std, slot_init
-        cap = 1 << max(4, (2 * capacity - 1).bit_length())
+        cap = max(16, int(capacity / LOAD_MAX) + 1)
         self.tkeys = np.full(cap, EMPTY, dtype=np.int64)
         self.tvals = np.zeros(cap, dtype=np.int64)
         self.weights = np.zeros((capacity, width), dtype=self.dtype)
@@ -30,26 +35,34 @@ class ShardTable:
     def _reserve(self, extra: int) -> None:
         need = self.n + extra
         if need > self.weights.shape[0]:
-            cap = max(need, 2 * self.weights.shape[0])
+            cap = max(need, int(ROW_GROWTH * self.weights.shape[0]) + 1)
             w = np.empty((cap, self.R), dtype=self.dtype)
             w[: self.n] = self.weights[: self.n]
             s = np.empty((cap, self.S), dtype=self.dtype)
             s[: self.n] = self.slots[: self.n]
             self.weights, self.slots = w, s
-        if 2 * need > self.tkeys.shape[0]:
-            cap = 1 << (2 * need - 1).bit_length()
+        if need > LOAD_MAX * self.tkeys.shape[0]:
+            cap = max(int(need / LOAD_MAX) + 1, int(HASH_GROWTH * self.tkeys.shape[0]))
             nk = np.full(cap, EMPTY, dtype=np.int64)
             nv = np.zeros(cap, dtype=np.int64)
             rehash(self.tkeys, self.tvals, nk, nv)
             self.tkeys, self.tvals = nk, nv
 
     def lookup_or_insert(self, keys: np.ndarray) -> np.ndarray:
-        """(n,) int64 keys -> (n,) int64 rows, inserting new keys."""
-        self._reserve(keys.shape[0])
-        out = np.empty(keys.shape[0], dtype=np.int64)
-        self.n = find_or_insert(self.tkeys, self.tvals, self.n, keys, out, self.weights,
-                                self.seed, self.init_std, self.emb_col, self.slots,
-                                self.slot_init)
+        """(n,) int64 keys -> (n,) int64 rows, inserting new keys.
+
+        Keys are looked up first; room is reserved only for the absent ones, which are then
+        inserted (so capacity tracks the keys, not the batch).
+        """
+        out = self.lookup(keys)
+        miss = np.flatnonzero(out < 0)
+        if miss.shape[0]:
+            self._reserve(miss.shape[0])
+            got = np.empty(miss.shape[0], dtype=np.int64)
+            self.n = find_or_insert(self.tkeys, self.tvals, self.n, keys[miss], got,
+                                    self.weights, self.seed, self.init_std, self.emb_col,
+                                    self.slots, self.slot_init)
+            out[miss] = got
         return out
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:

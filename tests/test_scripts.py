@@ -40,3 +40,18 @@ def test_bench_data_and_compute():
     p = _run(["-m", "desmpi", "bench", "compute", "--json"])
     rep = json.loads(p.stdout.strip().splitlines()[-1])
     assert rep["gemm_flops"] > 1e8 and rep["sparse_keys_per_s"] > 1e5
+
+
+def test_bench_checkpoint_small(tmp_path):
+    p = _run(["scripts/bench_checkpoint.py", "--keys", "50000", "--dir", str(tmp_path),
+              "--json"])
+    rep = json.loads(p.stdout)
+    assert rep["keys"] == 50000 and rep["file_bytes"] > 50000 * rep["row_bytes"]
+
+
+def test_bench_train_small():
+    p = _run(["-m", "desmpi", "bench", "train", "--model", "fm", "--batch", "512", "--steps",
+              "3", "--warmup", "1", "--cap", "1000", "--json"])
+    rep = json.loads(p.stdout.strip().splitlines()[-1])
+    assert rep["samples_per_s"] > 0 and rep["gemm_limit_samples_per_s"] > 0
+    assert {"lookup", "partials", "sparse_update", "dense"} <= set(rep["phases_s"])

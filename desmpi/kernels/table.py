@@ -12,23 +12,27 @@ _SLOT_SALT = np.uint64(0x632BE59BD9B4E019)  # slot hash differs from the owner h
 
 
 @njit(cache=True, inline="always")
-def _slot(key, mask):
-    return np.int64(mix64(np.uint64(key) ^ _SLOT_SALT) & np.uint64(mask))
+def _slot(key, cap):
+    """Slot in [0, cap) by multiply-shift of the hash's high 32 bits (any cap < 2**32)."""
+    h = mix64(np.uint64(key) ^ _SLOT_SALT) >> np.uint64(32)
+    return np.int64((h * np.uint64(cap)) >> np.uint64(32))
 
 
 @njit(cache=True)
 def find(tkeys, tvals, qkeys, out):
     """out[i] = row of qkeys[i], or -1 when absent."""
-    mask = tkeys.shape[0] - 1
+    cap = tkeys.shape[0]
     for i in range(qkeys.shape[0]):
         k = qkeys[i]
-        j = _slot(k, mask)
+        j = _slot(k, cap)
         out[i] = -1
         while tkeys[j] != EMPTY:
             if tkeys[j] == k:
                 out[i] = tvals[j]
                 break
-            j = (j + 1) & mask
+            j += 1
+            if j == cap:
+                j = 0
 
 
 @njit(cache=True)
@@ -40,11 +44,11 @@ def find_or_insert(tkeys, tvals, n_rows, qkeys, out, weights, seed, init_std, em
     0, columns [emb_col, R) are N(0, init_std^2); optimizer slots are ``slot_init``. Capacity
     of the table and of the row arrays must already suffice. Returns the new row count.
     """
-    mask = tkeys.shape[0] - 1
+    cap = tkeys.shape[0]
     R = weights.shape[1]
     for i in range(qkeys.shape[0]):
         k = qkeys[i]
-        j = _slot(k, mask)
+        j = _slot(k, cap)
         while True:
             t = tkeys[j]
             if t == k:
@@ -62,18 +66,22 @@ def find_or_insert(tkeys, tvals, n_rows, qkeys, out, weights, seed, init_std, em
                     slots[n_rows, c] = slot_init
                 n_rows += 1
                 break
-            j = (j + 1) & mask
+            j += 1
+            if j == cap:
+                j = 0
     return n_rows
 
 
 @njit(cache=True)
 def rehash(old_keys, old_vals, new_keys, new_vals):
-    mask = new_keys.shape[0] - 1
+    cap = new_keys.shape[0]
     for i in range(old_keys.shape[0]):
         k = old_keys[i]
         if k != EMPTY:
-            j = _slot(k, mask)
+            j = _slot(k, cap)
             while new_keys[j] != EMPTY:
-                j = (j + 1) & mask
+                j += 1
+                if j == cap:
+                    j = 0
             new_keys[j] = k
             new_vals[j] = old_vals[i]
