@@ -7,6 +7,7 @@ so the parser sees real Kaggle bytes.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -32,8 +33,10 @@ def make_text(src: str, rows: int, out: str) -> int:
 
 def bench_data(src: str, rows: int, batch: int, repeats: int, comm: Comm,
                workdir: str | None = None) -> dict:
-    """Median conversion rows/s (per rank) and training-read rows/s of rank slices."""
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    """Median conversion rows/s (per rank) and training-read rows/s of rank slices (the
+    working directory must be shared by the ranks)."""
+    tmp = comm.bcast_object(tempfile.mkdtemp(dir=workdir) if comm.rank == 0 else None)
+    try:
         txt = os.path.join(tmp, "criteo.tsv")
         h5 = os.path.join(tmp, "criteo.h5")
         if comm.rank == 0:
@@ -56,6 +59,9 @@ def bench_data(src: str, rows: int, batch: int, repeats: int, comm: Comm,
             reads.append(time.perf_counter() - t0)
             ds.close()
         comm.barrier()
+    finally:
+        if comm.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
     conv_s = statistics.median(conv)
     read_s = statistics.median(reads)
     return {"rows": rows, "text_bytes": size, "ranks": comm.size,
