@@ -9,6 +9,7 @@ shapes) timed alone in the same process.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -20,6 +21,13 @@ from desmpi.config import from_dict
 from desmpi.data.slicing import split_counts
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.train import Trainer
+
+# the workloads of the PyTorch comparison (issue text): DeepFM d = 16, DNN 400-400-400; DLRM
+# d = 64, bottom 512-256-64, top 512-256-1; the others as their default configs
+WORKLOADS = {"lr": {}, "fm": {"embed_dim": 16}, "wdl": {"embed_dim": 16, "hidden": [400, 400, 400]},
+             "deepfm": {"embed_dim": 16, "hidden": [400, 400, 400]},
+             "dcn": {"embed_dim": 16, "hidden": [400, 400], "cross_layers": 3},
+             "dlrm": {"embed_dim": 64, "bottom": [512, 256], "hidden": [512, 256]}}
 
 
 def gemm_shapes(model, rows_dense: int, rows_fused: int) -> list[tuple[int, int, int]]:
@@ -52,12 +60,13 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
                 dim: int | None, strategy: str, aggregate: str, optimizer: str,
                 workdir: str | None = None, sets: dict | None = None) -> dict:
     rows = batch * (steps + warmup)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    tmp = comm.bcast_object(tempfile.mkdtemp(dir=workdir) if comm.rank == 0 else None)
+    try:
         path = os.path.join(tmp, "bench.h5")
         if comm.rank == 0:
             generate(SynthSpec(rows=rows, seed=1, cap=cap), path)
         comm.barrier()
-        conf = {"model": {"name": model}, "data": {"train": path},
+        conf = {"model": {"name": model, **WORKLOADS.get(model, {})}, "data": {"train": path},
                 "train": {"batch_size": batch, "steps": steps + warmup, "optimizer": optimizer,
                           "lr": 0.01},
                 "dist": {"strategy": strategy, "aggregate": aggregate, "check_every": 0}}
@@ -89,6 +98,10 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         t_gemm = time_gemms(gemm_shapes(tr.model, rows_dense, rows_fused), tr.dtype)
         everyone = comm.allgather_object((med, t_gemm, phases, tr.table.n,
                                           tr.table.bytes_per_key()))
+        comm.barrier()
+    finally:
+        if comm.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
     med = max(e[0] for e in everyone)  # the slowest rank sets the pace
     t_gemm = max(e[1] for e in everyone)
     m = tr.model

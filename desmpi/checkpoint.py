@@ -183,9 +183,7 @@ def restore(d: Path, manifest: dict, comm: Comm, table, model, dense_opt) -> Non
             keep = owners(keys, comm.size) == comm.rank if comm.size > 1 else \
                 np.ones(keys.shape[0], bool)
             keys, w, s = keys[keep], w[keep], s[keep]
-        rows = table.lookup_or_insert(keys)
-        table.weights[rows] = w
-        table.slots[rows] = s
+        table.load_rows(keys, w, s)
     with h5py.File(d / "dense.h5", "r") as f:
         p = f["params"][...]
         st = f["opt_state"][...]

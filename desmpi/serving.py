@@ -54,8 +54,7 @@ class ServingModel:
         self.model.params.data[:] = p
         self.table = ShardTable(m.row_width, m.emb_col, 0, w.dtype, cfg.train.seed,
                                 cfg.model.init_std, capacity=max(len(keys), 1))
-        rows = self.table.lookup_or_insert(keys)
-        self.table.weights[rows] = w
+        self.table.load_rows(keys, w, np.zeros((len(keys), 0), w.dtype))
         self.comm = Comm.local()
 
     def predict(self, b: Batch) -> np.ndarray:

@@ -66,6 +66,21 @@ class ShardTable:
             out[miss] = got
         return out
 
+    def load_rows(self, keys: np.ndarray, weights: np.ndarray, slots: np.ndarray) -> None:
+        """Set the rows of ``keys`` (n,) to ``weights`` (n, R) and ``slots`` (n, S) (restores:
+        no initialisation is computed for rows that are overwritten anyway)."""
+        out = self.lookup(keys)
+        miss = np.flatnonzero(out < 0)
+        if miss.shape[0]:
+            self._reserve(miss.shape[0])
+            got = np.empty(miss.shape[0], dtype=np.int64)
+            self.n = find_or_insert(self.tkeys, self.tvals, self.n, keys[miss], got,
+                                    self.weights, self.seed, self.init_std, self.emb_col,
+                                    self.slots, self.slot_init, False)
+            out[miss] = got
+        self.weights[out] = weights
+        self.slots[out] = slots
+
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """(n,) keys -> (n,) rows, -1 for keys never trained (they contribute zero)."""
         out = np.empty(keys.shape[0], dtype=np.int64)

@@ -37,12 +37,13 @@ def find(tkeys, tvals, qkeys, out):
 
 @njit(cache=True)
 def find_or_insert(tkeys, tvals, n_rows, qkeys, out, weights, seed, init_std, emb_col, slots,
-                   slot_init):
+                   slot_init, init=True):
     """out[i] = row of qkeys[i], inserting absent keys as new rows n_rows, n_rows+1, ...
 
     A new row is initialised from (seed, key) alone: columns [0, emb_col) (linear weights) are
     0, columns [emb_col, R) are N(0, init_std^2); optimizer slots are ``slot_init``. Capacity
     of the table and of the row arrays must already suffice. Returns the new row count.
+    ``init=False`` leaves new rows as they are (the caller overwrites them: restores).
     """
     cap = tkeys.shape[0]
     R = weights.shape[1]
@@ -58,6 +59,9 @@ def find_or_insert(tkeys, tvals, n_rows, qkeys, out, weights, seed, init_std, em
                 tkeys[j] = k
                 tvals[j] = n_rows
                 out[i] = n_rows
+                if not init:
+                    n_rows += 1
+                    break
                 for c in range(emb_col):
                     weights[n_rows, c] = 0.0
                 for c in range(emb_col, R):

@@ -31,7 +31,7 @@ class DLRM(Model):
         n = x.shape[0]
         z, bacts = self.bottom.forward(self.params, x)
         T = np.concatenate([z[:, None, :], self.pool.finish(Z[:, self.pool.cols])], axis=1)
-        dots = np.einsum("nid,njd->nij", T, T)[:, self.li, self.lj]
+        dots = np.matmul(T, T.transpose(0, 2, 1))[:, self.li, self.lj]  # batched GEMM
         top_in = np.concatenate([z, dots], axis=1)
         out, tacts = self.top.forward(self.params, top_in)
         return out[:, 0], {"bacts": bacts, "T": T, "tacts": tacts, "n": n}
@@ -43,7 +43,7 @@ class DLRM(Model):
         gd = gin[:, self.d:]
         gI = np.zeros((n, T.shape[1], T.shape[1]), dtype=self.dtype)
         gI[:, self.li, self.lj] = gd
-        gT = np.einsum("nij,njd->nid", gI, T) + np.einsum("nji,njd->nid", gI, T)
+        gT = np.matmul(gI + gI.transpose(0, 2, 1), T)
         gz += gT[:, 0]
         self.bottom.backward(self.params, c["bacts"], gz, need_gx=False)
         gZ = np.zeros((n, self.W), dtype=self.dtype)
