@@ -84,8 +84,10 @@ def save(root: str | Path, step: int, comm: Comm, table, model, dense_opt, extra
         comm.barrier()
         n = table.n
         name = f"rank-{comm.rank:05d}.h5"
-        digest = _write_h5(d / name, {"keys": table.keys(), "weights": table.weights[:n],
-                                      "slots": table.slots[:n]},
+        arrays = {"keys": table.keys(), "weights": table.weights[:n], "slots": table.slots[:n]}
+        if table.lifecycle is not None:
+            arrays.update(table.lifecycle.state(table))
+        digest = _write_h5(d / name, arrays,
                            {"R": table.R, "emb_col": table.emb_col, "S": table.S,
                             "seed": table.seed, "init_std": table.init_std,
                             "slot_init": table.slot_init, "dtype": table.dtype.name,
@@ -160,6 +162,12 @@ def newest_valid(root: str | Path) -> tuple[Path, dict] | None:
     return None
 
 
+def _mine(keys: np.ndarray, comm: Comm) -> np.ndarray:
+    if comm.size == 1:
+        return np.ones(keys.shape[0], dtype=bool)
+    return owners(keys, comm.size) == comm.rank
+
+
 def restore(d: Path, manifest: dict, comm: Comm, table, model, dense_opt) -> None:
     """Load checkpoint ``d`` into this rank's table and the dense state, at any P.
 
@@ -179,11 +187,20 @@ def restore(d: Path, manifest: dict, comm: Comm, table, model, dense_opt) -> Non
             keys = f["keys"][...]
             w = f["weights"][...]
             s = f["slots"][...]
+            life = {k: f[k][...] for k in ("last_seen", "count_keys", "count_values") if k in f}
         if P_old != comm.size:
-            keep = owners(keys, comm.size) == comm.rank if comm.size > 1 else \
-                np.ones(keys.shape[0], bool)
+            keep = _mine(keys, comm)
             keys, w, s = keys[keep], w[keep], s[keep]
+            if "last_seen" in life:
+                life["last_seen"] = life["last_seen"][keep]
+            if "count_keys" in life:
+                ck = _mine(life["count_keys"], comm)
+                life["count_keys"] = life["count_keys"][ck]
+                life["count_values"] = life["count_values"][ck]
         table.load_rows(keys, w, s)
+        if table.lifecycle is not None and "last_seen" in life:
+            table.lifecycle.load(table, keys, life["last_seen"], life.get("count_keys"),
+                                 life.get("count_values"))
     with h5py.File(d / "dense.h5", "r") as f:
         p = f["params"][...]
         st = f["opt_state"][...]

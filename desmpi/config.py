@@ -128,12 +128,33 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    """Dynamic feature lifecycle (desmpi.lifecycle)."""
+
+    min_count: int = 1  # steps of presence before a key gets a row (1: at first sight)
+    ttl_steps: int = 0  # evict keys not seen for this many steps (0: never)
+    max_keys: int = 0  # per-shard bound, least recently seen evicted first (0: none)
+    evict_every: int = 100  # steps between eviction passes
+
+    def check(self) -> None:
+        if self.min_count < 1 or self.ttl_steps < 0 or self.max_keys < 0 or \
+                self.evict_every < 1:
+            raise ConfigError("features: min_count >= 1, ttl_steps >= 0, max_keys >= 0 and "
+                              "evict_every >= 1 are required")
+
+    @property
+    def active(self) -> bool:
+        return self.min_count > 1 or self.ttl_steps > 0 or self.max_keys > 0
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def check(self) -> Config:
         for f in dataclasses.fields(self):

@@ -32,6 +32,7 @@ class ShardTable:
         self.weights = np.zeros((capacity, width), dtype=self.dtype)
         self.slots = np.zeros((capacity, n_slots), dtype=self.dtype)
         self.n = 0
+        self.lifecycle = None  # a desmpi.lifecycle.Lifecycle: admission and eviction
 
     def _reserve(self, extra: int) -> None:
         need = self.n + extra
@@ -53,8 +54,11 @@ class ShardTable:
         """(n,) int64 keys -> (n,) int64 rows, inserting new keys.
 
         Keys are looked up first; room is reserved only for the absent ones, which are then
-        inserted (so capacity tracks the keys, not the batch).
+        inserted (so capacity tracks the keys, not the batch). With a lifecycle, absent keys
+        are admitted by its rule and rows of keys not admitted are -1.
         """
+        if self.lifecycle is not None:
+            return self.lifecycle.lookup_or_admit(self, keys)
         out = self.lookup(keys)
         miss = np.flatnonzero(out < 0)
         if miss.shape[0]:
@@ -65,6 +69,29 @@ class ShardTable:
                                     self.slots, self.slot_init)
             out[miss] = got
         return out
+
+    def insert_new(self, keys: np.ndarray) -> np.ndarray:
+        """Insert distinct keys known to be absent, initialised; returns their rows."""
+        self._reserve(keys.shape[0])
+        got = np.empty(keys.shape[0], dtype=np.int64)
+        self.n = find_or_insert(self.tkeys, self.tvals, self.n, keys, got, self.weights,
+                                self.seed, self.init_std, self.emb_col, self.slots,
+                                self.slot_init)
+        return got
+
+    def compact(self, keep: np.ndarray) -> None:
+        """Keep rows where ``keep`` (n,) is true, in order; rebuild the index."""
+        keys = self.keys()[keep]
+        w = self.weights[: self.n][keep]
+        s = self.slots[: self.n][keep]
+        m = keys.shape[0]
+        self.tkeys[:] = EMPTY
+        self.weights[:m] = w
+        self.slots[:m] = s
+        rows = np.empty(m, dtype=np.int64)
+        self.n = find_or_insert(self.tkeys, self.tvals, 0, keys, rows, self.weights, self.seed,
+                                self.init_std, self.emb_col, self.slots, self.slot_init, False)
+        assert np.array_equal(rows, np.arange(m))
 
     def load_rows(self, keys: np.ndarray, weights: np.ndarray, slots: np.ndarray) -> None:
         """Set the rows of ``keys`` (n,) to ``weights`` (n, R) and ``slots`` (n, S) (restores:

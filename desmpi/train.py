@@ -22,6 +22,7 @@ from desmpi.comm import Comm
 from desmpi.config import Config, ConfigError
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.slicing import n_batches, rank_slice, split_counts
+from desmpi.lifecycle import Lifecycle
 from desmpi.models import build_model
 from desmpi.optim import DenseOptimizer, SparseOptimizer, sparse_slots
 from desmpi.strategies import make_strategy
@@ -55,6 +56,9 @@ class Trainer:
         self.table = ShardTable(m.row_width, m.emb_col, sparse_slots(tc.optimizer, m.row_width),
                                 self.dtype, tc.seed, cfg.model.init_std,
                                 slot_init=tc.adagrad_init if tc.optimizer == "adagrad" else 0.0)
+        if cfg.features.active:
+            fc = cfg.features
+            self.table.lifecycle = Lifecycle(fc.min_count, fc.ttl_steps, fc.max_keys)
         self.sparse_opt = SparseOptimizer(tc.optimizer, tc.lr, tc.l2, tc.ftrl_l1, tc.ftrl_l2,
                                           tc.ftrl_beta)
         self.dense_opt = DenseOptimizer(tc.dense_opt, tc.dense_lr or tc.lr, m.params.size,
@@ -190,6 +194,9 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
         t = (step - 1) % tr.nb
         b, sizes = tr.local_batch(tr.train_ds, t)
         n_log = len(comm.acct.log)
+        lc = tr.table.lifecycle
+        if lc is not None:
+            lc.step = step
         t0 = time.perf_counter()
         try:
             loss = tr.strategy.train_step(b, sizes, step)
@@ -214,6 +221,9 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
         interval_loss += loss
         interval_n += n
         interval_t += dt
+        fc = cfg.features
+        if lc is not None and (fc.ttl_steps or fc.max_keys) and step % fc.evict_every == 0:
+            lc.evict(tr.table, step)
         if cfg.dist.check_every and step % cfg.dist.check_every == 0:
             tr.strategy.check_replicas(step)
         do_eval = tr.eval_ds is not None and tc.eval_every and step % tc.eval_every == 0
@@ -233,6 +243,10 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
                    "wire_bytes_per_step": wire / (step - start)}
             if do_eval:
                 rec.update(eval_auc=last_eval[0], eval_logloss=last_eval[1])
+            if lc is not None:  # table size and evictions over all ranks
+                with comm.acct.scoped("meta"):
+                    tk = comm.allreduce(np.array([tr.table.n, lc.evicted], dtype=np.int64))
+                rec.update(table_keys=int(tk[0]), evicted_keys=int(tk[1]))
             if rank0:
                 eta = (tr.total_steps - step) * (sum(step_times) / len(step_times))
                 log.info("step %d/%d | %.0f samples/s | loss %.5f | comm %.3f MB/step (rank 0) "
@@ -286,8 +300,9 @@ def _write_trace(path: str, traced: list[dict], cfg: Config, comm: Comm) -> None
 def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_loss, losses
              ) -> dict:
     steps = max(len(step_times), 1)  # per-step figures; 0 steps run (resumed at the end)
-    mine = {"counters": Accounting.as_dict(comm.acct.counters("train")),
-            "keys": tr.table.n, "table_bytes": tr.table.nbytes,
+    lc = tr.table.lifecycle
+    mine = {"counters": Accounting.as_dict(comm.acct.counters("train")), "keys": tr.table.n,
+            "evicted": lc.evicted if lc is not None else 0, "table_bytes": tr.table.nbytes,
             "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "phases": dict(tr.timer.phases)}
     every = comm.allgather_object(mine)
@@ -322,6 +337,7 @@ def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_los
         "payload_bytes_per_step": sum(v["payload_bytes_per_step"] for v in comm_rep.values()),
         "partial_width": tr.model.W, "substitutions": tr.model.substitutions,
         "table_keys": keys,
+        "evicted_keys": sum(e["evicted"] for e in every),
         "bytes_per_key": sum(e["table_bytes"] for e in every) / keys if keys else None,
         "peak_rss_bytes": max(e["rss"] for e in every),
         "phases_s_per_step": {k: sum(e["phases"].get(k, 0.0) for e in every) / P / steps

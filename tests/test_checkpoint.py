@@ -160,3 +160,53 @@ def test_killed_rank_ends_the_job(data, tmp_path):
         if p.poll() is None:
             for pid in [p.pid, *descendants(p.pid)]:
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_lifecycle_state_resumes_and_reshards(data, tmp_path):
+    life = ["--set", "features.min_count=2", "--set", "features.ttl_steps=5", "--set",
+            "features.evict_every=2"]
+    run_mpi(2, [*_args(data, tmp_path / "ck_full", 30, 0, life), "--out", str(tmp_path / "a")])
+    run_mpi(2, [*_args(data, tmp_path / "ck", 15, 0, life)])
+    run_mpi(2, [*_args(data, tmp_path / "ck", 30, 0, life), "--out", str(tmp_path / "b"),
+                "--resume"])
+    a = np.load(tmp_path / "a" / "eval_predictions.npy")
+    assert np.array_equal(a, np.load(tmp_path / "b" / "eval_predictions.npy"))
+    sa = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert sa["evicted_keys"] > 0
+    import shutil
+
+    shutil.rmtree(tmp_path / "ck" / "step-00000030")
+    run_mpi(1, [*_args(data, tmp_path / "ck", 30, 0, life), "--out", str(tmp_path / "c"),
+                "--resume"])
+    np.testing.assert_allclose(np.load(tmp_path / "c" / "eval_predictions.npy"), a, rtol=1e-9)
+
+
+def test_failed_write_leaves_previous_checkpoint_usable(tmp_path, monkeypatch):
+    """A full disk (ENOSPC) while writing: the new step has no manifest, the old one wins."""
+    import errno
+
+    from desmpi import checkpoint as ck
+    from desmpi.comm import Comm
+    from desmpi.config import ModelConfig
+    from desmpi.models import build_model
+    from desmpi.optim import DenseOptimizer
+    from desmpi.tables import ShardTable
+
+    m = build_model(ModelConfig(name="fm", embed_dim=4), 26, 13, np.float64, 0)
+    t = ShardTable(m.row_width, m.emb_col, 0, np.float64, 0, 0.1)
+    t.lookup_or_insert(np.arange(1, 100))
+    opt = DenseOptimizer("sgd", 0.1, m.params.size, np.float64)
+    ck.save(tmp_path, 5, Comm.local(), t, m, opt, {"config": {}}, keep=2)
+    real = ck._write_h5
+
+    def full_disk(path, arrays, attrs):
+        if path.name == "dense.h5":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, arrays, attrs)
+
+    monkeypatch.setattr(ck, "_write_h5", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ck.save(tmp_path, 10, Comm.local(), t, m, opt, {"config": {}}, keep=2)
+    d, manifest = ck.newest_valid(tmp_path)
+    assert manifest["step"] == 5 and d.name == "step-00000005"
+    assert not (tmp_path / "step-00000010" / "manifest.json").exists()

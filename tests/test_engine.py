@@ -189,3 +189,30 @@ def test_nan_stops_naming_step_and_operator_or_skips(tmp_path):
                        text=True, timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout.strip().splitlines()[-1])["skipped_steps"] > 0
+
+
+def test_lifecycle_admission_ttl_and_max_keys():
+    from desmpi.lifecycle import Lifecycle
+
+    t = ShardTable(3, 1, 3, np.float64, seed=1, init_std=0.1)
+    lc = t.lifecycle = Lifecycle(min_count=2, ttl_steps=4, max_keys=3)
+    lc.step = 1
+    assert (t.lookup_or_insert(np.array([10, 11, 10])) == -1).all()  # seen once: not yet
+    lc.step = 2
+    rows = t.lookup_or_insert(np.array([10, 12]))
+    assert rows[0] >= 0 and rows[1] == -1 and t.n == 1  # 10 admitted on its 2nd step
+    w10 = t.weights[rows[0]].copy()
+    for step, keys in ((3, [11, 12, 13]), (4, [13, 14]), (5, [14, 15]), (6, [15, 14])):
+        lc.step = step
+        t.lookup_or_insert(np.array(keys))
+    # admitted: 10 (step 2), 11 and 12 (3), 13 (4), 14 (5), 15 (6); last seen 2,3,3,4,6,6
+    assert t.n == 6
+    gone = lc.evict(t, 6)  # TTL 4 drops 10 (seen at 2); max_keys 3 then drops 11, 12 (at 3)
+    assert gone == 3 and sorted(t.keys().tolist()) == [13, 14, 15] and lc.evicted == 3
+    assert (t.lookup(np.array([10, 11, 12])) == -1).all()
+    # an evicted key is forgotten: it needs min_count steps again, and restarts from init
+    lc.step = 7
+    assert t.lookup_or_insert(np.array([10]))[0] == -1
+    lc.step = 8
+    r = t.lookup_or_insert(np.array([10]))[0]
+    assert r >= 0 and np.array_equal(t.weights[r], w10)

@@ -57,7 +57,7 @@ def test_equivalent_to_single_process(runs, P):
     # 6 models x (des/allreduce, des/reduce_scatter: 4 optimizers; ps, a2a, des-a2a and des
     # with replicated input: adagrad) + multi-hot weighted for every model and variant +
     # pooling-substituted W&D and DeepFM for every variant
-    assert len(cases) == 6 * (2 * 4 + 5) + 6 * 7 + 2 * 7
+    assert len(cases) == 6 * (2 * 4 + 5) + 6 * 7 + 2 * 7 + 5  # + lifecycle, every strategy
     worst = {}
     for c in cases:
         p1 = np.load(runs[1] / c / "eval_predictions.npy")
@@ -79,3 +79,8 @@ def test_summaries_report_traffic(runs):
     assert s1["wire_bytes_per_step"] == 0
     assert s4["wire_bytes_per_step"] > 0 and "allreduce" in s4["comm"]
     assert s4["table_keys"] == s1["table_keys"]  # every key lives on exactly one rank
+    for st in ("des-allreduce", "ps", "des-a2a"):
+        l1 = json.loads((runs[1] / f"deepfm-{st}-lifecycle" / "summary.json").read_text())
+        l4 = json.loads((runs[4] / f"deepfm-{st}-lifecycle" / "summary.json").read_text())
+        assert l1["evicted_keys"] > 0 and l1["evicted_keys"] == l4["evicted_keys"], st
+        assert l1["table_keys"] == l4["table_keys"] < s1["table_keys"], st

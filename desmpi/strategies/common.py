@@ -66,6 +66,10 @@ def sparse_update(model, occ: Occurrences, kg: KeyGrads, table, opt, t: int) -> 
 
     Returns the number of distinct rows touched.
     """
+    if (occ.rows < 0).any():  # keys not admitted yet (feature lifecycle): no update
+        m = occ.rows >= 0
+        occ = Occurrences(occ.s[m], occ.f[m], occ.rows[m],
+                          occ.vals[m] if occ.vals.shape[0] else occ.vals)
     if occ.rows.shape[0] == 0:
         return 0
     urows, inv = np.unique(occ.rows, return_inverse=True)

@@ -55,11 +55,12 @@ class PsStrategy(ExchangeStrategy):
         tm.lap("exchange")
 
         def update(t: int) -> None:
-            if rows.shape[0] == 0:
+            ok = rows >= 0  # keys not admitted yet (feature lifecycle) get no update
+            if not ok.any():
                 return
-            urows, inv2 = np.unique(rows, return_inverse=True)
+            urows, inv2 = np.unique(rows[ok], return_inverse=True)
             grad = np.zeros((urows.shape[0], R), dtype=table.dtype)
-            np.add.at(grad, inv2, g_in.reshape(-1, R))  # arrival (rank) order
+            np.add.at(grad, inv2, g_in.reshape(-1, R)[ok])  # arrival (rank) order
             self.sparse_opt.apply(table, urows, grad, t)
 
         return update

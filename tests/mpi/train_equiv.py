@@ -30,6 +30,11 @@ for m in MODELS:
         if m in ("wdl", "deepfm"):
             cases.append((f"{tag}-pooling", m, st, agg, "adagrad", onehot_h5, eval_h5,
                           "pooling"))
+# dynamic feature lifecycle: admission after 2 steps of presence, TTL eviction every 3 steps
+for st, agg in (("des", "allreduce"), ("des", "reduce_scatter"), ("ps", ""), ("a2a", ""),
+                ("des-a2a", "")):
+    cases.append((f"deepfm-{st}{'-' + agg if agg else ''}-lifecycle", "deepfm", st, agg,
+                   "adagrad", onehot_h5, eval_h5, "auto"))
 
 comm = Comm.world(keep_log=True)
 problems = []
@@ -40,6 +45,8 @@ for name, m, st, agg, opt, tr, ev, deep in cases:
         "data": {"train": tr, "eval": ev},
         "train": {"batch_size": B, "steps": STEPS, "optimizer": opt, "lr": 0.05,
                   "dtype": "float64", "seed": 3, "log_every": 10, "ftrl_l1": 0.001},
+        "features": ({"min_count": 2, "ttl_steps": 4, "evict_every": 3}
+                     if name.endswith("lifecycle") else {}),
         "dist": {"strategy": st, "aggregate": (agg or "allreduce").split("-")[0],
                  "input": "replicate" if agg.endswith("replicate") else "gather",
                  "check_every": 5},
