@@ -62,21 +62,17 @@ class ShardTable:
         out = self.lookup(keys)
         miss = np.flatnonzero(out < 0)
         if miss.shape[0]:
-            self._reserve(miss.shape[0])
-            got = np.empty(miss.shape[0], dtype=np.int64)
-            self.n = find_or_insert(self.tkeys, self.tvals, self.n, keys[miss], got,
-                                    self.weights, self.seed, self.init_std, self.emb_col,
-                                    self.slots, self.slot_init)
-            out[miss] = got
+            out[miss] = self.insert_new(keys[miss])
         return out
 
-    def insert_new(self, keys: np.ndarray) -> np.ndarray:
-        """Insert distinct keys known to be absent, initialised; returns their rows."""
+    def insert_new(self, keys: np.ndarray, init: bool = True) -> np.ndarray:
+        """Insert keys known to be absent (repeats allowed); returns their rows. ``init``:
+        initialise the new rows from (seed, key) (restores overwrite them instead)."""
         self._reserve(keys.shape[0])
         got = np.empty(keys.shape[0], dtype=np.int64)
         self.n = find_or_insert(self.tkeys, self.tvals, self.n, keys, got, self.weights,
                                 self.seed, self.init_std, self.emb_col, self.slots,
-                                self.slot_init)
+                                self.slot_init, init)
         return got
 
     def compact(self, keep: np.ndarray) -> None:
@@ -99,12 +95,7 @@ class ShardTable:
         out = self.lookup(keys)
         miss = np.flatnonzero(out < 0)
         if miss.shape[0]:
-            self._reserve(miss.shape[0])
-            got = np.empty(miss.shape[0], dtype=np.int64)
-            self.n = find_or_insert(self.tkeys, self.tvals, self.n, keys[miss], got,
-                                    self.weights, self.seed, self.init_std, self.emb_col,
-                                    self.slots, self.slot_init, False)
-            out[miss] = got
+            out[miss] = self.insert_new(keys[miss], init=False)
         self.weights[out] = weights
         self.slots[out] = slots
 

@@ -15,7 +15,7 @@ from desmpi.kernels.sparse import pool
 from desmpi.ops.base import KeyGrads
 from desmpi.strategies.common import Occurrences, sparse_update
 from desmpi.strategies.counts import ModelDims
-from desmpi.strategies.exchange import ExchangeStrategy, group_by_owner, runs
+from desmpi.strategies.exchange import ExchangeStrategy, segments_by_owner
 
 
 class A2AStrategy(ExchangeStrategy):
@@ -26,30 +26,12 @@ class A2AStrategy(ExchangeStrategy):
         P, F = comm.size, b.n_fields
         dt = table.dtype
         s, f = b.sample_field()
-        order, kcnt = group_by_owner(self.owners(b.keys), P)
-        bag = (s * F + f)[order]
-        own_sorted = np.repeat(np.arange(P), kcnt)
-        first = runs(own_sorted, bag)
-        seg_start = np.flatnonzero(first)
-        lens = np.diff(np.append(seg_start, bag.shape[0]))
-        scnt = np.bincount(own_sorted[first], minlength=P).astype(np.int64)
-        seg_s, seg_f = bag[first] // F, bag[first] % F
+        order, kcnt, _, lens, scnt, seg_bag = segments_by_owner(self.owners(b.keys), s * F + f,
+                                                                 P)
+        seg_s, seg_f = seg_bag // F, seg_bag % F
         tm.lap("route")
-        rc = comm.alltoall_counts(np.stack([kcnt, scnt], axis=1))
-        rk, rs = rc[:, 0], rc[:, 1]
-        keys_in, _ = comm.alltoallv(b.keys[order], kcnt, rk)
-        if b.offsets is not None:
-            lens_in, _ = comm.alltoallv(lens, scnt, rs)
-        else:
-            lens_in = np.ones(keys_in.shape[0], dtype=np.int64)
-        if b.values is not None:
-            vals_in, _ = comm.alltoallv(np.ascontiguousarray(b.values[order], dtype=dt), kcnt,
-                                        rk)
-        else:
-            vals_in = np.empty(0, dt)
-        tm.lap("exchange")
-        rows = table.lookup_or_insert(keys_in) if insert else table.lookup(keys_in)
-        tm.lap("lookup")
+        _, rows, lens_in, vals_in, rs = self.send_segments(b, order, kcnt, lens, scnt,
+                                                           b.offsets is not None, insert)
         nseg_in = int(rs.sum())
         seg_of_key = np.repeat(np.arange(nseg_in, dtype=np.int64), lens_in)
         zf = np.zeros(seg_of_key.shape[0], dtype=np.int64)

@@ -80,6 +80,17 @@ def sparse_update(model, occ: Occurrences, kg: KeyGrads, table, opt, t: int) -> 
     return int(urows.shape[0])
 
 
+def allreduce_grads_and_loss(comm, params, loss_local: float) -> float:
+    """Sum the dense gradients over ranks in place, with the loss sum riding along as one more
+    element (one Allreduce of D + 1); returns the global loss sum."""
+    buf = np.empty(params.size + 1, dtype=params.dtype)
+    buf[:-1] = params.grads
+    buf[-1] = loss_local
+    red = comm.allreduce(buf)
+    params.grads[:] = red[:-1]
+    return float(red[-1])
+
+
 class NonFiniteError(FloatingPointError):
     """NaN/inf in a step's loss or gradients; raised before any update is applied."""
 

@@ -24,6 +24,7 @@ from desmpi.data.batch import Batch
 from desmpi.metrics import sigmoid
 from desmpi.strategies.common import (
     Timer,
+    allreduce_grads_and_loss,
     bce_with_logits,
     check_finite,
     occurrences,
@@ -144,12 +145,7 @@ class DesStrategy:
             tm.lap("aggregate")
             kg = model.key_grads(gZ, pooled)
             tm.lap("key_grads")
-            buf = np.empty(prm.size + 1, dtype=model.dtype)
-            buf[:-1] = prm.grads
-            buf[-1] = loss_local
-            red = comm.allreduce(buf)
-            prm.grads[:] = red[:-1]
-            loss = float(red[-1])
+            loss = allreduce_grads_and_loss(comm, prm, loss_local)
             tm.lap("aggregate")
         check_finite(model, Z if self.replicated else Zm, loss, prm.grads, t)
         sparse_update(model, occ, kg, self.table, self.sparse_opt, t)

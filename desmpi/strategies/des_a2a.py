@@ -14,7 +14,7 @@ import numpy as np
 from desmpi.data.batch import Batch
 from desmpi.kernels.hashing import key_field
 from desmpi.strategies.common import Occurrences, pool_owned, sparse_update
-from desmpi.strategies.exchange import ExchangeStrategy, group_by_owner, runs
+from desmpi.strategies.exchange import ExchangeStrategy, segments_by_owner
 
 
 class DesA2AStrategy(ExchangeStrategy):
@@ -25,27 +25,10 @@ class DesA2AStrategy(ExchangeStrategy):
         P, W = comm.size, model.W
         dt = table.dtype
         s, _ = b.sample_field()
-        order, kcnt = group_by_owner(self.owners(b.keys), P)
-        ss = s[order]
-        own_sorted = np.repeat(np.arange(P), kcnt)
-        first = runs(own_sorted, ss)
-        starts = np.flatnonzero(first)
-        lens = np.diff(np.append(starts, ss.shape[0]))
-        pcnt = np.bincount(own_sorted[first], minlength=P).astype(np.int64)
-        pair_s = ss[first]
+        order, kcnt, _, lens, pcnt, pair_s = segments_by_owner(self.owners(b.keys), s, P)
         tm.lap("route")
-        rc = comm.alltoall_counts(np.stack([kcnt, pcnt], axis=1))
-        rk, rp = rc[:, 0], rc[:, 1]
-        keys_in, _ = comm.alltoallv(b.keys[order], kcnt, rk)
-        lens_in, _ = comm.alltoallv(lens, pcnt, rp)
-        if b.values is not None:
-            vals_in, _ = comm.alltoallv(np.ascontiguousarray(b.values[order], dtype=dt), kcnt,
-                                        rk)
-        else:
-            vals_in = np.empty(0, dt)
-        tm.lap("exchange")
-        rows = table.lookup_or_insert(keys_in) if insert else table.lookup(keys_in)
-        tm.lap("lookup")
+        keys_in, rows, lens_in, vals_in, rp = self.send_segments(b, order, kcnt, lens, pcnt,
+                                                                 True, insert)
         n_in = int(rp.sum())
         occ = Occurrences(np.repeat(np.arange(n_in, dtype=np.int64), lens_in),
                           key_field(keys_in), rows, vals_in)

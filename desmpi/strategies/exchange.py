@@ -14,7 +14,12 @@ from desmpi.comm import Comm
 from desmpi.data.batch import Batch
 from desmpi.kernels.hashing import owners
 from desmpi.metrics import sigmoid
-from desmpi.strategies.common import Timer, bce_with_logits, check_finite
+from desmpi.strategies.common import (
+    Timer,
+    allreduce_grads_and_loss,
+    bce_with_logits,
+    check_finite,
+)
 from desmpi.strategies.counts import ModelDims, StepCounts
 from desmpi.strategies.plans import plan
 from sim.accounting import Call
@@ -23,6 +28,23 @@ from sim.accounting import Call
 def group_by_owner(own: np.ndarray, P: int) -> tuple[np.ndarray, np.ndarray]:
     """(order, counts): a stable order that groups items by owner, and items per owner."""
     return np.argsort(own, kind="stable"), np.bincount(own, minlength=P).astype(np.int64)
+
+
+def segments_by_owner(own: np.ndarray, group: np.ndarray, P: int):
+    """Route items to owners in segments of equal ``group`` id (a bag, a sample).
+
+    Returns (order, item counts per owner, first item of each segment (mask in sent order),
+    segment lengths, segment counts per owner, group id of each segment). Items keep their
+    batch order within an owner.
+    """
+    order, icnt = group_by_owner(own, P)
+    g = group[order]
+    own_sorted = np.repeat(np.arange(P), icnt)
+    first = runs(own_sorted, g)
+    starts = np.flatnonzero(first)
+    lens = np.diff(np.append(starts, g.shape[0]))
+    scnt = np.bincount(own_sorted[first], minlength=P).astype(np.int64)
+    return order, icnt, first, lens, scnt, g[first]
 
 
 def runs(*cols: np.ndarray) -> np.ndarray:
@@ -52,6 +74,31 @@ class ExchangeStrategy:
     def plan(self, counts: StepCounts, rank: int) -> list[Call]:
         return plan(self.name, "", counts, ModelDims.of(self.model), rank)
 
+    def send_segments(self, b: Batch, order, kcnt, lens, scnt, send_lens: bool, insert: bool):
+        """Keys (grouped by owner in segments) to their owners, with segment lengths and
+        values; the owner looks them up. Returns (keys_in, rows, lens_in, vals_in, scnt_in).
+
+        One Alltoall exchanges (keys, segments) per peer; lengths travel only when
+        ``send_lens`` (one-hot bags are segments of one key).
+        """
+        comm, table, dt = self.comm, self.table, self.table.dtype
+        rc = comm.alltoall_counts(np.stack([kcnt, scnt], axis=1))
+        rk, rs = rc[:, 0], rc[:, 1]
+        keys_in, _ = comm.alltoallv(b.keys[order], kcnt, rk)
+        if send_lens:
+            lens_in, _ = comm.alltoallv(lens, scnt, rs)
+        else:
+            lens_in = np.ones(keys_in.shape[0], dtype=np.int64)
+        if b.values is not None:
+            vals_in, _ = comm.alltoallv(np.ascontiguousarray(b.values[order], dtype=dt), kcnt,
+                                        rk)
+        else:
+            vals_in = np.empty(0, dt)
+        self.timer.lap("exchange")
+        rows = table.lookup_or_insert(keys_in) if insert else table.lookup(keys_in)
+        self.timer.lap("lookup")
+        return keys_in, rows, lens_in, vals_in, rs
+
     def owners(self, keys: np.ndarray) -> np.ndarray:
         P = self.comm.size
         return owners(keys, P) if P > 1 else np.zeros(keys.shape[0], np.int64)
@@ -76,12 +123,7 @@ class ExchangeStrategy:
         gZ = model.backward(cache, (p - b.labels) / B)
         tm.lap("dense")
         update = self._sparse_backward(state, gZ)
-        buf = np.empty(prm.size + 1, dtype=model.dtype)
-        buf[:-1] = prm.grads
-        buf[-1] = loss_local
-        red = comm.allreduce(buf)
-        prm.grads[:] = red[:-1]
-        loss = float(red[-1])
+        loss = allreduce_grads_and_loss(comm, prm, loss_local)
         tm.lap("aggregate")
         check_finite(model, Z, loss, prm.grads, t)
         update(t)
