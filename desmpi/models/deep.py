@@ -38,8 +38,10 @@ class DeepTower:
             h = FusedFirstLayer.finish(z, p["b1"]) + x @ p["w1_dense"]
             e = None
         else:
-            e = z.reshape(n, -1)
-            h = e @ p["w1_sparse"] + x @ p["w1_dense"] + p["b1"]
+            e = np.ascontiguousarray(z.reshape(n, -1))  # a column slice of Z: BLAS wants rows
+            h = e @ p["w1_sparse"]
+            h += x @ p["w1_dense"]
+            h += p["b1"]
         a1 = np.maximum(h, 0)
         out, acts = self.rest.forward(p, a1)
         return out[:, 0], {"x": x, "e": e, "h": h, "acts": acts}
