@@ -26,11 +26,6 @@ class KindTotals:
         self.wire_bytes += call.wire_bytes
         self.time_s += time_s
 
-    def minus(self, other: KindTotals) -> KindTotals:
-        return KindTotals(self.calls - other.calls, self.elements - other.elements,
-                          self.payload_bytes - other.payload_bytes,
-                          self.wire_bytes - other.wire_bytes, self.time_s - other.time_s)
-
 
 Counters = dict[str, KindTotals]
 
@@ -67,11 +62,6 @@ class Accounting:
     def counters(self, scope: str = "train") -> Counters:
         """A copy of the totals of ``scope`` (kind -> totals)."""
         return copy.deepcopy(self.totals.get(scope, {}))
-
-    @staticmethod
-    def delta(after: Counters, before: Counters) -> Counters:
-        """``after - before`` per kind (for per-step figures)."""
-        return {k: v.minus(before.get(k, KindTotals())) for k, v in after.items()}
 
     @staticmethod
     def total(counters: Counters, field: str) -> float:

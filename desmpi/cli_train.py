@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from desmpi.comm import Comm
+from desmpi.comm import Comm, find_mpiexec
 
 log = logging.getLogger("desmpi")
 CRITEO_SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "criteo",
@@ -124,7 +124,6 @@ def _train(a, comm: Comm) -> int:
 
 def _demo(a, comm: Comm) -> int:
     """Generate data once, then launch ``mpiexec -n RANKS desmpi train`` on it."""
-    import shutil
     import subprocess
     import sys
 
@@ -139,11 +138,7 @@ def _demo(a, comm: Comm) -> int:
         if not os.path.exists(path):
             rep = generate(SynthSpec(rows=rows, seed=seed, cap=a.cap), path)
             log.info("generated %s: %d rows, oracle AUC %.4f", path, rows, rep["oracle_auc"])
-    exe = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    exe = exe if os.path.exists(exe) else shutil.which("mpiexec")
-    if exe is None:
-        raise FileNotFoundError("mpiexec not found: pip install mpich, or load the site MPI")
-    cmd = [exe, "-n", str(a.ranks), sys.executable, "-m", "desmpi", "train",
+    cmd = [find_mpiexec(), "-n", str(a.ranks), sys.executable, "-m", "desmpi", "train",
            "--set", "model.name=deepfm", "--set", "model.hidden=[400,400,400]",
            "--set", f"data.train={tr}", "--set", f"data.eval={ev}",
            "--set", f"train.batch_size={a.batch}", "--set", "train.optimizer=adam",

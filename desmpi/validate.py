@@ -18,32 +18,21 @@ import sys
 import tempfile
 from pathlib import Path
 
+from desmpi.comm import find_mpiexec
 from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.models import build_model
 from desmpi.simulate import VARIANTS, ModelInfo, predict, profile
 from sim.calibrate import CommSample, fit_compute, fit_level
-from sim.cluster import Cluster
+from sim.cluster import Cluster, Level
 
 log = logging.getLogger("desmpi.validate")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _mpiexec() -> str:
-    exe = Path(sys.executable).parent / "mpiexec"
-    if exe.exists():
-        return str(exe)
-    import shutil
-
-    found = shutil.which("mpiexec")
-    if not found:
-        raise FileNotFoundError("mpiexec not found (pip install mpich, or load the site MPI)")
-    return found
-
-
 def _run(P: int, args: list[str]) -> dict:
-    cmd = [_mpiexec(), "-n", str(P), sys.executable, "-m", "desmpi", *args, "--json"]
+    cmd = [find_mpiexec(), "-n", str(P), sys.executable, "-m", "desmpi", *args, "--json"]
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if p.returncode != 0:
@@ -107,9 +96,8 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
         out = []
         for c in cases:
             P = c["P"]
-            lvl = levels.get(P, levels[min(levels)] if levels else None)
-            cl = Cluster("this machine", 1, P, lvl, lvl, cores, rates) if lvl else \
-                Cluster("this machine", 1, 1, _dummy(), _dummy(), cores, rates)
+            lvl = levels.get(P, Level(0.0, float("inf")))  # P = 1: no network
+            cl = Cluster("this machine", 1, P, lvl, lvl, cores, rates)
             pr = predict(c.pop("prof"), cl, rates)
             c["predicted_step_time_s"] = pr["step_time_s"]
             c["predicted_comm_s"] = pr["comm_s"]
@@ -129,8 +117,3 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
                                         for P, lv in levels.items()}},
             "batch": batch, "steps": steps, "cores": cores}
 
-
-def _dummy():
-    from sim.cluster import Level
-
-    return Level(0.0, 1.0)

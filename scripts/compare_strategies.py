@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from desmpi.comm import find_mpiexec
 from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
@@ -57,8 +58,7 @@ def planned(ds: CtrDataset, dims: ModelDims, P: int, B: int, steps: int) -> dict
 
 def real_run(cfg_path: Path, data: str, P: int, st: str, agg: str, rep: bool, B: int, steps: int,
              extra: list[str]) -> dict:
-    exe = Path(sys.executable).parent / "mpiexec"
-    cmd = [str(exe), "-n", str(P), sys.executable, "-m", "desmpi", "train", str(cfg_path),
+    cmd = [find_mpiexec(), "-n", str(P), sys.executable, "-m", "desmpi", "train", str(cfg_path),
            "--set", f"data.train={data}", "--set", "data.eval=", "--set",
            f"train.batch_size={B}", "--set", f"train.steps={steps}", "--set",
            f"dist.strategy={st}", "--set", f"dist.aggregate={agg or 'allreduce'}", "--set",

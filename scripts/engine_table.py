@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from desmpi.comm import find_mpiexec
 from desmpi.data.convert import convert
 from desmpi.data.schema import CRITEO_TSV
 
@@ -44,7 +45,7 @@ def main() -> int:
         for m in a.models.split(","):
             for P in [int(x) for x in a.ranks.split(",")]:
                 for agg in ("allreduce", "reduce_scatter"):
-                    cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(P),
+                    cmd = [find_mpiexec(), "-n", str(P),
                            sys.executable, "-m", "desmpi", "train", str(ROOT / "configs" /
                                                                         f"{m}.toml"),
                            "--set", f"data.train={tmp}/tr.h5", "--set", f"data.eval={tmp}/ev.h5",

@@ -44,21 +44,3 @@ class Batch:
         lens = np.diff(self.offsets)
         bag = np.repeat(np.arange(self.n * F, dtype=np.int64), lens)
         return bag // F, bag % F
-
-    @staticmethod
-    def concat(parts: list[Batch]) -> Batch:
-        """Concatenate batches in order (same fields, same layout)."""
-        F = parts[0].n_fields
-        labels = np.concatenate([p.labels for p in parts])
-        dense = np.concatenate([p.dense for p in parts])
-        keys = np.concatenate([p.keys for p in parts])
-        offsets = None
-        if any(p.offsets is not None for p in parts):
-            lens = np.concatenate([np.diff(p.bag_offsets()) for p in parts])
-            offsets = np.zeros(lens.shape[0] + 1, dtype=np.int64)
-            np.cumsum(lens, out=offsets[1:])
-        values = None
-        if any(p.values is not None for p in parts):
-            values = np.concatenate([p.values if p.values is not None
-                                     else np.ones(p.keys.shape[0], dense.dtype) for p in parts])
-        return Batch(labels, dense, keys, F, offsets, values)

@@ -11,6 +11,7 @@ import numpy as np
 from desmpi.data.batch import Batch
 from desmpi.kernels.hashing import owners
 from desmpi.kernels.sparse import pool, row_grads
+from desmpi.metrics import sigmoid
 from desmpi.ops.base import KeyGrads, Pooled
 
 
@@ -111,10 +112,6 @@ def check_finite(model, Z: np.ndarray, loss: float, grads: np.ndarray, t: int) -
 
 def bce_with_logits(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """Sum over samples of the binary cross-entropy of logits z, and σ(z)."""
-    p = np.empty_like(z)
-    pos = z >= 0
-    p[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    ez = np.exp(z[~pos])
-    p[~pos] = ez / (1.0 + ez)
+    p = sigmoid(z)
     loss = np.logaddexp(0.0, z) - y * z
     return float(loss.sum()), p
