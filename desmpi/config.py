@@ -32,7 +32,7 @@ class ModelConfig:
     bottom: tuple[int, ...] = (512, 256)  # DLRM bottom MLP (its last layer is embed_dim)
     cross_layers: int = 3  # DCN
     deep_input: str = "auto"  # auto | pooling | fused: substitution of the first dense layer
-    init_std: float = 0.01  # embedding initialisation N(0, init_std^2), a function of (seed, key)
+    init_std: float = 0.01  # embedding init: mean 0, std init_std (approx. normal) of (seed, key)
 
     def check(self) -> None:
         _choice("model.name", self.name, MODELS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from desmpi.kernels.sparse import unique_rows
 from desmpi.kernels.table import EMPTY, find, find_or_insert, rehash
 
 LOAD_MAX = 0.8  # hash index load factor that triggers growth
@@ -31,6 +32,7 @@ class ShardTable:
         self.tvals = np.zeros(cap, dtype=np.int64)
         self.weights = np.zeros((capacity, width), dtype=self.dtype)
         self.slots = np.zeros((capacity, n_slots), dtype=self.dtype)
+        self._mark = np.full(capacity, -1, dtype=np.int32)  # scratch of unique_rows
         self.n = 0
         self.lifecycle = None  # a desmpi.lifecycle.Lifecycle: admission and eviction
 
@@ -43,6 +45,7 @@ class ShardTable:
             s = np.empty((cap, self.S), dtype=self.dtype)
             s[: self.n] = self.slots[: self.n]
             self.weights, self.slots = w, s
+            self._mark = np.full(cap, -1, dtype=np.int32)
         if need > LOAD_MAX * self.tkeys.shape[0]:
             cap = max(int(need / LOAD_MAX) + 1, int(HASH_GROWTH * self.tkeys.shape[0]))
             nk = np.full(cap, EMPTY, dtype=np.int64)
@@ -105,6 +108,14 @@ class ShardTable:
         find(self.tkeys, self.tvals, keys, out)
         return out
 
+    def unique_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(nnz,) rows -> (distinct rows (nu,) in order of first appearance, inv (nnz,) with
+        rows[i] = urows[inv[i]]); rows < 0 get inv -1. O(nnz), no sort."""
+        urows = np.empty(rows.shape[0], dtype=np.int64)
+        inv = np.empty(rows.shape[0], dtype=np.int64)
+        nu = unique_rows(rows, self._mark, urows, inv)
+        return urows[:nu], inv
+
     def keys(self) -> np.ndarray:
         """Keys in row order."""
         occ = self.tkeys != EMPTY
@@ -114,9 +125,9 @@ class ShardTable:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: hash index + row and slot arrays (allocated capacity)."""
+        """Bytes held: hash index + row and slot arrays (allocated capacity) + scratch."""
         return (self.tkeys.nbytes + self.tvals.nbytes + self.weights.nbytes
-                + self.slots.nbytes)
+                + self.slots.nbytes + self._mark.nbytes)
 
     def bytes_per_key(self) -> float:
         return self.nbytes / self.n if self.n else float("nan")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from desmpi.kernels.hashing import mix64, normal01
+from desmpi.kernels.hashing import approx_normal, key_stream, mix64
 
 EMPTY = -1  # no field-aware key is -1 (the field id sits in bits 48..62)
 _SLOT_SALT = np.uint64(0x632BE59BD9B4E019)  # slot hash differs from the owner hash
@@ -41,7 +41,8 @@ def find_or_insert(tkeys, tvals, n_rows, qkeys, out, weights, seed, init_std, em
     """out[i] = row of qkeys[i], inserting absent keys as new rows n_rows, n_rows+1, ...
 
     A new row is initialised from (seed, key) alone: columns [0, emb_col) (linear weights) are
-    0, columns [emb_col, R) are N(0, init_std^2); optimizer slots are ``slot_init``. Capacity
+    0, columns [emb_col, R) have mean 0 and standard deviation init_std (Irwin-Hall
+    approximation of the normal, :func:`~desmpi.kernels.hashing.approx_normal`); optimizer slots are ``slot_init``. Capacity
     of the table and of the row arrays must already suffice. Returns the new row count.
     ``init=False`` leaves new rows as they are (the caller overwrites them: restores).
     """
@@ -64,8 +65,9 @@ def find_or_insert(tkeys, tvals, n_rows, qkeys, out, weights, seed, init_std, em
                     break
                 for c in range(emb_col):
                     weights[n_rows, c] = 0.0
+                st = key_stream(seed, k)
                 for c in range(emb_col, R):
-                    weights[n_rows, c] = init_std * normal01(seed, k, c - emb_col)
+                    weights[n_rows, c] = init_std * approx_normal(st, c - emb_col)
                 for c in range(slots.shape[1]):
                     slots[n_rows, c] = slot_init
                 n_rows += 1

@@ -32,9 +32,21 @@ class Model:
             op.start = o
             o += op.width
         self.W = o
+        # where each pooled quantity lives: a column of Z (an op's partial is the quantity
+        # itself) or, for E needed only as an input (fused first layer), an array of its own
+        self.role_col: dict[str, int] = {}
+        for op in self.ops:
+            for q, c in op.roles.items():
+                if q in self.role_col:
+                    raise ValueError(f"model {self.name}: two operators pool {q}")
+                self.role_col[q] = op.start + c
+        self.E_input = any(op.needs_E for op in self.ops)
+        if self.E_input and "E" in self.role_col:
+            raise ValueError(f"model {self.name}: E both pooled as a partial and as an input")
+        L, E, Q = self.needs()
         # table rows: [w] when a linear op exists, then [v (d)] when any op uses embeddings
-        self.emb_col = 1 if any(op.needs_L for op in self.ops) else 0
-        self.emb_dim = self.d if any(op.needs_E or op.needs_Q for op in self.ops) else 0
+        self.emb_col = 1 if L else 0
+        self.emb_dim = self.d if (E or Q) else 0
         self.row_width = self.emb_col + self.emb_dim
         # dense-gradient entries that are partial sums over ranks even when the dense part is
         # replicated: the fused first layer's W1
@@ -65,30 +77,41 @@ class Model:
 
     # ---- shared -----------------------------------------------------------------------------
     def needs(self) -> tuple[bool, bool, bool]:
-        return (any(o.needs_L for o in self.ops), any(o.needs_E for o in self.ops),
-                any(o.needs_Q for o in self.ops))
+        """(L, v, Q): whether a key contributes its linear weight, its embedding (to E or S),
+        its squared norm."""
+        r = self.role_col
+        return "L" in r, "E" in r or "S" in r or self.E_input, "Q" in r
+
+    def _views(self, Z: np.ndarray, dtype) -> tuple[np.ndarray, ...]:
+        """(L, E, S, Q) views into Z (n, W) for the quantities that are partials, empty else."""
+        n, r = Z.shape[0], self.role_col
+        F, d = self.F, self.d
+        e1, e3, e2 = np.zeros(0, dtype), np.zeros((0, 0, 0), dtype), np.zeros((0, 0), dtype)
+        L = Z[:, r["L"]] if "L" in r else e1
+        E = Z[:, r["E"]: r["E"] + F * d].reshape(n, F, d) if "E" in r else e3
+        S = Z[:, r["S"]: r["S"] + d] if "S" in r else e2
+        Q = Z[:, r["Q"]] if "Q" in r else e1
+        return L, E, S, Q
 
     def empty_pooled(self, n: int) -> Pooled:
-        L, E, Q = self.needs()
-        z = np.zeros
-        return Pooled(z(n if L else 0, self.dtype), z((n, self.F, self.d) if E else (0, 0, 0),
-                                                        self.dtype), z(n if Q else 0, self.dtype))
+        """Zeroed pools of n samples: Z (n, W) and the views/arrays the kernels add into."""
+        Z = np.zeros((n, self.W), dtype=self.dtype)
+        L, E, S, Q = self._views(Z, self.dtype)
+        if self.E_input:
+            E = np.zeros((n, self.F, self.d), dtype=self.dtype)
+        return Pooled(L, E, S, Q, Z)
 
     def partial(self, p: Pooled) -> np.ndarray:
-        """Local partial Z^(r) (n, W) from this rank's pooled owned keys."""
-        n = max(p.L.shape[0], p.E.shape[0], p.Q.shape[0])
-        Z = np.empty((n, self.W), dtype=self.dtype)
+        """Local partial Z^(r) (n, W) from this rank's pooled owned keys (p.Z, completed)."""
         for op in self.ops:
-            Z[:, op.cols] = op.partial(p, self.params)
-        return Z
+            if not op.roles:
+                p.Z[:, op.cols] = op.partial(p, self.params)
+        return p.Z
 
     def key_grads(self, gZ: np.ndarray, p: Pooled) -> KeyGrads:
-        """Per-sample gradients of the pooled quantities from gZ (n, W)."""
-        n = gZ.shape[0]
-        L, E, Q = self.needs()
-        z = np.zeros
-        kg = KeyGrads(z(n if L else 0, self.dtype), z((n, self.F, self.d) if E else (0, 0, 0),
-                                                       self.dtype), z(n if Q else 0, self.dtype))
+        """Per-sample gradients of the pooled quantities from gZ (n, W) (mostly views)."""
+        kg = KeyGrads(*self._views(gZ, self.dtype))
         for op in self.ops:
-            op.key_grads(gZ[:, op.cols], kg, p, self.params)
+            if not op.roles:
+                op.key_grads(gZ[:, op.cols], kg, p, self.params)
         return kg

@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from desmpi.ops.base import KeyGrads, Op, Pooled
+from desmpi.ops.base import Op
 
 
 class FM(Op):
+    """Its partial is the pooled [S | Q] (or [Q]) itself, written in place into Z."""
+
     name = "fm"
-    needs_E = needs_Q = True
 
     def __init__(self, d: int, s_from_pooling: bool = False) -> None:
         super().__init__()
         self.d = d
         self.s_from_pooling = s_from_pooling
         self.width = 1 if s_from_pooling else d + 1
-
-    def partial(self, p: Pooled, params) -> np.ndarray:
-        if self.s_from_pooling:
-            return p.Q[:, None]
-        return np.concatenate([p.E.sum(axis=1), p.Q[:, None]], axis=1)
+        self.roles = {"Q": 0} if s_from_pooling else {"S": 0, "Q": d}
 
     def split(self, z: np.ndarray, e: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(S (n, d), Q (n,)) from this op's aggregated columns (and pooled E (n, F, d))."""
@@ -47,8 +44,3 @@ class FM(Op):
         if self.s_from_pooling:
             return gQ[:, None]
         return np.concatenate([gS, gQ[:, None]], axis=1)
-
-    def key_grads(self, gz: np.ndarray, kg: KeyGrads, p: Pooled, params) -> None:
-        if not self.s_from_pooling:
-            kg.G += gz[:, None, : self.d]
-        kg.gQ += gz[:, -1]

@@ -30,6 +30,7 @@ class FusedFirstLayer(Op):
         return z + b1
 
     def key_grads(self, gz: np.ndarray, kg: KeyGrads, p: Pooled, params) -> None:
+        """Sets kg.G (n, F, d) = gz W1ᵀ; adds Eᵀ gz into W1's gradient."""
         w1 = params[self.w1_name]
-        kg.G += (gz @ w1.T).reshape(gz.shape[0], self.F, self.d)
+        kg.G = (gz @ w1.T).reshape(gz.shape[0], self.F, self.d)
         params.grad(self.w1_name)[...] += p.E.reshape(p.E.shape[0], -1).T @ gz

@@ -40,7 +40,8 @@ class A2AStrategy(ExchangeStrategy):
         Lp = np.zeros(nseg_in if L else 0, dt)
         Ep = np.zeros((nseg_in, 1, d) if E else (0, 0, 0), dt)
         Qp = np.zeros(nseg_in if Q else 0, dt)
-        pool(seg_of_key, zf, rows, vals_in, table.weights, model.emb_col, Lp, Ep, Qp)
+        pool(seg_of_key, zf, rows, vals_in, table.weights, model.emb_col, Lp, Ep,
+             np.zeros((0, 0), dt), Qp)
         seg_out = self._pack(Lp, Ep, Qp, nseg_in)
         tm.lap("partials")
         w = ModelDims.of(model).seg
@@ -52,8 +53,11 @@ class A2AStrategy(ExchangeStrategy):
         if L:
             np.add.at(pooled.L, seg_s, back[:, 0])
             c = 1
-        if E:
-            np.add.at(pooled.E, (seg_s, seg_f), back[:, c:c + d])
+        if E:  # a segment's v part: into the per-field pools and/or the all-field sum
+            if pooled.E.shape[0]:
+                np.add.at(pooled.E, (seg_s, seg_f), back[:, c:c + d])
+            if pooled.S.shape[0]:
+                np.add.at(pooled.S, seg_s, back[:, c:c + d])
             c += d
         if Q:
             np.add.at(pooled.Q, seg_s, back[:, c])
@@ -79,8 +83,15 @@ class A2AStrategy(ExchangeStrategy):
         pooled, seg_s, seg_f, scnt, rs, occ, nseg_in, w = state
         kg = model.key_grads(gZ, pooled)
         L, E, Q = model.needs()
-        gseg = self._pack(kg.gL[seg_s] if L else kg.gL, kg.G[seg_s, seg_f][:, None, :] if E
-                          else kg.G, kg.gQ[seg_s] if Q else kg.gQ, seg_s.shape[0])
+        gv = kg.G
+        if E:
+            gv = np.zeros((seg_s.shape[0], 1, model.d), dtype=table.dtype)
+            if kg.G.shape[0]:
+                gv[:, 0] += kg.G[seg_s, seg_f]
+            if kg.gS.shape[0]:
+                gv[:, 0] += kg.gS[seg_s]
+        gseg = self._pack(kg.gL[seg_s] if L else kg.gL, gv, kg.gQ[seg_s] if Q else kg.gQ,
+                          seg_s.shape[0])
         tm.lap("key_grads")
         g_in, _ = comm.alltoallv(gseg.reshape(-1), scnt * w, rs * w)
         g_in = g_in.reshape(-1, w)
@@ -93,5 +104,5 @@ class A2AStrategy(ExchangeStrategy):
             np.zeros((0, 0, 0), dt)
         c += d if E else 0
         gQ = np.ascontiguousarray(g_in[:, c]) if Q else np.zeros(0, dt)
-        kg_owner = KeyGrads(gL, G, gQ)
+        kg_owner = KeyGrads(gL, G, np.zeros((0, 0), dt), gQ)
         return lambda t: sparse_update(model, occ, kg_owner, table, self.sparse_opt, t)

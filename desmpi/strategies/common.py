@@ -57,26 +57,24 @@ def occurrences(batch: Batch, pos: np.ndarray, table, insert: bool) -> Occurrenc
 
 
 def pool_owned(model, occ: Occurrences, n: int, table) -> Pooled:
+    """Pools of the owned occurrences of n samples (written in place into the partials p.Z)."""
     p = model.empty_pooled(n)
-    pool(occ.s, occ.f, occ.rows, occ.vals, table.weights, model.emb_col, p.L, p.E, p.Q)
+    pool(occ.s, occ.f, occ.rows, occ.vals, table.weights, model.emb_col, p.L, p.E, p.S, p.Q)
     return p
 
 
 def sparse_update(model, occ: Occurrences, kg: KeyGrads, table, opt, t: int) -> int:
     """Accumulate per-row gradients in occurrence order and apply the sparse optimizer.
 
-    Returns the number of distinct rows touched.
+    Rows are deduplicated in order of first appearance (no sort); rows < 0 (keys not admitted
+    yet, feature lifecycle) get no update. Returns the number of distinct rows touched.
     """
-    if (occ.rows < 0).any():  # keys not admitted yet (feature lifecycle): no update
-        m = occ.rows >= 0
-        occ = Occurrences(occ.s[m], occ.f[m], occ.rows[m],
-                          occ.vals[m] if occ.vals.shape[0] else occ.vals)
-    if occ.rows.shape[0] == 0:
+    urows, inv = table.unique_rows(occ.rows)
+    if urows.shape[0] == 0:
         return 0
-    urows, inv = np.unique(occ.rows, return_inverse=True)
     grad = np.zeros((urows.shape[0], table.R), dtype=table.dtype)
     row_grads(occ.s, occ.f, inv, occ.rows, occ.vals, table.weights, model.emb_col, kg.gL, kg.G,
-              kg.gQ, grad)
+              kg.gS, kg.gQ, grad)
     opt.apply(table, urows, grad, t)
     return int(urows.shape[0])
 
