@@ -42,8 +42,9 @@ def find_or_insert(tkeys, tvals, n_rows, qkeys, out, weights, seed, init_std, em
 
     A new row is initialised from (seed, key) alone: columns [0, emb_col) (linear weights) are
     0, columns [emb_col, R) have mean 0 and standard deviation init_std (Irwin-Hall
-    approximation of the normal, :func:`~desmpi.kernels.hashing.approx_normal`); optimizer slots are ``slot_init``. Capacity
-    of the table and of the row arrays must already suffice. Returns the new row count.
+    approximation of the normal, :func:`~desmpi.kernels.hashing.approx_normal`); optimizer
+    slots are ``slot_init``. Capacity of the table and of the row arrays must already suffice.
+    Returns the new row count.
     ``init=False`` leaves new rows as they are (the caller overwrites them: restores).
     """
     cap = tkeys.shape[0]
