@@ -73,18 +73,15 @@ def bench_compute(repeats: int = 5) -> dict:
     rows = t.lookup_or_insert(keys)
     s = np.repeat(np.arange(4096), 26)
     f = np.tile(np.arange(26), 4096)
-    L = np.zeros(4096, np.float32)
-    E = np.zeros((4096, 26, 16), np.float32)
-    S = np.zeros((0, 0), np.float32)
-    Q = np.zeros(4096, np.float32)
+    Z = np.zeros((4096, 2 + 26 * 16), np.float32)  # [L | E | Q]
     vals = np.empty(0, np.float32)
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         t.lookup_or_insert(keys)
-        pool(s, f, rows, vals, t.weights, 1, L, E, S, Q)
+        pool(s, f, rows, vals, t.weights, 1, Z, 0, -1, Z.shape[1] - 1, Z, 1)
         u, inv = t.unique_rows(rows)
         g = np.zeros((u.shape[0], R), np.float32)
-        row_grads(s, f, inv, rows, vals, t.weights, 1, L, E, S, Q, g)
+        row_grads(s, f, inv, rows, vals, t.weights, 1, Z, 0, -1, Z.shape[1] - 1, Z, 1, g)
         ts.append(time.perf_counter() - t0)
     return {"gemm_flops": gemm, "sparse_keys_per_s": n * R / statistics.median(ts)}

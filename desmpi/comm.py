@@ -64,6 +64,7 @@ class Comm:
             from mpi4py import MPI
 
             self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+            self._in_place = MPI.IN_PLACE
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -103,11 +104,17 @@ class Comm:
     # ---- collectives ------------------------------------------------------------------------
     def allreduce(self, send: np.ndarray, out: np.ndarray | None = None, op: str = "sum"
                   ) -> np.ndarray:
-        """Elementwise reduction of ``send`` over ranks; every rank gets the result."""
+        """Elementwise reduction of ``send`` over ranks; every rank gets the result.
+
+        ``out is send`` reduces in place (MPI_IN_PLACE: no copy, no second buffer).
+        """
         self._check(send, "send")
         out = np.empty_like(send) if out is None else out
         t0 = time.perf_counter()
-        if self._c is None:
+        if out is send:
+            if self._c is not None:
+                self._c.Allreduce(self._in_place, out, op=self._ops[op])
+        elif self._c is None:
             np.copyto(out, send)
         else:
             self._c.Allreduce(send, out, op=self._ops[op])

@@ -29,15 +29,17 @@ class SparseOptimizer:
     def apply(self, table, urows: np.ndarray, grad: np.ndarray, t: int) -> None:
         """Update rows ``urows`` (nu,) of ``table`` with gradients ``grad`` (nu, R); t >= 1."""
         w, s = table.weights, table.slots
+        x = w.dtype.type  # scalars in the table's precision: no float64 promotion per element
         if self.name == "sgd":
-            k.sgd(w, urows, grad, self.lr, self.l2)
+            k.sgd(w, urows, grad, x(self.lr), x(self.l2))
         elif self.name == "adagrad":
-            k.adagrad(w, s, urows, grad, self.lr, ADAGRAD_EPS, self.l2)
+            k.adagrad(w, s, urows, grad, x(self.lr), x(ADAGRAD_EPS), x(self.l2))
         elif self.name == "ftrl":
-            k.ftrl(w, s, urows, grad, self.lr, self.ftrl_beta, self.ftrl_l1,
-                   self.ftrl_l2 + self.l2)
+            k.ftrl(w, s, urows, grad, x(self.lr), x(self.ftrl_beta), x(self.ftrl_l1),
+                   x(self.ftrl_l2 + self.l2))
         elif self.name == "adam":
-            k.adam(w, s, urows, grad, self.lr, ADAM_B1, ADAM_B2, ADAM_EPS, t, self.l2)
+            k.adam(w, s, urows, grad, x(self.lr), x(ADAM_B1), x(ADAM_B2), x(ADAM_EPS),
+                   x(1 - ADAM_B1 ** t), x(1 - ADAM_B2 ** t), x(self.l2))
         else:
             raise ValueError(f"unknown sparse optimizer {self.name!r}")
 

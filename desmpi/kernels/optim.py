@@ -1,4 +1,8 @@
-"""Sparse optimizer updates of the touched rows only (lazy semantics), in place."""
+"""Sparse optimizer updates of the touched rows only (lazy semantics), in place.
+
+Scalars (learning rate, ...) arrive in the table's dtype, so float32 tables are updated in
+float32 vector lanes (as torch.optim does), with no float64 round trip.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ from numba import njit
 @njit(cache=True)
 def sgd(weights, urows, grad, lr, l2):
     for u in range(urows.shape[0]):
-        r = urows[u]
-        for c in range(weights.shape[1]):
-            weights[r, c] -= lr * (grad[u, c] + l2 * weights[r, c])
+        w = weights[urows[u]]
+        g = grad[u]
+        for c in range(w.shape[0]):
+            w[c] -= lr * (g[c] + l2 * w[c])
 
 
 @njit(cache=True)
@@ -19,10 +24,14 @@ def adagrad(weights, slots, urows, grad, lr, eps, l2):
     """acc += g²; w -= lr·g / (√acc + eps) (PyTorch's Adagrad, initial accumulator 0)."""
     for u in range(urows.shape[0]):
         r = urows[u]
-        for c in range(weights.shape[1]):
-            g = grad[u, c] + l2 * weights[r, c]
-            slots[r, c] += g * g
-            weights[r, c] -= lr * g / (np.sqrt(slots[r, c]) + eps)
+        w = weights[r]
+        acc = slots[r]
+        gr = grad[u]
+        for c in range(w.shape[0]):
+            g = gr[c] + l2 * w[c]
+            a = acc[c] + g * g
+            acc[c] = a
+            w[c] -= lr * g / (np.sqrt(a) + eps)
 
 
 @njit(cache=True)
@@ -40,24 +49,27 @@ def ftrl(weights, slots, urows, grad, alpha, beta, l1, l2):
             slots[r, c] = z
             slots[r, R + c] = n
             if abs(z) <= l1:
-                weights[r, c] = 0.0
+                weights[r, c] = 0
             else:
-                sgn = 1.0 if z > 0 else -1.0
-                weights[r, c] = -(z - sgn * l1) / ((beta + np.sqrt(n)) / alpha + l2)
+                sl1 = l1 if z > 0 else -l1
+                weights[r, c] = -(z - sl1) / ((beta + np.sqrt(n)) / alpha + l2)
 
 
 @njit(cache=True)
-def adam(weights, slots, urows, grad, lr, b1, b2, eps, t, l2):
-    """Lazy Adam: moments of touched rows only, bias correction by the global step t >= 1."""
+def adam(weights, slots, urows, grad, lr, b1, b2, eps, c1, c2, l2):
+    """Lazy Adam: moments of touched rows only; c1 = 1 - b1^t, c2 = 1 - b2^t (bias
+    corrections of the global step t >= 1)."""
     R = weights.shape[1]
-    c1 = 1.0 - b1 ** t
-    c2 = 1.0 - b2 ** t
     for u in range(urows.shape[0]):
         r = urows[u]
+        w = weights[r]
+        m_ = slots[r, :R]
+        v_ = slots[r, R:]
+        gr = grad[u]
         for c in range(R):
-            g = grad[u, c] + l2 * weights[r, c]
-            m = b1 * slots[r, c] + (1.0 - b1) * g
-            v = b2 * slots[r, R + c] + (1.0 - b2) * g * g
-            slots[r, c] = m
-            slots[r, R + c] = v
-            weights[r, c] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
+            g = gr[c] + l2 * w[c]
+            m = b1 * m_[c] + (1 - b1) * g
+            v = b2 * v_[c] + (1 - b2) * g * g
+            m_[c] = m
+            v_[c] = v
+            w[c] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)

@@ -5,11 +5,10 @@ The forward kernel pools the owned occurrences of every sample; the backward ker
 per-sample gradients of the aggregated partials into per-row gradients, accumulated in
 occurrence order (which is the global sample order at every P, hence P-invariant sums).
 
-The pooled quantities, each optional (an empty array skips it), may be strided views into the
-partial-result matrix Z (and their gradients views into gZ), so an operator whose partial is the
-pooled quantity itself costs no copy:
-L (n,) Σ w·x; E (n, F, d) Σ over each field of v·x; S (n, d) Σ over all fields of v·x;
-Q (n,) Σ ‖v·x‖².
+The pooled quantities (see :class:`desmpi.ops.base.Pools`) live in 2-D C arrays at column
+offsets, -1 when absent: Z holds L at cL, S (d) at cS, Q at cQ; EZ holds E (F·d) at cE. With
+Z the partial-result matrix an operator whose partial is a pooled quantity costs no copy; the
+gradient kernel reads gZ in the same layout. Arithmetic stays in the arrays' precision.
 """
 
 from __future__ import annotations
@@ -18,65 +17,63 @@ from numba import njit
 
 
 @njit(cache=True)
-def pool(occ_s, occ_f, rows, vals, weights, emb_col, L, E, S, Q):
-    """Add the owned occurrences into L, E, S, Q (zeroed by the caller); rows < 0 (keys never
+def pool(occ_s, occ_f, rows, vals, weights, emb_col, Z, cL, cS, cQ, EZ, cE):
+    """Add the owned occurrences into the pools (zeroed by the caller); rows < 0 (keys never
     trained, at eval, or not admitted) are skipped. vals: (nnz,) or empty (all 1);
-    weights: (rows, R)."""
+    weights: (rows, R) = [w | v (d)] from column emb_col."""
     has_v = vals.shape[0] > 0
-    do_l, do_e, do_s, do_q = L.shape[0] > 0, E.shape[0] > 0, S.shape[0] > 0, Q.shape[0] > 0
     d = weights.shape[1] - emb_col
+    one = weights.dtype.type(1.0)
     for i in range(occ_s.shape[0]):
         r = rows[i]
         if r < 0:
             continue
         s = occ_s[i]
-        x = vals[i] if has_v else 1.0
-        if do_l:
-            L[s] += weights[r, 0] * x
-        if do_e:
-            f = occ_f[i]
+        x = vals[i] if has_v else one
+        if cL >= 0:
+            Z[s, cL] += weights[r, 0] * x
+        if cE >= 0:
+            o = cE + occ_f[i] * d
             for c in range(d):
-                E[s, f, c] += weights[r, emb_col + c] * x
-        if do_s:
+                EZ[s, o + c] += weights[r, emb_col + c] * x
+        if cS >= 0:
             for c in range(d):
-                S[s, c] += weights[r, emb_col + c] * x
-        if do_q:
-            q = 0.0
+                Z[s, cS + c] += weights[r, emb_col + c] * x
+        if cQ >= 0:
+            q = weights.dtype.type(0.0)
             for c in range(d):
-                vx = weights[r, emb_col + c] * x
-                q += vx * vx
-            Q[s] += q
+                q += weights[r, emb_col + c] * weights[r, emb_col + c]
+            Z[s, cQ] += q * (x * x)
 
 
 @njit(cache=True)
-def row_grads(occ_s, occ_f, inv, rows, vals, weights, emb_col, gL, G, gS, gQ, grad):
-    """Per-row gradients from per-sample gradients of the pooled quantities.
+def row_grads(occ_s, occ_f, inv, rows, vals, weights, emb_col, gZ, cL, cS, cQ, gEZ, cE, grad):
+    """Per-row gradients from per-sample gradients of the pooled quantities (same layout).
 
     inv: (nnz,) index of each occurrence's row among the unique rows (< 0: skipped);
-    grad: (nu, R), zeroed. gL (n,) -> ∂/∂w += gL·x; G (n, F, d) -> ∂/∂v += G[s, f]·x;
-    gS (n, d) -> ∂/∂v += gS[s]·x; gQ (n,) -> ∂/∂v += 2·gQ·x²·v. Empty ones are skipped.
+    grad: (nu, R), zeroed. ∂/∂w += gL·x; ∂/∂v += (G[s, f] + gS[s])·x + 2·gQ·x²·v.
     """
     has_v = vals.shape[0] > 0
-    do_l, do_g, do_s, do_q = gL.shape[0] > 0, G.shape[0] > 0, gS.shape[0] > 0, gQ.shape[0] > 0
     d = weights.shape[1] - emb_col
+    one = weights.dtype.type(1.0)
     for i in range(occ_s.shape[0]):
         u = inv[i]
         if u < 0:
             continue
         s = occ_s[i]
-        x = vals[i] if has_v else 1.0
-        if do_l:
-            grad[u, 0] += gL[s] * x
-        if do_g:
-            f = occ_f[i]
+        x = vals[i] if has_v else one
+        if cL >= 0:
+            grad[u, 0] += gZ[s, cL] * x
+        if cE >= 0:
+            o = cE + occ_f[i] * d
             for c in range(d):
-                grad[u, emb_col + c] += G[s, f, c] * x
-        if do_s:
+                grad[u, emb_col + c] += gEZ[s, o + c] * x
+        if cS >= 0:
             for c in range(d):
-                grad[u, emb_col + c] += gS[s, c] * x
-        if do_q:
+                grad[u, emb_col + c] += gZ[s, cS + c] * x
+        if cQ >= 0:
             r = rows[i]
-            a = 2.0 * gQ[s] * x * x
+            a = 2 * gZ[s, cQ] * (x * x)
             for c in range(d):
                 grad[u, emb_col + c] += a * weights[r, emb_col + c]
 

@@ -82,24 +82,18 @@ class Model:
         r = self.role_col
         return "L" in r, "E" in r or "S" in r or self.E_input, "Q" in r
 
-    def _views(self, Z: np.ndarray, dtype) -> tuple[np.ndarray, ...]:
-        """(L, E, S, Q) views into Z (n, W) for the quantities that are partials, empty else."""
-        n, r = Z.shape[0], self.role_col
-        F, d = self.F, self.d
-        e1, e3, e2 = np.zeros(0, dtype), np.zeros((0, 0, 0), dtype), np.zeros((0, 0), dtype)
-        L = Z[:, r["L"]] if "L" in r else e1
-        E = Z[:, r["E"]: r["E"] + F * d].reshape(n, F, d) if "E" in r else e3
-        S = Z[:, r["S"]: r["S"] + d] if "S" in r else e2
-        Q = Z[:, r["Q"]] if "Q" in r else e1
-        return L, E, S, Q
+    def _pools(self, Z: np.ndarray) -> Pooled:
+        """Pools laid out in Z (n, W) (E in an array of its own when only an input)."""
+        r = self.role_col
+        EZ, cE = Z, r.get("E", -1)
+        if self.E_input:
+            EZ, cE = np.zeros((Z.shape[0], self.F * self.d), dtype=self.dtype), 0
+        return Pooled(Z, EZ, r.get("L", -1), cE, r.get("S", -1), r.get("Q", -1), self.F,
+                      self.d)
 
     def empty_pooled(self, n: int) -> Pooled:
-        """Zeroed pools of n samples: Z (n, W) and the views/arrays the kernels add into."""
-        Z = np.zeros((n, self.W), dtype=self.dtype)
-        L, E, S, Q = self._views(Z, self.dtype)
-        if self.E_input:
-            E = np.zeros((n, self.F, self.d), dtype=self.dtype)
-        return Pooled(L, E, S, Q, Z)
+        """Zeroed pools of n samples: Z (n, W) (and E) for the kernels to add into."""
+        return self._pools(np.zeros((n, self.W), dtype=self.dtype))
 
     def partial(self, p: Pooled) -> np.ndarray:
         """Local partial Z^(r) (n, W) from this rank's pooled owned keys (p.Z, completed)."""
@@ -109,8 +103,12 @@ class Model:
         return p.Z
 
     def key_grads(self, gZ: np.ndarray, p: Pooled) -> KeyGrads:
-        """Per-sample gradients of the pooled quantities from gZ (n, W) (mostly views)."""
-        kg = KeyGrads(*self._views(gZ, self.dtype))
+        """Gradients of the pooled quantities: gZ (n, W) itself, plus E's of its own for a
+        fused first layer (set by its key_grads)."""
+        gZ = np.ascontiguousarray(gZ)
+        r = self.role_col
+        kg = KeyGrads(gZ, gZ, r.get("L", -1), r.get("E", -1), r.get("S", -1), r.get("Q", -1),
+                      self.F, self.d)
         for op in self.ops:
             if not op.roles:
                 op.key_grads(gZ[:, op.cols], kg, p, self.params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from desmpi.kernels.dense import bias_act, relu_grad
 from desmpi.models.layers import MLP, Dense, Params
 from desmpi.ops import FieldPooling, FusedFirstLayer
 
@@ -34,22 +35,22 @@ class DeepTower:
     def forward(self, p: Params, x: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, dict]:
         """z: this op's aggregated columns; returns (n,) output and a cache."""
         n = x.shape[0]
-        if self.mode == "fused":
-            h = FusedFirstLayer.finish(z, p["b1"]) + x @ p["w1_dense"]
+        if self.mode == "fused":  # z: Σ_f E_f W1s_f over all ranks' keys
+            h = x @ p["w1_dense"]
+            h += z
             e = None
         else:
             e = np.ascontiguousarray(z.reshape(n, -1))  # a column slice of Z: BLAS wants rows
             h = e @ p["w1_sparse"]
             h += x @ p["w1_dense"]
-            h += p["b1"]
-        a1 = np.maximum(h, 0)
-        out, acts = self.rest.forward(p, a1)
-        return out[:, 0], {"x": x, "e": e, "h": h, "acts": acts}
+        bias_act(h, p["b1"], True)  # h becomes a1 = ReLU(h + b1) in place
+        out, acts = self.rest.forward(p, h)
+        return out[:, 0], {"x": x, "e": e, "acts": acts}
 
     def backward(self, p: Params, c: dict, g: np.ndarray) -> np.ndarray:
         """g (n,) -> gradient of this op's columns (n, F·d or H)."""
-        ga1 = self.rest.backward(p, c["acts"], g[:, None])
-        gh = ga1 * (c["h"] > 0)
+        gh = self.rest.backward(p, c["acts"], g[:, None])
+        relu_grad(gh, c["acts"][0])  # acts[0] = a1
         p.grad("w1_dense")[...] += c["x"].T @ gh
         p.grad("b1")[...] += gh.sum(axis=0)
         if self.mode == "fused":

@@ -37,12 +37,12 @@ class DeepFM(LR):
 
     def backward(self, cache, g):
         n = g.shape[0]
-        gZ = np.zeros((n, self.W), dtype=self.dtype)
+        gZ = np.empty((n, self.W), dtype=self.dtype)  # every column is written below
         self.wide_backward(cache["x"], g, gZ)
         gS, gQ = FM.finish_backward(g, cache["S"])
         gZ[:, self.fm.cols] = self.fm.pack_grad(gS, gQ)
-        gd = self.deep.backward(self.params, cache["deep"], g)
+        gd = self.deep.backward(self.params, cache["deep"], g)  # (n, width), C order
         if self.fm.s_from_pooling:  # S = Σ_f E_f: its gradient reaches every field
-            gd = (gd.reshape(n, self.F, self.d) + gS[:, None, :]).reshape(n, -1)
+            gd.reshape(n, self.F, self.d)[...] += gS[:, None, :]
         gZ[:, self.deep.op.cols] = gd
         return gZ

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from desmpi.kernels.dense import dot_interaction, dot_interaction_backward
 from desmpi.models.base import Model
 from desmpi.models.layers import MLP
 from desmpi.ops import FieldPooling
@@ -30,22 +31,17 @@ class DLRM(Model):
     def forward(self, Z, x):
         n = x.shape[0]
         z, bacts = self.bottom.forward(self.params, x)
-        T = np.concatenate([z[:, None, :], self.pool.finish(Z[:, self.pool.cols])], axis=1)
-        dots = np.matmul(T, T.transpose(0, 2, 1))[:, self.li, self.lj]  # batched GEMM
-        top_in = np.concatenate([z, dots], axis=1)
+        E = np.ascontiguousarray(Z[:, self.pool.cols])  # Z is all pooled E: a view
+        top_in = np.empty((n, self.d + len(self.li)), dtype=self.dtype)
+        dot_interaction(z, E, top_in)  # [z | dots of the lower triangle]
         out, tacts = self.top.forward(self.params, top_in)
-        return out[:, 0], {"bacts": bacts, "T": T, "tacts": tacts, "n": n}
+        return out[:, 0], {"bacts": bacts, "z": z, "E": E, "tacts": tacts}
 
     def backward(self, c, g):
-        n, T = c["n"], c["T"]
+        n = g.shape[0]
         gin = self.top.backward(self.params, c["tacts"], g[:, None])
-        gz = gin[:, : self.d].copy()
-        gd = gin[:, self.d:]
-        gI = np.zeros((n, T.shape[1], T.shape[1]), dtype=self.dtype)
-        gI[:, self.li, self.lj] = gd
-        gT = np.matmul(gI + gI.transpose(0, 2, 1), T)
-        gz += gT[:, 0]
+        gz = np.empty((n, self.d), dtype=self.dtype)
+        gZ = np.empty((n, self.W), dtype=self.dtype)  # W = F·d: all pooled E
+        dot_interaction_backward(gin, c["z"], c["E"], gz, gZ)
         self.bottom.backward(self.params, c["bacts"], gz, need_gx=False)
-        gZ = np.zeros((n, self.W), dtype=self.dtype)
-        gZ[:, self.pool.cols] = gT[:, 1:].reshape(n, -1)
         return gZ

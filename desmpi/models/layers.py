@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from desmpi.kernels.dense import bias_act, relu_grad
+
 
 class Params:
     """Named views into one flat parameter vector and its gradient.
@@ -71,8 +73,11 @@ class Dense:
         params.add(self.w, (n_in, n_out), "glorot")
         params.add(self.b, (n_out,))
 
-    def forward(self, p: Params, x: np.ndarray) -> np.ndarray:
-        return x @ p[self.w] + p[self.b]
+    def forward(self, p: Params, x: np.ndarray, relu: bool = False) -> np.ndarray:
+        """x (n, n_in) -> (n, n_out): one GEMM, then bias (and ReLU) in one in-place pass."""
+        y = x @ p[self.w]
+        bias_act(y, p[self.b], relu)
+        return y
 
     def backward(self, p: Params, x: np.ndarray, gy: np.ndarray, need_gx: bool = True
                  ) -> np.ndarray | None:
@@ -92,17 +97,15 @@ class MLP:
     def forward(self, p: Params, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         acts = [x]
         for i, layer in enumerate(self.layers):
-            y = layer.forward(p, acts[-1])
-            if i < len(self.layers) - 1 or self.final_relu:
-                np.maximum(y, 0, out=y)
-            acts.append(y)
+            acts.append(layer.forward(p, acts[-1],
+                                      relu=i < len(self.layers) - 1 or self.final_relu))
         return acts[-1], acts
 
     def backward(self, p: Params, acts: list[np.ndarray], gy: np.ndarray,
                  need_gx: bool = True) -> np.ndarray | None:
-        g = gy
+        g = gy.copy() if self.final_relu else gy  # the caller's gy is not modified
         for i in range(len(self.layers) - 1, -1, -1):
             if i < len(self.layers) - 1 or self.final_relu:
-                g = g * (acts[i + 1] > 0)
+                relu_grad(g, acts[i + 1])  # g is ours: the previous layer's fresh gx
             g = self.layers[i].backward(p, acts[i], g, need_gx=need_gx or i > 0)
         return g

@@ -8,32 +8,57 @@ import numpy as np
 
 
 @dataclass
-class Pooled:
-    """Owned-key pools of n samples (empty arrays for what no operator needs).
+class Pools:
+    """Per-sample pooled quantities of n samples, or their gradients, in 2-D C arrays.
 
-    L: (n,) Σ w·x; E: (n, F, d) Σ over each field of v·x; S: (n, d) Σ over all fields of v·x;
-    Q: (n,) Σ ‖v·x‖². Z: (n, W) the partial results. A quantity that is an operator's partial
-    itself is a view into Z (pooling writes the partial in place); others are arrays of their
-    own (E of a fused first layer).
+    L (n,) Σ w·x; E (n, F, d) Σ over each field of v·x; S (n, d) Σ over all fields of v·x;
+    Q (n,) Σ ‖v·x‖². ``Z`` (n, W) holds L at column ``cL``, S at ``cS`` … ``cS + d``, Q at
+    ``cQ``; ``EZ`` holds E from column ``cE`` (field f at ``cE + f·d``): Z itself when E is an
+    operator's partial, an array of its own when E is only an input (fused first layer).
+    A column of -1: the quantity is absent. For the forward pools Z is the partial-result
+    matrix, so an operator whose partial is a pooled quantity costs no copy; for gradients Z
+    is gZ. The kernels take ``kernel_args`` (contiguous rows: vectorised inner loops).
     """
 
-    L: np.ndarray
-    E: np.ndarray
-    S: np.ndarray
-    Q: np.ndarray
     Z: np.ndarray
+    EZ: np.ndarray
+    cL: int
+    cE: int
+    cS: int
+    cQ: int
+    F: int
+    d: int
+
+    @property
+    def kernel_args(self) -> tuple:
+        return self.Z, self.cL, self.cS, self.cQ, self.EZ, self.cE
+
+    def _col(self, c: int) -> np.ndarray:
+        return self.Z[:, c] if c >= 0 else np.zeros(0, self.Z.dtype)
+
+    @property
+    def L(self) -> np.ndarray:
+        return self._col(self.cL)
+
+    @property
+    def Q(self) -> np.ndarray:
+        return self._col(self.cQ)
+
+    @property
+    def S(self) -> np.ndarray:
+        if self.cS < 0:
+            return np.zeros((0, 0), self.Z.dtype)
+        return self.Z[:, self.cS: self.cS + self.d]
+
+    @property
+    def E(self) -> np.ndarray:
+        if self.cE < 0:
+            return np.zeros((0, 0, 0), self.Z.dtype)
+        n, w = self.EZ.shape[0], self.F * self.d
+        return self.EZ[:, self.cE: self.cE + w].reshape(n, self.F, self.d)
 
 
-@dataclass
-class KeyGrads:
-    """Per-sample gradients w.r.t. the pooled quantities: gL (n,), G (n, F, d) w.r.t. E,
-    gS (n, d), gQ (n,). Views into gZ where the quantity is a partial itself; empty when
-    unused."""
-
-    gL: np.ndarray
-    G: np.ndarray
-    gS: np.ndarray
-    gQ: np.ndarray
+Pooled = KeyGrads = Pools  # the forward pools and their gradients have the same layout
 
 
 class Op:
@@ -56,8 +81,8 @@ class Op:
     def cols(self) -> slice:
         return slice(self.start, self.start + self.width)
 
-    def partial(self, p: Pooled, params) -> np.ndarray:  # (n, width)
+    def partial(self, p: Pools, params) -> np.ndarray:  # (n, width)
         raise NotImplementedError
 
-    def key_grads(self, gz: np.ndarray, kg: KeyGrads, p: Pooled, params) -> None:
+    def key_grads(self, gz: np.ndarray, kg: Pools, p: Pools, params) -> None:
         raise NotImplementedError

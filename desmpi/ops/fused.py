@@ -22,15 +22,9 @@ class FusedFirstLayer(Op):
         self.w1_name = w1_name  # (F·d, H) replicated parameter
 
     def partial(self, p: Pooled, params) -> np.ndarray:
-        return p.E.reshape(p.E.shape[0], -1) @ params[self.w1_name]
-
-    @staticmethod
-    def finish(z: np.ndarray, b1: np.ndarray) -> np.ndarray:
-        """(n, H) aggregated partial -> first-layer pre-activation (sparse part) + bias."""
-        return z + b1
+        return p.EZ @ params[self.w1_name]  # EZ: E (n, F·d) of its own
 
     def key_grads(self, gz: np.ndarray, kg: KeyGrads, p: Pooled, params) -> None:
-        """Sets kg.G (n, F, d) = gz W1ᵀ; adds Eᵀ gz into W1's gradient."""
-        w1 = params[self.w1_name]
-        kg.G = (gz @ w1.T).reshape(gz.shape[0], self.F, self.d)
-        params.grad(self.w1_name)[...] += p.E.reshape(p.E.shape[0], -1).T @ gz
+        """Sets the gradient of E: (n, F·d) = gz W1ᵀ; adds Eᵀ gz into W1's gradient."""
+        kg.EZ, kg.cE = gz @ params[self.w1_name].T, 0
+        params.grad(self.w1_name)[...] += p.EZ.T @ gz

@@ -37,14 +37,12 @@ class A2AStrategy(ExchangeStrategy):
         zf = np.zeros(seg_of_key.shape[0], dtype=np.int64)
         L, E, Q = model.needs()
         d = model.d
-        Lp = np.zeros(nseg_in if L else 0, dt)
-        Ep = np.zeros((nseg_in, 1, d) if E else (0, 0, 0), dt)
-        Qp = np.zeros(nseg_in if Q else 0, dt)
-        pool(seg_of_key, zf, rows, vals_in, table.weights, model.emb_col, Lp, Ep,
-             np.zeros((0, 0), dt), Qp)
-        seg_out = self._pack(Lp, Ep, Qp, nseg_in)
-        tm.lap("partials")
         w = ModelDims.of(model).seg
+        # segments [L | v (d) | Q]: v is a one-field E (occurrence field 0)
+        seg_out = np.zeros((nseg_in, w), dt)
+        pool(seg_of_key, zf, rows, vals_in, table.weights, model.emb_col, seg_out,
+             0 if L else -1, -1, w - 1 if Q else -1, seg_out, int(L) if E else -1)
+        tm.lap("partials")
         back, _ = comm.alltoallv(seg_out.reshape(-1), rs * w, scnt * w)
         back = back.reshape(-1, w)
         tm.lap("exchange")
@@ -83,26 +81,20 @@ class A2AStrategy(ExchangeStrategy):
         pooled, seg_s, seg_f, scnt, rs, occ, nseg_in, w = state
         kg = model.key_grads(gZ, pooled)
         L, E, Q = model.needs()
-        gv = kg.G
+        gv = kg.E
         if E:
             gv = np.zeros((seg_s.shape[0], 1, model.d), dtype=table.dtype)
-            if kg.G.shape[0]:
-                gv[:, 0] += kg.G[seg_s, seg_f]
-            if kg.gS.shape[0]:
-                gv[:, 0] += kg.gS[seg_s]
-        gseg = self._pack(kg.gL[seg_s] if L else kg.gL, gv, kg.gQ[seg_s] if Q else kg.gQ,
+            if kg.cE >= 0:
+                gv[:, 0] += kg.E[seg_s, seg_f]
+            if kg.cS >= 0:
+                gv[:, 0] += kg.S[seg_s]
+        gseg = self._pack(kg.L[seg_s] if L else kg.L, gv, kg.Q[seg_s] if Q else kg.Q,
                           seg_s.shape[0])
         tm.lap("key_grads")
         g_in, _ = comm.alltoallv(gseg.reshape(-1), scnt * w, rs * w)
         g_in = g_in.reshape(-1, w)
         tm.lap("exchange")
-        d, c = model.d, 0
-        dt = table.dtype
-        gL = np.ascontiguousarray(g_in[:, 0]) if L else np.zeros(0, dt)
-        c = 1 if L else 0
-        G = np.ascontiguousarray(g_in[:, c:c + d]).reshape(-1, 1, d) if E else \
-            np.zeros((0, 0, 0), dt)
-        c += d if E else 0
-        gQ = np.ascontiguousarray(g_in[:, c]) if Q else np.zeros(0, dt)
-        kg_owner = KeyGrads(gL, G, np.zeros((0, 0), dt), gQ)
+        # the owner's segments [L | v (d) | Q]: v is a one-field E (occurrence field 0)
+        cE = int(L) if E else -1
+        kg_owner = KeyGrads(g_in, g_in, 0 if L else -1, cE, -1, w - 1 if Q else -1, 1, model.d)
         return lambda t: sparse_update(model, occ, kg_owner, table, self.sparse_opt, t)

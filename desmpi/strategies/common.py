@@ -59,7 +59,7 @@ def occurrences(batch: Batch, pos: np.ndarray, table, insert: bool) -> Occurrenc
 def pool_owned(model, occ: Occurrences, n: int, table) -> Pooled:
     """Pools of the owned occurrences of n samples (written in place into the partials p.Z)."""
     p = model.empty_pooled(n)
-    pool(occ.s, occ.f, occ.rows, occ.vals, table.weights, model.emb_col, p.L, p.E, p.S, p.Q)
+    pool(occ.s, occ.f, occ.rows, occ.vals, table.weights, model.emb_col, *p.kernel_args)
     return p
 
 
@@ -73,8 +73,8 @@ def sparse_update(model, occ: Occurrences, kg: KeyGrads, table, opt, t: int) -> 
     if urows.shape[0] == 0:
         return 0
     grad = np.zeros((urows.shape[0], table.R), dtype=table.dtype)
-    row_grads(occ.s, occ.f, inv, occ.rows, occ.vals, table.weights, model.emb_col, kg.gL, kg.G,
-              kg.gS, kg.gQ, grad)
+    row_grads(occ.s, occ.f, inv, occ.rows, occ.vals, table.weights, model.emb_col,
+              *kg.kernel_args, grad)
     opt.apply(table, urows, grad, t)
     return int(urows.shape[0])
 

@@ -122,7 +122,7 @@ class DesStrategy:
         occ, pooled, Zloc = self._local_partials(g, insert=True)
         prm.zero_grad()
         if self.replicated:
-            Z = comm.allreduce(Zloc)
+            Z = comm.allreduce(Zloc, out=Zloc)  # in place: Zloc is not needed any more
             tm.lap("aggregate")
             logits, cache = model.forward(Z, g.dense)
             loss, p = bce_with_logits(logits, g.labels)
@@ -132,7 +132,8 @@ class DesStrategy:
             tm.lap("key_grads")
             sl = model.partial_grad
             if model.partial_grad_size:
-                prm.grads[sl] = comm.allreduce(np.ascontiguousarray(prm.grads[sl]))
+                gw1 = prm.grads[sl]  # a contiguous view, reduced in place
+                comm.allreduce(gw1, out=gw1)
                 tm.lap("aggregate")
         else:
             Zm = comm.reduce_scatter(Zloc, sizes * W).reshape(n_mine, W)

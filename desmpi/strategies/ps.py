@@ -37,8 +37,7 @@ class PsStrategy(ExchangeStrategy):
         Wloc[order] = w_back.reshape(-1, R)
         vals = b.values if b.values is not None else np.empty(0, table.dtype)
         pooled = model.empty_pooled(b.n)
-        pool(s, f.astype(np.int64), inv, vals, Wloc, model.emb_col, pooled.L, pooled.E,
-             pooled.S, pooled.Q)
+        pool(s, f.astype(np.int64), inv, vals, Wloc, model.emb_col, *pooled.kernel_args)
         Z = model.partial(pooled)
         tm.lap("partials")
         return Z, (s, f.astype(np.int64), inv, vals, Wloc, order, cnt, rc, rows, pooled)
@@ -49,7 +48,7 @@ class PsStrategy(ExchangeStrategy):
         R = table.R
         kg = model.key_grads(gZ, pooled)
         gU = np.zeros_like(Wloc)
-        row_grads(s, f, inv, inv, vals, Wloc, model.emb_col, kg.gL, kg.G, kg.gS, kg.gQ, gU)
+        row_grads(s, f, inv, inv, vals, Wloc, model.emb_col, *kg.kernel_args, gU)
         tm.lap("key_grads")
         g_in, _ = comm.alltoallv(np.ascontiguousarray(gU[order]).reshape(-1), cnt * R, rc * R)
         tm.lap("exchange")

@@ -19,6 +19,9 @@ out = comm.allreduce(mine)
 assert np.allclose(out, total), "allreduce"
 mx = comm.allreduce(mine, op="max")
 assert np.array_equal(mx, np.maximum.reduce(data)), "allreduce max"
+inplace = mine.copy()
+got_ip = comm.allreduce(inplace, out=inplace)  # MPI_IN_PLACE
+assert got_ip is inplace and np.array_equal(inplace, out), "allreduce in place"
 
 recv = [3 + k for k in range(P)]  # unequal blocks
 flat = [d.reshape(-1)[: sum(recv)] for d in data]
@@ -50,7 +53,8 @@ comm.barrier()
 # accounting: every call recorded with the closed-form bytes
 expected = [
     Call("allreduce", (mine.size,), 8, r, P), Call("allreduce", (mine.size,), 8, r, P),
-    Call("reduce_scatter", tuple(recv), 8, r, P), Call("allgatherv", tuple(counts), 8, r, P),
+    Call("allreduce", (mine.size,), 8, r, P), Call("reduce_scatter", tuple(recv), 8, r, P),
+    Call("allgatherv", tuple(counts), 8, r, P),
     Call("allgather", (1,) * P, 8, r, P), Call("alltoall", (1,) * P, 8, r, P),
     Call("alltoallv", tuple(send_counts), 8, r, P), Call("alltoallv", tuple(send_counts), 8, r, P),
     Call("bcast", (11,), 8, r, P, P - 1), Call("barrier", (), 1, r, P),
