@@ -83,11 +83,13 @@ def _bench(a, comm: Comm) -> int:
         rep = bench_train(comm, a.model, a.batch, a.steps, a.warmup, a.cap, a.dim,
                           a.strategy, a.aggregate, a.optimizer)
         if comm.rank == 0:
-            log.info("%s P=%d batch %d: %.0f samples/s (median step %.4f s); GEMM limit %.0f "
-                     "samples/s; ratio %.2f; %.0f%% of the step outside the GEMMs",
+            lim = rep["gemm_limit_samples_per_s"]
+            log.info("%s P=%d batch %d: %.0f samples/s (median step %.4f s); %s",
                      rep["model"], rep["ranks"], rep["batch"], rep["samples_per_s"],
-                     rep["step_time_s"], rep["gemm_limit_samples_per_s"],
-                     rep["ratio_to_gemm_limit"], 100 * rep["outside_gemm_share"])
+                     rep["step_time_s"],
+                     "no dense GEMM" if lim is None else
+                     f"GEMM limit {lim:.0f} samples/s; ratio {rep['ratio_to_gemm_limit']:.2f}; "
+                     f"{100 * rep['outside_gemm_share']:.0f}% of the step outside the GEMMs")
             for k, v in sorted(rep["phases_s"].items(), key=lambda kv: -kv[1]):
                 log.info("  %-14s %.4f s/step", k, v)
             log.info("  memory: %.0f bytes/key (weights + slots: %d)", rep["bytes_per_key"],

@@ -58,18 +58,16 @@ class DenseOptimizer:
             self.state[0] = adagrad_init
 
     def apply(self, params: np.ndarray, grad: np.ndarray, t: int) -> None:
+        """One update of the flat vectors (the sparse kernels on one row: one fused pass)."""
+        if not (params.flags.c_contiguous and grad.flags.c_contiguous):
+            raise ValueError("dense parameters and gradients must be contiguous vectors")
+        x = params.dtype.type
+        one = np.zeros(1, dtype=np.int64)
+        w, g = params.reshape(1, -1), grad.reshape(1, -1)
         if self.name == "sgd":
-            params -= self.lr * grad
+            k.sgd(w, one, g, x(self.lr), x(0.0))
         elif self.name == "adagrad":
-            acc = self.state[0]
-            acc += grad * grad
-            params -= self.lr * grad / (np.sqrt(acc) + ADAGRAD_EPS)
-        else:
-            m, v = self.state
-            m *= ADAM_B1
-            m += (1 - ADAM_B1) * grad
-            v *= ADAM_B2
-            v += (1 - ADAM_B2) * grad * grad
-            mh = m / (1 - ADAM_B1 ** t)
-            vh = v / (1 - ADAM_B2 ** t)
-            params -= self.lr * mh / (np.sqrt(vh) + ADAM_EPS)
+            k.adagrad(w, self.state.reshape(1, -1), one, g, x(self.lr), x(ADAGRAD_EPS), x(0.0))
+        else:  # state (2, size) is the row [m | v] of the sparse Adam kernel
+            k.adam(w, self.state.reshape(1, -1), one, g, x(self.lr), x(ADAM_B1), x(ADAM_B2),
+                   x(ADAM_EPS), x(1 - ADAM_B1 ** t), x(1 - ADAM_B2 ** t), x(0.0))

@@ -116,12 +116,38 @@ def test_sparse_optimizers_match_numpy_and_touch_only_given_rows(name):
     assert np.array_equal(t.weights[untouched], before_w[untouched])
 
 
-def test_dense_adam_matches_reference():
-    p = np.array([1.0, -2.0])
-    opt = DenseOptimizer("adam", 0.1, 2, np.float64)
-    w, s = _ref_row("adam", p, np.array([0.5, -1.0]), np.zeros(4), 1)
-    opt.apply(p, np.array([0.5, -1.0]), 1)
-    np.testing.assert_allclose(p, w)
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "adam"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dense_optimizers_match_reference(name, dtype):
+    rng = np.random.default_rng(5)
+    p = rng.normal(size=7).astype(dtype)
+    opt = DenseOptimizer(name, 0.1, 7, dtype)
+    ref_w = p.astype(np.float64)
+    ref_s = np.zeros({"sgd": 0, "adagrad": 7, "adam": 14}[name])
+    for step in (1, 2, 3):
+        g = rng.normal(size=7).astype(dtype)
+        ref_w, ref_s = _ref_row(name, ref_w, g.astype(np.float64), ref_s, step)
+        opt.apply(p, g, step)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    np.testing.assert_allclose(p, ref_w, rtol=tol, atol=tol)
+    if name != "sgd":
+        np.testing.assert_allclose(opt.state.reshape(-1), ref_s, rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="contiguous"):
+        opt.apply(np.zeros(14, dtype)[::2], g, 4)
+
+
+def test_unique_rows_first_appearance_order_and_skips_negatives():
+    t = ShardTable(2, 0, 0, np.float64, seed=0, init_std=0.1)
+    t.lookup_or_insert(np.arange(1, 101, dtype=np.int64))
+    rows = np.array([5, 3, 5, -1, 9, 3, 0, -1, 9], dtype=np.int64)
+    urows, inv = t.unique_rows(rows)
+    assert urows.tolist() == [5, 3, 9, 0]
+    assert inv.tolist() == [0, 1, 0, -1, 2, 1, 3, -1, 2]
+    assert (t._mark == -1).all()  # scratch restored for the next call
+    big = np.random.default_rng(1).integers(-1, 100, size=10000)
+    u, iv = t.unique_rows(big)
+    assert sorted(u.tolist()) == np.unique(big[big >= 0]).tolist()
+    np.testing.assert_array_equal(u[iv[big >= 0]], big[big >= 0])
 
 
 def test_config_errors_name_the_key(tmp_path):

@@ -157,3 +157,45 @@ def test_deep_input_choice_takes_the_narrower_partial():
     assert width("deepfm", 400).W == 418 and width("deepfm", 400).fm.s_from_pooling
     assert width("deepfm", 200).W == 1 + 17 + 200
     assert set(REGISTRY) == {"lr", "fm", "wdl", "deepfm", "dcn", "dlrm"}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dot_interaction_kernels_match_numpy(dtype):
+    from desmpi.kernels.dense import dot_interaction, dot_interaction_backward
+
+    rng = np.random.default_rng(4)
+    n, F, d = 9, 5, 6
+    z = rng.normal(size=(n, d)).astype(dtype)
+    E = rng.normal(size=(n, F * d)).astype(dtype)
+    T = np.concatenate([z[:, None, :], E.reshape(n, F, d)], axis=1).astype(np.float64)
+    li, lj = np.tril_indices(F + 1, -1)
+    want = np.concatenate([z, np.einsum("nid,nid->ni", T[:, li], T[:, lj])], axis=1)
+    out = np.empty((n, d + len(li)), dtype)
+    dot_interaction(z, E, out)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+    gout = rng.normal(size=out.shape).astype(dtype)
+    gI = np.zeros((n, F + 1, F + 1))
+    gI[:, li, lj] = gout[:, d:]
+    gT = np.einsum("nij,njd->nid", gI + gI.transpose(0, 2, 1), T)
+    gz, gE = np.empty((n, d), dtype), np.empty((n, F * d), dtype)
+    dot_interaction_backward(gout, z, E, gz, gE)
+    np.testing.assert_allclose(gz, gT[:, 0] + gout[:, :d], rtol=tol, atol=tol)
+    np.testing.assert_allclose(gE, gT[:, 1:].reshape(n, -1), rtol=tol, atol=tol)
+
+
+def test_bias_act_and_relu_grad_match_numpy():
+    from desmpi.kernels.dense import bias_act, relu_grad
+
+    rng = np.random.default_rng(6)
+    y, b = rng.normal(size=(7, 5)), rng.normal(size=5)
+    want = np.maximum(y + b, 0)
+    y2 = y.copy()
+    bias_act(y2, b, False)
+    np.testing.assert_array_equal(y2, y + b)
+    bias_act(y, b, True)
+    np.testing.assert_array_equal(y, want)
+    g = rng.normal(size=(7, 5))
+    g_want = g * (want > 0)
+    relu_grad(g, want)
+    np.testing.assert_array_equal(g, g_want)

@@ -50,8 +50,21 @@ def test_bench_checkpoint_small(tmp_path):
 
 
 def test_bench_train_small():
-    p = _run(["-m", "desmpi", "bench", "train", "--model", "fm", "--batch", "512", "--steps",
+    p = _run(["-m", "desmpi", "bench", "train", "--model", "wdl", "--batch", "512", "--steps",
               "3", "--warmup", "1", "--cap", "1000", "--json"])
     rep = json.loads(p.stdout.strip().splitlines()[-1])
     assert rep["samples_per_s"] > 0 and rep["gemm_limit_samples_per_s"] > 0
+    assert 0 < rep["ratio_to_gemm_limit"] and 0 <= rep["outside_gemm_share"] < 1
     assert {"lookup", "partials", "sparse_update", "dense"} <= set(rep["phases_s"])
+    p = _run(["-m", "desmpi", "bench", "train", "--model", "fm", "--batch", "512", "--steps",
+              "3", "--warmup", "1", "--cap", "1000", "--json"])
+    rep = json.loads(p.stdout.strip().splitlines()[-1])
+    assert rep["gemm_limit_samples_per_s"] is None and rep["outside_gemm_share"] == 1.0
+
+
+def test_bench_scaling_small():
+    p = _run(["scripts/bench_scaling.py", "--model", "fm", "--repeats", "1", "--json", "--",
+              "--batch", "256", "--steps", "2", "--warmup", "1", "--cap", "1000"])
+    rep = json.loads(p.stdout)
+    assert set(rep["median_samples_per_s"]) == {"1", "2"}
+    assert rep["speedup_vs_1"]["1"] == 1.0 and rep["speedup_vs_1"]["2"] > 0

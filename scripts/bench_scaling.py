@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Throughput at P ranks against P = 1, alternating runs so both see the same machine state.
+
+    python scripts/bench_scaling.py [--model deepfm] [--ranks 1,2] [--repeats 5] [--json]
+        [--aggregate reduce_scatter] [-- extra desmpi bench train arguments]
+
+Each repeat runs ``desmpi bench train --json`` once per P (under ``mpiexec -n P`` for P > 1,
+one thread per rank); the report gives every run's samples/s, the median per P and the ratio
+of medians to P = 1. On a shared or virtual machine single runs vary by tens of percent: quote
+the medians of one invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from desmpi.comm import find_mpiexec
+
+
+def one_run(P: int, model: str, aggregate: str, extra: list[str], timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "desmpi", "bench", "train", "--model", model,
+           "--aggregate", aggregate, "--json", *extra]
+    if P > 1:
+        cmd = [find_mpiexec(), "-n", str(P), *cmd]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="deepfm")
+    ap.add_argument("--ranks", default="1,2")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--aggregate", default="reduce_scatter")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("extra", nargs="*", help="more arguments for desmpi bench train")
+    a = ap.parse_args()
+    ranks = [int(p) for p in a.ranks.split(",")]
+    if ranks[0] != 1:
+        ranks = [1, *ranks]
+    runs: dict[int, list[float]] = {P: [] for P in ranks}
+    for _ in range(a.repeats):
+        for P in ranks:
+            runs[P].append(one_run(P, a.model, a.aggregate, a.extra, a.timeout)["samples_per_s"])
+    med = {P: statistics.median(v) for P, v in runs.items()}
+    rep = {"model": a.model, "aggregate": a.aggregate, "repeats": a.repeats,
+           "runs_samples_per_s": {str(P): v for P, v in runs.items()},
+           "median_samples_per_s": {str(P): m for P, m in med.items()},
+           "speedup_vs_1": {str(P): m / med[1] for P, m in med.items()}}
+    if a.json:
+        print(json.dumps(rep))
+    else:
+        print(f"{a.model} ({a.aggregate}), {a.repeats} alternating runs per P")
+        print("| P | median samples/s | speed-up vs P = 1 | runs |")
+        print("|---:|---:|---:|---|")
+        for P in ranks:
+            runs_s = ", ".join(f"{x:,.0f}" for x in runs[P])
+            print(f"| {P} | {med[P]:,.0f} | {med[P] / med[1]:.2f} | {runs_s} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
