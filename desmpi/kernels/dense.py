@@ -57,32 +57,35 @@ def dot_interaction(z, E, out):
                 p += 1
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def dot_interaction_backward(gout, z, E, gz, gE):
     """Gradients of :func:`dot_interaction`: gout (n, d + pairs) -> gz (n, d) (including
-    gout's direct z part) and gE (n, F·d), both overwritten."""
+    gout's direct z part) and gE (n, F·d), both overwritten.
+
+    Per sample gT = Gs T with Gs (T × T) the symmetric matrix of the pairs' gradients: one
+    small BLAS product each (twice as fast here as a hand-written loop).
+    """
     n, d = z.shape
     F = E.shape[1] // d
     buf = np.empty((F + 1, d), dtype=E.dtype)
+    gs = np.zeros((F + 1, F + 1), dtype=E.dtype)  # diagonal stays 0
     g = np.empty((F + 1, d), dtype=E.dtype)
     for s in range(n):
         for c in range(d):
             buf[0, c] = z[s, c]
-            g[0, c] = gout[s, c]
         for f in range(F):
             for c in range(d):
                 buf[f + 1, c] = E[s, f * d + c]
-                g[f + 1, c] = 0
         p = d
         for i in range(1, F + 1):
             for j in range(i):
                 a = gout[s, p]
+                gs[i, j] = a
+                gs[j, i] = a
                 p += 1
-                for c in range(d):
-                    g[i, c] += a * buf[j, c]
-                    g[j, c] += a * buf[i, c]
+        np.dot(gs, buf, g)
         for c in range(d):
-            gz[s, c] = g[0, c]
+            gz[s, c] = g[0, c] + gout[s, c]
         for f in range(F):
             for c in range(d):
                 gE[s, f * d + c] = g[f + 1, c]

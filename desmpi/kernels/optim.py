@@ -9,10 +9,22 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from desmpi.kernels.prefetch import AHEAD, prefetch_row
+
+
+@njit(inline="always")
+def _ahead(weights, slots, urows, u):
+    """Prefetch the rows (and slots) the update reaches AHEAD rows later."""
+    if u + AHEAD < urows.shape[0]:
+        prefetch_row(weights, urows[u + AHEAD])
+        if slots.shape[1]:
+            prefetch_row(slots, urows[u + AHEAD])
+
 
 @njit(cache=True)
 def sgd(weights, urows, grad, lr, l2):
     for u in range(urows.shape[0]):
+        _ahead(weights, weights, urows, u)
         w = weights[urows[u]]
         g = grad[u]
         for c in range(w.shape[0]):
@@ -23,6 +35,7 @@ def sgd(weights, urows, grad, lr, l2):
 def adagrad(weights, slots, urows, grad, lr, eps, l2):
     """acc += g²; w -= lr·g / (√acc + eps) (PyTorch's Adagrad, initial accumulator 0)."""
     for u in range(urows.shape[0]):
+        _ahead(weights, slots, urows, u)
         r = urows[u]
         w = weights[r]
         acc = slots[r]
@@ -39,6 +52,7 @@ def ftrl(weights, slots, urows, grad, alpha, beta, l1, l2):
     """FTRL-Proximal (McMahan et al., KDD 2013, Algorithm 1); slots [z | n]."""
     R = weights.shape[1]
     for u in range(urows.shape[0]):
+        _ahead(weights, slots, urows, u)
         r = urows[u]
         for c in range(R):
             g = grad[u, c]
@@ -61,6 +75,7 @@ def adam(weights, slots, urows, grad, lr, b1, b2, eps, c1, c2, l2):
     corrections of the global step t >= 1)."""
     R = weights.shape[1]
     for u in range(urows.shape[0]):
+        _ahead(weights, slots, urows, u)
         r = urows[u]
         w = weights[r]
         m_ = slots[r, :R]

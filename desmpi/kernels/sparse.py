@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from numba import njit
 
+from desmpi.kernels.prefetch import AHEAD, prefetch_row
+
 
 @njit(cache=True)
 def pool(occ_s, occ_f, rows, vals, weights, emb_col, Z, cL, cS, cQ, EZ, cE):
@@ -24,7 +26,10 @@ def pool(occ_s, occ_f, rows, vals, weights, emb_col, Z, cL, cS, cQ, EZ, cE):
     has_v = vals.shape[0] > 0
     d = weights.shape[1] - emb_col
     one = weights.dtype.type(1.0)
-    for i in range(occ_s.shape[0]):
+    nnz = occ_s.shape[0]
+    for i in range(nnz):
+        if i + AHEAD < nnz and rows[i + AHEAD] >= 0:
+            prefetch_row(weights, rows[i + AHEAD])
         r = rows[i]
         if r < 0:
             continue
@@ -56,7 +61,12 @@ def row_grads(occ_s, occ_f, inv, rows, vals, weights, emb_col, gZ, cL, cS, cQ, g
     has_v = vals.shape[0] > 0
     d = weights.shape[1] - emb_col
     one = weights.dtype.type(1.0)
-    for i in range(occ_s.shape[0]):
+    nnz = occ_s.shape[0]
+    for i in range(nnz):
+        if i + AHEAD < nnz and inv[i + AHEAD] >= 0:
+            prefetch_row(grad, inv[i + AHEAD])
+            if cQ >= 0:
+                prefetch_row(weights, rows[i + AHEAD])
         u = inv[i]
         if u < 0:
             continue

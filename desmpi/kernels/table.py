@@ -6,6 +6,7 @@ import numpy as np
 from numba import njit
 
 from desmpi.kernels.hashing import approx_normal, key_stream, mix64
+from desmpi.kernels.prefetch import AHEAD, prefetch_row
 
 EMPTY = -1  # no field-aware key is -1 (the field id sits in bits 48..62)
 _SLOT_SALT = np.uint64(0x632BE59BD9B4E019)  # slot hash differs from the owner hash
@@ -22,7 +23,13 @@ def _slot(key, cap):
 def find(tkeys, tvals, qkeys, out):
     """out[i] = row of qkeys[i], or -1 when absent."""
     cap = tkeys.shape[0]
-    for i in range(qkeys.shape[0]):
+    n = qkeys.shape[0]
+    tk2, tv2 = tkeys.reshape(cap, 1), tvals.reshape(cap, 1)  # views: rows to prefetch
+    for i in range(n):
+        if i + AHEAD < n:
+            j2 = _slot(qkeys[i + AHEAD], cap)
+            prefetch_row(tk2, j2)
+            prefetch_row(tv2, j2)
         k = qkeys[i]
         j = _slot(k, cap)
         out[i] = -1
