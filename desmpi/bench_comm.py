@@ -82,6 +82,6 @@ def bench_compute(repeats: int = 5) -> dict:
         pool(s, f, rows, vals, t.weights, 1, Z, 0, -1, Z.shape[1] - 1, Z, 1)
         u, inv = t.unique_rows(rows)
         g = np.zeros((u.shape[0], R), np.float32)
-        row_grads(s, f, inv, rows, vals, t.weights, 1, Z, 0, -1, Z.shape[1] - 1, Z, 1, g)
+        row_grads(s, f, inv, u, vals, t.weights, 1, Z, 0, -1, Z.shape[1] - 1, Z, 1, g)
         ts.append(time.perf_counter() - t0)
     return {"gemm_flops": gemm, "sparse_keys_per_s": n * R / statistics.median(ts)}

@@ -101,7 +101,7 @@ def loss_and_grads(m, t, b):
     kg = m.key_grads(gZ, pooled)
     urows, inv = np.unique(occ.rows, return_inverse=True)
     g = np.zeros((len(urows), t.R))
-    row_grads(occ.s, occ.f, inv, occ.rows, occ.vals, t.weights, m.emb_col, *kg.kernel_args, g)
+    row_grads(occ.s, occ.f, inv, urows, occ.vals, t.weights, m.emb_col, *kg.kernel_args, g)
     return loss / b.n, urows, g, m.params.grads.copy()
 
 

@@ -13,6 +13,7 @@ gradient kernel reads gZ in the same layout. Arithmetic stays in the arrays' pre
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from desmpi.kernels.prefetch import AHEAD, prefetch_row
@@ -52,21 +53,23 @@ def pool(occ_s, occ_f, rows, vals, weights, emb_col, Z, cL, cS, cQ, EZ, cE):
 
 
 @njit(cache=True)
-def row_grads(occ_s, occ_f, inv, rows, vals, weights, emb_col, gZ, cL, cS, cQ, gEZ, cE, grad):
+def row_grads(occ_s, occ_f, inv, urows, vals, weights, emb_col, gZ, cL, cS, cQ, gEZ, cE, grad):
     """Per-row gradients from per-sample gradients of the pooled quantities (same layout).
 
-    inv: (nnz,) index of each occurrence's row among the unique rows (< 0: skipped);
-    grad: (nu, R), zeroed. ∂/∂w += gL·x; ∂/∂v += (G[s, f] + gS[s])·x + 2·gQ·x²·v.
+    inv: (nnz,) index of each occurrence's row among the unique rows urows (< 0: skipped);
+    grad: (nu, R), zeroed. ∂/∂w += gL·x; ∂/∂v += (G[s, f] + gS[s])·x + 2·gQ·x²·v. The Q term
+    is v times a per-row scalar sum, so v is read once per distinct row, not per occurrence.
+    Sums run in occurrence order (the global sample order at every P).
     """
     has_v = vals.shape[0] > 0
     d = weights.shape[1] - emb_col
     one = weights.dtype.type(1.0)
     nnz = occ_s.shape[0]
+    nu = grad.shape[0]
+    qsum = np.zeros(nu if cQ >= 0 else 0, dtype=grad.dtype)
     for i in range(nnz):
         if i + AHEAD < nnz and inv[i + AHEAD] >= 0:
             prefetch_row(grad, inv[i + AHEAD])
-            if cQ >= 0:
-                prefetch_row(weights, rows[i + AHEAD])
         u = inv[i]
         if u < 0:
             continue
@@ -82,8 +85,13 @@ def row_grads(occ_s, occ_f, inv, rows, vals, weights, emb_col, gZ, cL, cS, cQ, g
             for c in range(d):
                 grad[u, emb_col + c] += gZ[s, cS + c] * x
         if cQ >= 0:
-            r = rows[i]
-            a = 2 * gZ[s, cQ] * (x * x)
+            qsum[u] += 2 * gZ[s, cQ] * (x * x)
+    if cQ >= 0:
+        for u in range(nu):
+            if u + AHEAD < nu:
+                prefetch_row(weights, urows[u + AHEAD])
+            r = urows[u]
+            a = qsum[u]
             for c in range(d):
                 grad[u, emb_col + c] += a * weights[r, emb_col + c]
 

@@ -73,7 +73,7 @@ def sparse_update(model, occ: Occurrences, kg: KeyGrads, table, opt, t: int) -> 
     if urows.shape[0] == 0:
         return 0
     grad = np.zeros((urows.shape[0], table.R), dtype=table.dtype)
-    row_grads(occ.s, occ.f, inv, occ.rows, occ.vals, table.weights, model.emb_col,
+    row_grads(occ.s, occ.f, inv, urows, occ.vals, table.weights, model.emb_col,
               *kg.kernel_args, grad)
     opt.apply(table, urows, grad, t)
     return int(urows.shape[0])

@@ -48,7 +48,8 @@ class PsStrategy(ExchangeStrategy):
         R = table.R
         kg = model.key_grads(gZ, pooled)
         gU = np.zeros_like(Wloc)
-        row_grads(s, f, inv, inv, vals, Wloc, model.emb_col, *kg.kernel_args, gU)
+        row_grads(s, f, inv, np.arange(Wloc.shape[0]), vals, Wloc, model.emb_col, *kg.kernel_args,
+                  gU)
         tm.lap("key_grads")
         g_in, _ = comm.alltoallv(np.ascontiguousarray(gU[order]).reshape(-1), cnt * R, rc * R)
         tm.lap("exchange")
