@@ -197,5 +197,7 @@ def test_bias_act_and_relu_grad_match_numpy():
     np.testing.assert_array_equal(y, want)
     g = rng.normal(size=(7, 5))
     g_want = g * (want > 0)
-    relu_grad(g, want)
+    gb = np.ones(5)
+    relu_grad(g, want, gb)
     np.testing.assert_array_equal(g, g_want)
+    np.testing.assert_allclose(gb, 1 + g_want.sum(axis=0), rtol=1e-14)

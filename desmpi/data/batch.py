@@ -39,8 +39,7 @@ class Batch:
         """(nnz,) sample index and (nnz,) field index of every key."""
         F = self.n_fields
         if self.offsets is None:
-            idx = np.arange(self.keys.shape[0], dtype=np.int64)
-            return idx // F, idx % F
+            return np.divmod(np.arange(self.keys.shape[0], dtype=np.int64), F)
         lens = np.diff(self.offsets)
         bag = np.repeat(np.arange(self.n * F, dtype=np.int64), lens)
         return bag // F, bag % F

@@ -18,14 +18,19 @@ def bias_act(y, b, relu):
 
 
 @njit(cache=True)
-def relu_grad(g, a):
-    """g (n, m) *= (a > 0) in place, a = ReLU output (a > 0 exactly where the input was)."""
+def relu_grad(g, a, gb):
+    """g (n, m) *= (a > 0) in place, a = ReLU output (a > 0 exactly where the input was);
+    adds the column sums of the result into gb (m,) (the bias gradient) in the same pass."""
     n, m = g.shape
     zero = g.dtype.type(0.0)
+    acc = np.zeros(m, dtype=g.dtype)
     for i in range(n):
         for j in range(m):
-            if a[i, j] <= zero:
-                g[i, j] = zero
+            v = g[i, j] if a[i, j] > zero else zero
+            g[i, j] = v
+            acc[j] += v
+    for j in range(m):
+        gb[j] += acc[j]
 
 
 @njit(cache=True, fastmath=True)

@@ -50,9 +50,8 @@ class DeepTower:
     def backward(self, p: Params, c: dict, g: np.ndarray) -> np.ndarray:
         """g (n,) -> gradient of this op's columns (n, F·d or H)."""
         gh = self.rest.backward(p, c["acts"], g[:, None])
-        relu_grad(gh, c["acts"][0])  # acts[0] = a1
+        relu_grad(gh, c["acts"][0], p.grad("b1"))  # acts[0] = a1; adds b1's gradient
         p.grad("w1_dense")[...] += c["x"].T @ gh
-        p.grad("b1")[...] += gh.sum(axis=0)
         if self.mode == "fused":
             return gh  # W1s's gradient is the fused op's (from owned keys, summed over ranks)
         p.grad("w1_sparse")[...] += c["e"].T @ gh

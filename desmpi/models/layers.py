@@ -79,10 +79,13 @@ class Dense:
         bias_act(y, p[self.b], relu)
         return y
 
-    def backward(self, p: Params, x: np.ndarray, gy: np.ndarray, need_gx: bool = True
-                 ) -> np.ndarray | None:
+    def backward(self, p: Params, x: np.ndarray, gy: np.ndarray, need_gx: bool = True,
+                 bias_done: bool = False) -> np.ndarray | None:
+        """Adds the weight and bias gradients (the bias's unless ``bias_done``: added by the
+        ReLU backward pass); returns gx = gy Wᵀ when ``need_gx``."""
         p.grad(self.w)[...] += x.T @ gy
-        p.grad(self.b)[...] += gy.sum(axis=0)
+        if not bias_done:
+            p.grad(self.b)[...] += gy.sum(axis=0)
         return gy @ p[self.w].T if need_gx else None
 
 
@@ -105,7 +108,9 @@ class MLP:
                  need_gx: bool = True) -> np.ndarray | None:
         g = gy.copy() if self.final_relu else gy  # the caller's gy is not modified
         for i in range(len(self.layers) - 1, -1, -1):
-            if i < len(self.layers) - 1 or self.final_relu:
-                relu_grad(g, acts[i + 1])  # g is ours: the previous layer's fresh gx
-            g = self.layers[i].backward(p, acts[i], g, need_gx=need_gx or i > 0)
+            relu = i < len(self.layers) - 1 or self.final_relu
+            if relu:  # g is ours (the next layer's fresh gx); bias gradient in the same pass
+                relu_grad(g, acts[i + 1], p.grad(self.layers[i].b))
+            g = self.layers[i].backward(p, acts[i], g, need_gx=need_gx or i > 0,
+                                        bias_done=relu)
         return g

@@ -49,11 +49,16 @@ def route(batch: Batch, rank: int, size: int) -> np.ndarray:
 
 
 def occurrences(batch: Batch, pos: np.ndarray, table, insert: bool) -> Occurrences:
+    """The occurrences at positions ``pos`` (sorted, distinct) of the batch's keys."""
     s, f = batch.sample_field()
-    keys = batch.keys[pos]
+    if pos.shape[0] == batch.keys.shape[0]:  # every key (one rank): no gathers
+        keys, vals = batch.keys, batch.values
+    else:
+        s, f, keys = s[pos], f[pos], batch.keys[pos]
+        vals = batch.values[pos] if batch.values is not None else None
     rows = table.lookup_or_insert(keys) if insert else table.lookup(keys)
-    vals = batch.values[pos] if batch.values is not None else np.empty(0, table.dtype)
-    return Occurrences(s[pos], f[pos].astype(np.int64), rows, vals)
+    vals = np.empty(0, table.dtype) if vals is None else vals
+    return Occurrences(s, np.asarray(f, dtype=np.int64), rows, vals)
 
 
 def pool_owned(model, occ: Occurrences, n: int, table) -> Pooled:
