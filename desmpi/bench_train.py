@@ -59,6 +59,27 @@ def time_gemms(shapes, dtype, repeats: int = 5) -> float:
     return statistics.median(ts)
 
 
+def time_interaction(model, rows: int, dtype, repeats: int = 5) -> float:
+    """DLRM: its pairwise dot interaction (forward + backward kernels) on ``rows`` samples,
+    timed alone; 0 for models without one."""
+    if model.name != "dlrm":
+        return 0.0
+    from desmpi.kernels.dense import dot_interaction, dot_interaction_backward
+
+    rng = np.random.default_rng(0)
+    d, W = model.d, model.W
+    z, E = rng.random((rows, d)).astype(dtype), rng.random((rows, W)).astype(dtype)
+    out = np.empty((rows, d + len(model.li)), dtype)
+    gz, gE = np.empty((rows, d), dtype), np.empty((rows, W), dtype)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dot_interaction(z, E, out)
+        dot_interaction_backward(out, z, E, gz, gE)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
 def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap: int,
                 dim: int | None, strategy: str, aggregate: str, optimizer: str,
                 workdir: str | None = None, sets: dict | None = None) -> dict:
@@ -100,14 +121,16 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         rows_fused = batch if strategy == "des" else b_local
         shapes = gemm_shapes(tr.model, rows_dense, rows_fused)
         t_gemm = time_gemms(shapes, tr.dtype) if shapes else 0.0
+        t_inter = time_interaction(tr.model, rows_dense, tr.dtype)
         everyone = comm.allgather_object((med, t_gemm, phases, tr.table.n,
-                                          tr.table.bytes_per_key()))
+                                          tr.table.bytes_per_key(), t_inter))
         comm.barrier()
     finally:
         if comm.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
     med = max(e[0] for e in everyone)  # the slowest rank sets the pace
     t_gemm = max(e[1] for e in everyone)
+    t_inter = max(e[5] for e in everyone)
     m = tr.model
     weight_bytes = m.row_width * tr.dtype.itemsize
     slot_bytes = tr.table.S * tr.dtype.itemsize
@@ -118,6 +141,10 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
             "gemm_limit_samples_per_s": batch / t_gemm if t_gemm else None, "gemm_s": t_gemm,
             "ratio_to_gemm_limit": t_gemm / med if t_gemm else None,
             "outside_gemm_share": max(0.0, 1 - t_gemm / med),
+            # DLRM: its batched dot interaction (a kernel of ours) timed alone, and the share of
+            # the step outside both the GEMMs and the interaction
+            "interaction_s": t_inter,
+            "outside_gemm_and_interaction_share": max(0.0, 1 - (t_gemm + t_inter) / med),
             "phases_s": everyone[0][2],
             "table_keys": sum(e[3] for e in everyone),
             "bytes_per_key": everyone[0][4],
