@@ -101,9 +101,11 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         cfg = from_dict(conf).check()
         tr = Trainer(cfg, comm)
         times, data_s = [], []
+        coll0: dict[str, float] = {}
         for step in range(1, steps + warmup + 1):
             if step == warmup + 1:
                 tr.timer.phases.clear()
+                coll0 = {k: v.time_s for k, v in comm.acct.counters("train").items()}
             t0 = time.perf_counter()
             b, sizes = tr.local_batch(tr.train_ds, step - 1)
             t1 = time.perf_counter()
@@ -113,6 +115,9 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
                 times.append(t2 - t0)
                 data_s.append(t1 - t0)
         phases = {k: v / steps for k, v in tr.timer.phases.items()}
+        # seconds per step inside each collective kind (waiting for other ranks included)
+        coll = {k: (v.time_s - coll0.get(k, 0.0)) / steps
+                for k, v in comm.acct.counters("train").items()}
         phases["data"] = statistics.mean(data_s)
         med = statistics.median(times)
         P = comm.size
@@ -123,7 +128,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         t_gemm = time_gemms(shapes, tr.dtype) if shapes else 0.0
         t_inter = time_interaction(tr.model, rows_dense, tr.dtype)
         everyone = comm.allgather_object((med, t_gemm, phases, tr.table.n,
-                                          tr.table.bytes_per_key(), t_inter))
+                                          tr.table.bytes_per_key(), t_inter, coll))
         comm.barrier()
     finally:
         if comm.rank == 0:
@@ -146,6 +151,9 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
             "interaction_s": t_inter,
             "outside_gemm_and_interaction_share": max(0.0, 1 - (t_gemm + t_inter) / med),
             "phases_s": everyone[0][2],
+            "phases_s_by_rank": [e[2] for e in everyone],
+            "step_time_s_by_rank": [e[0] for e in everyone],
+            "collectives_s_by_rank": [e[6] for e in everyone],
             "table_keys": sum(e[3] for e in everyone),
             "bytes_per_key": everyone[0][4],
             "bytes_per_key_payload": weight_bytes + slot_bytes}
