@@ -33,6 +33,17 @@ def relu_grad(g, a, gb):
         gb[j] += acc[j]
 
 
+@njit(cache=True, inline="always")
+def _load_T(z, E, s, buf):
+    """buf (F + 1, d) = T of sample s: [z[s], E_1[s] .. E_F[s]]."""
+    d = z.shape[1]
+    for c in range(d):
+        buf[0, c] = z[s, c]
+    for f in range(buf.shape[0] - 1):
+        for c in range(d):
+            buf[f + 1, c] = E[s, f * d + c]
+
+
 @njit(cache=True, fastmath=True)
 def dot_interaction(z, E, out):
     """DLRM's pairwise dot interaction of T = [z, E_1 .. E_F] for every sample.
@@ -46,12 +57,9 @@ def dot_interaction(z, E, out):
     buf = np.empty((F + 1, d), dtype=E.dtype)
     zero = E.dtype.type(0.0)
     for s in range(n):
+        _load_T(z, E, s, buf)
         for c in range(d):
-            buf[0, c] = z[s, c]
             out[s, c] = z[s, c]
-        for f in range(F):
-            for c in range(d):
-                buf[f + 1, c] = E[s, f * d + c]
         p = d
         for i in range(1, F + 1):
             for j in range(i):
@@ -76,11 +84,7 @@ def dot_interaction_backward(gout, z, E, gz, gE):
     gs = np.zeros((F + 1, F + 1), dtype=E.dtype)  # diagonal stays 0
     g = np.empty((F + 1, d), dtype=E.dtype)
     for s in range(n):
-        for c in range(d):
-            buf[0, c] = z[s, c]
-        for f in range(F):
-            for c in range(d):
-                buf[f + 1, c] = E[s, f * d + c]
+        _load_T(z, E, s, buf)
         p = d
         for i in range(1, F + 1):
             for j in range(i):
