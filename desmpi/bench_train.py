@@ -9,6 +9,7 @@ shapes) timed alone in the same process.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import tempfile
@@ -83,6 +84,8 @@ def time_interaction(model, rows: int, dtype, repeats: int = 5) -> float:
 def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap: int,
                 dim: int | None, strategy: str, aggregate: str, optimizer: str,
                 workdir: str | None = None, sets: dict | None = None) -> dict:
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"bench train: steps ({steps}) must be >= 1 and warmup ({warmup}) >= 0")
     rows = batch * (steps + warmup)
     tmp = comm.bcast_object(tempfile.mkdtemp(dir=workdir) if comm.rank == 0 else None)
     try:
@@ -102,10 +105,12 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         tr = Trainer(cfg, comm)
         times, data_s = [], []
         coll0: dict[str, float] = {}
+        faults0 = 0
         for step in range(1, steps + warmup + 1):
             if step == warmup + 1:
                 tr.timer.phases.clear()
                 coll0 = {k: v.time_s for k, v in comm.acct.counters("train").items()}
+                faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             b, sizes = tr.local_batch(tr.train_ds, step - 1)
             t1 = time.perf_counter()
@@ -114,6 +119,8 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
             if step > warmup:
                 times.append(t2 - t0)
                 data_s.append(t1 - t0)
+        # fresh memory pages touched per step (allocations the heap could not reuse, table growth)
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
         phases = {k: v / steps for k, v in tr.timer.phases.items()}
         # seconds per step inside each collective kind (waiting for other ranks included)
         coll = {k: (v.time_s - coll0.get(k, 0.0)) / steps
@@ -128,7 +135,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         t_gemm = time_gemms(shapes, tr.dtype) if shapes else 0.0
         t_inter = time_interaction(tr.model, rows_dense, tr.dtype)
         everyone = comm.allgather_object((med, t_gemm, phases, tr.table.n,
-                                          tr.table.bytes_per_key(), t_inter, coll))
+                                          tr.table.bytes_per_key(), t_inter, coll, faults))
         comm.barrier()
     finally:
         if comm.rank == 0:
@@ -154,6 +161,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
             "phases_s_by_rank": [e[2] for e in everyone],
             "step_time_s_by_rank": [e[0] for e in everyone],
             "collectives_s_by_rank": [e[6] for e in everyone],
+            "page_faults_per_step": everyone[0][7],
             "table_keys": sum(e[3] for e in everyone),
             "bytes_per_key": everyone[0][4],
             "bytes_per_key_payload": weight_bytes + slot_bytes}
