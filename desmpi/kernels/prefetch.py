@@ -64,19 +64,15 @@ def _noop(a, r):
     pass
 
 
-def _probe():
-    @njit
-    def probe(a):
-        for r in range(a.shape[0]):
-            _real(a, r)
-        return a[0, 0]
-
-    probe(np.zeros((2, 4), np.float32))
-    probe(np.zeros((2, 4), np.float64))
+@njit(cache=True)
+def _probe(a):
+    for r in range(a.shape[0]):
+        _real(a, r)
+    return a[0, 0]
 
 
 try:
-    _probe()
+    _probe(np.zeros((2, 4), np.float32))  # compiled once, then from numba's cache
     prefetch_row = _real
 except Exception as e:  # pragma: no cover - depends on the LLVM numba was built with
     log.warning("software prefetch unavailable (%s): sparse kernels run without it", e)
