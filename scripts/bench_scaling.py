@@ -2,12 +2,13 @@
 """Throughput at P ranks against P = 1, alternating runs so both see the same machine state.
 
     python scripts/bench_scaling.py [--model deepfm] [--ranks 1,2] [--repeats 5] [--json]
-        [--aggregate reduce_scatter] [-- extra desmpi bench train arguments]
+        [--aggregate reduce_scatter] [--p1-aggregate allreduce] [-- extra bench arguments]
 
 Each repeat runs ``desmpi bench train --json`` once per P (under ``mpiexec -n P`` for P > 1,
 one thread per rank); the report gives every run's samples/s, the median per P and the ratio
-of medians to P = 1. On a shared or virtual machine single runs vary by tens of percent: quote
-the medians of one invocation.
+of medians to P = 1 (run with ``--p1-aggregate``, by default the same aggregate; at P = 1
+``allreduce`` is the copy-free single-process baseline). On a shared or virtual machine
+single runs vary by tens of percent: quote the medians of one invocation.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> int:
     ap.add_argument("--ranks", default="1,2")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--aggregate", default="reduce_scatter")
+    ap.add_argument("--p1-aggregate", default=None, help="aggregate of the P = 1 runs")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("extra", nargs="*", help="more arguments for desmpi bench train")
@@ -51,16 +53,19 @@ def main() -> int:
     runs: dict[int, list[float]] = {P: [] for P in ranks}
     for _ in range(a.repeats):
         for P in ranks:
-            runs[P].append(one_run(P, a.model, a.aggregate, a.extra, a.timeout)["samples_per_s"])
+            agg = (a.p1_aggregate or a.aggregate) if P == 1 else a.aggregate
+            runs[P].append(one_run(P, a.model, agg, a.extra, a.timeout)["samples_per_s"])
     med = {P: statistics.median(v) for P, v in runs.items()}
-    rep = {"model": a.model, "aggregate": a.aggregate, "repeats": a.repeats,
+    rep = {"model": a.model, "aggregate": a.aggregate,
+           "p1_aggregate": a.p1_aggregate or a.aggregate, "repeats": a.repeats,
            "runs_samples_per_s": {str(P): v for P, v in runs.items()},
            "median_samples_per_s": {str(P): m for P, m in med.items()},
            "speedup_vs_1": {str(P): m / med[1] for P, m in med.items()}}
     if a.json:
         print(json.dumps(rep))
     else:
-        print(f"{a.model} ({a.aggregate}), {a.repeats} alternating runs per P")
+        print(f"{a.model} ({a.aggregate}; P = 1: {rep['p1_aggregate']}), {a.repeats} "
+              "alternating runs per P")
         print("| P | median samples/s | speed-up vs P = 1 | runs |")
         print("|---:|---:|---:|---|")
         for P in ranks:
