@@ -55,7 +55,37 @@ def _smoke(a, comm: Comm) -> int:
     return 0
 
 
+def _relaunch(ranks: int, argv: list[str]) -> int:
+    """Run ``desmpi ARGV`` under ``mpiexec -n RANKS``, one thread per rank."""
+    import subprocess
+    import sys
+
+    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "desmpi", *argv]
+    log.info("running: %s", " ".join(cmd))
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
+               OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run(cmd, env=env).returncode
+
+
+def _without_ranks(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for x in argv:
+        if skip:
+            skip = False
+        elif x == "--ranks":
+            skip = True
+        elif not x.startswith("--ranks="):
+            out.append(x)
+    return out
+
+
 def _bench(a, comm: Comm) -> int:
+    if a.ranks is not None and a.ranks != comm.size:
+        if comm.size > 1:
+            raise ValueError(f"--ranks {a.ranks}, but mpiexec started {comm.size} ranks")
+        if a.ranks < 1:
+            raise ValueError(f"--ranks must be >= 1, got {a.ranks}")
+        return _relaunch(a.ranks, _without_ranks(a.argv))
     if a.what == "comm":
         from desmpi.bench_comm import bench_comm
 
@@ -189,6 +219,8 @@ def add_commands(sub) -> None:
 
     b = sub.add_parser("bench", help="benchmarks")
     b.add_argument("what", choices=["data", "comm", "compute", "train"])
+    b.add_argument("--ranks", type=int, default=None,
+                   help="launch mpiexec -n RANKS itself (or run under mpiexec)")
     b.add_argument("--model", default="deepfm", help="bench train: model")
     b.add_argument("--steps", type=int, default=20, help="bench train: timed steps")
     b.add_argument("--warmup", type=int, default=3)

@@ -62,6 +62,14 @@ def test_bench_train_small():
     assert rep["gemm_limit_samples_per_s"] is None and rep["outside_gemm_share"] == 1.0
 
 
+def test_bench_train_launches_its_ranks():
+    p = _run(["-m", "desmpi", "bench", "train", "--ranks", "2", "--model", "fm", "--batch",
+              "256", "--steps", "2", "--warmup", "1", "--cap", "1000", "--json"])
+    rep = json.loads(p.stdout.strip().splitlines()[-1])
+    assert rep["ranks"] == 2 and len(rep["step_time_s_by_rank"]) == 2
+    assert set(rep["collectives_s_by_rank"][0]) >= {"allreduce"}
+
+
 def test_bench_scaling_small():
     p = _run(["scripts/bench_scaling.py", "--model", "fm", "--repeats", "1", "--json", "--",
               "--batch", "256", "--steps", "2", "--warmup", "1", "--cap", "1000"])
