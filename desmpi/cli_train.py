@@ -160,9 +160,6 @@ def _train(a, comm: Comm) -> int:
 
 def _demo(a, comm: Comm) -> int:
     """Generate data once, then launch ``mpiexec -n RANKS desmpi train`` on it."""
-    import subprocess
-    import sys
-
     from desmpi.data.synth import SynthSpec, generate
 
     if comm.size > 1:
@@ -174,16 +171,12 @@ def _demo(a, comm: Comm) -> int:
         if not os.path.exists(path):
             rep = generate(SynthSpec(rows=rows, seed=seed, cap=a.cap), path)
             log.info("generated %s: %d rows, oracle AUC %.4f", path, rows, rep["oracle_auc"])
-    cmd = [find_mpiexec(), "-n", str(a.ranks), sys.executable, "-m", "desmpi", "train",
-           "--set", "model.name=deepfm", "--set", "model.hidden=[400,400,400]",
-           "--set", f"data.train={tr}", "--set", f"data.eval={ev}",
-           "--set", f"train.batch_size={a.batch}", "--set", "train.optimizer=adam",
-           "--set", "train.lr=0.003", "--set", "train.log_every=10",
-           "--set", f"train.eval_every={a.eval_every}", "--out", os.path.join(a.out, "train")]
-    log.info("running: %s", " ".join(cmd))
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1")
-    return subprocess.run(cmd, env=env).returncode
+    return _relaunch(a.ranks, [
+        "train", "--set", "model.name=deepfm", "--set", "model.hidden=[400,400,400]",
+        "--set", f"data.train={tr}", "--set", f"data.eval={ev}",
+        "--set", f"train.batch_size={a.batch}", "--set", "train.optimizer=adam",
+        "--set", "train.lr=0.003", "--set", "train.log_every=10",
+        "--set", f"train.eval_every={a.eval_every}", "--out", os.path.join(a.out, "train")])
 
 
 def add_commands(sub) -> None:

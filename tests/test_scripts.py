@@ -76,3 +76,11 @@ def test_bench_scaling_small():
     rep = json.loads(p.stdout)
     assert set(rep["median_samples_per_s"]) == {"1", "2"}
     assert rep["speedup_vs_1"]["1"] == 1.0 and rep["speedup_vs_1"]["2"] > 0
+
+
+def test_demo_launches_its_ranks_and_trains(tmp_path):
+    _run(["-m", "desmpi", "demo", "--rows", "6000", "--batch", "512", "--eval-every", "4",
+          "--out", str(tmp_path)])
+    summary = json.load(open(tmp_path / "train" / "summary.json"))
+    assert summary["world_size"] == 2 and summary["steps"] > 0
+    assert 0.5 < summary["eval_auc"] <= 1.0
