@@ -97,6 +97,16 @@ def row_grads(occ_s, occ_f, inv, urows, vals, weights, emb_col, gZ, cL, cS, cQ, 
 
 
 @njit(cache=True)
+def add_rows(grad, inv, g):
+    """grad[inv[i]] += g[i] for every i in order (inv < 0: skipped). grad (nu, R), g (m, R)."""
+    for i in range(inv.shape[0]):
+        u = inv[i]
+        if u >= 0:
+            for c in range(g.shape[1]):
+                grad[u, c] += g[i, c]
+
+
+@njit(cache=True)
 def unique_rows(rows, mark, urows, inv):
     """Distinct rows in order of first appearance, without sorting.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from desmpi.data.batch import Batch
-from desmpi.kernels.sparse import pool, row_grads
+from desmpi.kernels.sparse import add_rows, pool, row_grads
 from desmpi.strategies.exchange import ExchangeStrategy, group_by_owner
 
 
@@ -55,12 +55,12 @@ class PsStrategy(ExchangeStrategy):
         tm.lap("exchange")
 
         def update(t: int) -> None:
-            ok = rows >= 0  # keys not admitted yet (feature lifecycle) get no update
-            if not ok.any():
+            # rows < 0 (keys not admitted yet, feature lifecycle) get no update
+            urows, inv2 = table.unique_rows(rows)
+            if urows.shape[0] == 0:
                 return
-            urows, inv2 = np.unique(rows[ok], return_inverse=True)
             grad = np.zeros((urows.shape[0], R), dtype=table.dtype)
-            np.add.at(grad, inv2, g_in.reshape(-1, R)[ok])  # arrival (rank) order
+            add_rows(grad, inv2, g_in.reshape(-1, R))  # arrival (rank) order
             self.sparse_opt.apply(table, urows, grad, t)
 
         return update
