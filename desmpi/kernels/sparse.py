@@ -97,6 +97,27 @@ def row_grads(occ_s, occ_f, inv, urows, vals, weights, emb_col, gZ, cL, cS, cQ, 
 
 
 @njit(cache=True)
+def add_segments(seg_s, seg_f, seg, sL, sv, sQ, d, Z, cL, cS, cQ, EZ, cE):
+    """Add pooled segments into the pools, in segment order. seg (m, w): one row per
+    (sample seg_s, field seg_f) part, [L | v (d) | Q] from columns sL, sv, sQ (-1: absent); v
+    goes into E[s, f] and/or S[s]."""
+    for k in range(seg_s.shape[0]):
+        s = seg_s[k]
+        if sL >= 0 and cL >= 0:
+            Z[s, cL] += seg[k, sL]
+        if sv >= 0:
+            if cE >= 0:
+                o = cE + seg_f[k] * d
+                for c in range(d):
+                    EZ[s, o + c] += seg[k, sv + c]
+            if cS >= 0:
+                for c in range(d):
+                    Z[s, cS + c] += seg[k, sv + c]
+        if sQ >= 0 and cQ >= 0:
+            Z[s, cQ] += seg[k, sQ]
+
+
+@njit(cache=True)
 def add_rows(grad, inv, g):
     """grad[inv[i]] += g[i] for every i in order (inv < 0: skipped). grad (nu, R), g (m, R)."""
     for i in range(inv.shape[0]):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from desmpi.data.batch import Batch
-from desmpi.kernels.sparse import pool
+from desmpi.kernels.sparse import add_segments, pool
 from desmpi.ops.base import KeyGrads
 from desmpi.strategies.common import Occurrences, sparse_update
 from desmpi.strategies.counts import ModelDims
@@ -46,19 +46,9 @@ class A2AStrategy(ExchangeStrategy):
         back, _ = comm.alltoallv(seg_out.reshape(-1), rs * w, scnt * w)
         back = back.reshape(-1, w)
         tm.lap("exchange")
-        pooled = model.empty_pooled(b.n)
-        c = 0
-        if L:
-            np.add.at(pooled.L, seg_s, back[:, 0])
-            c = 1
-        if E:  # a segment's v part: into the per-field pools and/or the all-field sum
-            if pooled.E.shape[0]:
-                np.add.at(pooled.E, (seg_s, seg_f), back[:, c:c + d])
-            if pooled.S.shape[0]:
-                np.add.at(pooled.S, seg_s, back[:, c:c + d])
-            c += d
-        if Q:
-            np.add.at(pooled.Q, seg_s, back[:, c])
+        pooled = model.empty_pooled(b.n)  # the parts summed in segment (owner) order
+        add_segments(seg_s, seg_f, back, 0 if L else -1, int(L) if E else -1,
+                     w - 1 if Q else -1, d, *pooled.kernel_args)
         Z = model.partial(pooled)
         tm.lap("partials")
         occ = Occurrences(seg_of_key, zf, rows, vals_in)
