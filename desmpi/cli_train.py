@@ -86,63 +86,73 @@ def _bench(a, comm: Comm) -> int:
         if a.ranks < 1:
             raise ValueError(f"--ranks must be >= 1, got {a.ranks}")
         return _relaunch(a.ranks, _without_ranks(a.argv))
-    if a.what == "comm":
-        from desmpi.bench_comm import bench_comm
+    if a.what not in _BENCHES:
+        raise ValueError(f"unknown benchmark {a.what!r}")
+    rep, describe = _BENCHES[a.what](a, comm)
+    if comm.rank == 0:
+        describe(rep)
+        if a.json:
+            print(json.dumps(rep))
+    return 0
 
-        sizes = [int(x) for x in a.sizes.split(",")]
-        samples = bench_comm(comm, sizes, a.repeats_comm)
-        if comm.rank == 0:
-            for s in samples:
-                log.info("%-14s P=%d %10.0f B  %.2e s", s["kind"], s["P"], s["n"], s["time_s"])
-            if a.json:
-                print(json.dumps({"samples": samples}))
-        return 0
-    if a.what == "compute":
-        from desmpi.bench_comm import bench_compute
 
-        rep = bench_compute()
-        if comm.rank == 0:
-            log.info("GEMM %.3g flop/s, sparse %.3g key-columns/s", rep["gemm_flops"],
-                     rep["sparse_keys_per_s"])
-            if a.json:
-                print(json.dumps(rep))
-        return 0
-    if a.what == "train":
-        from desmpi.bench_train import bench_train
+def _bench_comm(a, comm: Comm):
+    from desmpi.bench_comm import bench_comm
 
-        rep = bench_train(comm, a.model, a.batch, a.steps, a.warmup, a.cap, a.dim,
-                          a.strategy, a.aggregate, a.optimizer)
-        if comm.rank == 0:
-            lim = rep["gemm_limit_samples_per_s"]
-            log.info("%s P=%d batch %d: %.0f samples/s (median step %.4f s); %s",
-                     rep["model"], rep["ranks"], rep["batch"], rep["samples_per_s"],
-                     rep["step_time_s"],
-                     "no dense GEMM" if lim is None else
-                     f"GEMM limit {lim:.0f} samples/s; ratio {rep['ratio_to_gemm_limit']:.2f}; "
-                     f"{100 * rep['outside_gemm_share']:.0f}% of the step outside the GEMMs")
-            if rep["interaction_s"]:
-                log.info("  dot interaction alone %.4f s/step; %.0f%% of the step outside the "
-                         "GEMMs and the interaction", rep["interaction_s"],
-                         100 * rep["outside_gemm_and_interaction_share"])
-            for k, v in sorted(rep["phases_s"].items(), key=lambda kv: -kv[1]):
-                log.info("  %-14s %.4f s/step", k, v)
-            log.info("  memory: %.0f bytes/key (weights + slots: %d)", rep["bytes_per_key"],
-                     rep["bytes_per_key_payload"])
-            if a.json:
-                print(json.dumps(rep))
-        return 0
-    if a.what == "data":
-        from desmpi.bench_data import bench_data
+    samples = bench_comm(comm, [int(x) for x in a.sizes.split(",")], a.repeats_comm)
 
-        rep = bench_data(a.source, a.rows, a.batch, a.repeats, comm)
-        if comm.rank == 0:
-            log.info("convert: %.0f rows/s per rank (%d rows, %d ranks, median of %d); "
-                     "training read: %.0f rows/s per rank", rep["convert_rows_per_s_per_rank"],
-                     rep["rows"], rep["ranks"], rep["repeats"], rep["read_rows_per_s_per_rank"])
-            if a.json:
-                print(json.dumps(rep))
-        return 0
-    raise ValueError(f"unknown benchmark {a.what!r}")
+    def describe(rep):
+        for s in rep["samples"]:
+            log.info("%-14s P=%d %10.0f B  %.2e s", s["kind"], s["P"], s["n"], s["time_s"])
+
+    return {"samples": samples}, describe
+
+
+def _bench_compute(a, comm: Comm):
+    from desmpi.bench_comm import bench_compute
+
+    return bench_compute(), lambda rep: log.info(
+        "GEMM %.3g flop/s, sparse %.3g key-columns/s", rep["gemm_flops"],
+        rep["sparse_keys_per_s"])
+
+
+def _bench_train(a, comm: Comm):
+    from desmpi.bench_train import bench_train
+
+    rep = bench_train(comm, a.model, a.batch, a.steps, a.warmup, a.cap, a.dim, a.strategy,
+                      a.aggregate, a.optimizer)
+    return rep, _log_bench_train
+
+
+def _log_bench_train(rep: dict) -> None:
+    lim = rep["gemm_limit_samples_per_s"]
+    log.info("%s P=%d batch %d: %.0f samples/s (median step %.4f s); %s",
+             rep["model"], rep["ranks"], rep["batch"], rep["samples_per_s"],
+             rep["step_time_s"],
+             "no dense GEMM" if lim is None else
+             f"GEMM limit {lim:.0f} samples/s; ratio {rep['ratio_to_gemm_limit']:.2f}; "
+             f"{100 * rep['outside_gemm_share']:.0f}% of the step outside the GEMMs")
+    if rep["interaction_s"]:
+        log.info("  dot interaction alone %.4f s/step; %.0f%% of the step outside the "
+                 "GEMMs and the interaction", rep["interaction_s"],
+                 100 * rep["outside_gemm_and_interaction_share"])
+    for k, v in sorted(rep["phases_s"].items(), key=lambda kv: -kv[1]):
+        log.info("  %-14s %.4f s/step", k, v)
+    log.info("  memory: %.0f bytes/key (weights + slots: %d)", rep["bytes_per_key"],
+             rep["bytes_per_key_payload"])
+
+
+def _bench_data(a, comm: Comm):
+    from desmpi.bench_data import bench_data
+
+    return bench_data(a.source, a.rows, a.batch, a.repeats, comm), lambda rep: log.info(
+        "convert: %.0f rows/s per rank (%d rows, %d ranks, median of %d); training read: "
+        "%.0f rows/s per rank", rep["convert_rows_per_s_per_rank"], rep["rows"], rep["ranks"],
+        rep["repeats"], rep["read_rows_per_s_per_rank"])
+
+
+_BENCHES = {"comm": _bench_comm, "compute": _bench_compute, "train": _bench_train,
+            "data": _bench_data}
 
 
 def _train(a, comm: Comm) -> int:

@@ -24,7 +24,8 @@ def _ahead(weights, slots, urows, u):
 @njit(cache=True)
 def sgd(weights, urows, grad, lr, l2):
     for u in range(urows.shape[0]):
-        _ahead(weights, weights, urows, u)
+        if u + AHEAD < urows.shape[0]:
+            prefetch_row(weights, urows[u + AHEAD])
         w = weights[urows[u]]
         g = grad[u]
         for c in range(w.shape[0]):
