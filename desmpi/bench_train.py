@@ -3,7 +3,7 @@
 Runs the real training step on generated Criteo-schema data (run it under ``mpiexec -n P``
 for P ranks), reports the median samples/s over the steps after warm-up, the time of each
 phase, and the GEMM limit: the model's dense matrix products (forward and backward, the same
-shapes) timed alone in the same process.
+shapes) timed alone in the same process right after the steps (as many passes, median).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ WORKLOADS = {"lr": {}, "fm": {"embed_dim": 16}, "wdl": {"embed_dim": 16, "hidden
 
 
 def gemm_shapes(model, rows_dense: int, rows_fused: int) -> list[tuple[int, int, int]]:
-    """(m, k, n) of every product of a step: forward x@W, backward g@Wᵀ and xᵀ@g.
+    """(m, k, n) of every product of a step: forward x@W, backward g@Wᵀ (not for the weights
+    on raw dense features, ``model.no_input_grad``) and xᵀ@g.
 
     The 2-D weight matrices only: DLRM's pairwise dot interaction (batched 27×64 products,
     run by a kernel of ours) counts as time outside the GEMMs."""
@@ -43,28 +44,34 @@ def gemm_shapes(model, rows_dense: int, rows_fused: int) -> list[tuple[int, int,
             continue
         m = rows_fused if (fused and name == "w1_sparse") else rows_dense
         k, n = shape
-        out += [(m, k, n), (m, n, k), (k, m, n)]
+        out += [(m, k, n), (k, m, n)]
+        if name not in model.no_input_grad:
+            out.append((m, n, k))
     return out
 
 
-def time_gemms(shapes, dtype, repeats: int = 5) -> float:
+def gemm_timer(shapes, dtype):
+    """A function timing one pass over the products ``shapes`` (operands made once, outputs
+    written into arrays of their own, as the step does); None without products."""
+    if not shapes:
+        return None
     rng = np.random.default_rng(0)
-    mats = [(rng.random((m, k)).astype(dtype), rng.random((k, n)).astype(dtype))
-            for m, k, n in shapes]
-    ts = []
-    for _ in range(repeats):
+    mats = [(rng.random((m, k)).astype(dtype), rng.random((k, n)).astype(dtype),
+             np.empty((m, n), dtype)) for m, k, n in shapes]
+
+    def once() -> float:
         t0 = time.perf_counter()
-        for a, b in mats:
-            a @ b
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+        for a, b, c in mats:
+            np.matmul(a, b, out=c)
+        return time.perf_counter() - t0
+    return once
 
 
-def time_interaction(model, rows: int, dtype, repeats: int = 5) -> float:
-    """DLRM: its pairwise dot interaction (forward + backward kernels) on ``rows`` samples,
-    timed alone; 0 for models without one."""
+def interaction_timer(model, rows: int, dtype):
+    """DLRM: a function timing its pairwise dot interaction (forward + backward kernels) on
+    ``rows`` samples alone; None for models without one."""
     if model.name != "dlrm":
-        return 0.0
+        return None
     from desmpi.kernels.dense import dot_interaction, dot_interaction_backward
 
     rng = np.random.default_rng(0)
@@ -72,13 +79,13 @@ def time_interaction(model, rows: int, dtype, repeats: int = 5) -> float:
     z, E = rng.random((rows, d)).astype(dtype), rng.random((rows, W)).astype(dtype)
     out = np.empty((rows, d + len(model.li)), dtype)
     gz, gE = np.empty((rows, d), dtype), np.empty((rows, W), dtype)
-    ts = []
-    for _ in range(repeats):
+
+    def once() -> float:
         t0 = time.perf_counter()
         dot_interaction(z, E, out)
         dot_interaction_backward(out, z, E, gz, gE)
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+        return time.perf_counter() - t0
+    return once
 
 
 def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap: int,
@@ -103,37 +110,46 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
             conf.setdefault(sec, {}).update(kv)
         cfg = from_dict(conf).check()
         tr = Trainer(cfg, comm)
-        times, data_s = [], []
+        P = comm.size
+        b_local = int(split_counts(batch, P)[comm.rank])
+        rows_dense = batch if (strategy == "des" and aggregate == "allreduce") else b_local
+        rows_fused = batch if strategy == "des" else b_local
+        # the GEMM limit and the interaction: timed right after the steps (as many passes,
+        # median; between the steps they would evict the tables from cache and slow them)
+        gemms = gemm_timer(gemm_shapes(tr.model, rows_dense, rows_fused), tr.dtype)
+        inter = interaction_timer(tr.model, rows_dense, tr.dtype)
+        times, data_s, t_gemms, t_inters = [], [], [], []
         coll0: dict[str, float] = {}
-        faults0 = 0
+        faults = 0
         for step in range(1, steps + warmup + 1):
             if step == warmup + 1:
                 tr.timer.phases.clear()
                 coll0 = {k: v.time_s for k, v in comm.acct.counters("train").items()}
-                faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             b, sizes = tr.local_batch(tr.train_ds, step - 1)
             t1 = time.perf_counter()
             tr.strategy.train_step(b, sizes, step)
             t2 = time.perf_counter()
             if step > warmup:
+                # fresh memory pages the step touched (allocations not reused, table growth)
+                faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
                 times.append(t2 - t0)
                 data_s.append(t1 - t0)
-        # fresh memory pages touched per step (allocations the heap could not reuse, table growth)
-        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
+        faults /= steps
+        for _ in range(steps + 1):  # the first pass pages the operands in: left out
+            if gemms is not None:
+                t_gemms.append(gemms())
+            if inter is not None:
+                t_inters.append(inter())
         phases = {k: v / steps for k, v in tr.timer.phases.items()}
         # seconds per step inside each collective kind (waiting for other ranks included)
         coll = {k: (v.time_s - coll0.get(k, 0.0)) / steps
                 for k, v in comm.acct.counters("train").items()}
         phases["data"] = statistics.mean(data_s)
         med = statistics.median(times)
-        P = comm.size
-        b_local = int(split_counts(batch, P)[comm.rank])
-        rows_dense = batch if (strategy == "des" and aggregate == "allreduce") else b_local
-        rows_fused = batch if strategy == "des" else b_local
-        shapes = gemm_shapes(tr.model, rows_dense, rows_fused)
-        t_gemm = time_gemms(shapes, tr.dtype) if shapes else 0.0
-        t_inter = time_interaction(tr.model, rows_dense, tr.dtype)
+        t_gemm = statistics.median(t_gemms[1:]) if t_gemms else 0.0
+        t_inter = statistics.median(t_inters[1:]) if t_inters else 0.0
         everyone = comm.allgather_object((med, t_gemm, phases, tr.table.n,
                                           tr.table.bytes_per_key(), t_inter, coll, faults))
         comm.barrier()

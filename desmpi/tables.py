@@ -1,8 +1,9 @@
 """A rank's shard of a dynamic sparse table: key -> row of weights and optimizer slots.
 
-Rows live in contiguous arrays that grow by 1/4 when full; the hash index (linear probing,
-any capacity) grows by half when its load passes 0.8. Memory per key stays near 1.3x the row
-and slot bytes themselves (``bytes_per_key``). A key seen for the first time is inserted and
+Rows live in contiguous arrays that grow by 1/4 when full, in place where the OS allows
+(:mod:`desmpi.mapped`: a memory map enlarged by ``mremap``, no copy); the hash index (linear
+probing, any capacity) grows by half when its load passes 0.8. Memory per key stays near 1.3x
+the row and slot bytes themselves (``bytes_per_key``). A key seen for the first time is inserted and
 initialised from (seed, key) alone, so initial values do not depend on P, arrival order or
 which rank inserted the key.
 """
@@ -13,6 +14,7 @@ import numpy as np
 
 from desmpi.kernels.sparse import unique_rows
 from desmpi.kernels.table import EMPTY, find, find_or_insert, rehash
+from desmpi.mapped import GrowableRows
 
 LOAD_MAX = 0.8  # hash index load factor that triggers growth
 HASH_GROWTH = 1.5
@@ -30,22 +32,26 @@ class ShardTable:
         cap = max(16, int(capacity / LOAD_MAX) + 1)
         self.tkeys = np.full(cap, EMPTY, dtype=np.int64)
         self.tvals = np.zeros(cap, dtype=np.int64)
-        self.weights = np.zeros((capacity, width), dtype=self.dtype)
-        self.slots = np.zeros((capacity, n_slots), dtype=self.dtype)
-        self._mark = np.full(capacity, -1, dtype=np.int32)  # scratch of unique_rows
+        # rows, optimizer slots and the scratch of unique_rows (0 = unmarked), grown together
+        self._rows = [GrowableRows(capacity, width, self.dtype),
+                      GrowableRows(capacity, n_slots, self.dtype),
+                      GrowableRows(capacity, 1, np.int32)]
+        self._views()
         self.n = 0
         self.lifecycle = None  # a desmpi.lifecycle.Lifecycle: admission and eviction
+
+    def _views(self) -> None:
+        self.weights, self.slots = self._rows[0].array, self._rows[1].array
+        self._mark = self._rows[2].array.reshape(-1)
 
     def _reserve(self, extra: int) -> None:
         need = self.n + extra
         if need > self.weights.shape[0]:
             cap = max(need, int(ROW_GROWTH * self.weights.shape[0]) + 1)
-            w = np.empty((cap, self.R), dtype=self.dtype)
-            w[: self.n] = self.weights[: self.n]
-            s = np.empty((cap, self.S), dtype=self.dtype)
-            s[: self.n] = self.slots[: self.n]
-            self.weights, self.slots = w, s
-            self._mark = np.full(cap, -1, dtype=np.int32)
+            self.weights = self.slots = self._mark = None  # the maps move without copying
+            for g in self._rows:
+                g.grow(cap)
+            self._views()
         if need > LOAD_MAX * self.tkeys.shape[0]:
             cap = max(int(need / LOAD_MAX) + 1, int(HASH_GROWTH * self.tkeys.shape[0]))
             nk = np.full(cap, EMPTY, dtype=np.int64)

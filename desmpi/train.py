@@ -28,6 +28,7 @@ from desmpi.optim import DenseOptimizer, SparseOptimizer, sparse_slots
 from desmpi.strategies import make_strategy
 from desmpi.strategies.common import NonFiniteError, Timer
 from desmpi.tables import ShardTable
+from desmpi.workspace import Workspace
 
 log = logging.getLogger("desmpi.train")
 
@@ -53,6 +54,7 @@ class Trainer:
                               f"{comm.size} ranks")
         self.model = build_model(cfg.model, ds.n_fields, ds.n_dense, self.dtype, tc.seed)
         m = self.model
+        m.params.ws = Workspace(reuse=True)  # the step's large arrays, kept across steps
         self.table = ShardTable(m.row_width, m.emb_col, sparse_slots(tc.optimizer, m.row_width),
                                 self.dtype, tc.seed, cfg.model.init_std,
                                 slot_init=tc.adagrad_init if tc.optimizer == "adagrad" else 0.0)

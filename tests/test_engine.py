@@ -143,7 +143,7 @@ def test_unique_rows_first_appearance_order_and_skips_negatives():
     urows, inv = t.unique_rows(rows)
     assert urows.tolist() == [5, 3, 9, 0]
     assert inv.tolist() == [0, 1, 0, -1, 2, 1, 3, -1, 2]
-    assert (t._mark == -1).all()  # scratch restored for the next call
+    assert (t._mark == 0).all()  # scratch restored for the next call
     big = np.random.default_rng(1).integers(-1, 100, size=10000)
     u, iv = t.unique_rows(big)
     assert sorted(u.tolist()) == np.unique(big[big >= 0]).tolist()

@@ -84,3 +84,23 @@ def test_demo_launches_its_ranks_and_trains(tmp_path):
     summary = json.load(open(tmp_path / "train" / "summary.json"))
     assert summary["world_size"] == 2 and summary["steps"] > 0
     assert 0.5 < summary["eval_auc"] <= 1.0
+
+
+def test_gemm_shapes_are_the_products_of_a_step():
+    """DLRM (13 dense, 26 fields, d = 8, bottom 32, top 16): the products written out by hand
+    — every layer's forward, weight gradient and input gradient, except the bottom's first
+    layer, whose input (the raw dense features) needs no gradient."""
+    import numpy as np
+
+    from desmpi.bench_train import gemm_shapes
+    from desmpi.config import ModelConfig
+    from desmpi.models import build_model
+
+    m = build_model(ModelConfig(name="dlrm", embed_dim=8, hidden=(16,), bottom=(32,)), 26, 13,
+                    np.float32, 0)
+    n, top_in = 100, 8 + 27 * 26 // 2
+    layers = [(13, 32, False), (32, 8, True), (top_in, 16, True), (16, 1, True)]
+    want = []
+    for k, o, gx in layers:
+        want += [(n, k, o), (k, n, o)] + ([(n, o, k)] if gx else [])
+    assert sorted(gemm_shapes(m, n, n)) == sorted(want)

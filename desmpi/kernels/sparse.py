@@ -131,8 +131,9 @@ def add_rows(grad, inv, g):
 def unique_rows(rows, mark, urows, inv):
     """Distinct rows in order of first appearance, without sorting.
 
-    rows: (nnz,) (< 0: skipped, inv = -1); mark: (>= table rows,) all -1 on entry and on exit
-    (scratch owned by the table); urows: (>= nu,) out; inv: (nnz,) out. Returns nu.
+    rows: (nnz,) (< 0: skipped, inv = -1); mark: (>= table rows,) all 0 on entry and on exit
+    (scratch owned by the table, u + 1 while row r is the u-th distinct row); urows: (>= nu,)
+    out; inv: (nnz,) out. Returns nu.
     """
     nu = 0
     for i in range(rows.shape[0]):
@@ -140,13 +141,13 @@ def unique_rows(rows, mark, urows, inv):
         if r < 0:
             inv[i] = -1
             continue
-        u = mark[r]
+        u = mark[r] - 1
         if u < 0:
             u = nu
-            mark[r] = nu
-            urows[nu] = r
             nu += 1
+            mark[r] = nu
+            urows[u] = r
         inv[i] = u
     for k in range(nu):
-        mark[urows[k]] = -1
+        mark[urows[k]] = 0
     return nu

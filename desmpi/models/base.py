@@ -18,6 +18,9 @@ class Model:
     """
 
     name = "model"
+    # 2-D weights applied to the raw dense features: their input needs no gradient (the GEMM
+    # limit of ``desmpi bench train`` leaves that product out)
+    no_input_grad: frozenset[str] = frozenset()
 
     def __init__(self, cfg: ModelConfig, n_fields: int, n_dense: int, dtype, seed: int) -> None:
         self.cfg = cfg
@@ -87,13 +90,13 @@ class Model:
         r = self.role_col
         EZ, cE = Z, r.get("E", -1)
         if self.E_input:
-            EZ, cE = np.zeros((Z.shape[0], self.F * self.d), dtype=self.dtype), 0
+            EZ, cE = self.params.scratch("EZ", (Z.shape[0], self.F * self.d), zero=True), 0
         return Pooled(Z, EZ, r.get("L", -1), cE, r.get("S", -1), r.get("Q", -1), self.F,
                       self.d)
 
     def empty_pooled(self, n: int) -> Pooled:
         """Zeroed pools of n samples: Z (n, W) (and E) for the kernels to add into."""
-        return self._pools(np.zeros((n, self.W), dtype=self.dtype))
+        return self._pools(self.params.scratch("Z", (n, self.W), zero=True))
 
     def partial(self, p: Pooled) -> np.ndarray:
         """Local partial Z^(r) (n, W) from this rank's pooled owned keys (p.Z, completed)."""

@@ -58,6 +58,6 @@ class DCN(Model):
             p.grad(f"cross{i}.b")[...] += gx.sum(axis=0)
             gx = gx + gs[:, None] * p[f"cross{i}.w"][None, :]
         gx0 += gx  # x_0 is also the input of the first cross layer
-        gZ = np.zeros((g.shape[0], self.W), dtype=self.dtype)
+        gZ = self.params.scratch("gZ", (g.shape[0], self.W))  # every column written
         gZ[:, self.pool.cols] = gx0[:, self.Dn:]
         return gZ

@@ -36,13 +36,17 @@ class DeepTower:
         """z: this op's aggregated columns; returns (n,) output and a cache."""
         n = x.shape[0]
         if self.mode == "fused":  # z: Σ_f E_f W1s_f over all ranks' keys
-            h = x @ p["w1_dense"]
+            h = np.matmul(x, p["w1_dense"], out=p.scratch("deep:h1", z.shape))
             h += z
             e = None
         else:
-            e = np.ascontiguousarray(z.reshape(n, -1))  # a column slice of Z: BLAS wants rows
-            h = e @ p["w1_sparse"]
-            h += x @ p["w1_dense"]
+            e = z.reshape(n, -1)
+            if not e.flags.c_contiguous:  # a column slice of Z: BLAS wants rows
+                e = p.scratch("deep:e", e.shape)
+                e[...] = z.reshape(n, -1)
+            w1s = p["w1_sparse"]
+            h = np.matmul(e, w1s, out=p.scratch("deep:h1", (n, w1s.shape[1])))
+            h += np.matmul(x, p["w1_dense"], out=p.scratch("deep:h1x", h.shape))
         bias_act(h, p["b1"], True)  # h becomes a1 = ReLU(h + b1) in place
         out, acts = self.rest.forward(p, h)
         return out[:, 0], {"x": x, "e": e, "acts": acts}
@@ -51,11 +55,12 @@ class DeepTower:
         """g (n,) -> gradient of this op's columns (n, F·d or H)."""
         gh = self.rest.backward(p, c["acts"], g[:, None])
         relu_grad(gh, c["acts"][0], p.grad("b1"))  # acts[0] = a1; adds b1's gradient
-        p.grad("w1_dense")[...] += c["x"].T @ gh
+        p.add_product("w1_dense", c["x"].T, gh)
         if self.mode == "fused":
             return gh  # W1s's gradient is the fused op's (from owned keys, summed over ranks)
-        p.grad("w1_sparse")[...] += c["e"].T @ gh
-        return gh @ p["w1_sparse"].T
+        p.add_product("w1_sparse", c["e"].T, gh)
+        w1s = p["w1_sparse"]
+        return np.matmul(gh, w1s.T, out=p.scratch("deep:ge", (gh.shape[0], w1s.shape[0])))
 
 
 __all__ = ["DeepTower", "choose_deep_input", "Dense"]

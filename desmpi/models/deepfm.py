@@ -6,8 +6,6 @@ narrower layout wins.
 
 from __future__ import annotations
 
-import numpy as np
-
 from desmpi.models.deep import DeepTower, choose_deep_input
 from desmpi.models.lr import LR
 from desmpi.ops import FM
@@ -15,6 +13,7 @@ from desmpi.ops import FM
 
 class DeepFM(LR):
     name = "deepfm"
+    no_input_grad = frozenset({"w1_dense"})
 
     def build(self) -> None:
         super().build()
@@ -37,7 +36,7 @@ class DeepFM(LR):
 
     def backward(self, cache, g):
         n = g.shape[0]
-        gZ = np.empty((n, self.W), dtype=self.dtype)  # every column is written below
+        gZ = self.params.scratch("gZ", (n, self.W))  # every column is written below
         self.wide_backward(cache["x"], g, gZ)
         gS, gQ = FM.finish_backward(g, cache["S"])
         gZ[:, self.fm.cols] = self.fm.pack_grad(gS, gQ)

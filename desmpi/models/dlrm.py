@@ -13,6 +13,7 @@ from desmpi.ops import FieldPooling
 
 class DLRM(Model):
     name = "dlrm"
+    no_input_grad = frozenset({"bottom0.w"})
 
     def build(self) -> None:
         self.pool = FieldPooling(self.F, self.d)
@@ -32,7 +33,7 @@ class DLRM(Model):
         n = x.shape[0]
         z, bacts = self.bottom.forward(self.params, x)
         E = np.ascontiguousarray(Z[:, self.pool.cols])  # Z is all pooled E: a view
-        top_in = np.empty((n, self.d + len(self.li)), dtype=self.dtype)
+        top_in = self.params.scratch("dlrm:top_in", (n, self.d + len(self.li)))
         dot_interaction(z, E, top_in)  # [z | dots of the lower triangle]
         out, tacts = self.top.forward(self.params, top_in)
         return out[:, 0], {"bacts": bacts, "z": z, "E": E, "tacts": tacts}
@@ -40,8 +41,8 @@ class DLRM(Model):
     def backward(self, c, g):
         n = g.shape[0]
         gin = self.top.backward(self.params, c["tacts"], g[:, None])
-        gz = np.empty((n, self.d), dtype=self.dtype)
-        gZ = np.empty((n, self.W), dtype=self.dtype)  # W = F·d: all pooled E
+        gz = self.params.scratch("dlrm:gz", (n, self.d))
+        gZ = self.params.scratch("gZ", (n, self.W))  # W = F·d: all pooled E
         dot_interaction_backward(gin, c["z"], c["E"], gz, gZ)
         self.bottom.backward(self.params, c["bacts"], gz, need_gx=False)
         return gZ

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from desmpi.models.lr import LR
 from desmpi.ops import FM
 
@@ -21,7 +19,7 @@ class FMModel(LR):
         return self.wide(Z, x) + FM.finish(S, Q), {"x": x, "S": S}
 
     def backward(self, cache, g):
-        gZ = np.zeros((g.shape[0], self.W), dtype=self.dtype)
+        gZ = self.params.scratch("gZ", (g.shape[0], self.W), zero=True)
         self.wide_backward(cache["x"], g, gZ)
         gS, gQ = FM.finish_backward(g, cache["S"])
         gZ[:, self.fm.cols] = self.fm.pack_grad(gS, gQ)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from desmpi.kernels.dense import bias_act, relu_grad
+from desmpi.workspace import Workspace
 
 
 class Params:
@@ -12,7 +13,8 @@ class Params:
 
     One buffer makes the dense gradient a single Allreduce and the optimizer one vector op.
     Add every parameter, then :meth:`build`; initial values come from ``rng`` in the order of
-    ``add`` calls, so they are the same on every rank.
+    ``add`` calls, so they are the same on every rank. ``ws`` holds the step's scratch arrays
+    (:mod:`desmpi.workspace`; the trainer sets one that reuses them across steps).
     """
 
     def __init__(self, dtype, rng: np.random.Generator) -> None:
@@ -22,6 +24,7 @@ class Params:
         self.offsets: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         self.data = np.empty(0, dtype=self.dtype)
         self.grads = np.empty(0, dtype=self.dtype)
+        self.ws = Workspace(reuse=False)
 
     def add(self, name: str, shape: tuple[int, ...], init: str = "zeros",
             fan: tuple[int, int] | None = None) -> None:
@@ -64,6 +67,18 @@ class Params:
     def zero_grad(self) -> None:
         self.grads[...] = 0
 
+    def scratch(self, name: str, shape: tuple[int, ...], zero: bool = False) -> np.ndarray:
+        """A scratch array of this dtype from ``ws`` (contents undefined unless ``zero``)."""
+        return (self.ws.zeros if zero else self.ws.take)(name, shape, self.dtype)
+
+    def add_product(self, name: str, a: np.ndarray, b: np.ndarray) -> None:
+        """grad(name) += a @ b, the product through a scratch array (one BLAS call; one array
+        for every parameter: it stays in cache)."""
+        g = self.grad(name)
+        tmp = self.scratch("add_product", g.shape)
+        np.matmul(a, b, out=tmp)
+        g += tmp
+
 
 class Dense:
     """y = x W + b with W: (n_in, n_out)."""
@@ -74,19 +89,26 @@ class Dense:
         params.add(self.b, (n_out,))
 
     def forward(self, p: Params, x: np.ndarray, relu: bool = False) -> np.ndarray:
-        """x (n, n_in) -> (n, n_out): one GEMM, then bias (and ReLU) in one in-place pass."""
-        y = x @ p[self.w]
+        """x (n, n_in) -> (n, n_out) (scratch ``<w>:y``): one GEMM, then bias (and ReLU) in one
+        in-place pass."""
+        w = p[self.w]
+        y = np.matmul(x, w, out=p.scratch(self.w + ":y", (x.shape[0], w.shape[1])))
         bias_act(y, p[self.b], relu)
         return y
 
     def backward(self, p: Params, x: np.ndarray, gy: np.ndarray, need_gx: bool = True,
-                 bias_done: bool = False) -> np.ndarray | None:
+                 bias_done: bool = False, gx_name: str | None = None) -> np.ndarray | None:
         """Adds the weight and bias gradients (the bias's unless ``bias_done``: added by the
-        ReLU backward pass); returns gx = gy Wᵀ when ``need_gx``."""
-        p.grad(self.w)[...] += x.T @ gy
+        ReLU backward pass); returns gx = gy Wᵀ (scratch ``gx_name``, default ``<w>:gx``)
+        when ``need_gx``."""
+        p.add_product(self.w, x.T, gy)
         if not bias_done:
             p.grad(self.b)[...] += gy.sum(axis=0)
-        return gy @ p[self.w].T if need_gx else None
+        if not need_gx:
+            return None
+        w = p[self.w]
+        out = p.scratch(gx_name or self.w + ":gx", (gy.shape[0], w.shape[0]))
+        return np.matmul(gy, w.T, out=out)
 
 
 class MLP:
@@ -96,6 +118,7 @@ class MLP:
         self.layers = [Dense(params, f"{name}{i}", a, b)
                        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))]
         self.final_relu = final_relu
+        self.name = name
 
     def forward(self, p: Params, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         acts = [x]
@@ -106,11 +129,16 @@ class MLP:
 
     def backward(self, p: Params, acts: list[np.ndarray], gy: np.ndarray,
                  need_gx: bool = True) -> np.ndarray | None:
-        g = gy.copy() if self.final_relu else gy  # the caller's gy is not modified
+        g = gy
+        if self.final_relu:  # the caller's gy is not modified
+            g = p.scratch(self.name + ":g", gy.shape)
+            g[...] = gy
         for i in range(len(self.layers) - 1, -1, -1):
             relu = i < len(self.layers) - 1 or self.final_relu
             if relu:  # g is ours (the next layer's fresh gx); bias gradient in the same pass
                 relu_grad(g, acts[i + 1], p.grad(self.layers[i].b))
+            # input gradients in two arrays taken in turn (each is dead two layers on):
+            # the memory just written is read next, from cache
             g = self.layers[i].backward(p, acts[i], g, need_gx=need_gx or i > 0,
-                                        bias_done=relu)
+                                        bias_done=relu, gx_name=f"{self.name}:gx{i % 2}")
         return g

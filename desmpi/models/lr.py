@@ -31,6 +31,6 @@ class LR(Model):
         return self.wide(Z, x), {"x": x}
 
     def backward(self, cache, g):
-        gZ = np.zeros((g.shape[0], self.W), dtype=self.dtype)
+        gZ = self.params.scratch("gZ", (g.shape[0], self.W), zero=True)
         self.wide_backward(cache["x"], g, gZ)
         return gZ

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from desmpi.models.deep import DeepTower, choose_deep_input
 from desmpi.models.lr import LR
 
 
 class WDL(LR):
     name = "wdl"
+    no_input_grad = frozenset({"w1_dense"})
 
     def build(self) -> None:
         super().build()
@@ -26,7 +25,7 @@ class WDL(LR):
         return self.wide(Z, x) + out, {"x": x, "deep": c}
 
     def backward(self, cache, g):
-        gZ = np.zeros((g.shape[0], self.W), dtype=self.dtype)
+        gZ = self.params.scratch("gZ", (g.shape[0], self.W), zero=True)
         self.wide_backward(cache["x"], g, gZ)
         gZ[:, self.deep.op.cols] = self.deep.backward(self.params, cache["deep"], g)
         return gZ
