@@ -121,8 +121,21 @@ class Comm:
         self._record("allreduce", (send.size,), send.itemsize, t0)
         return out
 
-    def reduce_scatter(self, send: np.ndarray, recvcounts: Sequence[int]) -> np.ndarray:
-        """Sum ``send`` over ranks and give rank r the r-th block (``recvcounts[r]`` elements).
+    @classmethod
+    def _out(cls, out: np.ndarray | None, n: int, dtype) -> np.ndarray:
+        """``out`` (checked: C-contiguous, n elements of dtype) or a new flat array."""
+        if out is None:
+            return np.empty(n, dtype=dtype)
+        cls._check(out, "out")
+        if out.size != n or out.dtype != dtype:
+            raise ValueError(f"out has {out.size} elements of {out.dtype}, the result "
+                             f"{n} of {np.dtype(dtype)}")
+        return out.reshape(-1)
+
+    def reduce_scatter(self, send: np.ndarray, recvcounts: Sequence[int],
+                       out: np.ndarray | None = None) -> np.ndarray:
+        """Sum ``send`` over ranks and give rank r the r-th block (``recvcounts[r]`` elements),
+        into ``out`` when given (any shape of that many elements).
 
         Returns a flat array; the caller reshapes (e.g. to ``(b, W)``).
         """
@@ -131,7 +144,7 @@ class Comm:
         if rc.sum() != send.size or len(rc) != self.size:
             raise ValueError(f"recvcounts {rc.tolist()} do not split {send.size} elements "
                              f"over {self.size} ranks")
-        out = np.empty(int(rc[self.rank]), dtype=send.dtype)
+        out = self._out(out, int(rc[self.rank]), send.dtype)
         t0 = time.perf_counter()
         if self._c is None:
             np.copyto(out, send.reshape(-1))
@@ -140,8 +153,10 @@ class Comm:
         self._record("reduce_scatter", rc, send.itemsize, t0)
         return out
 
-    def allgatherv(self, send: np.ndarray, counts: Sequence[int]) -> np.ndarray:
-        """Concatenate every rank's ``send`` in rank order (``counts[r]`` elements each).
+    def allgatherv(self, send: np.ndarray, counts: Sequence[int],
+                   out: np.ndarray | None = None) -> np.ndarray:
+        """Concatenate every rank's ``send`` in rank order (``counts[r]`` elements each), into
+        ``out`` when given.
 
         Counts must be known to every rank (the strategies derive them from the data layout);
         use :meth:`allgather_counts` first when they are not. Returns a flat array.
@@ -150,7 +165,7 @@ class Comm:
         c = np.asarray(counts, dtype=np.int64)
         if len(c) != self.size or c[self.rank] != send.size:
             raise ValueError(f"counts {c.tolist()} disagree with this rank's {send.size} elements")
-        out = np.empty(int(c.sum()), dtype=send.dtype)
+        out = self._out(out, int(c.sum()), send.dtype)
         t0 = time.perf_counter()
         if self._c is None:
             np.copyto(out, send.reshape(-1))

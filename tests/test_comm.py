@@ -43,6 +43,10 @@ def test_counts_must_match():
         c.allgatherv(np.zeros(3), [4])
     with pytest.raises(TypeError, match="contiguous"):
         c.allreduce(np.zeros((4, 4))[:, 1])
+    with pytest.raises(ValueError, match="out has 5 elements"):
+        c.reduce_scatter(np.zeros(6), [6], out=np.zeros(5))
+    with pytest.raises(ValueError, match="float32"):
+        c.allgatherv(np.zeros(6), [6], out=np.zeros(6, np.float32))
 
 
 @pytest.mark.parametrize("P", [2, 4])

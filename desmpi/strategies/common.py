@@ -87,12 +87,12 @@ def sparse_update(model, occ: Occurrences, kg: KeyGrads, table, opt, t: int) -> 
 def allreduce_grads_and_loss(comm, params, loss_local: float) -> float:
     """Sum the dense gradients over ranks in place, with the loss sum riding along as one more
     element (one Allreduce of D + 1); returns the global loss sum."""
-    buf = np.empty(params.size + 1, dtype=params.dtype)
+    buf = params.scratch("grads+loss", (params.size + 1,))
     buf[:-1] = params.grads
     buf[-1] = loss_local
-    red = comm.allreduce(buf)
-    params.grads[:] = red[:-1]
-    return float(red[-1])
+    comm.allreduce(buf, out=buf)  # in place
+    params.grads[:] = buf[:-1]
+    return float(buf[-1])
 
 
 class NonFiniteError(FloatingPointError):

@@ -136,13 +136,15 @@ class DesStrategy:
                 comm.allreduce(gw1, out=gw1)
                 tm.lap("aggregate")
         else:
-            Zm = comm.reduce_scatter(Zloc, sizes * W).reshape(n_mine, W)
+            Zm = comm.reduce_scatter(Zloc, sizes * W,
+                                     out=prm.scratch("Zmine", (n_mine, W))).reshape(n_mine, W)
             tm.lap("aggregate")
             logits, cache = model.forward(Zm, x_mine)
             loss_local, p = bce_with_logits(logits, y_mine)
             gZm = model.backward(cache, (p - y_mine) / B)
             tm.lap("dense")
-            gZ = comm.allgatherv(np.ascontiguousarray(gZm).reshape(-1), sizes * W).reshape(B, W)
+            gZ = comm.allgatherv(np.ascontiguousarray(gZm).reshape(-1), sizes * W,
+                                 out=prm.scratch("gZall", (B, W))).reshape(B, W)
             tm.lap("aggregate")
             kg = model.key_grads(gZ, pooled)
             tm.lap("key_grads")

@@ -28,10 +28,16 @@ flat = [d.reshape(-1)[: sum(recv)] for d in data]
 rs = comm.reduce_scatter(np.ascontiguousarray(flat[r]), recv)
 lo = sum(recv[:r])
 assert np.allclose(rs, sum(flat)[lo: lo + recv[r]]), "reduce_scatter"
+rs_out = np.full((1, recv[r]), -1.0)  # into a given array (any shape of that size)
+got_rs = comm.reduce_scatter(np.ascontiguousarray(flat[r]), recv, out=rs_out)
+assert np.shares_memory(got_rs, rs_out) and np.array_equal(rs_out[0], rs), "reduce_scatter out"
 
 counts = [2 * k + 1 for k in range(P)]
 ag = comm.allgatherv(np.arange(counts[r], dtype=np.int64) + 100 * r, counts)
 assert np.array_equal(ag, np.concatenate([np.arange(c) + 100 * k for k, c in enumerate(counts)]))
+ag_out = np.zeros(sum(counts), dtype=np.int64)
+got_ag = comm.allgatherv(np.arange(counts[r], dtype=np.int64) + 100 * r, counts, out=ag_out)
+assert np.shares_memory(got_ag, ag_out) and np.array_equal(ag_out, ag), "allgatherv out"
 
 cnt = comm.allgather_counts(counts[r])
 assert cnt.tolist() == counts
@@ -54,7 +60,8 @@ comm.barrier()
 expected = [
     Call("allreduce", (mine.size,), 8, r, P), Call("allreduce", (mine.size,), 8, r, P),
     Call("allreduce", (mine.size,), 8, r, P), Call("reduce_scatter", tuple(recv), 8, r, P),
-    Call("allgatherv", tuple(counts), 8, r, P),
+    Call("reduce_scatter", tuple(recv), 8, r, P),
+    Call("allgatherv", tuple(counts), 8, r, P), Call("allgatherv", tuple(counts), 8, r, P),
     Call("allgather", (1,) * P, 8, r, P), Call("alltoall", (1,) * P, 8, r, P),
     Call("alltoallv", tuple(send_counts), 8, r, P), Call("alltoallv", tuple(send_counts), 8, r, P),
     Call("bcast", (11,), 8, r, P, P - 1), Call("barrier", (), 1, r, P),
