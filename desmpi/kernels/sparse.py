@@ -57,9 +57,7 @@ def row_grads(occ_s, occ_f, inv, urows, vals, weights, emb_col, gZ, cL, cS, cQ, 
     """Per-row gradients from per-sample gradients of the pooled quantities (same layout).
 
     inv: (nnz,) index of each occurrence's row among the unique rows urows (< 0: skipped);
-    grad: (nu, R), overwritten: a row is cleared where it is first touched (it is about to be
-    written: no separate pass over the whole array), rows no occurrence touches are zeroed
-    at the end. ∂/∂w += gL·x; ∂/∂v += (G[s, f] + gS[s])·x + 2·gQ·x²·v. The Q term
+    grad: (nu, R), zeroed. ∂/∂w += gL·x; ∂/∂v += (G[s, f] + gS[s])·x + 2·gQ·x²·v. The Q term
     is v times a per-row scalar sum, so v is read once per distinct row, not per occurrence.
     Sums run in occurrence order (the global sample order at every P).
     """
@@ -67,20 +65,14 @@ def row_grads(occ_s, occ_f, inv, urows, vals, weights, emb_col, gZ, cL, cS, cQ, 
     d = weights.shape[1] - emb_col
     one = weights.dtype.type(1.0)
     nnz = occ_s.shape[0]
-    nu, R = grad.shape
-    zero = grad.dtype.type(0.0)
+    nu = grad.shape[0]
     qsum = np.zeros(nu if cQ >= 0 else 0, dtype=grad.dtype)
-    touched = np.zeros(nu, dtype=np.bool_)
     for i in range(nnz):
         if i + AHEAD < nnz and inv[i + AHEAD] >= 0:
             prefetch_row(grad, inv[i + AHEAD])
         u = inv[i]
         if u < 0:
             continue
-        if not touched[u]:
-            touched[u] = True
-            for c in range(R):
-                grad[u, c] = zero
         s = occ_s[i]
         x = vals[i] if has_v else one
         if cL >= 0:
@@ -94,10 +86,6 @@ def row_grads(occ_s, occ_f, inv, urows, vals, weights, emb_col, gZ, cL, cS, cQ, 
                 grad[u, emb_col + c] += gZ[s, cS + c] * x
         if cQ >= 0:
             qsum[u] += 2 * gZ[s, cQ] * (x * x)
-    for u in range(nu):
-        if not touched[u]:
-            for c in range(R):
-                grad[u, c] = zero
     if cQ >= 0:
         for u in range(nu):
             if u + AHEAD < nu:

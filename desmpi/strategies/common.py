@@ -77,7 +77,7 @@ def sparse_update(model, occ: Occurrences, kg: KeyGrads, table, opt, t: int) -> 
     urows, inv = table.unique_rows(occ.rows)
     if urows.shape[0] == 0:
         return 0
-    grad = model.params.ws.take("sparse_grad", (urows.shape[0], table.R), table.dtype)
+    grad = model.params.ws.zeros("sparse_grad", (urows.shape[0], table.R), table.dtype)
     row_grads(occ.s, occ.f, inv, urows, occ.vals, table.weights, model.emb_col,
               *kg.kernel_args, grad)
     opt.apply(table, urows, grad, t)

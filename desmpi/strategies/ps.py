@@ -47,7 +47,7 @@ class PsStrategy(ExchangeStrategy):
         s, f, inv, vals, Wloc, order, cnt, rc, rows, pooled = state
         R = table.R
         kg = model.key_grads(gZ, pooled)
-        gU = np.empty_like(Wloc)  # overwritten by row_grads
+        gU = np.zeros_like(Wloc)
         row_grads(s, f, inv, np.arange(Wloc.shape[0]), vals, Wloc, model.emb_col, *kg.kernel_args,
                   gU)
         tm.lap("key_grads")
