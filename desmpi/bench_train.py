@@ -119,6 +119,9 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         gemms = gemm_timer(gemm_shapes(tr.model, rows_dense, rows_fused), tr.dtype)
         inter = interaction_timer(tr.model, rows_dense, tr.dtype)
         times, data_s, t_gemms, t_inters = [], [], [], []
+        in_gemm, in_inter = [], []  # seconds of each step inside its GEMMs / the interaction
+        clock = tr.model.params
+        clock.timing = True
         coll0: dict[str, float] = {}
         faults = 0
         for step in range(1, steps + warmup + 1):
@@ -126,6 +129,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
                 tr.timer.phases.clear()
                 coll0 = {k: v.time_s for k, v in comm.acct.counters("train").items()}
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            clock.times.clear()
             t0 = time.perf_counter()
             b, sizes = tr.local_batch(tr.train_ds, step - 1)
             t1 = time.perf_counter()
@@ -136,7 +140,14 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
                 faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
                 times.append(t2 - t0)
                 data_s.append(t1 - t0)
+                in_gemm.append(clock.times["gemm"])
+                in_inter.append(clock.times["interaction"])
+        clock.timing = False
         faults /= steps
+        # the share of each step outside its own GEMMs (and DLRM's interaction), median
+        out_g = statistics.median(1 - g / t for g, t in zip(in_gemm, times, strict=True))
+        out_gi = statistics.median(1 - (g + i) / t
+                                   for g, i, t in zip(in_gemm, in_inter, times, strict=True))
         for _ in range(steps + 1):  # the first pass pages the operands in: left out
             if gemms is not None:
                 t_gemms.append(gemms())
@@ -151,7 +162,9 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         t_gemm = statistics.median(t_gemms[1:]) if t_gemms else 0.0
         t_inter = statistics.median(t_inters[1:]) if t_inters else 0.0
         everyone = comm.allgather_object((med, t_gemm, phases, tr.table.n,
-                                          tr.table.bytes_per_key(), t_inter, coll, faults))
+                                          tr.table.bytes_per_key(), t_inter, coll, faults,
+                                          (statistics.median(in_gemm), statistics.median(in_inter),
+                                           out_g, out_gi)))
         comm.barrier()
     finally:
         if comm.rank == 0:
@@ -159,6 +172,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
     med = max(e[0] for e in everyone)  # the slowest rank sets the pace
     t_gemm = max(e[1] for e in everyone)
     t_inter = max(e[5] for e in everyone)
+    inside = [e[8] for e in everyone]
     m = tr.model
     weight_bytes = m.row_width * tr.dtype.itemsize
     slot_bytes = tr.table.S * tr.dtype.itemsize
@@ -168,11 +182,17 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
             # no dense GEMM (LR, FM): no GEMM limit (None), the whole step is outside GEMMs
             "gemm_limit_samples_per_s": batch / t_gemm if t_gemm else None, "gemm_s": t_gemm,
             "ratio_to_gemm_limit": t_gemm / med if t_gemm else None,
-            "outside_gemm_share": max(0.0, 1 - t_gemm / med),
-            # DLRM: its batched dot interaction (a kernel of ours) timed alone, and the share of
-            # the step outside both the GEMMs and the interaction
+            # the step's own GEMMs, timed inside it (median seconds per step, slowest rank)
+            # and the share of the step outside them (median over steps, largest of the ranks)
+            "gemm_in_step_s": max(x[0] for x in inside),
+            "outside_gemm_share": max(x[2] for x in inside),
+            # the same against the GEMMs timed alone (the limit)
+            "outside_gemm_limit_share": max(0.0, 1 - t_gemm / med),
+            # DLRM: its batched dot interaction (a kernel of ours) timed alone and inside the
+            # step, and the share of the step outside both the GEMMs and the interaction
             "interaction_s": t_inter,
-            "outside_gemm_and_interaction_share": max(0.0, 1 - (t_gemm + t_inter) / med),
+            "interaction_in_step_s": max(x[1] for x in inside),
+            "outside_gemm_and_interaction_share": max(x[3] for x in inside),
             "phases_s": everyone[0][2],
             "phases_s_by_rank": [e[2] for e in everyone],
             "step_time_s_by_rank": [e[0] for e in everyone],

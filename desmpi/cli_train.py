@@ -131,11 +131,12 @@ def _log_bench_train(rep: dict) -> None:
              rep["step_time_s"],
              "no dense GEMM" if lim is None else
              f"GEMM limit {lim:.0f} samples/s; ratio {rep['ratio_to_gemm_limit']:.2f}; "
-             f"{100 * rep['outside_gemm_share']:.0f}% of the step outside the GEMMs")
+             f"{100 * rep['outside_gemm_share']:.0f}% of the step outside its GEMMs "
+             f"({rep['gemm_in_step_s']:.4f} s in them)")
     if rep["interaction_s"]:
-        log.info("  dot interaction alone %.4f s/step; %.0f%% of the step outside the "
-                 "GEMMs and the interaction", rep["interaction_s"],
-                 100 * rep["outside_gemm_and_interaction_share"])
+        log.info("  dot interaction %.4f s/step (alone %.4f); %.0f%% of the step outside the "
+                 "GEMMs and the interaction", rep["interaction_in_step_s"],
+                 rep["interaction_s"], 100 * rep["outside_gemm_and_interaction_share"])
     for k, v in sorted(rep["phases_s"].items(), key=lambda kv: -kv[1]):
         log.info("  %-14s %.4f s/step", k, v)
     log.info("  memory: %.0f bytes/key (weights + slots: %d)", rep["bytes_per_key"],

@@ -149,6 +149,8 @@ def main() -> int:
                    "gemm_limit_samples_per_s": None if None in lim else statistics.median(lim),
                    "desmpi_outside_gemm_share": statistics.median(
                        r["outside_gemm_share"] for r in reps),
+                   "desmpi_outside_gemm_limit_share": statistics.median(
+                       r["outside_gemm_limit_share"] for r in reps),
                    "desmpi_outside_gemm_and_interaction_share": statistics.median(
                        r["outside_gemm_and_interaction_share"] for r in reps),
                    "desmpi_runs": ours, "torch_runs": theirs}

@@ -55,6 +55,9 @@ def test_bench_train_small():
     rep = json.loads(p.stdout.strip().splitlines()[-1])
     assert rep["samples_per_s"] > 0 and rep["gemm_limit_samples_per_s"] > 0
     assert 0 < rep["ratio_to_gemm_limit"] and 0 <= rep["outside_gemm_share"] < 1
+    # the step's own GEMMs, timed inside it: part of the step, and the share is their rest
+    assert 0 < rep["gemm_in_step_s"] < rep["step_time_s"]
+    assert rep["interaction_in_step_s"] == 0.0 and rep["interaction_s"] == 0.0
     assert {"lookup", "partials", "sparse_update", "dense"} <= set(rep["phases_s"])
     p = _run(["-m", "desmpi", "bench", "train", "--model", "fm", "--batch", "512", "--steps",
               "3", "--warmup", "1", "--cap", "1000", "--json"])

@@ -36,7 +36,7 @@ class DeepTower:
         """z: this op's aggregated columns; returns (n,) output and a cache."""
         n = x.shape[0]
         if self.mode == "fused":  # z: Σ_f E_f W1s_f over all ranks' keys
-            h = np.matmul(x, p["w1_dense"], out=p.scratch("deep:h1", z.shape))
+            h = p.matmul(x, p["w1_dense"], p.scratch("deep:h1", z.shape))
             h += z
             e = None
         else:
@@ -45,8 +45,8 @@ class DeepTower:
                 e = p.scratch("deep:e", e.shape)
                 e[...] = z.reshape(n, -1)
             w1s = p["w1_sparse"]
-            h = np.matmul(e, w1s, out=p.scratch("deep:h1", (n, w1s.shape[1])))
-            h += np.matmul(x, p["w1_dense"], out=p.scratch("deep:h1x", h.shape))
+            h = p.matmul(e, w1s, p.scratch("deep:h1", (n, w1s.shape[1])))
+            h += p.matmul(x, p["w1_dense"], p.scratch("deep:h1x", h.shape))
         bias_act(h, p["b1"], True)  # h becomes a1 = ReLU(h + b1) in place
         out, acts = self.rest.forward(p, h)
         return out[:, 0], {"x": x, "e": e, "acts": acts}
@@ -60,7 +60,7 @@ class DeepTower:
             return gh  # W1s's gradient is the fused op's (from owned keys, summed over ranks)
         p.add_product("w1_sparse", c["e"].T, gh)
         w1s = p["w1_sparse"]
-        return np.matmul(gh, w1s.T, out=p.scratch("deep:ge", (gh.shape[0], w1s.shape[0])))
+        return p.matmul(gh, w1s.T, p.scratch("deep:ge", (gh.shape[0], w1s.shape[0])))
 
 
 __all__ = ["DeepTower", "choose_deep_input", "Dense"]

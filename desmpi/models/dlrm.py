@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from desmpi.kernels.dense import dot_interaction, dot_interaction_backward
@@ -34,7 +36,9 @@ class DLRM(Model):
         z, bacts = self.bottom.forward(self.params, x)
         E = np.ascontiguousarray(Z[:, self.pool.cols])  # Z is all pooled E: a view
         top_in = self.params.scratch("dlrm:top_in", (n, self.d + len(self.li)))
+        t0 = time.perf_counter()
         dot_interaction(z, E, top_in)  # [z | dots of the lower triangle]
+        self.params.add_time("interaction", t0)
         out, tacts = self.top.forward(self.params, top_in)
         return out[:, 0], {"bacts": bacts, "z": z, "E": E, "tacts": tacts}
 
@@ -43,6 +47,8 @@ class DLRM(Model):
         gin = self.top.backward(self.params, c["tacts"], g[:, None])
         gz = self.params.scratch("dlrm:gz", (n, self.d))
         gZ = self.params.scratch("gZ", (n, self.W))  # W = F·d: all pooled E
+        t0 = time.perf_counter()
         dot_interaction_backward(gin, c["z"], c["E"], gz, gZ)
+        self.params.add_time("interaction", t0)
         self.bottom.backward(self.params, c["bacts"], gz, need_gx=False)
         return gZ

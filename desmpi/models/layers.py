@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
+
 import numpy as np
 
 from desmpi.kernels.dense import bias_act, relu_grad
@@ -15,6 +18,8 @@ class Params:
     Add every parameter, then :meth:`build`; initial values come from ``rng`` in the order of
     ``add`` calls, so they are the same on every rank. ``ws`` holds the step's scratch arrays
     (:mod:`desmpi.workspace`; the trainer sets one that reuses them across steps).
+    With ``timing`` on, :meth:`matmul` (every product with a 2-D weight goes through it) and
+    :meth:`add_time` accumulate seconds per kind in ``times`` (``desmpi bench train``).
     """
 
     def __init__(self, dtype, rng: np.random.Generator) -> None:
@@ -25,6 +30,8 @@ class Params:
         self.data = np.empty(0, dtype=self.dtype)
         self.grads = np.empty(0, dtype=self.dtype)
         self.ws = Workspace(reuse=False)
+        self.timing = False
+        self.times: defaultdict[str, float] = defaultdict(float)
 
     def add(self, name: str, shape: tuple[int, ...], init: str = "zeros",
             fan: tuple[int, int] | None = None) -> None:
@@ -71,12 +78,26 @@ class Params:
         """A scratch array of this dtype from ``ws`` (contents undefined unless ``zero``)."""
         return (self.ws.zeros if zero else self.ws.take)(name, shape, self.dtype)
 
+    def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out = a @ b, one BLAS call (timed as "gemm" when ``timing``); returns out."""
+        if not self.timing:
+            return np.matmul(a, b, out=out)
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        self.add_time("gemm", t0)
+        return out
+
+    def add_time(self, kind: str, t0: float) -> None:
+        """times[kind] += now - t0 (when ``timing``)."""
+        if self.timing:
+            self.times[kind] += time.perf_counter() - t0
+
     def add_product(self, name: str, a: np.ndarray, b: np.ndarray) -> None:
         """grad(name) += a @ b, the product through a scratch array (one BLAS call; one array
         for every parameter: it stays in cache)."""
         g = self.grad(name)
         tmp = self.scratch("add_product", g.shape)
-        np.matmul(a, b, out=tmp)
+        self.matmul(a, b, tmp)
         g += tmp
 
 
@@ -92,7 +113,7 @@ class Dense:
         """x (n, n_in) -> (n, n_out) (scratch ``<w>:y``): one GEMM, then bias (and ReLU) in one
         in-place pass."""
         w = p[self.w]
-        y = np.matmul(x, w, out=p.scratch(self.w + ":y", (x.shape[0], w.shape[1])))
+        y = p.matmul(x, w, p.scratch(self.w + ":y", (x.shape[0], w.shape[1])))
         bias_act(y, p[self.b], relu)
         return y
 
@@ -108,7 +129,7 @@ class Dense:
             return None
         w = p[self.w]
         out = p.scratch(gx_name or self.w + ":gx", (gy.shape[0], w.shape[0]))
-        return np.matmul(gy, w.T, out=out)
+        return p.matmul(gy, w.T, out)
 
 
 class MLP:

@@ -23,11 +23,11 @@ class FusedFirstLayer(Op):
 
     def partial(self, p: Pooled, params) -> np.ndarray:
         w1 = params[self.w1_name]  # EZ: E (n, F·d) of its own
-        return np.matmul(p.EZ, w1, out=params.scratch("fused:h", (p.EZ.shape[0], w1.shape[1])))
+        return params.matmul(p.EZ, w1, params.scratch("fused:h", (p.EZ.shape[0], w1.shape[1])))
 
     def key_grads(self, gz: np.ndarray, kg: KeyGrads, p: Pooled, params) -> None:
         """Sets the gradient of E: (n, F·d) = gz W1ᵀ; adds Eᵀ gz into W1's gradient."""
         w1 = params[self.w1_name]
-        kg.EZ = np.matmul(gz, w1.T, out=params.scratch("fused:gE", (gz.shape[0], w1.shape[0])))
+        kg.EZ = params.matmul(gz, w1.T, params.scratch("fused:gE", (gz.shape[0], w1.shape[0])))
         kg.cE = 0
         params.add_product(self.w1_name, p.EZ.T, gz)
