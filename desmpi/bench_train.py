@@ -164,7 +164,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         everyone = comm.allgather_object((med, t_gemm, phases, tr.table.n,
                                           tr.table.bytes_per_key(), t_inter, coll, faults,
                                           (statistics.median(in_gemm), statistics.median(in_inter),
-                                           out_g, out_gi)))
+                                           out_g, out_gi), tr.model.params.ws.nbytes))
         comm.barrier()
     finally:
         if comm.rank == 0:
@@ -200,4 +200,6 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
             "page_faults_per_step": everyone[0][7],
             "table_keys": sum(e[3] for e in everyone),
             "bytes_per_key": everyone[0][4],
+            # the step's scratch arrays kept across steps (rank 0)
+            "workspace_bytes": everyone[0][9],
             "bytes_per_key_payload": weight_bytes + slot_bytes}
