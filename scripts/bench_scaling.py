@@ -7,8 +7,11 @@
 Each repeat runs ``desmpi bench train --json`` once per P (under ``mpiexec -n P`` for P > 1,
 one thread per rank); the report gives every run's samples/s, the median per P and the ratio
 of medians to P = 1 (run with ``--p1-aggregate``, by default the same aggregate; at P = 1
-``allreduce`` is the copy-free single-process baseline). On a shared or virtual machine
-single runs vary by tens of percent: quote the medians of one invocation.
+``allreduce`` is the copy-free single-process baseline), the median of the ratios of each
+P-run to the P = 1 run just before it (paired: robust to slow drifts of the machine), and the
+same speed-up of the GEMM limit each run measured (what the cores gave the dense products
+alone while they all ran). On a shared or virtual machine single runs vary by tens of
+percent: quote the medians of one invocation.
 """
 
 from __future__ import annotations
@@ -51,26 +54,40 @@ def main() -> int:
     if ranks[0] != 1:
         ranks = [1, *ranks]
     runs: dict[int, list[float]] = {P: [] for P in ranks}
+    lims: dict[int, list[float | None]] = {P: [] for P in ranks}
     for _ in range(a.repeats):
         for P in ranks:
             agg = (a.p1_aggregate or a.aggregate) if P == 1 else a.aggregate
-            runs[P].append(one_run(P, a.model, agg, a.extra, a.timeout)["samples_per_s"])
+            r = one_run(P, a.model, agg, a.extra, a.timeout)
+            runs[P].append(r["samples_per_s"])
+            lims[P].append(r["gemm_limit_samples_per_s"])
     med = {P: statistics.median(v) for P, v in runs.items()}
+    paired = {P: statistics.median(x / y for x, y in zip(runs[P], runs[1], strict=True))
+              for P in ranks}
+    lim_up = ({P: statistics.median(lims[P]) / statistics.median(lims[1]) for P in ranks}
+              if None not in lims[1] else None)
     rep = {"model": a.model, "aggregate": a.aggregate,
            "p1_aggregate": a.p1_aggregate or a.aggregate, "repeats": a.repeats,
            "runs_samples_per_s": {str(P): v for P, v in runs.items()},
            "median_samples_per_s": {str(P): m for P, m in med.items()},
-           "speedup_vs_1": {str(P): m / med[1] for P, m in med.items()}}
+           "speedup_vs_1": {str(P): m / med[1] for P, m in med.items()},
+           "paired_speedup_vs_1": {str(P): v for P, v in paired.items()},
+           "runs_gemm_limit_samples_per_s": {str(P): v for P, v in lims.items()},
+           "gemm_limit_speedup_vs_1": (None if lim_up is None
+                                       else {str(P): v for P, v in lim_up.items()})}
     if a.json:
         print(json.dumps(rep))
     else:
         print(f"{a.model} ({a.aggregate}; P = 1: {rep['p1_aggregate']}), {a.repeats} "
               "alternating runs per P")
-        print("| P | median samples/s | speed-up vs P = 1 | runs |")
-        print("|---:|---:|---:|---|")
+        print("| P | median samples/s | speed-up vs P = 1 | paired speed-up | GEMM-limit "
+              "speed-up | runs |")
+        print("|---:|---:|---:|---:|---:|---|")
         for P in ranks:
             runs_s = ", ".join(f"{x:,.0f}" for x in runs[P])
-            print(f"| {P} | {med[P]:,.0f} | {med[P] / med[1]:.2f} | {runs_s} |")
+            lu = "—" if lim_up is None else f"{lim_up[P]:.2f}"
+            print(f"| {P} | {med[P]:,.0f} | {med[P] / med[1]:.2f} | {paired[P]:.2f} | {lu} "
+                  f"| {runs_s} |")
     return 0
 
 

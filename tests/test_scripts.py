@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -74,11 +76,17 @@ def test_bench_train_launches_its_ranks():
 
 
 def test_bench_scaling_small():
-    p = _run(["scripts/bench_scaling.py", "--model", "fm", "--repeats", "1", "--json", "--",
+    p = _run(["scripts/bench_scaling.py", "--model", "wdl", "--repeats", "2", "--json", "--",
               "--batch", "256", "--steps", "2", "--warmup", "1", "--cap", "1000"])
     rep = json.loads(p.stdout)
     assert set(rep["median_samples_per_s"]) == {"1", "2"}
     assert rep["speedup_vs_1"]["1"] == 1.0 and rep["speedup_vs_1"]["2"] > 0
+    runs = rep["runs_samples_per_s"]
+    pairs = sorted(b / a for a, b in zip(runs["1"], runs["2"], strict=True))
+    assert rep["paired_speedup_vs_1"]["2"] == pytest.approx(sum(pairs) / 2)  # median of two
+    lim = rep["runs_gemm_limit_samples_per_s"]
+    assert rep["gemm_limit_speedup_vs_1"]["2"] == pytest.approx(
+        (lim["2"][0] + lim["2"][1]) / (lim["1"][0] + lim["1"][1]))
 
 
 def test_demo_launches_its_ranks_and_trains(tmp_path):
