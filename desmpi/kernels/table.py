@@ -54,7 +54,7 @@ def find_or_insert(tkeys, tvals, n_rows, qkeys, out, weights, seed, init_std, em
     Returns the new row count.
     ``init=False`` leaves new rows as they are (the caller overwrites them: restores).
     The rows are initialised after all keys are placed, in a loop of their own (the compiler
-    vectorises it there, not inside the probe loop: about 4x faster at d = 64).
+    vectorises it there, not inside the probe loop: about twice as fast at d = 64).
     """
     cap = tkeys.shape[0]
     R = weights.shape[1]
