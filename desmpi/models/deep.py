@@ -51,16 +51,17 @@ class DeepTower:
         out, acts = self.rest.forward(p, h)
         return out[:, 0], {"x": x, "e": e, "acts": acts}
 
-    def backward(self, p: Params, c: dict, g: np.ndarray) -> np.ndarray:
-        """g (n,) -> gradient of this op's columns (n, F·d or H)."""
+    def backward(self, p: Params, c: dict, g: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """g (n,) -> gradient of this op's columns (n, F·d or H), written into ``out`` (a view
+        of the model's gZ: the product lands there directly) and returned."""
         gh = self.rest.backward(p, c["acts"], g[:, None])
         relu_grad(gh, c["acts"][0], p.grad("b1"))  # acts[0] = a1; adds b1's gradient
         p.add_product("w1_dense", c["x"].T, gh)
         if self.mode == "fused":
-            return gh  # W1s's gradient is the fused op's (from owned keys, summed over ranks)
+            out[...] = gh  # W1s's gradient is the fused op's (owned keys, summed over ranks)
+            return out
         p.add_product("w1_sparse", c["e"].T, gh)
-        w1s = p["w1_sparse"]
-        return p.matmul(gh, w1s.T, p.scratch("deep:ge", (gh.shape[0], w1s.shape[0])))
+        return p.matmul(gh, p["w1_sparse"].T, out)  # BLAS writes the strided view (ldc = W)
 
 
 __all__ = ["DeepTower", "choose_deep_input", "Dense"]

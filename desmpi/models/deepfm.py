@@ -40,8 +40,7 @@ class DeepFM(LR):
         self.wide_backward(cache["x"], g, gZ)
         gS, gQ = FM.finish_backward(g, cache["S"])
         gZ[:, self.fm.cols] = self.fm.pack_grad(gS, gQ)
-        gd = self.deep.backward(self.params, cache["deep"], g)  # (n, width), C order
+        gd = self.deep.backward(self.params, cache["deep"], g, out=gZ[:, self.deep.op.cols])
         if self.fm.s_from_pooling:  # S = Σ_f E_f: its gradient reaches every field
             gd.reshape(n, self.F, self.d)[...] += gS[:, None, :]
-        gZ[:, self.deep.op.cols] = gd
         return gZ

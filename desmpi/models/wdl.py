@@ -25,7 +25,7 @@ class WDL(LR):
         return self.wide(Z, x) + out, {"x": x, "deep": c}
 
     def backward(self, cache, g):
-        gZ = self.params.scratch("gZ", (g.shape[0], self.W), zero=True)
+        gZ = self.params.scratch("gZ", (g.shape[0], self.W))  # every column is written
         self.wide_backward(cache["x"], g, gZ)
-        gZ[:, self.deep.op.cols] = self.deep.backward(self.params, cache["deep"], g)
+        self.deep.backward(self.params, cache["deep"], g, out=gZ[:, self.deep.op.cols])
         return gZ
