@@ -3,9 +3,9 @@
 Rows live in contiguous arrays that grow by 1/4 when full, in place where the OS allows
 (:mod:`desmpi.mapped`: a memory map enlarged by ``mremap``, no copy); the hash index (linear
 probing, any capacity) grows by half when its load passes 0.8. Memory per key stays near 1.3x
-the row and slot bytes themselves (``bytes_per_key``). A key seen for the first time is inserted and
-initialised from (seed, key) alone, so initial values do not depend on P, arrival order or
-which rank inserted the key.
+the row and slot bytes themselves (``bytes_per_key``). A key seen for the first time is
+inserted and initialised from (seed, key) alone, so initial values do not depend on P, arrival
+order or which rank inserted the key.
 """
 
 from __future__ import annotations
