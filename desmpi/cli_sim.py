@@ -180,17 +180,23 @@ def _validate(a, comm: Comm) -> int:
         raise ValueError("run 'desmpi simulate --validate' without mpiexec: it launches runs")
     models = a.models.split(",")
     variants = a.strategies.split(",")
-    rep = validate(models, variants, _ints(a.ranks or "1,2,4"), a.batch_int, a.steps)
+    rep = validate(models, variants, _ints(a.ranks or "1,2,4"), a.batch_int, a.steps,
+                   calibrate_ranks=_ints(a.calibrate_ranks) if a.calibrate_ranks else None)
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "validation.json").write_text(json.dumps(rep, indent=1))
-        L = ["| model | strategy | P | measured s/step | predicted s/step | error | bytes "
-             "planned == counted |", "|---|---|---:|---:|---:|---:|---|"]
+        L = ["| model | strategy | P | network fitted at P | measured s/step | "
+             "predicted s/step | error | bytes planned == counted |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
         for c in rep["cases"]:
-            L.append(f"| {c['model']} | {c['strategy']} | {c['P']} | "
+            src = c["network_from_P"] or "—"
+            L.append(f"| {c['model']} | {c['strategy']} | {c['P']} | {src} | "
                      f"{c['measured_step_time_s']:.4f} | {c['predicted_step_time_s']:.4f} | "
                      f"{c['error']:+.1%} | {c['bytes_equal']} |")
         L.append(f"\nMedian absolute error: {rep['median_abs_error']:.1%}")
+        if rep["median_abs_error_extrapolated"] is not None:
+            L.append(f"\nMedian absolute error where the network was fitted at fewer ranks "
+                     f"(extrapolated): {rep['median_abs_error_extrapolated']:.1%}")
         (Path(a.out) / "validation.md").write_text("\n".join(L) + "\n")
     log.info("median absolute error of predicted step time: %.1f%% over %d cases",
              100 * rep["median_abs_error"], len(rep["cases"]))
@@ -232,6 +238,9 @@ def add_commands(sub) -> None:
     s.add_argument("--compute-scale", type=float, default=1.0,
                    help="replay: target compute time / traced compute time")
     s.add_argument("--validate", action="store_true")
+    s.add_argument("--calibrate-ranks", default=None,
+                   help="validate: rank counts to measure the network at (default: every P > 1"
+                        " in --ranks); others are predicted from the nearest smaller one")
     s.add_argument("--models", default="lr,fm,wdl,deepfm")
     s.add_argument("--steps", type=int, default=6)
     s.set_defaults(fn=_simulate)

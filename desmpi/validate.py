@@ -47,17 +47,38 @@ def _config_path(model: str) -> Path:
     return p
 
 
+def network_source(P: int, calibrated: list[int]) -> int | None:
+    """The calibrated rank count whose fitted network predicts a run at ``P`` ranks.
+
+    ``P`` itself when calibrated, else the largest calibrated count below it (extrapolation
+    upwards, what a user does when the cluster at hand is smaller than the target), else the
+    smallest calibrated count; None at P = 1 (no network) or when nothing was calibrated.
+    """
+    if P == 1 or not calibrated:
+        return None
+    if P in calibrated:
+        return P
+    below = [c for c in calibrated if c < P]
+    return max(below) if below else min(calibrated)
+
+
 def validate(models: list[str], variants: list[str], ranks: list[int], batch: int, steps: int,
-             workdir: str | None = None) -> dict:
+             workdir: str | None = None, calibrate_ranks: list[int] | None = None) -> dict:
+    """Predict each (model, variant, P) run and compare with the real run.
+
+    ``calibrate_ranks``: the rank counts at which the network is measured (``bench comm``);
+    by default every P > 1 in ``ranks``. A run at another P is predicted with the network
+    fitted at ``network_source(P, calibrate_ranks)``, and its case is marked extrapolated.
+    """
     cores = os.cpu_count() or 1
+    calibrated = sorted({P for P in (calibrate_ranks if calibrate_ranks is not None else ranks)
+                         if P > 1})
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         data = os.path.join(tmp, "train.h5")
         generate(SynthSpec(rows=batch * steps, seed=1, cap=100_000), data)
         ds = CtrDataset(data, in_memory=True)
         levels, fits = {}, {}
-        for P in ranks:
-            if P == 1:
-                continue
+        for P in calibrated:
             rep = _run(P, ["bench", "comm"])
             samples = [CommSample(r["kind"], r["P"], r["n"], r["time_s"],
                                   max_block=r.get("max_block"), max_rank=r.get("max_rank"))
@@ -96,7 +117,10 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
         out = []
         for c in cases:
             P = c["P"]
-            lvl = levels.get(P, Level(0.0, float("inf")))  # P = 1: no network
+            src = network_source(P, calibrated)
+            lvl = levels[src] if src is not None else Level(0.0, float("inf"))  # P = 1
+            c["network_from_P"] = src
+            c["extrapolated"] = src is not None and src != P
             cl = Cluster("this machine", 1, P, lvl, lvl, cores, rates)
             pr = predict(c.pop("prof"), cl, rates)
             c["predicted_step_time_s"] = pr["step_time_s"]
@@ -105,7 +129,10 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
                 c["measured_step_time_s"]
             c["bytes_equal"] = c["counted_wire_bytes_total"] == c["planned_wire_bytes_total"]
             out.append(c)
+    extra = [abs(c["error"]) for c in out if c["extrapolated"]]
     return {"cases": out, "median_abs_error": statistics.median(abs(c["error"]) for c in out),
+            "median_abs_error_extrapolated": statistics.median(extra) if extra else None,
+            "calibrated_ranks": calibrated,
             "calibration": {"compute": {"gemm_flops": rates.gemm_flops,
                                         "sparse_keys_per_s": rates.sparse_keys_per_s,
                                         "overhead_s": rates.overhead_s,

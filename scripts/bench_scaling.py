@@ -2,7 +2,8 @@
 """Throughput at P ranks against P = 1, alternating runs so both see the same machine state.
 
     python scripts/bench_scaling.py [--model deepfm] [--ranks 1,2] [--repeats 5] [--json]
-        [--aggregate reduce_scatter] [--p1-aggregate allreduce] [-- extra bench arguments]
+        [--aggregate reduce_scatter] [--p1-aggregate allreduce] [--json-out FILE]
+        [-- extra bench arguments]
 
 Each repeat runs ``desmpi bench train --json`` once per P (under ``mpiexec -n P`` for P > 1,
 one thread per rank); the report gives every run's samples/s, the median per P and the ratio
@@ -48,6 +49,7 @@ def main() -> int:
     ap.add_argument("--p1-aggregate", default=None, help="aggregate of the P = 1 runs")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json-out", default=None, help="also write the JSON report to this file")
     ap.add_argument("extra", nargs="*", help="more arguments for desmpi bench train")
     a = ap.parse_args()
     ranks = [int(p) for p in a.ranks.split(",")]
@@ -75,6 +77,9 @@ def main() -> int:
            "runs_gemm_limit_samples_per_s": {str(P): v for P, v in lims.items()},
            "gemm_limit_speedup_vs_1": (None if lim_up is None
                                        else {str(P): v for P, v in lim_up.items()})}
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            json.dump(rep, f, indent=1)
     if a.json:
         print(json.dumps(rep))
     else:

@@ -67,4 +67,18 @@ def test_validate_reports_every_case(tmp_path):
     assert all(c["bytes_equal"] for c in rep["cases"])
     assert all(c["predicted_step_time_s"] > 0 for c in rep["cases"])
     assert 0 <= rep["median_abs_error"] < 10
+    assert rep["calibrated_ranks"] == [2] and rep["median_abs_error_extrapolated"] is None
+    assert {(c["P"], c["network_from_P"], c["extrapolated"]) for c in rep["cases"]} == \
+        {(1, None, False), (2, 2, False)}
     assert (tmp_path / "validation.md").exists()
+
+
+def test_network_source_extrapolates_from_the_largest_smaller_calibration():
+    from desmpi.validate import network_source
+
+    assert network_source(1, [2, 4]) is None
+    assert network_source(4, [2, 4]) == 4
+    assert network_source(16, [2, 4]) == 4
+    assert network_source(3, [2, 4]) == 2
+    assert network_source(2, [4, 8]) == 4  # nothing smaller: the smallest calibrated
+    assert network_source(8, []) is None
