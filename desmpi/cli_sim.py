@@ -51,7 +51,7 @@ def _whatif(a, comm: Comm) -> int:
         r = json.loads(Path(a.rates).read_text())
         r = r.get("calibration", {}).get("compute", r)
         rates = ComputeRates(r["gemm_flops"], r["sparse_keys_per_s"], r.get("overhead_s", 0.0),
-                             r.get("per_call_s", 0.0))
+                             r.get("per_call_s", 0.0), r.get("contention", 0.0))
     batches = _ints(a.batch) if a.batch else [cfg.train.batch_size]
     t0 = time.perf_counter()
     profs = [p for B in batches for P in _ints(a.ranks)
@@ -185,7 +185,7 @@ def _validate(a, comm: Comm) -> int:
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "validation.json").write_text(json.dumps(rep, indent=1))
-        L = ["| model | strategy | P | network fitted at P | measured s/step | "
+        L = ["| model | strategy | P | calibrated at P | measured s/step | "
              "predicted s/step | error | bytes planned == counted |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
         for c in rep["cases"]:
@@ -195,8 +195,8 @@ def _validate(a, comm: Comm) -> int:
                      f"{c['error']:+.1%} | {c['bytes_equal']} |")
         L.append(f"\nMedian absolute error: {rep['median_abs_error']:.1%}")
         if rep["median_abs_error_extrapolated"] is not None:
-            L.append(f"\nMedian absolute error where the network was fitted at fewer ranks "
-                     f"(extrapolated): {rep['median_abs_error_extrapolated']:.1%}")
+            L.append(f"\nMedian absolute error of the predictions at P the calibration did not "
+                     f"see (extrapolated): {rep['median_abs_error_extrapolated']:.1%}")
         (Path(a.out) / "validation.md").write_text("\n".join(L) + "\n")
     log.info("median absolute error of predicted step time: %.1f%% over %d cases",
              100 * rep["median_abs_error"], len(rep["cases"]))
@@ -239,8 +239,8 @@ def add_commands(sub) -> None:
                    help="replay: target compute time / traced compute time")
     s.add_argument("--validate", action="store_true")
     s.add_argument("--calibrate-ranks", default=None,
-                   help="validate: rank counts to measure the network at (default: every P > 1"
-                        " in --ranks); others are predicted from the nearest smaller one")
+                   help="validate: rank counts whose runs calibrate network and compute "
+                        "(default: the smallest P > 1 in --ranks); the others are predictions")
     s.add_argument("--models", default="lr,fm,wdl,deepfm")
     s.add_argument("--steps", type=int, default=6)
     s.set_defaults(fn=_simulate)

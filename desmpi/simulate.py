@@ -121,13 +121,19 @@ def profile(ds: CtrDataset, info: ModelInfo, P: int, B: int, n_batches: int,
     return out
 
 
+def comm_time(p: Profiled, cluster: Cluster, algorithm: str = "mpich") -> float:
+    """Predicted seconds per step in collectives (mean over the profiled batches)."""
+    cl = cluster.with_ranks(p.P)
+    return float(np.mean([sum(sized_time(z, cl, p.P, algorithm) for z in cs)
+                          for cs in p.colls]))
+
+
 def predict(p: Profiled, cluster: Cluster, rates: ComputeRates | None = None,
             algorithm: str = "mpich") -> dict:
     """Predicted step of a profiled configuration on a cluster sized for its P."""
     cl = cluster.with_ranks(p.P)
-    comm_s = float(np.mean([sum(sized_time(z, cl, p.P, algorithm) for z in cs)
-                            for cs in p.colls]))
-    comp_s = compute_time(p.work, rates or cl.compute, cl.compute_share)
+    comm_s = comm_time(p, cluster, algorithm)
+    comp_s = compute_time(p.work, rates or cl.compute, cl.compute_share, cl.busy_cores)
     step = comm_s + comp_s
     return {"strategy": p.variant, "P": p.P, "batch": p.batch, "cluster": cluster.name,
             "step_time_s": step, "samples_per_s": p.batch / step, "comm_s": comm_s,

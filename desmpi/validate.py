@@ -1,10 +1,13 @@
 """``desmpi simulate --validate``: predict real runs on this machine and report the error.
 
-1. the network: ``desmpi bench comm`` at each P > 1, α and β fitted per P (one node: ranks
-   share memory, and past the core count they share cores too);
-2. compute rates: fitted on the P = 1 runs only (no communication there);
+1. the network: ``desmpi bench comm`` at each calibrated P (by default the smallest P > 1),
+   α and β fitted per P (one node: ranks share memory, and past the core count they share
+   cores too);
+2. compute rates and the node's contention: fitted on the runs at P = 1 and at the calibrated
+   P (measured time less predicted collectives);
 3. every (model, strategy, P) case: measured median step time and counted wire bytes of a real
-   ``mpiexec`` run against the prediction for the same batches (and the planned bytes).
+   ``mpiexec`` run against the prediction for the same batches (and the planned bytes); the
+   cases at other P than those fitted on are true predictions ("extrapolated").
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.models import build_model
-from desmpi.simulate import VARIANTS, ModelInfo, predict, profile
+from desmpi.simulate import VARIANTS, ModelInfo, comm_time, predict, profile
 from sim.calibrate import CommSample, fit_compute, fit_level
-from sim.cluster import Cluster, Level
+from sim.cluster import Cluster, ComputeRates, Level
 
 log = logging.getLogger("desmpi.validate")
+_NO_RATES = ComputeRates()  # comm_time does not read compute rates
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,13 +70,16 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
              workdir: str | None = None, calibrate_ranks: list[int] | None = None) -> dict:
     """Predict each (model, variant, P) run and compare with the real run.
 
-    ``calibrate_ranks``: the rank counts at which the network is measured (``bench comm``);
-    by default every P > 1 in ``ranks``. A run at another P is predicted with the network
-    fitted at ``network_source(P, calibrate_ranks)``, and its case is marked extrapolated.
+    ``calibrate_ranks``: the rank counts at which the network is measured (``bench comm``)
+    and whose runs, with those at P = 1, fit the compute rates; by default the smallest P > 1
+    in ``ranks``. A run at any other P is a prediction out of sample: its network is the one
+    fitted at ``network_source(P, calibrate_ranks)`` and its case is marked extrapolated.
     """
     cores = os.cpu_count() or 1
-    calibrated = sorted({P for P in (calibrate_ranks if calibrate_ranks is not None else ranks)
-                         if P > 1})
+    above = sorted(P for P in ranks if P > 1)
+    if calibrate_ranks is None:
+        calibrate_ranks = above[:1]
+    calibrated = sorted({P for P in calibrate_ranks if P > 1})
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         data = os.path.join(tmp, "train.h5")
         generate(SynthSpec(rows=batch * steps, seed=1, cap=100_000), data)
@@ -109,20 +116,31 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
                                   "counted_wire_bytes_total": s["wire_bytes_total"],
                                   "planned_wire_bytes_total": prof.wire_total})
                     log.info("%s %s P=%d: measured %.4f s/step", m, v, P, s["step_time_s"])
-        rates, cfit = fit_compute([(c["prof"].work, c["measured_step_time_s"])
-                                   for c in cases if c["P"] == 1])
-        log.info("compute: %.3g flop/s GEMM, %.3g key-columns/s, %.2e s overhead "
-                 "(median error %.1f%% on P=1)", rates.gemm_flops, rates.sparse_keys_per_s,
-                 rates.overhead_s, 100 * cfit.median_rel_error)
+        # compute: fitted on the runs at P = 1 and at the calibrated P (their measured time less
+        # their predicted collectives), never on the runs it is then asked to predict
+        def cluster_at(P: int, rates: ComputeRates) -> Cluster:
+            src = network_source(P, calibrated)
+            lvl = levels[src] if src is not None else Level(0.0, float("inf"))  # P = 1
+            return Cluster("this machine", 1, P, lvl, lvl, cores, rates)
+
+        fit_on = [c for c in cases if c["P"] == 1 or c["P"] in calibrated]
+        rates, cfit = fit_compute([
+            (c["prof"].work,
+             max(c["measured_step_time_s"] - comm_time(c["prof"], cluster_at(c["P"], _NO_RATES)),
+                 1e-6 * c["measured_step_time_s"]),
+             cluster_at(c["P"], _NO_RATES).busy_cores) for c in fit_on])
+        log.info("compute: %.3g flop/s GEMM, %.3g key-columns/s, %.2e s overhead, %.2e s per "
+                 "call, contention %.2f (median error %.1f%% on the P = %s runs)",
+                 rates.gemm_flops, rates.sparse_keys_per_s, rates.overhead_s, rates.per_call_s,
+                 rates.contention, 100 * cfit.median_rel_error,
+                 ", ".join(str(P) for P in sorted({c["P"] for c in fit_on})))
         out = []
         for c in cases:
             P = c["P"]
             src = network_source(P, calibrated)
-            lvl = levels[src] if src is not None else Level(0.0, float("inf"))  # P = 1
             c["network_from_P"] = src
             c["extrapolated"] = src is not None and src != P
-            cl = Cluster("this machine", 1, P, lvl, lvl, cores, rates)
-            pr = predict(c.pop("prof"), cl, rates)
+            pr = predict(c.pop("prof"), cluster_at(P, rates), rates)
             c["predicted_step_time_s"] = pr["step_time_s"]
             c["predicted_comm_s"] = pr["comm_s"]
             c["error"] = (pr["step_time_s"] - c["measured_step_time_s"]) / \
@@ -137,6 +155,8 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
                                         "sparse_keys_per_s": rates.sparse_keys_per_s,
                                         "overhead_s": rates.overhead_s,
                                         "per_call_s": rates.per_call_s,
+                                        "contention": rates.contention,
+                                        "fitted_on_P": sorted({c["P"] for c in fit_on}),
                                         "median_rel_error": cfit.median_rel_error},
                             "network": {str(P): {"latency_s": lv.latency_s,
                                                  "bandwidth_Bps": lv.bandwidth_Bps,

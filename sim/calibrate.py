@@ -1,9 +1,10 @@
 """Fit α, β of a network level and compute rates from measurements (least squares).
 
 Each model time is linear in its unknowns — cost = α·A + β·B for a collective with known
-algorithm, P and sizes; compute = overhead + flops/g + keys/s — so the fit is a linear least
-squares with non-negativity enforced by refitting without negative unknowns. The error reported
-is the relative RMS and the median relative error over the samples.
+algorithm, P and sizes; compute = overhead + flops/g + keys/s + calls·c — so the fit is a
+linear least squares with non-negativity enforced by refitting without negative unknowns (the
+node contention factor on compute, the one non-linear unknown, by a 1-D search around it). The
+error reported is the relative RMS and the median relative error over the samples.
 """
 
 from __future__ import annotations
@@ -74,13 +75,32 @@ def fit_level(samples: list[CommSample]) -> tuple[Level, Fit]:
     return lvl, Fit((alpha, beta), *_errors(X @ x, y))
 
 
-def fit_compute(samples: list[tuple[Work, float]]) -> tuple[ComputeRates, Fit]:
-    """Overhead, GEMM flop/s, sparse key-columns/s and per-call cost from (work, seconds)."""
-    X = np.array([(1.0, w.gemm_flops, w.sparse_keys, w.calls) for w, _ in samples])
-    y = np.array([t for _, t in samples])
-    x = _nnls(X, y, 1.0 / y)
+def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]],
+                max_contention: float = 1.0) -> tuple[ComputeRates, Fit]:
+    """Overhead, GEMM flop/s, sparse key-columns/s, per-call cost and node contention from
+    (work, seconds[, busy cores of the node]) samples.
+
+    The first four enter linearly; the contention κ (compute × (1 + κ·log2 busy), see
+    :func:`sim.compute.slowdown`) is found by a search over [0, max_contention] in steps of
+    0.01, each step a linear fit, keeping the smallest relative RMS. Samples that all ran
+    alone (busy = 1) leave κ at 0. ``Fit.values`` = (overhead, 1/GEMM rate, 1/sparse rate,
+    per-call cost, κ).
+    """
+    work = [s[0] for s in samples]
+    y = np.array([s[1] for s in samples])
+    busy = np.array([s[2] if len(s) > 2 else 1 for s in samples], dtype=float)
+    X = np.array([(1.0, w.gemm_flops, w.sparse_keys, w.calls) for w in work])
+    grid = np.arange(0.0, max_contention + 1e-9, 0.01) if (busy > 1).any() else np.zeros(1)
+    best = None
+    for k in grid:
+        f = 1.0 + k * np.log2(busy)
+        x = _nnls(X, y / f, f / y)  # relative errors of the slowed time
+        err = _errors((X @ x) * f, y)
+        if best is None or err[0] < best[0][0] - 1e-12:
+            best = (err, x, float(k))
+    (rms, med), x, k = best
     o, ig, ik, ic = x
     rates = ComputeRates(gemm_flops=1 / ig if ig > 0 else float("inf"),
                          sparse_keys_per_s=1 / ik if ik > 0 else float("inf"), overhead_s=o,
-                         per_call_s=ic)
-    return rates, Fit(tuple(x), *_errors(X @ x, y))
+                         per_call_s=ic, contention=k)
+    return rates, Fit((*x, k), rms, med)

@@ -43,12 +43,18 @@ class Level:
 
 @dataclass(frozen=True)
 class ComputeRates:
-    """Per-rank compute speed: dense GEMM flop/s, sparse key-columns/s, fixed per-step cost."""
+    """Per-rank compute speed: dense GEMM flop/s, sparse key-columns/s, fixed per-step cost.
+
+    ``contention``: how much a rank slows when its node's other cores are busy too (shared
+    caches, memory bandwidth, clock limits): compute time × (1 + contention · log2(busy ranks
+    on the node)). The rates above are those of one rank alone; 0 means independent cores.
+    """
 
     gemm_flops: float = 3.0e10
     sparse_keys_per_s: float = 3.0e7
     overhead_s: float = 2.0e-4
     per_call_s: float = 5.0e-5  # software cost around each collective call
+    contention: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,13 @@ class Cluster:
         if not self.cores_per_node:
             return 1.0
         return min(1.0, self.cores_per_node / self.ranks_per_node)
+
+    @property
+    def busy_cores(self) -> int:
+        """Cores of a node that compute at once (its ranks, at most its cores)."""
+        if not self.cores_per_node:
+            return self.ranks_per_node
+        return min(self.ranks_per_node, self.cores_per_node)
 
 
 # Sources: Ethernet line rates (IEEE 802.3ae 10GBASE, 802.3by 25GBASE); InfiniBand EDR 4x
@@ -129,7 +142,8 @@ def load_cluster(spec: str) -> Cluster:
         return lv
 
     comp = d.get("compute", {})
-    extra = set(comp) - {"gemm_flops", "sparse_keys_per_s", "overhead_s", "per_call_s"}
+    extra = set(comp) - {"gemm_flops", "sparse_keys_per_s", "overhead_s", "per_call_s",
+                         "contention"}
     if extra:
         raise ValueError(f"{path}: unknown keys in [compute]: {sorted(extra)}")
     for k in ("nodes", "ranks_per_node"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sim.cluster import ComputeRates
@@ -21,9 +22,15 @@ class Work:
                     self.calls + o.calls)
 
 
-def compute_time(w: Work, rates: ComputeRates, share: float = 1.0) -> float:
+def slowdown(rates: ComputeRates, busy: int) -> float:
+    """Factor on a rank's compute time when ``busy`` cores of its node compute at once."""
+    return 1.0 + rates.contention * math.log2(max(1, busy))
+
+
+def compute_time(w: Work, rates: ComputeRates, share: float = 1.0, busy: int = 1) -> float:
     """Seconds: overhead + flops / GEMM rate + key-columns / sparse rate + calls × per-call
-    cost, on ``share`` of a core (oversubscribed ranks get less)."""
+    cost, on ``share`` of a core (oversubscribed ranks get less), slowed by :func:`slowdown`
+    when ``busy`` cores of the node compute at once."""
     t = rates.overhead_s + w.gemm_flops / rates.gemm_flops + w.sparse_keys / \
         rates.sparse_keys_per_s + w.calls * rates.per_call_s
-    return t / share
+    return t * slowdown(rates, busy) / share

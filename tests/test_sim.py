@@ -2,6 +2,7 @@
 known α/β, and replay of a hand-made trace."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -110,6 +111,37 @@ def test_compute_fit_and_time():
     assert fit.rel_rms < 1e-9
     assert compute_time(Work(2e10, 0), true, share=0.5) == pytest.approx(2 * (1 + 1e-4))
     assert compute_time(Work(0, 0, 10), true) == pytest.approx(1e-4 + 3e-4)
+    assert rates.contention == 0.0  # every sample ran alone: nothing to fit it from
+
+
+def test_compute_fit_recovers_node_contention():
+    true = ComputeRates(gemm_flops=5e10, sparse_keys_per_s=1e8, overhead_s=2e-4,
+                        per_call_s=1e-5, contention=0.3)
+    rng = np.random.default_rng(2)
+    samples = []
+    for busy in (1, 2, 4):
+        for _ in range(8):
+            w = Work(rng.uniform(1e8, 1e10), rng.uniform(1e5, 1e7), rng.integers(1, 6))
+            samples.append((w, compute_time(w, true, busy=busy), busy))
+    rates, fit = fit_compute(samples)
+    assert rates.contention == pytest.approx(0.3, abs=1e-9)
+    assert rates.gemm_flops == pytest.approx(5e10, rel=1e-6)
+    assert rates.sparse_keys_per_s == pytest.approx(1e8, rel=1e-6)
+    assert fit.rel_rms < 1e-9
+    # the factor itself: 16 busy cores = 4 doublings
+    assert compute_time(Work(5e10, 0), replace(true, overhead_s=0.0), busy=16) == \
+        pytest.approx(1 + 0.3 * 4)
+
+
+def test_cluster_busy_cores_and_contention_key(tmp_path):
+    cl = Cluster("c", 2, 8, Level(1e-6, 1e10), Level(1e-6, 1e9))
+    assert cl.busy_cores == 8
+    assert replace(cl, cores_per_node=4).busy_cores == 4  # oversubscribed: 4 cores compute
+    toml = tmp_path / "c.toml"
+    toml.write_text("nodes = 2\nranks_per_node = 4\n[intra]\nlatency_s = 1e-6\n"
+                    "bandwidth_Bps = 1e10\n[inter]\nlatency_s = 2e-6\nbandwidth_Bps = 1e9\n"
+                    "[compute]\ncontention = 0.25\n")
+    assert load_cluster(str(toml)).compute.contention == 0.25
 
 
 def test_replay_hand_made_trace():
