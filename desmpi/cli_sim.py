@@ -180,7 +180,7 @@ def _validate(a, comm: Comm) -> int:
         raise ValueError("run 'desmpi simulate --validate' without mpiexec: it launches runs")
     models = a.models.split(",")
     variants = a.strategies.split(",")
-    rep = validate(models, variants, _ints(a.ranks or "1,2,4"), a.batch_int, a.steps,
+    rep = validate(models, variants, _ints(a.ranks), a.batch_int, a.steps,
                    calibrate_ranks=_ints(a.calibrate_ranks) if a.calibrate_ranks else None)
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
@@ -205,14 +205,19 @@ def _validate(a, comm: Comm) -> int:
     return 0
 
 
+WHATIF_RANKS = "8,16,32,64,128,256,512,1024"
+
+
 def _simulate(a, comm: Comm) -> int:
     if a.cluster is None:
         a.cluster = ["25gbe", "hdr"]
     if a.validate:
+        a.ranks = a.ranks or "1,2,4"
         a.batch_int = int(a.batch) if a.batch else 2048
         return _validate(a, comm)
     if a.replay:
         return _replay(a, comm)
+    a.ranks = a.ranks or WHATIF_RANKS
     return _whatif(a, comm)
 
 
@@ -222,7 +227,8 @@ def add_commands(sub) -> None:
     s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     s.add_argument("--cluster", action="append", default=None,
                    help="preset (10gbe, 25gbe, edr, hdr) or TOML; repeatable")
-    s.add_argument("--ranks", default="8,16,32,64,128,256,512,1024")
+    s.add_argument("--ranks", default=None,
+                   help=f"rank counts (default: {WHATIF_RANKS}; --validate: 1,2,4)")
     s.add_argument("--strategies", default="des,des-rs,des-read,des-a2a,a2a,ps")
     s.add_argument("--batch", default=None, help="global batch size(s), comma separated")
     s.add_argument("--profile-batches", type=int, default=2)

@@ -80,6 +80,10 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
     if calibrate_ranks is None:
         calibrate_ranks = above[:1]
     calibrated = sorted({P for P in calibrate_ranks if P > 1})
+    missing = [P for P in calibrated if P not in ranks]
+    if missing:
+        raise ValueError(f"--calibrate-ranks {missing} not in --ranks {ranks}: the calibration "
+                         "needs the training runs at those P too")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         data = os.path.join(tmp, "train.h5")
         generate(SynthSpec(rows=batch * steps, seed=1, cap=100_000), data)
@@ -123,12 +127,22 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
             lvl = levels[src] if src is not None else Level(0.0, float("inf"))  # P = 1
             return Cluster("this machine", 1, P, lvl, lvl, cores, rates)
 
-        fit_on = [c for c in cases if c["P"] == 1 or c["P"] in calibrated]
-        rates, cfit = fit_compute([
-            (c["prof"].work,
-             max(c["measured_step_time_s"] - comm_time(c["prof"], cluster_at(c["P"], _NO_RATES)),
-                 1e-6 * c["measured_step_time_s"]),
-             cluster_at(c["P"], _NO_RATES).busy_cores) for c in fit_on])
+        fit_on, samples = [], []
+        for c in cases:
+            if c["P"] != 1 and c["P"] not in calibrated:
+                continue
+            comp = c["measured_step_time_s"] - comm_time(c["prof"], cluster_at(c["P"], _NO_RATES))
+            if comp < 0.1 * c["measured_step_time_s"]:  # (nearly) all collectives: no compute
+                log.warning("%s %s P=%d: predicted collectives take %.0f%% of the measured "
+                            "step; left out of the compute fit", c["model"], c["strategy"],
+                            c["P"], 100 * (1 - comp / c["measured_step_time_s"]))
+                continue
+            fit_on.append(c)
+            samples.append((c["prof"].work, comp, cluster_at(c["P"], _NO_RATES).busy_cores))
+        if len(samples) < 4:
+            raise ValueError(f"only {len(samples)} calibration runs carry compute time; the "
+                             "compute fit needs 4 (more models or strategies, or other P)")
+        rates, cfit = fit_compute(samples)
         log.info("compute: %.3g flop/s GEMM, %.3g key-columns/s, %.2e s overhead, %.2e s per "
                  "call, contention %.2f (median error %.1f%% on the P = %s runs)",
                  rates.gemm_flops, rates.sparse_keys_per_s, rates.overhead_s, rates.per_call_s,

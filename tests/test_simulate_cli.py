@@ -82,3 +82,26 @@ def test_network_source_extrapolates_from_the_largest_smaller_calibration():
     assert network_source(3, [2, 4]) == 2
     assert network_source(2, [4, 8]) == 4  # nothing smaller: the smallest calibrated
     assert network_source(8, []) is None
+
+
+def test_validate_rejects_calibration_without_runs():
+    p = subprocess.run([sys.executable, "-m", "desmpi", "simulate", "--validate", "--ranks",
+                        "1,8", "--calibrate-ranks", "2"], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert p.returncode != 0
+    assert "--calibrate-ranks [2] not in --ranks [1, 8]" in p.stderr
+
+
+def test_validate_defaults_to_small_ranks(monkeypatch):
+    import desmpi.validate
+    from desmpi import cli
+
+    seen = {}
+
+    def fake(models, variants, ranks, batch, steps, calibrate_ranks=None):
+        seen.update(ranks=ranks, calibrate=calibrate_ranks, batch=batch)
+        return {"cases": [], "median_abs_error": 0.0, "median_abs_error_extrapolated": None}
+
+    monkeypatch.setattr(desmpi.validate, "validate", fake)
+    assert cli.main(["simulate", "--validate", "--out", ""]) == 0
+    assert seen == {"ranks": [1, 2, 4], "calibrate": None, "batch": 2048}
