@@ -131,14 +131,15 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
         for c in cases:
             if c["P"] != 1 and c["P"] not in calibrated:
                 continue
-            comp = c["measured_step_time_s"] - comm_time(c["prof"], cluster_at(c["P"], _NO_RATES))
+            cl = cluster_at(c["P"], _NO_RATES)
+            comp = c["measured_step_time_s"] - comm_time(c["prof"], cl)
             if comp < 0.1 * c["measured_step_time_s"]:  # (nearly) all collectives: no compute
                 log.warning("%s %s P=%d: predicted collectives take %.0f%% of the measured "
                             "step; left out of the compute fit", c["model"], c["strategy"],
                             c["P"], 100 * (1 - comp / c["measured_step_time_s"]))
                 continue
             fit_on.append(c)
-            samples.append((c["prof"].work, comp, cluster_at(c["P"], _NO_RATES).busy_cores))
+            samples.append((c["prof"].work, comp, cl.busy_cores))
         if len(samples) < 4:
             raise ValueError(f"only {len(samples)} calibration runs carry compute time; the "
                              "compute fit needs 4 (more models or strategies, or other P)")

@@ -27,11 +27,13 @@ section "machine"
   "$PY" -c "import sys, numpy, numba; print(sys.version.split()[0], numpy.__version__, numba.__version__)"
   git log -1 --format='%h %s' 2>/dev/null; } | tee "$OUT/machine.txt"
 
-want compile && section "compile (numba cache)"
-want compile && for m in deepfm lr; do
+if want compile; then
+section "compile (numba cache)"
+for m in deepfm lr; do
   timeout 180 "$PY" -m desmpi bench train --model "$m" --steps 2 --warmup 1 --json >/dev/null \
     || echo "compile run for $m failed"
 done
+fi
 
 if want scaling; then
 section "scaling: DES DeepFM, global batch 4096, P = 1 (allreduce) and $SCALING_RANKS (reduce_scatter)"
@@ -50,8 +52,7 @@ fi
 
 if want torch; then
 section "desmpi against PyTorch (one thread)"
-fi
-if want torch && "$PY" -c "import torch" 2>/dev/null; then
+if "$PY" -c "import torch" 2>/dev/null; then
   timeout "${T_TORCH:-170}" "$PY" scripts/bench_vs_pytorch.py --repeats "${REPEATS_TORCH:-3}" \
     --json > "$OUT/vs_pytorch.json" 2> "$OUT/vs_pytorch.log"
   "$PY" -c "
@@ -59,7 +60,8 @@ import json, sys
 for r in json.load(open(sys.argv[1])):
     print(r['model'], round(r['desmpi_samples_per_s']), round(r['torch_samples_per_s']),
           round(r['ratio'], 2))" "$OUT/vs_pytorch.json" || tail -5 "$OUT/vs_pytorch.log"
-elif want torch; then
+else
   echo "torch not importable: skipped"
+fi
 fi
 section "done"
