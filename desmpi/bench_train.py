@@ -178,6 +178,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
     slot_bytes = tr.table.S * tr.dtype.itemsize
     return {"model": model, "ranks": P, "batch": batch, "cap": cap, "dim": m.d,
             "rows": rows, "strategy": strategy, "aggregate": aggregate, "optimizer": optimizer,
+            "substitutions": m.substitutions, "partial_width": m.W,
             "samples_per_s": batch / med, "step_time_s": med,
             # no dense GEMM (LR, FM): no GEMM limit (None), the whole step is outside GEMMs
             "gemm_limit_samples_per_s": batch / t_gemm if t_gemm else None, "gemm_s": t_gemm,

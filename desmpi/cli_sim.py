@@ -32,7 +32,6 @@ def _sized(cl, a):
 def _whatif(a, comm: Comm) -> int:
     from desmpi.config import load
     from desmpi.data.h5 import CtrDataset
-    from desmpi.models import build_model
     from desmpi.simulate import VARIANTS, ModelInfo, crossovers, predict, profile, recommend
     from sim.cluster import ComputeRates, load_cluster
 
@@ -40,12 +39,12 @@ def _whatif(a, comm: Comm) -> int:
         raise ValueError("simulate needs a CONFIG (or --replay TRACE, or --validate)")
     cfg = load(a.config, a.set)
     ds = CtrDataset(cfg.data.train, in_memory=False)
-    info = ModelInfo.of(build_model(cfg.model, ds.n_fields, ds.n_dense, cfg.train.dtype, 0))
     clusters = [_sized(load_cluster(c), a) for c in a.cluster]
     variants = a.strategies.split(",")
     for v in variants:
         if v not in VARIANTS:
             raise ValueError(f"--strategies: unknown {v!r}; known: {', '.join(VARIANTS)}")
+    info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, cfg.train.dtype, variants)
     rates = None
     if a.rates:
         r = json.loads(Path(a.rates).read_text())

@@ -118,9 +118,10 @@ def _bench_compute(a, comm: Comm):
 
 def _bench_train(a, comm: Comm):
     from desmpi.bench_train import bench_train
+    from desmpi.config import parse_set
 
     rep = bench_train(comm, a.model, a.batch, a.steps, a.warmup, a.cap, a.dim, a.strategy,
-                      a.aggregate, a.optimizer)
+                      a.aggregate, a.optimizer, sets=parse_set(a.set))
     return rep, _log_bench_train
 
 
@@ -233,6 +234,8 @@ def add_commands(sub) -> None:
     b.add_argument("--strategy", default="des")
     b.add_argument("--aggregate", default="allreduce")
     b.add_argument("--optimizer", default="adagrad")
+    b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="bench train: config override (e.g. model.deep_input=fused)")
     b.add_argument("--sizes", default="64,1024,16384,131072,1048576,4194304",
                    help="bench comm: message sizes in bytes")
     b.add_argument("--repeats-comm", type=int, default=10)

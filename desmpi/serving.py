@@ -49,7 +49,8 @@ class ServingModel:
             p = f["dense_params"][...]
             F, Dn = int(f.attrs["n_fields"]), int(f.attrs["n_dense"])
         self.cfg = cfg
-        self.model = build_model(cfg.model, F, Dn, w.dtype, cfg.train.seed)
+        self.model = build_model(cfg.model, F, Dn, w.dtype, cfg.train.seed, cfg.dist.strategy,
+                                 cfg.dist.aggregate)  # the substitutions of its training
         m = self.model
         self.model.params.data[:] = p
         self.table = ShardTable(m.row_width, m.emb_col, 0, w.dtype, cfg.train.seed,

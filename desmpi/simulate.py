@@ -50,6 +50,16 @@ class ModelInfo:
             macs += 3 * model.cfg.cross_layers * (model.Dn + model.F * model.d)
         return ModelInfo(model.name, ModelDims.of(model), macs, float(fused))
 
+    @staticmethod
+    def per_variant(mcfg, n_fields: int, n_dense: int, dtype,
+                    variants) -> dict[str, ModelInfo]:
+        """{variant: ModelInfo} of the model each variant's runs build (the substitution of
+        the first dense layer depends on the strategy: :func:`desmpi.models.deep_input_for`)."""
+        from desmpi.models import build_model
+
+        return {v: ModelInfo.of(build_model(mcfg, n_fields, n_dense, dtype, 0, VARIANTS[v][0],
+                                            VARIANTS[v][1])) for v in variants}
+
 
 def step_work(variant: tuple[str, str, bool], c: StepCounts, info: ModelInfo) -> Work:
     """Mean per-rank work of one step (the cost model's compute side)."""
@@ -92,9 +102,10 @@ class Profiled:
     wire_total: int = 0  # over all ranks and profiled batches (exact, for comparison)
 
 
-def profile(ds: CtrDataset, info: ModelInfo, P: int, B: int, n_batches: int,
+def profile(ds: CtrDataset, infos: dict[str, ModelInfo], P: int, B: int, n_batches: int,
             variants: list[str], first_batch: int = 0) -> list[Profiled]:
-    """Count ``n_batches`` global batches of size B at P ranks once; plan every variant."""
+    """Count ``n_batches`` global batches of size B at P ranks once; plan every variant
+    (``infos``: its model, :meth:`ModelInfo.per_variant`)."""
     need = (first_batch + n_batches) * B
     if ds.n < need:
         raise ValueError(f"{ds.path} has {ds.n} rows; profiling {n_batches} batches of {B} "
@@ -104,6 +115,7 @@ def profile(ds: CtrDataset, info: ModelInfo, P: int, B: int, n_batches: int,
     out = []
     for v in variants:
         st, agg, rep = VARIANTS[v]
+        info = infos[v]
         colls, wire, pay, total = [], 0.0, 0.0, 0
         work = Work(0.0, 0.0)
         for c in counts:

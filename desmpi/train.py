@@ -52,7 +52,8 @@ class Trainer:
         if tc.batch_size < comm.size:
             raise ConfigError(f"train.batch_size = {tc.batch_size} is smaller than the "
                               f"{comm.size} ranks")
-        self.model = build_model(cfg.model, ds.n_fields, ds.n_dense, self.dtype, tc.seed)
+        self.model = build_model(cfg.model, ds.n_fields, ds.n_dense, self.dtype, tc.seed,
+                                 cfg.dist.strategy, cfg.dist.aggregate)
         m = self.model
         m.params.ws = Workspace(reuse=True)  # the step's large arrays, kept across steps
         self.table = ShardTable(m.row_width, m.emb_col, sparse_slots(tc.optimizer, m.row_width),

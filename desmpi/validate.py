@@ -25,7 +25,6 @@ from desmpi.comm import find_mpiexec
 from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
-from desmpi.models import build_model
 from desmpi.simulate import VARIANTS, ModelInfo, comm_time, predict, profile
 from sim.calibrate import CommSample, fit_compute, fit_level
 from sim.cluster import Cluster, ComputeRates, Level
@@ -102,7 +101,8 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
         for m in models:
             cfgp = _config_path(m)
             cfg = load(cfgp, [f"data.train={data}"])
-            info = ModelInfo.of(build_model(cfg.model, ds.n_fields, ds.n_dense, "float32", 0))
+            info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, "float32",
+                                         variants)
             for v in variants:
                 st, agg, rep_in = VARIANTS[v]
                 for P in ranks:

@@ -23,7 +23,6 @@ import numpy as np
 from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
-from desmpi.models import build_model
 from desmpi.simulate import VARIANTS, ModelInfo, predict, profile
 from sim.cluster import PRESETS, Level
 
@@ -50,7 +49,7 @@ def main() -> int:
         generate(SynthSpec(rows=2 * max(batches), seed=1, cap=1_000_000), data)
         ds = CtrDataset(data, in_memory=True)
         cfg = load(ROOT / "configs" / "deepfm.toml", [f"data.train={data}"])
-        info = ModelInfo.of(build_model(cfg.model, 26, 13, np.float32, 0))
+        info = ModelInfo.per_variant(cfg.model, 26, 13, np.float32, variants)
         t0 = time.perf_counter()
         profs = [p for B in batches for P in ranks for p in profile(ds, info, P, B, 2, variants)]
         t1 = time.perf_counter()

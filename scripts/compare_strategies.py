@@ -45,13 +45,14 @@ def label(st: str, agg: str, rep: bool = False) -> str:
     return (f"{st}/{agg}" if agg else st) + ("+read" if rep else "")
 
 
-def planned(ds: CtrDataset, dims: ModelDims, P: int, B: int, steps: int) -> dict:
-    """Mean over ranks and steps of planned wire bytes per step, per variant."""
+def planned(ds: CtrDataset, dims: dict, P: int, B: int, steps: int) -> dict:
+    """Mean over ranks and steps of planned wire bytes per step, per variant (``dims``: the
+    ModelDims of each variant's model)."""
     out = {v: 0.0 for v in VARIANTS}
     for t in range(steps):
         c = count_step(ds.read(t * B, (t + 1) * B), P, ds.onehot, ds.has("values"))
         for v in VARIANTS:
-            _, wire = traffic(v[0], v[1], c, dims, v[2])
+            _, wire = traffic(v[0], v[1], c, dims[v], v[2])
             out[v] += wire.mean() / steps
     return out
 
@@ -109,8 +110,9 @@ def main() -> int:
         for name in models:
             cfg_path = ROOT / "configs" / f"{name}.toml"
             cfg = load(cfg_path, [f"data.train={data}", *extra])
-            model = build_model(cfg.model, ds.n_fields, ds.n_dense, np.float32, 0)
-            dims = ModelDims.of(model)
+            # the substitution of the first dense layer depends on the strategy
+            dims = {v: ModelDims.of(build_model(cfg.model, ds.n_fields, ds.n_dense, np.float32,
+                                                0, v[0], v[1])) for v in VARIANTS}
             t0 = time.perf_counter()
             plan = {P: planned(ds, dims, P, a.batch, a.steps) for P in plan_ranks}
             print(f"{name}: planned {len(plan_ranks)} P values in "
@@ -118,7 +120,7 @@ def main() -> int:
             for P in plan_ranks:
                 for v in VARIANTS:
                     w = plan[P][v]
-                    rows.append({"model": name, "W": dims.W, "P": P, "strategy": label(*v),
+                    rows.append({"model": name, "W": dims[v].W, "P": P, "strategy": label(*v),
                                  "wire_bytes_per_step": w,
                                  "wire_bytes_per_sample": w * P / a.batch,
                                  "saving_vs_ps": 1 - w / plan[P][PS]
@@ -158,7 +160,12 @@ def write_markdown(path: Path, rows, models, plan_ranks, a) -> None:
          "Allgatherv; the DES paper's setting, I/O instead of MPI).", ""]
     for name in models:
         mr = [r for r in rows if r["model"] == name]
-        L += [f"## {name} (partial width W = {mr[0]['W']})", "",
+        widths = {}
+        for r in mr:
+            widths.setdefault(r["W"], []).append(r["strategy"])
+        wtxt = ", ".join(f"{w} ({', '.join(dict.fromkeys(s))})" for w, s in widths.items())
+        L += [f"## {name} (partial width W = {wtxt})" if len(widths) > 1
+              else f"## {name} (partial width W = {mr[0]['W']})", "",
               "| P | strategy | wire MB/step/rank | wire B/sample | saving vs ps | counted "
               "MB/step/rank | step time s |", "|---:|---|---:|---:|---:|---:|---:|"]
         for r in mr:

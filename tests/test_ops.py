@@ -201,3 +201,26 @@ def test_bias_act_and_relu_grad_match_numpy():
     relu_grad(g, want, gb)
     np.testing.assert_array_equal(g, g_want)
     np.testing.assert_allclose(gb, 1 + g_want.sum(axis=0), rtol=1e-14)
+
+
+def test_auto_deep_input_fuses_only_where_the_dense_part_is_replicated():
+    from desmpi.models import deep_input_for
+    from desmpi.simulate import VARIANTS, ModelInfo
+
+    # the fused layer's products run over every partial row a rank computes: free only when
+    # the dense part is replicated (des / allreduce); elsewhere auto -> pooling
+    assert deep_input_for("auto", "des", "allreduce") == "auto"
+    for st, agg in (("des", "reduce_scatter"), ("des-a2a", ""), ("a2a", ""), ("ps", "")):
+        assert deep_input_for("auto", st, agg) == "pooling"
+        assert deep_input_for("fused", st, agg) == "fused"  # explicit choices are kept
+    assert deep_input_for("pooling", "des", "allreduce") == "pooling"
+    cfg = ModelConfig(name="wdl", embed_dim=16, hidden=(400, 8))
+    subs = {(st, agg): build_model(cfg, 26, 13, np.float32, 0, st, agg).substitutions["deep"]
+            for st, agg in (("des", "allreduce"), ("des", "reduce_scatter"), ("ps", ""))}
+    assert subs == {("des", "allreduce"): "fused_first_layer",
+                    ("des", "reduce_scatter"): "field_pooling", ("ps", ""): "field_pooling"}
+    # the simulator costs each variant with the model its runs build
+    infos = ModelInfo.per_variant(cfg, 26, 13, np.float32, list(VARIANTS))
+    assert {v: i.dims.W for v, i in infos.items()} == {
+        "des": 401, "des-read": 401, "des-rs": 417, "des-a2a": 417, "a2a": 417, "ps": 417}
+    assert infos["des"].fused_macs == 416 * 400 and infos["des-rs"].fused_macs == 0

@@ -61,6 +61,15 @@ def test_bench_train_small():
     assert 0 < rep["gemm_in_step_s"] < rep["step_time_s"]
     assert rep["interaction_in_step_s"] == 0.0 and rep["interaction_s"] == 0.0
     assert {"lookup", "partials", "sparse_update", "dense"} <= set(rep["phases_s"])
+    # auto fuses the first layer under des / allreduce (H = 400 < F·d = 416) ...
+    assert rep["substitutions"]["deep"] == "fused_first_layer" and rep["partial_width"] == 401
+    # ... and --set reaches the run's config (reduce_scatter would pool under auto)
+    p = _run(["-m", "desmpi", "bench", "train", "--model", "wdl", "--batch", "512", "--steps",
+              "2", "--warmup", "1", "--cap", "1000", "--aggregate", "reduce_scatter", "--set",
+              "model.deep_input='fused'", "--json"])
+    rep = json.loads(p.stdout.strip().splitlines()[-1])
+    assert rep["substitutions"]["deep"] == "fused_first_layer" and rep["aggregate"] == \
+        "reduce_scatter"
     p = _run(["-m", "desmpi", "bench", "train", "--model", "fm", "--batch", "512", "--steps",
               "3", "--warmup", "1", "--cap", "1000", "--json"])
     rep = json.loads(p.stdout.strip().splitlines()[-1])

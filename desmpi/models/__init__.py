@@ -1,7 +1,10 @@
 """The six models as compositions of substituted operators and dense layers."""
 
+from dataclasses import replace
+
 from desmpi.models.base import Model
 from desmpi.models.dcn import DCN
+from desmpi.models.deep import deep_input_for
 from desmpi.models.deepfm import DeepFM
 from desmpi.models.dlrm import DLRM
 from desmpi.models.fm import FMModel
@@ -11,8 +14,13 @@ from desmpi.models.wdl import WDL
 REGISTRY = {"lr": LR, "fm": FMModel, "wdl": WDL, "deepfm": DeepFM, "dcn": DCN, "dlrm": DLRM}
 
 
-def build_model(cfg, n_fields: int, n_dense: int, dtype, seed: int) -> Model:
+def build_model(cfg, n_fields: int, n_dense: int, dtype, seed: int,
+                strategy: str | None = None, aggregate: str = "") -> Model:
+    """The model of ``cfg`` (a ModelConfig); with ``strategy`` (and ``aggregate``) the run's
+    substitution of the first dense layer (:func:`desmpi.models.deep.deep_input_for`)."""
+    if strategy is not None:
+        cfg = replace(cfg, deep_input=deep_input_for(cfg.deep_input, strategy, aggregate))
     return REGISTRY[cfg.name](cfg, n_fields, n_dense, dtype, seed)
 
 
-__all__ = ["Model", "REGISTRY", "build_model"]
+__all__ = ["Model", "REGISTRY", "build_model", "deep_input_for"]
