@@ -55,10 +55,9 @@ class DeepTower:
             h += z
             e = None
         else:
+            # a column slice of Z, rows strided by W: BLAS reads it in place (lda = W), as it
+            # writes the input gradient into gZ's columns in the backward
             e = z.reshape(n, -1)
-            if not e.flags.c_contiguous:  # a column slice of Z: BLAS wants rows
-                e = p.scratch("deep:e", e.shape)
-                e[...] = z.reshape(n, -1)
             w1s = p["w1_sparse"]
             h = p.matmul(e, w1s, p.scratch("deep:h1", (n, w1s.shape[1])))
             h += p.matmul(x, p["w1_dense"], p.scratch("deep:h1x", h.shape))
