@@ -118,3 +118,31 @@ def dot_interaction_backward(gout, z, E, gz, gE):
         for f in range(F):
             for c in range(d):
                 gE[s, f * d + c] = g[f + 1, c]
+
+
+@njit(cache=True)
+def field_sum(E, d, out):
+    """out (n, d) = Σ_f E[:, f·d : (f+1)·d], fields in order; E (n, F·d), rows may be strided
+    (a column slice of Z). The FM's S from the pooled embeddings."""
+    n = E.shape[0]
+    F = E.shape[1] // d
+    for s in range(n):
+        for c in range(d):
+            out[s, c] = E[s, c]
+        for f in range(1, F):
+            o = f * d
+            for c in range(d):
+                out[s, c] += E[s, o + c]
+
+
+@njit(cache=True)
+def add_to_fields(gE, g, d):
+    """gE[:, f·d : (f+1)·d] += g (n, d) for every field f, in place; gE (n, F·d), rows may be
+    strided (a column slice of gZ). The gradient of S = Σ_f E_f reaching every field."""
+    n = gE.shape[0]
+    F = gE.shape[1] // d
+    for s in range(n):
+        for f in range(F):
+            o = f * d
+            for c in range(d):
+                gE[s, o + c] += g[s, c]

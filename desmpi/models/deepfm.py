@@ -6,6 +6,7 @@ narrower layout wins.
 
 from __future__ import annotations
 
+from desmpi.kernels.dense import add_to_fields
 from desmpi.models.deep import DeepTower, choose_deep_input
 from desmpi.models.lr import LR
 from desmpi.ops import FM
@@ -29,8 +30,9 @@ class DeepFM(LR):
 
     def forward(self, Z, x):
         zd = Z[:, self.deep.op.cols]
-        e = zd.reshape(x.shape[0], self.F, self.d) if self.fm.s_from_pooling else None
-        S, Q = self.fm.split(Z[:, self.fm.cols], e)
+        e = zd if self.fm.s_from_pooling else None  # pooled E (n, F·d): S = Σ_f E_f
+        S, Q = self.fm.split(Z[:, self.fm.cols], e,
+                             self.params.scratch("fm:S", (x.shape[0], self.d)))
         out, c = self.deep.forward(self.params, x, zd)
         return self.wide(Z, x) + FM.finish(S, Q) + out, {"x": x, "S": S, "deep": c}
 
@@ -42,5 +44,5 @@ class DeepFM(LR):
         gZ[:, self.fm.cols] = self.fm.pack_grad(gS, gQ)
         gd = self.deep.backward(self.params, cache["deep"], g, out=gZ[:, self.deep.op.cols])
         if self.fm.s_from_pooling:  # S = Σ_f E_f: its gradient reaches every field
-            gd.reshape(n, self.F, self.d)[...] += gS[:, None, :]
+            add_to_fields(gd, gS, self.d)
         return gZ

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from desmpi.kernels.dense import field_sum
 from desmpi.ops.base import Op
 
 
@@ -23,10 +24,14 @@ class FM(Op):
         self.width = 1 if s_from_pooling else d + 1
         self.roles = {"Q": 0} if s_from_pooling else {"S": 0, "Q": d}
 
-    def split(self, z: np.ndarray, e: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(S (n, d), Q (n,)) from this op's aggregated columns (and pooled E (n, F, d))."""
+    def split(self, z: np.ndarray, e: np.ndarray | None,
+              out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(S (n, d), Q (n,)) from this op's aggregated columns (and pooled E (n, F·d), S
+        written into ``out`` (n, d) when given)."""
         if self.s_from_pooling:
-            return e.sum(axis=1), z[:, 0]
+            S = np.empty((e.shape[0], self.d), e.dtype) if out is None else out
+            field_sum(e, self.d, S)
+            return S, z[:, 0]
         return z[:, : self.d], z[:, self.d]
 
     @staticmethod
