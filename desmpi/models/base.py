@@ -102,7 +102,7 @@ class Model:
         """Local partial Z^(r) (n, W) from this rank's pooled owned keys (p.Z, completed)."""
         for op in self.ops:
             if not op.roles:
-                p.Z[:, op.cols] = op.partial(p, self.params)
+                op.partial(p, self.params, p.Z[:, op.cols])
         return p.Z
 
     def key_grads(self, gZ: np.ndarray, p: Pooled) -> KeyGrads:

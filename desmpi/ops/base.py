@@ -81,7 +81,8 @@ class Op:
     def cols(self) -> slice:
         return slice(self.start, self.start + self.width)
 
-    def partial(self, p: Pools, params) -> np.ndarray:  # (n, width)
+    def partial(self, p: Pools, params, out: np.ndarray) -> None:
+        """Write the partial (n, width) into ``out`` (its columns of Z, rows strided)."""
         raise NotImplementedError
 
     def key_grads(self, gz: np.ndarray, kg: Pools, p: Pools, params) -> None:

@@ -21,9 +21,10 @@ class FusedFirstLayer(Op):
         self.width = hidden
         self.w1_name = w1_name  # (F·d, H) replicated parameter
 
-    def partial(self, p: Pooled, params) -> np.ndarray:
-        w1 = params[self.w1_name]  # EZ: E (n, F·d) of its own
-        return params.matmul(p.EZ, w1, params.scratch("fused:h", (p.EZ.shape[0], w1.shape[1])))
+    def partial(self, p: Pooled, params, out: np.ndarray) -> None:
+        """out (n, H) = E W1 with E = p.EZ (n, F·d) of its own; BLAS writes Z's columns in
+        place (ldc = W)."""
+        params.matmul(p.EZ, params[self.w1_name], out)
 
     def key_grads(self, gz: np.ndarray, kg: KeyGrads, p: Pooled, params) -> None:
         """Sets the gradient of E: (n, F·d) = gz W1ᵀ; adds Eᵀ gz into W1's gradient."""
