@@ -55,6 +55,15 @@ class Trainer:
         self.model = build_model(cfg.model, ds.n_fields, ds.n_dense, self.dtype, tc.seed,
                                  cfg.dist.strategy, cfg.dist.aggregate)
         m = self.model
+        dc = cfg.dist
+        if (m.partial_grad_size and comm.size > 1 and comm.rank == 0
+                and (dc.strategy == "des-a2a"
+                     or (dc.strategy == "des" and dc.aggregate == "reduce_scatter"))):
+            log.warning("model.deep_input = 'fused' under %s: every rank computes the first "
+                        "dense layer over every row of partials it makes (all B samples or "
+                        "(sample, owner) pairs), where 'pooling' (the auto choice here) splits "
+                        "it over the ranks", dc.strategy if dc.strategy == "des-a2a"
+                        else "des/reduce_scatter")
         m.params.ws = Workspace(reuse=True)  # the step's large arrays, kept across steps
         self.table = ShardTable(m.row_width, m.emb_col, sparse_slots(tc.optimizer, m.row_width),
                                 self.dtype, tc.seed, cfg.model.init_std,

@@ -45,6 +45,17 @@ def _rel(a, b):
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
 
 
+def test_fused_first_layer_warns_where_it_repeats_work(runs):
+    """An explicit fused first layer under des/reduce_scatter or des-a2a at P > 1 is warned
+    about (rank 0); nothing else is."""
+    for P, o in runs.items():
+        w = json.loads((o / "fused_warnings.json").read_text())
+        expect = {c for c in w if P > 1 and c.endswith("-fused")
+                  and ("-des-reduce_scatter" in c or "-des-a2a-" in c)}
+        assert expect or P == 1
+        assert {c for c, v in w.items() if v} == expect, P
+
+
 def test_planned_equals_counted(runs):
     for P, o in runs.items():
         problems = json.loads((o / "plan_check.json").read_text())
@@ -56,7 +67,8 @@ def test_equivalent_to_single_process(runs, P):
     cases = json.loads((runs[1] / "cases.json").read_text())
     # 6 models x (des/allreduce, des/reduce_scatter: 4 optimizers; ps, a2a, des-a2a and des
     # with replicated input: adagrad) + multi-hot weighted for every model and variant +
-    # pooling-substituted W&D and DeepFM for every variant
+    # W&D and DeepFM with the other substitution of the first layer for every variant
+    # (pooling where auto fuses, fused where it pools)
     assert len(cases) == 6 * (2 * 4 + 5) + 6 * 7 + 2 * 7 + 5  # + lifecycle, every strategy
     worst = {}
     for c in cases:

@@ -2,6 +2,11 @@
 
 Backward: ∂/∂E_f = gh W1_fᵀ for every sample (gh is known everywhere), and ∂/∂W1 = Σ_r
 E^(r)ᵀ gh, the rank's share of which goes into the dense gradient for one Allreduce of W1's size.
+
+Cost: three dense products over every row of partials the rank computes (E^(r) holds zeros
+where other ranks own the keys), i.e. over all B samples under des: free when the dense part
+is replicated (aggregate = allreduce), P times the data-parallel work under reduce_scatter,
+which is why ``deep_input = auto`` fuses only in the former (:func:`desmpi.models.deep_input_for`).
 """
 
 from __future__ import annotations
