@@ -7,7 +7,7 @@ import pytest
 from desmpi.config import ModelConfig
 from desmpi.data.synth import SynthSpec, generate_block
 from desmpi.kernels.hashing import owners
-from desmpi.kernels.sparse import row_grads
+from desmpi.kernels.sparse import row_grads, unique_rows
 from desmpi.models import REGISTRY, build_model
 from desmpi.optim import sparse_slots
 from desmpi.strategies.common import bce_with_logits, occurrences, pool_owned, route
@@ -224,3 +224,35 @@ def test_auto_deep_input_fuses_only_where_the_dense_part_is_replicated():
     assert {v: i.dims.W for v, i in infos.items()} == {
         "des": 401, "des-read": 401, "des-rs": 417, "des-a2a": 417, "a2a": 417, "ps": 417}
     assert infos["des"].fused_macs == 416 * 400 and infos["des-rs"].fused_macs == 0
+
+
+@pytest.mark.parametrize("d", [4, 16, 64])  # the scalar (d < 8) and the vectorised row loops
+def test_row_grads_match_a_numpy_reference(d):
+    rng = np.random.default_rng(d)
+    n, F, nrows, nnz = 50, 6, 40, 400
+    occ_s = np.sort(rng.integers(0, n, nnz))
+    occ_f = rng.integers(0, F, nnz)
+    rows = rng.integers(-1, nrows, nnz)  # -1: a key with no row (skipped)
+    vals = rng.uniform(0.5, 1.5, nnz)
+    emb_col = 1
+    weights = rng.normal(size=(nrows, emb_col + d))
+    W = 1 + d + 1 + F * d  # [L | S (d) | Q | E (F·d)]
+    gZ = rng.normal(size=(n, W))
+    cL, cS, cQ, cE = 0, 1, 1 + d, 2 + d
+    mark = np.zeros(nrows, np.int32)
+    urows, inv = np.empty(nnz, np.int64), np.empty(nnz, np.int64)
+    nu = unique_rows(rows, mark, urows, inv)
+    grad = np.zeros((nu, emb_col + d))
+    row_grads(occ_s, occ_f, inv, urows[:nu], vals, weights, emb_col, gZ, cL, cS, cQ, gZ, cE,
+              grad)
+    ref = np.zeros_like(grad)
+    for i in range(nnz):
+        if rows[i] < 0:
+            continue
+        u, s, x = inv[i], occ_s[i], vals[i]
+        ref[u, 0] += gZ[s, cL] * x
+        ref[u, 1:] += (gZ[s, cE + occ_f[i] * d: cE + (occ_f[i] + 1) * d] + gZ[s, cS:cS + d]) * x
+        ref[u, 1:] += 2 * gZ[s, cQ] * x * x * weights[rows[i], 1:]
+    assert np.array_equal(urows[:nu], np.unique(rows[rows >= 0])[np.argsort(
+        [np.flatnonzero(rows == r)[0] for r in np.unique(rows[rows >= 0])])])
+    np.testing.assert_allclose(grad, ref, rtol=1e-12, atol=1e-12)
