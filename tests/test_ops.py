@@ -7,7 +7,7 @@ import pytest
 from desmpi.config import ModelConfig
 from desmpi.data.synth import SynthSpec, generate_block
 from desmpi.kernels.hashing import owners
-from desmpi.kernels.sparse import row_grads, unique_rows
+from desmpi.kernels.sparse import pool, row_grads, unique_rows
 from desmpi.models import REGISTRY, build_model
 from desmpi.optim import sparse_slots
 from desmpi.strategies.common import bce_with_logits, occurrences, pool_owned, route
@@ -256,3 +256,26 @@ def test_row_grads_match_a_numpy_reference(d):
     assert np.array_equal(urows[:nu], np.unique(rows[rows >= 0])[np.argsort(
         [np.flatnonzero(rows == r)[0] for r in np.unique(rows[rows >= 0])])])
     np.testing.assert_allclose(grad, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [4, 16, 64])  # the scalar (d < 8) and the vectorised row loops
+def test_pool_matches_a_numpy_reference(d):
+    rng = np.random.default_rng(100 + d)
+    n, F, nrows, nnz = 50, 6, 40, 400
+    occ_s = np.sort(rng.integers(0, n, nnz))
+    occ_f = rng.integers(0, F, nnz)
+    rows = rng.integers(-1, nrows, nnz)  # -1: skipped
+    vals = rng.uniform(0.5, 1.5, nnz)
+    emb_col = 1
+    weights = rng.normal(size=(nrows, emb_col + d))
+    cL, cS, cQ, cE = 0, 1, 1 + d, 2 + d
+    Z = np.zeros((n, 2 + d + F * d))
+    pool(occ_s, occ_f, rows, vals, weights, emb_col, Z, cL, cS, cQ, Z, cE)
+    ref = np.zeros_like(Z)
+    for i in np.flatnonzero(rows >= 0):
+        s, x, w = occ_s[i], vals[i], weights[rows[i]]
+        ref[s, cL] += w[0] * x
+        ref[s, cS:cS + d] += w[1:] * x
+        ref[s, cQ] += (w[1:] @ w[1:]) * x * x
+        ref[s, cE + occ_f[i] * d: cE + (occ_f[i] + 1) * d] += w[1:] * x
+    np.testing.assert_allclose(Z, ref, rtol=1e-12, atol=1e-12)

@@ -18,10 +18,12 @@ from numba import njit
 
 from desmpi.kernels.prefetch import AHEAD, prefetch_row
 
-# row_grads: the vectorised row loops from this many floats per row. One 4096-sample batch of
-# Criteo-schema keys, interleaved runs (/tmp script, 2026-11-28): d = 16 1.7-1.9 ms against
-# 2.8-3.7 ms for the scalar loops, d = 64 2.5-3.4 against 7.5-8.1 ms. The same view loops
-# without this branch compiled to slower code (4.8-5.6 and 4.9-5.3 ms): keep the structure.
+# pool and row_grads: loops over 1-D row views (vectorised) from this many floats per row, the
+# scalar 2-D-indexed loops below it. One 4096-sample batch of Criteo-schema keys, interleaved
+# runs of throwaway /tmp scripts (2026-11-28): row_grads d = 16 1.7-1.9 ms against 2.8-3.7 ms,
+# d = 64 2.5-3.4 against 7.5-8.1 ms; pool d = 16 2.4-3.8 against 3.8-6.5 ms, d = 64 4.4-5.2
+# against 12.1-14.6 ms. The same view loops without the branch compiled to slower code
+# (row_grads 4.8-5.6 and 4.9-5.3 ms): keep the structure.
 WIDE_ROW = 8
 
 
@@ -34,6 +36,7 @@ def pool(occ_s, occ_f, rows, vals, weights, emb_col, Z, cL, cS, cQ, EZ, cE):
     d = weights.shape[1] - emb_col
     one = weights.dtype.type(1.0)
     nnz = occ_s.shape[0]
+    wide = d >= WIDE_ROW  # vectorised row loops (see WIDE_ROW)
     for i in range(nnz):
         if i + AHEAD < nnz and rows[i + AHEAD] >= 0:
             prefetch_row(weights, rows[i + AHEAD])
@@ -46,11 +49,23 @@ def pool(occ_s, occ_f, rows, vals, weights, emb_col, Z, cL, cS, cQ, EZ, cE):
             Z[s, cL] += weights[r, 0] * x
         if cE >= 0:
             o = cE + occ_f[i] * d
-            for c in range(d):
-                EZ[s, o + c] += weights[r, emb_col + c] * x
+            if wide:
+                e = EZ[s, o:o + d]
+                wv = weights[r, emb_col:emb_col + d]
+                for c in range(d):
+                    e[c] += wv[c] * x
+            else:
+                for c in range(d):
+                    EZ[s, o + c] += weights[r, emb_col + c] * x
         if cS >= 0:
-            for c in range(d):
-                Z[s, cS + c] += weights[r, emb_col + c] * x
+            if wide:
+                zs = Z[s, cS:cS + d]
+                wv = weights[r, emb_col:emb_col + d]
+                for c in range(d):
+                    zs[c] += wv[c] * x
+            else:
+                for c in range(d):
+                    Z[s, cS + c] += weights[r, emb_col + c] * x
         if cQ >= 0:
             q = weights.dtype.type(0.0)
             for c in range(d):
