@@ -7,7 +7,7 @@ import pytest
 from desmpi.config import ModelConfig
 from desmpi.data.synth import SynthSpec, generate_block
 from desmpi.kernels.hashing import owners
-from desmpi.kernels.sparse import pool, row_grads, unique_rows
+from desmpi.kernels.sparse import add_segments, pool, row_grads, unique_rows
 from desmpi.models import REGISTRY, build_model
 from desmpi.optim import sparse_slots
 from desmpi.strategies.common import bce_with_logits, occurrences, pool_owned, route
@@ -278,4 +278,23 @@ def test_pool_matches_a_numpy_reference(d):
         ref[s, cS:cS + d] += w[1:] * x
         ref[s, cQ] += (w[1:] @ w[1:]) * x * x
         ref[s, cE + occ_f[i] * d: cE + (occ_f[i] + 1) * d] += w[1:] * x
+    np.testing.assert_allclose(Z, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [4, 16, 64])  # the scalar (d < 8) and the vectorised row loops
+def test_add_segments_matches_a_numpy_reference(d):
+    rng = np.random.default_rng(200 + d)
+    n, F, m = 30, 5, 120
+    seg_s, seg_f = rng.integers(0, n, m), rng.integers(0, F, m)
+    seg = rng.normal(size=(m, 2 + d))  # [L | v (d) | Q]
+    cL, cS, cQ, cE = 0, 1, 1 + d, 2 + d
+    Z = np.zeros((n, 2 + d + F * d))
+    add_segments(seg_s, seg_f, seg, 0, 1, 1 + d, d, Z, cL, cS, cQ, Z, cE)
+    ref = np.zeros_like(Z)
+    for k in range(m):
+        s, f = seg_s[k], seg_f[k]
+        ref[s, cL] += seg[k, 0]
+        ref[s, cS:cS + d] += seg[k, 1:1 + d]
+        ref[s, cQ] += seg[k, 1 + d]
+        ref[s, cE + f * d: cE + (f + 1) * d] += seg[k, 1:1 + d]
     np.testing.assert_allclose(Z, ref, rtol=1e-12, atol=1e-12)

@@ -18,12 +18,13 @@ from numba import njit
 
 from desmpi.kernels.prefetch import AHEAD, prefetch_row
 
-# pool and row_grads: loops over 1-D row views (vectorised) from this many floats per row, the
-# scalar 2-D-indexed loops below it. One 4096-sample batch of Criteo-schema keys, interleaved
-# runs of throwaway /tmp scripts (2026-11-28): row_grads d = 16 1.7-1.9 ms against 2.8-3.7 ms,
-# d = 64 2.5-3.4 against 7.5-8.1 ms; pool d = 16 2.4-3.8 against 3.8-6.5 ms, d = 64 4.4-5.2
-# against 12.1-14.6 ms. The same view loops without the branch compiled to slower code
-# (row_grads 4.8-5.6 and 4.9-5.3 ms): keep the structure.
+# pool, row_grads and add_segments: loops over 1-D row views (vectorised) from this many floats
+# per row, the scalar 2-D-indexed loops below it. One 4096-sample batch of Criteo-schema keys,
+# interleaved runs of throwaway /tmp scripts (2026-11-28): row_grads d = 16 1.7-1.9 ms against
+# 2.8-3.7 ms, d = 64 2.5-3.4 against 7.5-8.1 ms; pool d = 16 2.4-3.8 against 3.8-6.5 ms,
+# d = 64 4.4-5.2 against 12.1-14.6 ms; add_segments (the batch as segments) d = 16 1.0-1.4
+# against 1.5-2.2 ms, d = 64 4.1-4.6 against 7.6-7.9 ms. The same view loops without the
+# branch compiled to slower code (row_grads 4.8-5.6 and 4.9-5.3 ms): keep the structure.
 WIDE_ROW = 8
 
 
@@ -137,6 +138,7 @@ def add_segments(seg_s, seg_f, seg, sL, sv, sQ, d, Z, cL, cS, cQ, EZ, cE):
     """Add pooled segments into the pools, in segment order. seg (m, w): one row per
     (sample seg_s, field seg_f) part, [L | v (d) | Q] from columns sL, sv, sQ (-1: absent); v
     goes into E[s, f] and/or S[s]."""
+    wide = d >= WIDE_ROW  # vectorised row loops (see WIDE_ROW)
     for k in range(seg_s.shape[0]):
         s = seg_s[k]
         if sL >= 0 and cL >= 0:
@@ -144,11 +146,23 @@ def add_segments(seg_s, seg_f, seg, sL, sv, sQ, d, Z, cL, cS, cQ, EZ, cE):
         if sv >= 0:
             if cE >= 0:
                 o = cE + seg_f[k] * d
-                for c in range(d):
-                    EZ[s, o + c] += seg[k, sv + c]
+                if wide:
+                    e = EZ[s, o:o + d]
+                    v = seg[k, sv:sv + d]
+                    for c in range(d):
+                        e[c] += v[c]
+                else:
+                    for c in range(d):
+                        EZ[s, o + c] += seg[k, sv + c]
             if cS >= 0:
-                for c in range(d):
-                    Z[s, cS + c] += seg[k, sv + c]
+                if wide:
+                    zs = Z[s, cS:cS + d]
+                    v = seg[k, sv:sv + d]
+                    for c in range(d):
+                        zs[c] += v[c]
+                else:
+                    for c in range(d):
+                        Z[s, cS + c] += seg[k, sv + c]
         if sQ >= 0 and cQ >= 0:
             Z[s, cQ] += seg[k, sQ]
 
