@@ -24,6 +24,7 @@ from desmpi.data.h5 import CtrDataset
 from desmpi.data.slicing import n_batches, rank_slice, split_counts
 from desmpi.lifecycle import Lifecycle
 from desmpi.models import build_model
+from desmpi.models.deep import fused_repeats_work
 from desmpi.optim import DenseOptimizer, SparseOptimizer, sparse_slots
 from desmpi.strategies import make_strategy
 from desmpi.strategies.common import NonFiniteError, Timer
@@ -57,13 +58,12 @@ class Trainer:
         m = self.model
         dc = cfg.dist
         if (m.partial_grad_size and comm.size > 1 and comm.rank == 0
-                and (dc.strategy == "des-a2a"
-                     or (dc.strategy == "des" and dc.aggregate == "reduce_scatter"))):
+                and fused_repeats_work(dc.strategy, dc.aggregate)):
             log.warning("model.deep_input = 'fused' under %s: every rank computes the first "
                         "dense layer over every row of partials it makes (all B samples or "
                         "(sample, owner) pairs), where 'pooling' (the auto choice here) splits "
-                        "it over the ranks", dc.strategy if dc.strategy == "des-a2a"
-                        else "des/reduce_scatter")
+                        "it over the ranks", dc.strategy + (f"/{dc.aggregate}"
+                                                            if dc.strategy == "des" else ""))
         m.params.ws = Workspace(reuse=True)  # the step's large arrays, kept across steps
         self.table = ShardTable(m.row_width, m.emb_col, sparse_slots(tc.optimizer, m.row_width),
                                 self.dtype, tc.seed, cfg.model.init_std,

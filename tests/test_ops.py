@@ -214,6 +214,11 @@ def test_auto_deep_input_fuses_only_where_the_dense_part_is_replicated():
         assert deep_input_for("auto", st, agg) == "pooling"
         assert deep_input_for("fused", st, agg) == "fused"  # explicit choices are kept
     assert deep_input_for("pooling", "des", "allreduce") == "pooling"
+    # where an explicit fused layer repeats its products on every rank (the trainer warns)
+    from desmpi.models.deep import fused_repeats_work
+    assert [fused_repeats_work(st, agg) for st, agg in (
+        ("des", "allreduce"), ("des", "reduce_scatter"), ("des-a2a", ""), ("a2a", ""),
+        ("ps", ""))] == [False, True, True, False, False]
     cfg = ModelConfig(name="wdl", embed_dim=16, hidden=(400, 8))
     subs = {(st, agg): build_model(cfg, 26, 13, np.float32, 0, st, agg).substitutions["deep"]
             for st, agg in (("des", "allreduce"), ("des", "reduce_scatter"), ("ps", ""))}

@@ -29,6 +29,13 @@ def deep_input_for(mode: str, strategy: str, aggregate: str) -> str:
     return "pooling"
 
 
+def fused_repeats_work(strategy: str, aggregate: str) -> bool:
+    """Whether a fused first layer would run its products, on every rank, over rows that other
+    ranks cover too: all B samples under des / reduce_scatter, every (sample, owner) pair
+    under des-a2a (the trainer warns when it is asked for there)."""
+    return strategy == "des-a2a" or (strategy == "des" and aggregate == "reduce_scatter")
+
+
 def choose_deep_input(mode: str, n_fields: int, d: int, h1: int, extra_fused: int = 0) -> str:
     """'pooling' or 'fused': the smaller partial width (extra_fused: columns fusing adds)."""
     if mode != "auto":
@@ -78,4 +85,4 @@ class DeepTower:
         return p.matmul(gh, p["w1_sparse"].T, out)  # BLAS writes the strided view (ldc = W)
 
 
-__all__ = ["DeepTower", "choose_deep_input", "deep_input_for", "Dense"]
+__all__ = ["DeepTower", "choose_deep_input", "deep_input_for", "fused_repeats_work", "Dense"]
