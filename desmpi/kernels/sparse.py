@@ -28,6 +28,19 @@ from desmpi.kernels.prefetch import AHEAD, prefetch_row
 WIDE_ROW = 8
 
 
+@njit(inline="always")
+def _add_row(dst, i, o, src, k, so, d, x, wide):
+    """dst[i, o:o+d] += src[k, so:so+d] · x; over 1-D views when ``wide`` (see WIDE_ROW)."""
+    if wide:
+        a = dst[i, o:o + d]
+        b = src[k, so:so + d]
+        for c in range(d):
+            a[c] += b[c] * x
+    else:
+        for c in range(d):
+            dst[i, o + c] += src[k, so + c] * x
+
+
 @njit(cache=True)
 def pool(occ_s, occ_f, rows, vals, weights, emb_col, Z, cL, cS, cQ, EZ, cE):
     """Add the owned occurrences into the pools (zeroed by the caller); rows < 0 (keys never
@@ -49,24 +62,9 @@ def pool(occ_s, occ_f, rows, vals, weights, emb_col, Z, cL, cS, cQ, EZ, cE):
         if cL >= 0:
             Z[s, cL] += weights[r, 0] * x
         if cE >= 0:
-            o = cE + occ_f[i] * d
-            if wide:
-                e = EZ[s, o:o + d]
-                wv = weights[r, emb_col:emb_col + d]
-                for c in range(d):
-                    e[c] += wv[c] * x
-            else:
-                for c in range(d):
-                    EZ[s, o + c] += weights[r, emb_col + c] * x
+            _add_row(EZ, s, cE + occ_f[i] * d, weights, r, emb_col, d, x, wide)
         if cS >= 0:
-            if wide:
-                zs = Z[s, cS:cS + d]
-                wv = weights[r, emb_col:emb_col + d]
-                for c in range(d):
-                    zs[c] += wv[c] * x
-            else:
-                for c in range(d):
-                    Z[s, cS + c] += weights[r, emb_col + c] * x
+            _add_row(Z, s, cS, weights, r, emb_col, d, x, wide)
         if cQ >= 0:
             q = weights.dtype.type(0.0)
             for c in range(d):
@@ -103,24 +101,9 @@ def row_grads(occ_s, occ_f, inv, urows, vals, weights, emb_col, gZ, cL, cS, cQ, 
         if cL >= 0:
             grad[u, 0] += gZ[s, cL] * x
         if cE >= 0:
-            o = cE + occ_f[i] * d
-            if wide:
-                gv = grad[u, emb_col:emb_col + d]
-                ge = gEZ[s, o:o + d]
-                for c in range(d):
-                    gv[c] += ge[c] * x
-            else:
-                for c in range(d):
-                    grad[u, emb_col + c] += gEZ[s, o + c] * x
+            _add_row(grad, u, emb_col, gEZ, s, cE + occ_f[i] * d, d, x, wide)
         if cS >= 0:
-            if wide:
-                gv = grad[u, emb_col:emb_col + d]
-                gs = gZ[s, cS:cS + d]
-                for c in range(d):
-                    gv[c] += gs[c] * x
-            else:
-                for c in range(d):
-                    grad[u, emb_col + c] += gZ[s, cS + c] * x
+            _add_row(grad, u, emb_col, gZ, s, cS, d, x, wide)
         if cQ >= 0:
             qsum[u] += 2 * gZ[s, cQ] * (x * x)
     if cQ >= 0:
@@ -139,30 +122,16 @@ def add_segments(seg_s, seg_f, seg, sL, sv, sQ, d, Z, cL, cS, cQ, EZ, cE):
     (sample seg_s, field seg_f) part, [L | v (d) | Q] from columns sL, sv, sQ (-1: absent); v
     goes into E[s, f] and/or S[s]."""
     wide = d >= WIDE_ROW  # vectorised row loops (see WIDE_ROW)
+    one = seg.dtype.type(1.0)
     for k in range(seg_s.shape[0]):
         s = seg_s[k]
         if sL >= 0 and cL >= 0:
             Z[s, cL] += seg[k, sL]
         if sv >= 0:
             if cE >= 0:
-                o = cE + seg_f[k] * d
-                if wide:
-                    e = EZ[s, o:o + d]
-                    v = seg[k, sv:sv + d]
-                    for c in range(d):
-                        e[c] += v[c]
-                else:
-                    for c in range(d):
-                        EZ[s, o + c] += seg[k, sv + c]
+                _add_row(EZ, s, cE + seg_f[k] * d, seg, k, sv, d, one, wide)
             if cS >= 0:
-                if wide:
-                    zs = Z[s, cS:cS + d]
-                    v = seg[k, sv:sv + d]
-                    for c in range(d):
-                        zs[c] += v[c]
-                else:
-                    for c in range(d):
-                        Z[s, cS + c] += seg[k, sv + c]
+                _add_row(Z, s, cS, seg, k, sv, d, one, wide)
         if sQ >= 0 and cQ >= 0:
             Z[s, cQ] += seg[k, sQ]
 
