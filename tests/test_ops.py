@@ -287,6 +287,29 @@ def test_pool_matches_a_numpy_reference(d):
 
 
 @pytest.mark.parametrize("d", [4, 16, 64])  # the scalar (d < 8) and the vectorised row loops
+def test_fm_field_kernels_match_numpy_on_strided_columns(d):
+    """field_sum (S = Σ_f E_f) and add_to_fields (its gradient back to every field) read and
+    write E as a column slice of a wider matrix, as DeepFM passes Z's and gZ's columns."""
+    from desmpi.kernels.dense import add_to_fields, field_sum
+
+    rng = np.random.default_rng(300 + d)
+    n, F, off = 37, 5, 3
+    Z = rng.normal(size=(n, off + F * d + 2)).astype(np.float32)
+    E = Z[:, off:off + F * d]  # rows strided by Z's width
+    S = np.empty((n, d), np.float32)
+    field_sum(E, d, S)
+    ref = E[:, :d].copy()
+    for f in range(1, F):  # the kernel's order: field 0, then 1, 2, ... added in turn
+        ref += E[:, f * d:(f + 1) * d]
+    assert np.array_equal(S, ref)
+    g = rng.normal(size=(n, d)).astype(np.float32)
+    want = Z.copy()
+    want[:, off:off + F * d] += np.tile(g, F)
+    add_to_fields(Z[:, off:off + F * d], g, d)
+    assert np.array_equal(Z, want)  # the columns outside E untouched
+
+
+@pytest.mark.parametrize("d", [4, 16, 64])  # the scalar (d < 8) and the vectorised row loops
 def test_add_segments_matches_a_numpy_reference(d):
     rng = np.random.default_rng(200 + d)
     n, F, m = 30, 5, 120

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from desmpi.kernels.sparse import WIDE_ROW, _add_row
+
 
 @njit(cache=True)
 def bias_act(y, b, relu):
@@ -126,13 +128,13 @@ def field_sum(E, d, out):
     (a column slice of Z). The FM's S from the pooled embeddings."""
     n = E.shape[0]
     F = E.shape[1] // d
+    wide = d >= WIDE_ROW
+    one = E.dtype.type(1.0)
     for s in range(n):
         for c in range(d):
             out[s, c] = E[s, c]
         for f in range(1, F):
-            o = f * d
-            for c in range(d):
-                out[s, c] += E[s, o + c]
+            _add_row(out, s, 0, E, s, f * d, d, one, wide)
 
 
 @njit(cache=True)
@@ -141,8 +143,8 @@ def add_to_fields(gE, g, d):
     strided (a column slice of gZ). The gradient of S = Σ_f E_f reaching every field."""
     n = gE.shape[0]
     F = gE.shape[1] // d
+    wide = d >= WIDE_ROW
+    one = gE.dtype.type(1.0)
     for s in range(n):
         for f in range(F):
-            o = f * d
-            for c in range(d):
-                gE[s, o + c] += g[s, c]
+            _add_row(gE, s, f * d, g, s, 0, d, one, wide)
