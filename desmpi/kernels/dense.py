@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from desmpi.kernels.sparse import WIDE_ROW, _add_row
+from desmpi.kernels.sparse import WIDE_ROW, add_scaled_row
 
 
 @njit(cache=True)
@@ -134,7 +134,7 @@ def field_sum(E, d, out):
         for c in range(d):
             out[s, c] = E[s, c]
         for f in range(1, F):
-            _add_row(out, s, 0, E, s, f * d, d, one, wide)
+            add_scaled_row(out, s, 0, E, s, f * d, d, one, wide)
 
 
 @njit(cache=True)
@@ -147,4 +147,4 @@ def add_to_fields(gE, g, d):
     one = gE.dtype.type(1.0)
     for s in range(n):
         for f in range(F):
-            _add_row(gE, s, f * d, g, s, 0, d, one, wide)
+            add_scaled_row(gE, s, f * d, g, s, 0, d, one, wide)

@@ -18,7 +18,7 @@ from numba import njit
 
 from desmpi.kernels.prefetch import AHEAD, prefetch_row
 
-# Row additions (_add_row: pool, row_grads incl. its square-term pass, add_segments, and
+# Row additions (add_scaled_row: pool, row_grads incl. its square-term pass, add_segments,
 # kernels/dense.py's field_sum / add_to_fields): loops over 1-D row views (vectorised) from
 # this many floats per row, the scalar 2-D-indexed loops below it. One 4096-sample batch of
 # Criteo-schema keys, interleaved runs of throwaway /tmp scripts (2026-11-28): row_grads d = 16
@@ -32,7 +32,7 @@ WIDE_ROW = 8
 
 
 @njit(inline="always")
-def _add_row(dst, i, o, src, k, so, d, x, wide):
+def add_scaled_row(dst, i, o, src, k, so, d, x, wide):
     """dst[i, o:o+d] += src[k, so:so+d] · x; over 1-D views when ``wide`` (see WIDE_ROW)."""
     if wide:
         a = dst[i, o:o + d]
@@ -65,9 +65,9 @@ def pool(occ_s, occ_f, rows, vals, weights, emb_col, Z, cL, cS, cQ, EZ, cE):
         if cL >= 0:
             Z[s, cL] += weights[r, 0] * x
         if cE >= 0:
-            _add_row(EZ, s, cE + occ_f[i] * d, weights, r, emb_col, d, x, wide)
+            add_scaled_row(EZ, s, cE + occ_f[i] * d, weights, r, emb_col, d, x, wide)
         if cS >= 0:
-            _add_row(Z, s, cS, weights, r, emb_col, d, x, wide)
+            add_scaled_row(Z, s, cS, weights, r, emb_col, d, x, wide)
         if cQ >= 0:
             q = weights.dtype.type(0.0)
             for c in range(d):
@@ -104,16 +104,16 @@ def row_grads(occ_s, occ_f, inv, urows, vals, weights, emb_col, gZ, cL, cS, cQ, 
         if cL >= 0:
             grad[u, 0] += gZ[s, cL] * x
         if cE >= 0:
-            _add_row(grad, u, emb_col, gEZ, s, cE + occ_f[i] * d, d, x, wide)
+            add_scaled_row(grad, u, emb_col, gEZ, s, cE + occ_f[i] * d, d, x, wide)
         if cS >= 0:
-            _add_row(grad, u, emb_col, gZ, s, cS, d, x, wide)
+            add_scaled_row(grad, u, emb_col, gZ, s, cS, d, x, wide)
         if cQ >= 0:
             qsum[u] += 2 * gZ[s, cQ] * (x * x)
     if cQ >= 0:
         for u in range(nu):
             if u + AHEAD < nu:
                 prefetch_row(weights, urows[u + AHEAD])
-            _add_row(grad, u, emb_col, weights, urows[u], emb_col, d, qsum[u], wide)
+            add_scaled_row(grad, u, emb_col, weights, urows[u], emb_col, d, qsum[u], wide)
 
 
 @njit(cache=True)
@@ -129,9 +129,9 @@ def add_segments(seg_s, seg_f, seg, sL, sv, sQ, d, Z, cL, cS, cQ, EZ, cE):
             Z[s, cL] += seg[k, sL]
         if sv >= 0:
             if cE >= 0:
-                _add_row(EZ, s, cE + seg_f[k] * d, seg, k, sv, d, one, wide)
+                add_scaled_row(EZ, s, cE + seg_f[k] * d, seg, k, sv, d, one, wide)
             if cS >= 0:
-                _add_row(Z, s, cS, seg, k, sv, d, one, wide)
+                add_scaled_row(Z, s, cS, seg, k, sv, d, one, wide)
         if sQ >= 0 and cQ >= 0:
             Z[s, cQ] += seg[k, sQ]
 
