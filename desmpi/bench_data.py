@@ -1,7 +1,7 @@
 """``desmpi bench data``: text -> HDF5 conversion and training-read rates on real Criteo rows.
 
-The input is ../shared/data/criteo/head15k.tsv (or any Criteo TSV) repeated to ``rows`` lines,
-so the parser sees real Kaggle bytes.
+The input is the repository's tests/data/criteo/head15k.tsv (or any Criteo TSV) repeated to
+``rows`` lines, so the parser sees real Kaggle bytes.
 """
 
 from __future__ import annotations

@@ -11,8 +11,6 @@ import numpy as np
 from desmpi.comm import Comm, find_mpiexec
 
 log = logging.getLogger("desmpi")
-CRITEO_SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "criteo",
-                             "head15k.tsv")
 
 
 def _smoke(a, comm: Comm) -> int:
@@ -146,8 +144,10 @@ def _log_bench_train(rep: dict) -> None:
 
 def _bench_data(a, comm: Comm):
     from desmpi.bench_data import bench_data
+    from desmpi.samples import criteo_sample
 
-    return bench_data(a.source, a.rows, a.batch, a.repeats, comm), lambda rep: log.info(
+    src = a.source if a.source is not None else str(criteo_sample())
+    return bench_data(src, a.rows, a.batch, a.repeats, comm), lambda rep: log.info(
         "convert: %.0f rows/s per rank (%d rows, %d ranks, median of %d); training read: "
         "%.0f rows/s per rank", rep["convert_rows_per_s_per_rank"], rep["rows"], rep["ranks"],
         rep["repeats"], rep["read_rows_per_s_per_rank"])
@@ -239,8 +239,8 @@ def add_commands(sub) -> None:
     b.add_argument("--sizes", default="64,1024,16384,131072,1048576,4194304",
                    help="bench comm: message sizes in bytes")
     b.add_argument("--repeats-comm", type=int, default=10)
-    b.add_argument("--source", default=os.path.normpath(CRITEO_SAMPLE),
-                   help="Criteo TSV to repeat (default: shared head15k.tsv)")
+    b.add_argument("--source", default=None,
+                   help="Criteo TSV to repeat (default: tests/data/criteo/head15k.tsv)")
     b.add_argument("--rows", type=int, default=1_000_000)
     b.add_argument("--batch", type=int, default=4096, help="data: read batch; train: B")
     b.add_argument("--repeats", type=int, default=3)

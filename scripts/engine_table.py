@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Engine table: every model × P × DES aggregate on the real Criteo rows.
 
-Chronological split of ../shared/data/criteo/head15k.tsv (train lines 1-12,000, eval the
+Chronological split of tests/data/criteo/head15k.tsv (train lines 1-12,000, eval the
 rest), default configs with global batch 256 (small data), one epoch; runs `mpiexec -n P
 desmpi train` and tabulates samples/s, wire bytes/step (mean over ranks) and eval AUC.
 
@@ -21,9 +21,9 @@ from pathlib import Path
 from desmpi.comm import find_mpiexec
 from desmpi.data.convert import convert
 from desmpi.data.schema import CRITEO_TSV
+from desmpi.samples import criteo_sample
 
 ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT.parent / "shared" / "data" / "criteo" / "head15k.tsv"
 
 
 def main() -> int:
@@ -35,7 +35,7 @@ def main() -> int:
     a = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        lines = SRC.read_bytes().splitlines(keepends=True)
+        lines = criteo_sample().read_bytes().splitlines(keepends=True)
         Path(tmp, "tr.tsv").write_bytes(b"".join(lines[:12000]))
         Path(tmp, "ev.tsv").write_bytes(b"".join(lines[12000:]))
         convert([f"{tmp}/tr.tsv"], f"{tmp}/tr.h5", CRITEO_TSV)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from desmpi.samples import CRITEO_HEAD15K, CRITEO_SAMPLE200, criteo_sample
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "criteo"
 BIN = Path(sys.executable).parent
 
 
@@ -45,12 +46,10 @@ def run_mpi(n: int, args: list[str], timeout: float = 300, check: bool = True
 
 @pytest.fixture(scope="session")
 def criteo_tsv() -> Path:
-    p = SHARED / "head15k.tsv"
-    if not p.exists():
-        pytest.fail(f"{p} missing: the shared Criteo sample must sit beside the repository")
-    return p
+    """15,000 real Kaggle rows shipped in tests/data/criteo (provenance in SOURCES.md there)."""
+    return criteo_sample(CRITEO_HEAD15K)
 
 
 @pytest.fixture(scope="session")
 def criteo_csv() -> Path:
-    return SHARED / "sample200.csv"
+    return criteo_sample(CRITEO_SAMPLE200)

@@ -41,3 +41,31 @@ def test_only_comm_imports_mpi4py():
     for f in (ROOT / "desmpi").rglob("*.py"):
         if f.name != "comm.py":
             assert "mpi4py" not in f.read_text(), f
+
+
+def test_repository_stands_alone():
+    """Nothing tracked may read or link a path outside the repository (e.g. ../shared)."""
+    files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT,
+                           check=True).stdout.split()
+    assert files, "git ls-files listed nothing"
+    bad = []
+    for name in files:
+        p = ROOT / name
+        if p.suffix not in (".py", ".md", ".toml", ".yml", ".sh", ".cfg", ".txt", "") or \
+                name.startswith("tests/data/") or name == "tests/test_packaging.py":
+            continue
+        text = p.read_text(errors="replace")
+        if re.search(r"\.\./shared|parent\s*/\s*[\"']shared[\"']", text):
+            bad.append(name)
+    assert not bad, f"files that reach outside the repository: {bad}"
+
+
+def test_criteo_sample_matches_its_provenance_note():
+    """The shipped rows are the ones SOURCES.md describes (sha256 and row counts)."""
+    import hashlib
+
+    note = (ROOT / "tests" / "data" / "criteo" / "SOURCES.md").read_text()
+    for name, rows in (("head15k.tsv", 15000), ("sample200.csv", 201)):
+        data = (ROOT / "tests" / "data" / "criteo" / name).read_bytes()
+        assert f"{hashlib.sha256(data).hexdigest()}  {name}" in note, name
+        assert data.count(b"\n") == rows, name
