@@ -30,20 +30,6 @@ _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "
                   "HYDRA_CONTROL_FD", "PMI_FD")
 
 
-def find_mpiexec() -> str:
-    """The mpiexec beside this Python (the mpich wheel's), else the one on PATH."""
-    import shutil
-    from pathlib import Path
-
-    exe = Path(sys.executable).parent / "mpiexec"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("mpiexec")
-    if not found:
-        raise FileNotFoundError("mpiexec not found: pip install mpich, or load the site MPI")
-    return found
-
-
 def launched_by_mpi() -> bool:
     """True when a launcher (mpiexec, mpirun, srun with PMI) started this process."""
     return any(v in os.environ for v in _LAUNCHER_VARS)

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from desmpi.tomlcompat import tomllib
+from desmpi.variants import AGGREGATES, INPUTS, STRATEGIES, Variant
 
 MODELS = ("lr", "fm", "wdl", "deepfm", "dcn", "dlrm")
-STRATEGIES = ("des", "ps", "a2a", "des-a2a")
-AGGREGATES = ("allreduce", "reduce_scatter")
 SPARSE_OPTIMIZERS = ("sgd", "adagrad", "ftrl", "adam")
 DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
 
@@ -109,11 +108,18 @@ class DistConfig:
     def check(self) -> None:
         _choice("dist.strategy", self.strategy, STRATEGIES)
         _choice("dist.aggregate", self.aggregate, AGGREGATES)
-        _choice("dist.input", self.input, ("gather", "replicate"))
-        if self.input == "replicate" and self.strategy != "des":
-            raise ConfigError("dist.input = 'replicate' applies to dist.strategy = 'des' only")
+        _choice("dist.input", self.input, INPUTS)
+        try:
+            _ = self.variant
+        except ValueError as e:
+            raise ConfigError(f"dist: {e}") from None
         if self.check_every < 0:
             raise ConfigError("dist.check_every must be >= 0")
+
+    @property
+    def variant(self) -> Variant:
+        """The normalised variant (:mod:`desmpi.variants`) these keys select."""
+        return Variant.of(self.strategy, self.aggregate, self.input)
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,7 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    """Dynamic feature lifecycle (desmpi.lifecycle)."""
+    """Dynamic feature lifecycle (desmpi.table.lifecycle)."""
 
     min_count: int = 1  # steps of presence before a key gets a row (1: at first sight)
     ttl_steps: int = 0  # evict keys not seen for this many steps (0: never)

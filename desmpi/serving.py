@@ -12,12 +12,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from desmpi import reference
 from desmpi.comm import Comm
 from desmpi.config import from_dict
 from desmpi.data.batch import Batch
 from desmpi.models import build_model
-from desmpi.strategies.common import occurrences, pool_owned, route
-from desmpi.tables import ShardTable
+from desmpi.table.shard import ShardTable
 
 FORMAT = "desmpi-model"
 
@@ -49,8 +49,8 @@ class ServingModel:
             p = f["dense_params"][...]
             F, Dn = int(f.attrs["n_fields"]), int(f.attrs["n_dense"])
         self.cfg = cfg
-        self.model = build_model(cfg.model, F, Dn, w.dtype, cfg.train.seed, cfg.dist.strategy,
-                                 cfg.dist.aggregate)  # the substitutions of its training
+        self.model = build_model(cfg.model, F, Dn, w.dtype, cfg.train.seed,  # as trained
+                                 cfg.dist.variant.deep_input(cfg.model.deep_input))
         m = self.model
         self.model.params.data[:] = p
         self.table = ShardTable(m.row_width, m.emb_col, 0, w.dtype, cfg.train.seed,
@@ -60,10 +60,4 @@ class ServingModel:
 
     def predict(self, b: Batch) -> np.ndarray:
         """(n,) probabilities of batch ``b``."""
-        from desmpi.metrics import sigmoid
-
-        m = self.model
-        occ = occurrences(b, route(b, 0, 1), self.table, insert=False)
-        Z = m.partial(pool_owned(m, occ, b.n, self.table))
-        logits, _ = m.forward(Z, b.dense.astype(m.dtype))
-        return sigmoid(np.asarray(logits, dtype=np.float64))
+        return reference.predict(self.model, self.table, b)

@@ -22,13 +22,12 @@ from desmpi.comm import Comm
 from desmpi.config import Config, ConfigError
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.slicing import n_batches, rank_slice, split_counts
-from desmpi.lifecycle import Lifecycle
 from desmpi.models import build_model
-from desmpi.models.deep import fused_repeats_work
 from desmpi.optim import DenseOptimizer, SparseOptimizer, sparse_slots
-from desmpi.strategies import make_strategy
-from desmpi.strategies.common import NonFiniteError, Timer
-from desmpi.tables import ShardTable
+from desmpi.strategies import NonFiniteError, make_strategy
+from desmpi.table.lifecycle import Lifecycle
+from desmpi.table.shard import ShardTable
+from desmpi.timer import Timer
 from desmpi.workspace import Workspace
 
 log = logging.getLogger("desmpi.train")
@@ -53,17 +52,15 @@ class Trainer:
         if tc.batch_size < comm.size:
             raise ConfigError(f"train.batch_size = {tc.batch_size} is smaller than the "
                               f"{comm.size} ranks")
+        self.variant = v = cfg.dist.variant
         self.model = build_model(cfg.model, ds.n_fields, ds.n_dense, self.dtype, tc.seed,
-                                 cfg.dist.strategy, cfg.dist.aggregate)
+                                 v.deep_input(cfg.model.deep_input))
         m = self.model
-        dc = cfg.dist
-        if (m.partial_grad_size and comm.size > 1 and comm.rank == 0
-                and fused_repeats_work(dc.strategy, dc.aggregate)):
+        if m.partial_grad_size and comm.size > 1 and comm.rank == 0 and v.fused_repeats_work:
             log.warning("model.deep_input = 'fused' under %s: every rank computes the first "
                         "dense layer over every row of partials it makes (all B samples or "
                         "(sample, owner) pairs), where 'pooling' (the auto choice here) splits "
-                        "it over the ranks", dc.strategy + (f"/{dc.aggregate}"
-                                                            if dc.strategy == "des" else ""))
+                        "it over the ranks", v)
         m.params.ws = Workspace(reuse=True)  # the step's large arrays, kept across steps
         self.table = ShardTable(m.row_width, m.emb_col, sparse_slots(tc.optimizer, m.row_width),
                                 self.dtype, tc.seed, cfg.model.init_std,
@@ -76,11 +73,8 @@ class Trainer:
         self.dense_opt = DenseOptimizer(tc.dense_opt, tc.dense_lr or tc.lr, m.params.size,
                                         self.dtype, adagrad_init=tc.adagrad_init)
         self.timer = Timer()
-        kw = {"input_mode": cfg.dist.input} if cfg.dist.strategy == "des" else {}
-        self.strategy = make_strategy(cfg.dist.strategy, model=m, table=self.table,
-                                      sparse_opt=self.sparse_opt, dense_opt=self.dense_opt,
-                                      comm=comm, aggregate=cfg.dist.aggregate, timer=self.timer,
-                                      **kw)
+        self.strategy = make_strategy(v, model=m, table=self.table, sparse_opt=self.sparse_opt,
+                                      dense_opt=self.dense_opt, comm=comm, timer=self.timer)
         self.nb = n_batches(ds.n, tc.batch_size)
         self.total_steps = tc.steps or self.nb * tc.epochs
 
@@ -188,9 +182,9 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
             (out / "metrics.jsonl").write_text("")
     m = tr.model
     if rank0:
-        log.info("%s on %d rank(s), strategy %s/%s, global batch %d, %d steps, partial width "
-                 "W=%d, substitutions %s, dtype %s", m.name, comm.size, cfg.dist.strategy,
-                 cfg.dist.aggregate, tc.batch_size, tr.total_steps, m.W, m.substitutions,
+        log.info("%s on %d rank(s), variant %s, global batch %d, %d steps, partial width "
+                 "W=%d, substitutions %s, dtype %s", m.name, comm.size, tr.variant,
+                 tc.batch_size, tr.total_steps, m.W, m.substitutions,
                  tc.dtype)
     step_times: list[float] = []
     losses: list[float] = []
@@ -302,8 +296,9 @@ def _write_trace(path: str, traced: list[dict], cfg: Config, comm: Comm) -> None
               "ranks": [e[i]["events"] for e in every]} for i, s in enumerate(every[0])]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({"world_size": comm.size, "model": cfg.model.name,
+                                      "variant": cfg.dist.variant.name,
                                       "strategy": cfg.dist.strategy,
-                                      "aggregate": cfg.dist.aggregate,
+                                      "aggregate": cfg.dist.variant.aggregate,
                                       "global_batch": cfg.train.batch_size,
                                       "config": cfg.to_dict(), "steps": steps}))
     log.info("wrote trace of %d steps to %s", len(steps), path)
@@ -334,7 +329,8 @@ def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_los
     warm_samples = samples - (tr.first_step_samples if len(step_times) > 1 else 0)
     total_t = sum(warm)
     return {
-        "model": cfg.model.name, "strategy": cfg.dist.strategy, "aggregate": cfg.dist.aggregate,
+        "model": cfg.model.name, "variant": tr.variant.name, "strategy": tr.variant.strategy,
+        "aggregate": tr.variant.aggregate, "input": tr.variant.input,
         "world_size": P, "global_batch": cfg.train.batch_size, "steps": len(step_times),
         "total_steps": tr.total_steps,
         "samples": samples, "train_logloss": last_loss,

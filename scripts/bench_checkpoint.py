@@ -22,7 +22,7 @@ from desmpi.comm import Comm
 from desmpi.config import ModelConfig
 from desmpi.models import build_model
 from desmpi.optim import DenseOptimizer, sparse_slots
-from desmpi.tables import ShardTable
+from desmpi.table.shard import ShardTable
 
 
 def main() -> int:

@@ -19,22 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 
-from desmpi.comm import find_mpiexec
+from desmpi import launch
 
 
 def one_run(P: int, model: str, aggregate: str, extra: list[str], timeout: float) -> dict:
     cmd = [sys.executable, "-m", "desmpi", "bench", "train", "--model", model,
            "--aggregate", aggregate, "--json", *extra]
     if P > 1:
-        cmd = [find_mpiexec(), "-n", str(P), *cmd]
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-               MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        cmd = [launch.find_mpiexec(), "-n", str(P), *cmd]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch.env())
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

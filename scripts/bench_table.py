@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from desmpi.tables import ShardTable
+from desmpi.table.shard import ShardTable
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from desmpi.bench_train import WORKLOADS, bench_train  # noqa: E402
+from desmpi.bench.train import WORKLOADS, bench_train  # noqa: E402
 from desmpi.comm import Comm  # noqa: E402
 from desmpi.data.h5 import CtrDataset  # noqa: E402
 from desmpi.data.synth import SynthSpec, generate  # noqa: E402

@@ -23,7 +23,8 @@ import numpy as np
 from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
-from desmpi.simulate import VARIANTS, ModelInfo, predict, profile
+from desmpi.variants import COMPARED
+from desmpi.whatif.simulate import ModelInfo, predict, profile
 from sim.cluster import PRESETS, Level
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def main() -> int:
     a = ap.parse_args()
     ranks = [int(x) for x in a.ranks.split(",")]
     batches = [int(x) for x in a.batch.split(",")]
-    variants = list(VARIANTS)
+    variants = list(COMPARED)
     base = list(PRESETS.values())
     clusters = [replace(base[i % len(base)], name=f"{base[i % len(base)].name} x{i}",
                         inter=Level(base[i % len(base)].inter.latency_s * (1 + i / 10),

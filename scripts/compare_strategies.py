@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,24 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from desmpi.comm import find_mpiexec
 from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
+from desmpi.launch import run_json
 from desmpi.models import build_model
 from desmpi.strategies.counts import ModelDims, count_step
 from desmpi.strategies.plans import traffic
+from desmpi.variants import COMPARED, Variant
 
 ROOT = Path(__file__).resolve().parents[1]
-# (strategy, aggregate, replicated input)
-VARIANTS = [("des", "allreduce", False), ("des", "allreduce", True),
-            ("des", "reduce_scatter", False), ("des-a2a", "", False), ("a2a", "", False),
-            ("ps", "", False)]
-PS = ("ps", "", False)
-
-
-def label(st: str, agg: str, rep: bool = False) -> str:
-    return (f"{st}/{agg}" if agg else st) + ("+read" if rep else "")
+VARIANTS = list(COMPARED)
+PS = Variant("ps")
 
 
 def planned(ds: CtrDataset, dims: dict, P: int, B: int, steps: int) -> dict:
@@ -52,24 +44,17 @@ def planned(ds: CtrDataset, dims: dict, P: int, B: int, steps: int) -> dict:
     for t in range(steps):
         c = count_step(ds.read(t * B, (t + 1) * B), P, ds.onehot, ds.has("values"))
         for v in VARIANTS:
-            _, wire = traffic(v[0], v[1], c, dims[v], v[2])
+            _, wire = traffic(v, c, dims[v])
             out[v] += wire.mean() / steps
     return out
 
 
-def real_run(cfg_path: Path, data: str, P: int, st: str, agg: str, rep: bool, B: int, steps: int,
+def real_run(cfg_path: Path, data: str, P: int, v: Variant, B: int, steps: int,
              extra: list[str]) -> dict:
-    cmd = [find_mpiexec(), "-n", str(P), sys.executable, "-m", "desmpi", "train", str(cfg_path),
-           "--set", f"data.train={data}", "--set", "data.eval=", "--set",
-           f"train.batch_size={B}", "--set", f"train.steps={steps}", "--set",
-           f"dist.strategy={st}", "--set", f"dist.aggregate={agg or 'allreduce'}", "--set",
-           f"train.log_every={steps}", "--set", f"dist.input={'replicate' if rep else 'gather'}",
-           *extra, "--json"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_json(P, ["train", str(cfg_path), "--set", f"data.train={data}", "--set",
+                        "data.eval=", "--set", f"train.batch_size={B}", "--set",
+                        f"train.steps={steps}", "--set", f"train.log_every={steps}",
+                        *v.overrides(), *extra])
 
 
 def crossover(ranks, a, b):
@@ -112,7 +97,8 @@ def main() -> int:
             cfg = load(cfg_path, [f"data.train={data}", *extra])
             # the substitution of the first dense layer depends on the strategy
             dims = {v: ModelDims.of(build_model(cfg.model, ds.n_fields, ds.n_dense, np.float32,
-                                                0, v[0], v[1])) for v in VARIANTS}
+                                                0, v.deep_input(cfg.model.deep_input)))
+                    for v in VARIANTS}
             t0 = time.perf_counter()
             plan = {P: planned(ds, dims, P, a.batch, a.steps) for P in plan_ranks}
             print(f"{name}: planned {len(plan_ranks)} P values in "
@@ -120,7 +106,7 @@ def main() -> int:
             for P in plan_ranks:
                 for v in VARIANTS:
                     w = plan[P][v]
-                    rows.append({"model": name, "W": dims[v].W, "P": P, "strategy": label(*v),
+                    rows.append({"model": name, "W": dims[v].W, "P": P, "variant": v.name,
                                  "wire_bytes_per_step": w,
                                  "wire_bytes_per_sample": w * P / a.batch,
                                  "saving_vs_ps": 1 - w / plan[P][PS]
@@ -128,12 +114,12 @@ def main() -> int:
                                  "counted_wire_bytes_per_step": "", "step_time_s": ""})
             for P in real_ranks:
                 for v in VARIANTS:
-                    s = real_run(cfg_path, data, P, *v, a.batch, a.steps, extra)
+                    s = real_run(cfg_path, data, P, v, a.batch, a.steps, extra)
                     row = next(r for r in rows if r["model"] == name and r["P"] == P
-                               and r["strategy"] == label(*v))
+                               and r["variant"] == v.name)
                     row["counted_wire_bytes_per_step"] = s["wire_bytes_per_step"]
                     row["step_time_s"] = s["step_time_s"]
-                    print(f"  real P={P} {label(*v)}: counted {s['wire_bytes_per_step']:.0f}"
+                    print(f"  real P={P} {v}: counted {s['wire_bytes_per_step']:.0f}"
                           f" planned {row['wire_bytes_per_step']:.0f} B/step, step "
                           f"{s['step_time_s']:.3f} s", file=sys.stderr)
     with open(out / "strategies.csv", "w", newline="") as f:
@@ -156,29 +142,29 @@ def write_markdown(path: Path, rows, models, plan_ranks, a) -> None:
          "sends per step under ring/pairwise algorithms (mean over ranks and over "
          f"{a.steps} batches), planned from the batches' keys; *counted* is what the real "
          "`mpiexec` run recorded (must be equal). Saving = 1 − wire(variant)/wire(ps). "
-         "`+read`: every rank reads the whole global batch from the data set (no input "
+         "`+replicate`: every rank reads the whole global batch from the data set (no input "
          "Allgatherv; the DES paper's setting, I/O instead of MPI).", ""]
     for name in models:
         mr = [r for r in rows if r["model"] == name]
         widths = {}
         for r in mr:
-            widths.setdefault(r["W"], []).append(r["strategy"])
+            widths.setdefault(r["W"], []).append(r["variant"])
         wtxt = ", ".join(f"{w} ({', '.join(dict.fromkeys(s))})" for w, s in widths.items())
         L += [f"## {name} (partial width W = {wtxt})" if len(widths) > 1
               else f"## {name} (partial width W = {mr[0]['W']})", "",
-              "| P | strategy | wire MB/step/rank | wire B/sample | saving vs ps | counted "
+              "| P | variant | wire MB/step/rank | wire B/sample | saving vs ps | counted "
               "MB/step/rank | step time s |", "|---:|---|---:|---:|---:|---:|---:|"]
         for r in mr:
             cw, st = r["counted_wire_bytes_per_step"], r["step_time_s"]
             cws = "" if cw == "" else f"{cw / 1e6:.4f}"
             sts = "" if st == "" else f"{st:.3f}"
-            L.append(f"| {r['P']} | {r['strategy']} | {r['wire_bytes_per_step'] / 1e6:.4f} | "
+            L.append(f"| {r['P']} | {r['variant']} | {r['wire_bytes_per_step'] / 1e6:.4f} | "
                      f"{r['wire_bytes_per_sample']:.1f} | {r['saving_vs_ps']:+.1%} | "
                      f"{cws} | {sts} |")
-        ser = {lab: {r["P"]: r["wire_bytes_per_step"] for r in mr if r["strategy"] == lab}
-               for lab in {r["strategy"] for r in mr}}
+        ser = {lab: {r["P"]: r["wire_bytes_per_step"] for r in mr if r["variant"] == lab}
+               for lab in {r["variant"] for r in mr}}
         L.append("")
-        for lab in ("des/allreduce", "des/allreduce+read"):
+        for lab in ("des/allreduce", "des/allreduce+replicate"):
             x_ps = crossover(plan_ranks, ser[lab], ser["ps"])
             x_da = crossover(plan_ranks, ser[lab], ser["des-a2a"])
             L.append(f"Crossover: {lab} moves more than ps from P = {x_ps}, more than des-a2a "

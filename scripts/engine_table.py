@@ -11,16 +11,13 @@ desmpi train` and tabulates samples/s, wire bytes/step (mean over ranks) and eva
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from desmpi.comm import find_mpiexec
 from desmpi.data.convert import convert
 from desmpi.data.schema import CRITEO_TSV
+from desmpi.launch import run_json
 from desmpi.samples import criteo_sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,21 +37,14 @@ def main() -> int:
         Path(tmp, "ev.tsv").write_bytes(b"".join(lines[12000:]))
         convert([f"{tmp}/tr.tsv"], f"{tmp}/tr.h5", CRITEO_TSV)
         convert([f"{tmp}/ev.tsv"], f"{tmp}/ev.h5", CRITEO_TSV)
-        env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
-                   OPENBLAS_NUM_THREADS="1")
         for m in a.models.split(","):
             for P in [int(x) for x in a.ranks.split(",")]:
                 for agg in ("allreduce", "reduce_scatter"):
-                    cmd = [find_mpiexec(), "-n", str(P),
-                           sys.executable, "-m", "desmpi", "train", str(ROOT / "configs" /
-                                                                        f"{m}.toml"),
-                           "--set", f"data.train={tmp}/tr.h5", "--set", f"data.eval={tmp}/ev.h5",
-                           "--set", f"train.batch_size={a.batch}", "--set",
-                           f"dist.aggregate={agg}", "--json"]
-                    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                    if p.returncode:
-                        raise RuntimeError(p.stderr[-2000:])
-                    s = json.loads(p.stdout.strip().splitlines()[-1])
+                    s = run_json(P, ["train", str(ROOT / "configs" / f"{m}.toml"),
+                                     "--set", f"data.train={tmp}/tr.h5",
+                                     "--set", f"data.eval={tmp}/ev.h5",
+                                     "--set", f"train.batch_size={a.batch}",
+                                     "--set", f"dist.aggregate={agg}"])
                     rows.append(s)
                     print(f"{m} P={P} {agg}: {s['samples_per_s']:.0f} samples/s, "
                           f"{s['wire_bytes_per_step'] / 1e6:.3f} MB/step, AUC "

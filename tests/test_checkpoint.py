@@ -190,7 +190,7 @@ def test_failed_write_leaves_previous_checkpoint_usable(tmp_path, monkeypatch):
     from desmpi.config import ModelConfig
     from desmpi.models import build_model
     from desmpi.optim import DenseOptimizer
-    from desmpi.tables import ShardTable
+    from desmpi.table.shard import ShardTable
 
     m = build_model(ModelConfig(name="fm", embed_dim=4), 26, 13, np.float64, 0)
     t = ShardTable(m.row_width, m.emb_col, 0, np.float64, 0, 0.1)

@@ -13,7 +13,7 @@ from desmpi.data.convert import convert
 from desmpi.data.schema import CRITEO_TSV
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.optim import DenseOptimizer, SparseOptimizer
-from desmpi.tables import ShardTable
+from desmpi.table.shard import ShardTable
 from tests.conftest import ROOT
 
 
@@ -247,7 +247,7 @@ def test_nan_stops_naming_step_and_operator_or_skips(tmp_path):
 
 
 def test_lifecycle_admission_ttl_and_max_keys():
-    from desmpi.lifecycle import Lifecycle
+    from desmpi.table.lifecycle import Lifecycle
 
     t = ShardTable(3, 1, 3, np.float64, seed=1, init_std=0.1)
     lc = t.lifecycle = Lifecycle(min_count=2, ttl_steps=4, max_keys=3)

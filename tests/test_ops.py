@@ -10,8 +10,8 @@ from desmpi.kernels.hashing import owners
 from desmpi.kernels.sparse import add_segments, pool, row_grads, unique_rows
 from desmpi.models import REGISTRY, build_model
 from desmpi.optim import sparse_slots
-from desmpi.strategies.common import bce_with_logits, occurrences, pool_owned, route
-from desmpi.tables import ShardTable
+from desmpi.reference import bce_with_logits, occurrences, pool_owned, route
+from desmpi.table.shard import ShardTable
 
 D = 4
 
@@ -204,31 +204,29 @@ def test_bias_act_and_relu_grad_match_numpy():
 
 
 def test_auto_deep_input_fuses_only_where_the_dense_part_is_replicated():
-    from desmpi.models import deep_input_for
-    from desmpi.simulate import VARIANTS, ModelInfo
+    from desmpi.variants import ALL, parse
+    from desmpi.whatif.simulate import ModelInfo
 
     # the fused layer's products run over every partial row a rank computes: free only when
     # the dense part is replicated (des / allreduce); elsewhere auto -> pooling
-    assert deep_input_for("auto", "des", "allreduce") == "auto"
-    for st, agg in (("des", "reduce_scatter"), ("des-a2a", ""), ("a2a", ""), ("ps", "")):
-        assert deep_input_for("auto", st, agg) == "pooling"
-        assert deep_input_for("fused", st, agg) == "fused"  # explicit choices are kept
-    assert deep_input_for("pooling", "des", "allreduce") == "pooling"
+    for v in ALL:
+        assert v.deep_input("auto") == ("auto" if v.aggregate == "allreduce" else "pooling"), v
+        assert v.deep_input("fused") == "fused" and v.deep_input("pooling") == "pooling"
     # where an explicit fused layer repeats its products on every rank (the trainer warns)
-    from desmpi.models.deep import fused_repeats_work
-    assert [fused_repeats_work(st, agg) for st, agg in (
-        ("des", "allreduce"), ("des", "reduce_scatter"), ("des-a2a", ""), ("a2a", ""),
-        ("ps", ""))] == [False, True, True, False, False]
+    assert [parse(n).fused_repeats_work for n in (
+        "des/allreduce", "des/reduce_scatter", "des-a2a", "a2a", "ps")] == \
+        [False, True, True, False, False]
     cfg = ModelConfig(name="wdl", embed_dim=16, hidden=(400, 8))
-    subs = {(st, agg): build_model(cfg, 26, 13, np.float32, 0, st, agg).substitutions["deep"]
-            for st, agg in (("des", "allreduce"), ("des", "reduce_scatter"), ("ps", ""))}
-    assert subs == {("des", "allreduce"): "fused_first_layer",
-                    ("des", "reduce_scatter"): "field_pooling", ("ps", ""): "field_pooling"}
+    subs = {n: build_model(cfg, 26, 13, np.float32, 0, parse(n).deep_input("auto"))
+            .substitutions["deep"] for n in ("des/allreduce", "des/reduce_scatter", "ps")}
+    assert subs == {"des/allreduce": "fused_first_layer",
+                    "des/reduce_scatter": "field_pooling", "ps": "field_pooling"}
     # the simulator costs each variant with the model its runs build
-    infos = ModelInfo.per_variant(cfg, 26, 13, np.float32, list(VARIANTS))
-    assert {v: i.dims.W for v, i in infos.items()} == {
-        "des": 401, "des-read": 401, "des-rs": 417, "des-a2a": 417, "a2a": 417, "ps": 417}
-    assert infos["des"].fused_macs == 416 * 400 and infos["des-rs"].fused_macs == 0
+    infos = ModelInfo.per_variant(cfg, 26, 13, np.float32, list(ALL))
+    assert {v.name: i.dims.W for v, i in infos.items()} == {
+        "des/allreduce": 401, "des/allreduce+replicate": 401, "des/reduce_scatter": 417,
+        "des/reduce_scatter+replicate": 417, "des-a2a": 417, "a2a": 417, "ps": 417}
+    assert infos[parse("des")].fused_macs == 416 * 400 and infos[parse("des-rs")].fused_macs == 0
 
 
 @pytest.mark.parametrize("d", [4, 16, 64])  # the scalar (d < 8) and the vectorised row loops

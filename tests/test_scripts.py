@@ -112,7 +112,7 @@ def test_gemm_shapes_are_the_products_of_a_step():
     layer, whose input (the raw dense features) needs no gradient."""
     import numpy as np
 
-    from desmpi.bench_train import gemm_shapes
+    from desmpi.bench.train import gemm_shapes
     from desmpi.config import ModelConfig
     from desmpi.models import build_model
 

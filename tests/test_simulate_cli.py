@@ -31,14 +31,22 @@ def test_whatif_table_plots_crossovers(data, tmp_path):
                 "--target", "50000", "--json")
     rep = json.loads(p.stdout.strip().splitlines()[-1])
     assert len(rep["rows"]) == 3 * 2 * 6 * 2  # P × batch × strategies × clusters
-    r = next(x for x in rep["rows"] if x["P"] == 512 and x["strategy"] == "ps"
+    r = next(x for x in rep["rows"] if x["P"] == 512 and x["variant"] == "ps"
              and x["cluster"].startswith("25"))
     assert r["step_time_s"] == pytest.approx(r["comm_s"] + r["compute_s"])
     assert 0 < r["comm_share"] < 1
     assert (tmp_path / "whatif.md").exists() and (tmp_path / "whatif.csv").exists()
     assert (tmp_path / "whatif_25gbe__tcp.png").stat().st_size > 10_000
     assert rep["recommendation"]["samples_per_s"] >= 50000
-    assert "des vs ps" in rep["crossovers"]
+    # the crossover is the smallest P of the table where des/allreduce is slower than ps
+    xs = rep["crossovers"]["des/allreduce vs ps"]
+    assert len(xs) == 4  # clusters x batches
+    for cl in ("25GbE (TCP)", "200 Gb/s HDR InfiniBand"):
+        for B in (1024, 2048):
+            step = {(x["variant"], x["P"]): x["step_time_s"] for x in rep["rows"]
+                    if x["cluster"] == cl and x["batch"] == B}
+            slower = [P for P in (8, 64, 512) if step["des/allreduce", P] > step["ps", P]]
+            assert xs[f"{cl} @ B={B}"] == (slower[0] if slower else None), (cl, B)
 
 
 def test_replay_of_a_real_trace(data, tmp_path):
@@ -66,7 +74,9 @@ def test_validate_reports_every_case(tmp_path):
     assert len(rep["cases"]) == 2 * 2 * 2
     assert all(c["bytes_equal"] for c in rep["cases"])
     assert all(c["predicted_step_time_s"] > 0 for c in rep["cases"])
-    assert 0 <= rep["median_abs_error"] < 10
+    # every case here is in-sample (P = 1 and the calibrated P = 2): a fit that misses its own
+    # runs by more than half is broken, whatever the machine's noise
+    assert 0 <= rep["median_abs_error"] < 0.5
     assert rep["calibrated_ranks"] == [2] and rep["median_abs_error_extrapolated"] is None
     assert {(c["P"], c["network_from_P"], c["extrapolated"]) for c in rep["cases"]} == \
         {(1, None, False), (2, 2, False)}
@@ -74,7 +84,7 @@ def test_validate_reports_every_case(tmp_path):
 
 
 def test_network_source_extrapolates_from_the_largest_smaller_calibration():
-    from desmpi.validate import network_source
+    from desmpi.whatif.validate import network_source
 
     assert network_source(1, [2, 4]) is None
     assert network_source(4, [2, 4]) == 4
@@ -93,7 +103,7 @@ def test_validate_rejects_calibration_without_runs():
 
 
 def test_validate_defaults_to_small_ranks(monkeypatch):
-    import desmpi.validate
+    import desmpi.whatif.validate
     from desmpi import cli
 
     seen = {}
@@ -102,6 +112,6 @@ def test_validate_defaults_to_small_ranks(monkeypatch):
         seen.update(ranks=ranks, calibrate=calibrate_ranks, batch=batch)
         return {"cases": [], "median_abs_error": 0.0, "median_abs_error_extrapolated": None}
 
-    monkeypatch.setattr(desmpi.validate, "validate", fake)
+    monkeypatch.setattr(desmpi.whatif.validate, "validate", fake)
     assert cli.main(["simulate", "--validate", "--out", ""]) == 0
     assert seen == {"ranks": [1, 2, 4], "calibrate": None, "batch": 2048}

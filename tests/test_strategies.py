@@ -8,6 +8,7 @@ from desmpi.data.synth import SynthSpec, generate_block
 from desmpi.kernels.hashing import owners
 from desmpi.strategies.counts import ModelDims, count_step
 from desmpi.strategies.plans import plan
+from desmpi.variants import ALL, Variant
 
 
 @pytest.mark.parametrize("P", [1, 2, 3, 4, 8])
@@ -35,12 +36,12 @@ def test_des_allreduce_plan_is_the_papers_form():
     b, _ = generate_block(spec, 0)
     c = count_step(b, 4)
     dims = ModelDims(W=418, R=17, seg=18, D=1000, partial_grad=0, itemsize=4)
-    calls = plan("des", "allreduce", c, dims, 0)
+    calls = plan(Variant("des", "allreduce"), c, dims, 0)
     assert [x.kind for x in calls] == ["allgatherv", "allgatherv", "allreduce"]
     ar = calls[-1]
     # ring Allreduce of B×W floats: 2(P-1)/P · n per rank
     assert ar.wire_bytes == 2 * 3 * 256 * 418 * 4 // 4
-    ps = plan("ps", "", c, dims, 0)
+    ps = plan(Variant("ps"), c, dims, 0)
     assert ps[1].counts == tuple(c.distinct[0]) and ps[-1].counts == (1001,)
 
 
@@ -54,14 +55,12 @@ def test_vectorised_traffic_equals_summed_plans(P, multi):
     c = count_step(b, P)
     for partial_grad in (0, 640):
         dims = ModelDims(W=21, R=5, seg=6, D=777, partial_grad=partial_grad, itemsize=8)
-        for st, agg, rep in (("des", "allreduce", False), ("des", "reduce_scatter", False),
-                             ("des", "allreduce", True), ("des", "reduce_scatter", True),
-                             ("ps", "", False), ("a2a", "", False), ("des-a2a", "", False)):
-            pay, wire = traffic(st, agg, c, dims, rep)
+        for v in ALL:
+            pay, wire = traffic(v, c, dims)
             for r in range(P):
-                calls = plan(st, agg, c, dims, r, rep)
-                assert wire[r] == sum(x.wire_bytes for x in calls), (st, agg, r)
-                assert pay[r] == sum(x.payload_bytes for x in calls), (st, agg, r)
+                calls = plan(v, c, dims, r)
+                assert wire[r] == sum(x.wire_bytes for x in calls), (v, r)
+                assert pay[r] == sum(x.payload_bytes for x in calls), (v, r)
 
 
 def test_distinct_counts_both_paths_agree():

@@ -1,4 +1,4 @@
-"""Memory kept across steps: row arrays grown in place (desmpi.mapped) against plain NumPy
+"""Memory kept across steps: row arrays grown in place (desmpi.table.mapped) against plain NumPy
 copies, and the step's scratch arrays (desmpi.workspace) against fresh ones."""
 
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 from desmpi.comm import Comm
 from desmpi.config import from_dict
 from desmpi.data.synth import SynthSpec, generate
-from desmpi.mapped import GrowableRows
-from desmpi.tables import ShardTable
+from desmpi.table.mapped import GrowableRows
+from desmpi.table.shard import ShardTable
 from desmpi.train import Trainer
 from desmpi.workspace import Workspace
 

@@ -4,7 +4,6 @@ from dataclasses import replace
 
 from desmpi.models.base import Model
 from desmpi.models.dcn import DCN
-from desmpi.models.deep import deep_input_for
 from desmpi.models.deepfm import DeepFM
 from desmpi.models.dlrm import DLRM
 from desmpi.models.fm import FMModel
@@ -15,12 +14,12 @@ REGISTRY = {"lr": LR, "fm": FMModel, "wdl": WDL, "deepfm": DeepFM, "dcn": DCN, "
 
 
 def build_model(cfg, n_fields: int, n_dense: int, dtype, seed: int,
-                strategy: str | None = None, aggregate: str = "") -> Model:
-    """The model of ``cfg`` (a ModelConfig); with ``strategy`` (and ``aggregate``) the run's
-    substitution of the first dense layer (:func:`desmpi.models.deep.deep_input_for`)."""
-    if strategy is not None:
-        cfg = replace(cfg, deep_input=deep_input_for(cfg.deep_input, strategy, aggregate))
+                deep_input: str | None = None) -> Model:
+    """The model of ``cfg`` (a ModelConfig); ``deep_input`` overrides ``cfg.deep_input`` (a
+    run passes :meth:`desmpi.variants.Variant.deep_input` of its variant)."""
+    if deep_input is not None:
+        cfg = replace(cfg, deep_input=deep_input)
     return REGISTRY[cfg.name](cfg, n_fields, n_dense, dtype, seed)
 
 
-__all__ = ["Model", "REGISTRY", "build_model", "deep_input_for"]
+__all__ = ["Model", "REGISTRY", "build_model"]

@@ -6,7 +6,7 @@ import numpy as np
 
 from desmpi.config import ModelConfig
 from desmpi.models.layers import Params
-from desmpi.ops.base import KeyGrads, Op, Pooled
+from desmpi.ops.base import Op, Pools
 
 
 class Model:
@@ -62,6 +62,28 @@ class Model:
     def partial_grad_size(self) -> int:
         return self.partial_grad.stop - self.partial_grad.start
 
+    # ---- cost (the simulator's compute model reads these; no name switches outside) ---------
+    @property
+    def dense_macs(self) -> float:
+        """Multiply-adds per sample of the dense part's forward (every 2-D weight once, plus
+        :meth:`extra_macs`), the fused first layer's sparse block left out (its rows are
+        counted apart: :attr:`fused_macs`). A training step costs about 3x (forward, two
+        backward products)."""
+        macs = float(self.extra_macs())
+        for name, (_, size, shape) in self.params.offsets.items():
+            if len(shape) == 2 and not (self.partial_grad_size and name == "w1_sparse"):
+                macs += size
+        return macs
+
+    @property
+    def fused_macs(self) -> float:
+        """Multiply-adds per row of partials of a fused first layer (F·d·H), 0 without one."""
+        return float(self.partial_grad_size)
+
+    def extra_macs(self) -> float:
+        """Multiply-adds per sample outside the weight products (interactions, crosses)."""
+        return 0.0
+
     # ---- to implement -----------------------------------------------------------------------
     def build(self) -> None:
         raise NotImplementedError
@@ -85,32 +107,32 @@ class Model:
         r = self.role_col
         return "L" in r, "E" in r or "S" in r or self.E_input, "Q" in r
 
-    def _pools(self, Z: np.ndarray) -> Pooled:
+    def _pools(self, Z: np.ndarray) -> Pools:
         """Pools laid out in Z (n, W) (E in an array of its own when only an input)."""
         r = self.role_col
         EZ, cE = Z, r.get("E", -1)
         if self.E_input:
             EZ, cE = self.params.scratch("EZ", (Z.shape[0], self.F * self.d), zero=True), 0
-        return Pooled(Z, EZ, r.get("L", -1), cE, r.get("S", -1), r.get("Q", -1), self.F,
+        return Pools(Z, EZ, r.get("L", -1), cE, r.get("S", -1), r.get("Q", -1), self.F,
                       self.d)
 
-    def empty_pooled(self, n: int) -> Pooled:
+    def empty_pooled(self, n: int) -> Pools:
         """Zeroed pools of n samples: Z (n, W) (and E) for the kernels to add into."""
         return self._pools(self.params.scratch("Z", (n, self.W), zero=True))
 
-    def partial(self, p: Pooled) -> np.ndarray:
+    def partial(self, p: Pools) -> np.ndarray:
         """Local partial Z^(r) (n, W) from this rank's pooled owned keys (p.Z, completed)."""
         for op in self.ops:
             if not op.roles:
                 op.partial(p, self.params, p.Z[:, op.cols])
         return p.Z
 
-    def key_grads(self, gZ: np.ndarray, p: Pooled) -> KeyGrads:
+    def key_grads(self, gZ: np.ndarray, p: Pools) -> Pools:
         """Gradients of the pooled quantities: gZ (n, W) itself, plus E's of its own for a
         fused first layer (set by its key_grads)."""
         gZ = np.ascontiguousarray(gZ)
         r = self.role_col
-        kg = KeyGrads(gZ, gZ, r.get("L", -1), r.get("E", -1), r.get("S", -1), r.get("Q", -1),
+        kg = Pools(gZ, gZ, r.get("L", -1), r.get("E", -1), r.get("S", -1), r.get("Q", -1),
                       self.F, self.d)
         for op in self.ops:
             if not op.roles:

@@ -31,6 +31,10 @@ class DCN(Model):
     def substitutions(self):
         return {"embeddings": "field_pooling"}
 
+    def extra_macs(self) -> float:
+        """Each cross layer's element-wise products on x0 (width Dn + F·d): about 3 per entry."""
+        return 3.0 * self.cfg.cross_layers * (self.Dn + self.F * self.d)
+
     def forward(self, Z, x):
         p = self.params
         x0 = np.concatenate([x, Z[:, self.pool.cols]], axis=1)

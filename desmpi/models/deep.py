@@ -3,8 +3,8 @@
 Its first layer h1 = x W1d + Σ_f E_f W1s_f + b1 is either computed here from the aggregated
 pooled embeddings (field pooling, W = F·d) or arrives already summed over ranks as the partial
 of a fused first layer (W = H). ``auto`` takes the fused layer only where it costs no compute
-(:func:`deep_input_for`) and there the smaller width wins, ties going to pooling (no W1
-Allreduce).
+(:meth:`desmpi.variants.Variant.deep_input`) and there the smaller width wins, ties going to
+pooling (no W1 Allreduce).
 """
 
 from __future__ import annotations
@@ -14,26 +14,6 @@ import numpy as np
 from desmpi.kernels.dense import bias_act, relu_grad
 from desmpi.models.layers import MLP, Dense, Params
 from desmpi.ops import FieldPooling, FusedFirstLayer
-
-
-def deep_input_for(mode: str, strategy: str, aggregate: str) -> str:
-    """``model.deep_input`` for a run of ``strategy`` / ``aggregate``: 'auto' stays 'auto' (the
-    narrower partial) only for DES with aggregate = allreduce, whose dense part is replicated
-    anyway; elsewhere it becomes 'pooling'. The fused layer's product runs over every row of
-    partials a rank computes: all B samples on every rank under des / reduce_scatter (the first
-    layer's three products repeated P times, where pooling splits them over the ranks), every
-    (sample, owner) pair under des-a2a, and under a2a / ps, whose partials never leave the rank,
-    fusing narrows nothing. An explicit 'pooling' or 'fused' is kept."""
-    if mode != "auto" or (strategy == "des" and aggregate == "allreduce"):
-        return mode
-    return "pooling"
-
-
-def fused_repeats_work(strategy: str, aggregate: str) -> bool:
-    """Whether a fused first layer would run its products, on every rank, over rows that other
-    ranks cover too: all B samples under des / reduce_scatter, every (sample, owner) pair
-    under des-a2a (the trainer warns when it is asked for there)."""
-    return strategy == "des-a2a" or (strategy == "des" and aggregate == "reduce_scatter")
 
 
 def choose_deep_input(mode: str, n_fields: int, d: int, h1: int, extra_fused: int = 0) -> str:
@@ -85,4 +65,4 @@ class DeepTower:
         return p.matmul(gh, p["w1_sparse"].T, out)  # BLAS writes the strided view (ldc = W)
 
 
-__all__ = ["DeepTower", "choose_deep_input", "deep_input_for", "fused_repeats_work", "Dense"]
+__all__ = ["DeepTower", "choose_deep_input", "Dense"]

@@ -31,6 +31,10 @@ class DLRM(Model):
     def substitutions(self):
         return {"embeddings": "field_pooling"}
 
+    def extra_macs(self) -> float:
+        """The pairwise dot interaction: (F + 1)² · d per sample (all dots, as BLAS would)."""
+        return float((self.F + 1) ** 2 * self.d)
+
     def forward(self, Z, x):
         n = x.shape[0]
         z, bacts = self.bottom.forward(self.params, x)

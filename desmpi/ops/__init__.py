@@ -7,10 +7,10 @@ field pooling, FM) the operator only names its columns (``roles``): the pooling 
 into Z and the gradient kernel reads its gradient from gZ.
 """
 
-from desmpi.ops.base import KeyGrads, Pooled, Pools
+from desmpi.ops.base import Pools
 from desmpi.ops.fm import FM
 from desmpi.ops.fused import FusedFirstLayer
 from desmpi.ops.linear import Linear
 from desmpi.ops.pooling import FieldPooling
 
-__all__ = ["KeyGrads", "Pooled", "Pools", "Linear", "FM", "FieldPooling", "FusedFirstLayer"]
+__all__ = ["Pools", "Linear", "FM", "FieldPooling", "FusedFirstLayer"]

@@ -58,7 +58,6 @@ class Pools:
         return self.EZ[:, self.cE: self.cE + w].reshape(n, self.F, self.d)
 
 
-Pooled = KeyGrads = Pools  # the forward pools and their gradients have the same layout
 
 
 class Op:

@@ -12,16 +12,16 @@ import numpy as np
 
 from desmpi.data.batch import Batch
 from desmpi.kernels.sparse import add_segments, pool
-from desmpi.ops.base import KeyGrads
-from desmpi.strategies.common import Occurrences, sparse_update
+from desmpi.ops.base import Pools
+from desmpi.reference import Occurrences, sparse_update
 from desmpi.strategies.counts import ModelDims
 from desmpi.strategies.exchange import ExchangeStrategy, segments_by_owner
 
 
 class A2AStrategy(ExchangeStrategy):
-    name = "a2a"
+    strategy = "a2a"
 
-    def _sparse_forward(self, b: Batch, insert: bool):
+    def _sparse_forward(self, b: Batch, sizes: np.ndarray, insert: bool):
         comm, table, model, tm = self.comm, self.table, self.model, self.timer
         P, F = comm.size, b.n_fields
         dt = table.dtype
@@ -86,5 +86,5 @@ class A2AStrategy(ExchangeStrategy):
         tm.lap("exchange")
         # the owner's segments [L | v (d) | Q]: v is a one-field E (occurrence field 0)
         cE = int(L) if E else -1
-        kg_owner = KeyGrads(g_in, g_in, 0 if L else -1, cE, -1, w - 1 if Q else -1, 1, model.d)
+        kg_owner = Pools(g_in, g_in, 0 if L else -1, cE, -1, w - 1 if Q else -1, 1, model.d)
         return lambda t: sparse_update(model, occ, kg_owner, table, self.sparse_opt, t)

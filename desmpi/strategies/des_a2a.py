@@ -13,14 +13,14 @@ import numpy as np
 
 from desmpi.data.batch import Batch
 from desmpi.kernels.hashing import key_field
-from desmpi.strategies.common import Occurrences, pool_owned, sparse_update
+from desmpi.reference import Occurrences, pool_owned, sparse_update
 from desmpi.strategies.exchange import ExchangeStrategy, segments_by_owner
 
 
 class DesA2AStrategy(ExchangeStrategy):
-    name = "des-a2a"
+    strategy = "des-a2a"
 
-    def _sparse_forward(self, b: Batch, insert: bool):
+    def _sparse_forward(self, b: Batch, sizes: np.ndarray, insert: bool):
         comm, table, model, tm = self.comm, self.table, self.model, self.timer
         P, W = comm.size, model.W
         dt = table.dtype

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from desmpi.strategies.counts import ModelDims, StepCounts
+from desmpi.data.batch import Batch
+from desmpi.strategies.counts import ModelDims, StepCounts, count_step
+from desmpi.variants import Variant
 from sim.accounting import Call, Collective
 
 I64 = 8  # keys, lengths and counts travel as int64
 
 
-def collectives(strategy: str, aggregate: str, c: StepCounts, m: ModelDims,
-                replicate_input: bool = False) -> list[Collective]:
-    """The collectives of one training step, in call order, for all ranks."""
+def collectives(v: Variant, c: StepCounts, m: ModelDims) -> list[Collective]:
+    """The collectives of one training step of variant ``v``, in call order, for all ranks."""
+    strategy, aggregate, replicate_input = v.strategy, v.aggregate, v.replicate_input
     P, F, W, isz = c.P, c.n_fields, m.W, m.itemsize
     out: list[Collective] = []
 
@@ -76,18 +78,22 @@ def collectives(strategy: str, aggregate: str, c: StepCounts, m: ModelDims,
     return out
 
 
-def plan(strategy: str, aggregate: str, c: StepCounts, m: ModelDims, rank: int,
-         replicate_input: bool = False) -> list[Call]:
+def plan(v: Variant, c: StepCounts, m: ModelDims, rank: int) -> list[Call]:
     """Rank ``rank``'s calls of one step, in order."""
-    return [x.call(rank, c.P) for x in collectives(strategy, aggregate, c, m, replicate_input)]
+    return [x.call(rank, c.P) for x in collectives(v, c, m)]
 
 
-def traffic(strategy: str, aggregate: str, c: StepCounts, m: ModelDims,
-            replicate_input: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def plan_batch(v: Variant, b: Batch, P: int, m: ModelDims) -> list[Collective]:
+    """The collectives of global batch ``b`` (B samples) at P ranks: no Trainer, no tables,
+    no communication; ``m`` from :meth:`ModelDims.of` of the variant's model."""
+    return collectives(v, count_step(b, P), m)
+
+
+def traffic(v: Variant, c: StepCounts, m: ModelDims) -> tuple[np.ndarray, np.ndarray]:
     """(payload, wire) bytes of one step for every rank, (P,) each (vectorised over ranks)."""
     pay = np.zeros(c.P, dtype=np.int64)
     wire = np.zeros(c.P, dtype=np.int64)
-    for x in collectives(strategy, aggregate, c, m, replicate_input):
+    for x in collectives(v, c, m):
         p, w = x.bytes_per_rank(c.P)
         pay += p
         wire += w

@@ -15,9 +15,9 @@ from desmpi.strategies.exchange import ExchangeStrategy, group_by_owner
 
 
 class PsStrategy(ExchangeStrategy):
-    name = "ps"
+    strategy = "ps"
 
-    def _sparse_forward(self, b: Batch, insert: bool):
+    def _sparse_forward(self, b: Batch, sizes: np.ndarray, insert: bool):
         comm, table, model, tm = self.comm, self.table, self.model, self.timer
         P, R = comm.size, table.R
         s, f = b.sample_field()

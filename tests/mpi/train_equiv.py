@@ -10,34 +10,37 @@ from pathlib import Path
 from desmpi.comm import Comm
 from desmpi.config import from_dict
 from desmpi.data.h5 import CtrDataset
-from desmpi.models import deep_input_for
 from desmpi.strategies.counts import count_step
 from desmpi.train import Trainer, run
+from desmpi.variants import ALL, parse
 
 out_root, onehot_h5, multi_h5, eval_h5, eval_multi_h5 = sys.argv[1:6]
 STEPS, B = 20, 64
 MODELS = ["lr", "fm", "wdl", "deepfm", "dcn", "dlrm"]
-# (name, model, strategy, aggregate, optimizer, train, eval, deep_input)
+
+
+def tag(v) -> str:
+    """A case-name form of the variant: des/allreduce+replicate -> des-allreduce-replicate."""
+    return v.name.replace("/", "-").replace("+", "-")
+
+
+# (name, model, variant, optimizer, train, eval, deep_input)
 cases = []
-VARIANTS = [("des", "allreduce"), ("des", "reduce_scatter"), ("ps", ""), ("a2a", ""),
-            ("des-a2a", ""), ("des", "allreduce-replicate"), ("des", "reduce_scatter-replicate")]
 for m in MODELS:
-    for st, agg in VARIANTS:
-        tag = f"{m}-{st}{'-' + agg if agg else ''}"
-        opts = ("sgd", "adagrad", "ftrl", "adam") if st == "des" and "-" not in agg \
-            else ("adagrad",)
+    for v in ALL:
+        opts = ("sgd", "adagrad", "ftrl", "adam") if v.strategy == "des" and \
+            not v.replicate_input else ("adagrad",)
         for opt in opts:
-            cases.append((f"{tag}-{opt}", m, st, agg, opt, onehot_h5, eval_h5, "auto"))
-        cases.append((f"{tag}-multi", m, st, agg, "adam", multi_h5, eval_multi_h5, "auto"))
+            cases.append((f"{m}-{tag(v)}-{opt}", m, v, opt, onehot_h5, eval_h5, "auto"))
+        cases.append((f"{m}-{tag(v)}-multi", m, v, "adam", multi_h5, eval_multi_h5, "auto"))
         if m in ("wdl", "deepfm"):  # the substitution auto does not take for this variant
-            other = "pooling" if deep_input_for("auto", st, agg.split("-")[0]) == "auto" \
-                else "fused"
-            cases.append((f"{tag}-{other}", m, st, agg, "adagrad", onehot_h5, eval_h5, other))
+            other = "pooling" if v.deep_input("auto") == "auto" else "fused"
+            cases.append((f"{m}-{tag(v)}-{other}", m, v, "adagrad", onehot_h5, eval_h5, other))
 # dynamic feature lifecycle: admission after 2 steps of presence, TTL eviction every 3 steps
-for st, agg in (("des", "allreduce"), ("des", "reduce_scatter"), ("ps", ""), ("a2a", ""),
-                ("des-a2a", "")):
-    cases.append((f"deepfm-{st}{'-' + agg if agg else ''}-lifecycle", "deepfm", st, agg,
-                   "adagrad", onehot_h5, eval_h5, "auto"))
+for n in ("des/allreduce", "des/reduce_scatter", "ps", "a2a", "des-a2a"):
+    v = parse(n)
+    cases.append((f"deepfm-{tag(v)}-lifecycle", "deepfm", v, "adagrad", onehot_h5, eval_h5,
+                   "auto"))
 
 class Warnings(logging.Handler):
     """The trainer's warnings, per case."""
@@ -55,7 +58,7 @@ logging.getLogger("desmpi.train").addHandler(warned)
 comm = Comm.world(keep_log=True)
 problems = []
 fused_warnings = {}
-for name, m, st, agg, opt, tr, ev, deep in cases:
+for name, m, v, opt, tr, ev, deep in cases:
     warned.seen.clear()
     cfg = from_dict({
         "model": {"name": m, "embed_dim": 4, "hidden": [16, 8], "bottom": [8],
@@ -65,9 +68,8 @@ for name, m, st, agg, opt, tr, ev, deep in cases:
                   "dtype": "float64", "seed": 3, "log_every": 10, "ftrl_l1": 0.001},
         "features": ({"min_count": 2, "ttl_steps": 4, "evict_every": 3}
                      if name.endswith("lifecycle") else {}),
-        "dist": {"strategy": st, "aggregate": (agg or "allreduce").split("-")[0],
-                 "input": "replicate" if agg.endswith("replicate") else "gather",
-                 "check_every": 5},
+        "dist": {"strategy": v.strategy, "aggregate": v.aggregate or "allreduce",
+                 "input": v.input, "check_every": 5},
     }).check()
     comm.acct.log.clear()
     run(cfg, comm, Path(out_root) / name)

@@ -56,7 +56,7 @@ def bench_comm(comm: Comm, sizes_bytes: list[int], repeats: int = 20) -> list[di
 def bench_compute(repeats: int = 5) -> dict:
     """Per-kernel rates of this process: GEMM flop/s and sparse key-columns/s."""
     from desmpi.kernels.sparse import pool, row_grads
-    from desmpi.tables import ShardTable
+    from desmpi.table.shard import ShardTable
 
     rng = np.random.default_rng(0)
     a = rng.random((4096, 429), dtype=np.float32)

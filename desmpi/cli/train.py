@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from desmpi.comm import Comm, find_mpiexec
+from desmpi.comm import Comm
 
 log = logging.getLogger("desmpi")
 
@@ -56,13 +56,12 @@ def _smoke(a, comm: Comm) -> int:
 def _relaunch(ranks: int, argv: list[str]) -> int:
     """Run ``desmpi ARGV`` under ``mpiexec -n RANKS``, one thread per rank."""
     import subprocess
-    import sys
 
-    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "desmpi", *argv]
+    from desmpi import launch
+
+    cmd = launch.command(ranks, argv)
     log.info("running: %s", " ".join(cmd))
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.run(cmd, env=env).returncode
+    return subprocess.run(cmd, env=launch.env()).returncode
 
 
 def _without_ranks(argv: list[str]) -> list[str]:
@@ -95,7 +94,7 @@ def _bench(a, comm: Comm) -> int:
 
 
 def _bench_comm(a, comm: Comm):
-    from desmpi.bench_comm import bench_comm
+    from desmpi.bench.comm import bench_comm
 
     samples = bench_comm(comm, [int(x) for x in a.sizes.split(",")], a.repeats_comm)
 
@@ -107,7 +106,7 @@ def _bench_comm(a, comm: Comm):
 
 
 def _bench_compute(a, comm: Comm):
-    from desmpi.bench_comm import bench_compute
+    from desmpi.bench.comm import bench_compute
 
     return bench_compute(), lambda rep: log.info(
         "GEMM %.3g flop/s, sparse %.3g key-columns/s", rep["gemm_flops"],
@@ -115,7 +114,7 @@ def _bench_compute(a, comm: Comm):
 
 
 def _bench_train(a, comm: Comm):
-    from desmpi.bench_train import bench_train
+    from desmpi.bench.train import bench_train
     from desmpi.config import parse_set
 
     rep = bench_train(comm, a.model, a.batch, a.steps, a.warmup, a.cap, a.dim, a.strategy,
@@ -143,7 +142,7 @@ def _log_bench_train(rep: dict) -> None:
 
 
 def _bench_data(a, comm: Comm):
-    from desmpi.bench_data import bench_data
+    from desmpi.bench.data import bench_data
     from desmpi.samples import criteo_sample
 
     src = a.source if a.source is not None else str(criteo_sample())

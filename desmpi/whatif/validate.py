@@ -12,35 +12,24 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from desmpi.comm import find_mpiexec
 from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
-from desmpi.simulate import VARIANTS, ModelInfo, comm_time, predict, profile
+from desmpi.launch import ROOT, run_json
+from desmpi.variants import Variant
+from desmpi.whatif.simulate import ModelInfo, comm_time, predict, profile
 from sim.calibrate import CommSample, fit_compute, fit_level
 from sim.cluster import Cluster, ComputeRates, Level
 
-log = logging.getLogger("desmpi.validate")
+log = logging.getLogger("desmpi.whatif.validate")
 _NO_RATES = ComputeRates()  # comm_time does not read compute rates
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(P: int, args: list[str]) -> dict:
-    cmd = [find_mpiexec(), "-n", str(P), sys.executable, "-m", "desmpi", *args, "--json"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+_run = run_json
 
 
 def _config_path(model: str) -> Path:
@@ -65,7 +54,7 @@ def network_source(P: int, calibrated: list[int]) -> int | None:
     return max(below) if below else min(calibrated)
 
 
-def validate(models: list[str], variants: list[str], ranks: list[int], batch: int, steps: int,
+def validate(models: list[str], variants: list[Variant], ranks: list[int], batch: int, steps: int,
              workdir: str | None = None, calibrate_ranks: list[int] | None = None) -> dict:
     """Predict each (model, variant, P) run and compare with the real run.
 
@@ -104,16 +93,13 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
             info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, "float32",
                                          variants)
             for v in variants:
-                st, agg, rep_in = VARIANTS[v]
                 for P in ranks:
                     s = _run(P, ["train", str(cfgp), "--set", f"data.train={data}", "--set",
                                  "data.eval=", "--set", f"train.batch_size={batch}", "--set",
-                                 f"train.steps={steps}", "--set", f"dist.strategy={st}", "--set",
-                                 f"dist.aggregate={agg or 'allreduce'}", "--set",
-                                 f"dist.input={'replicate' if rep_in else 'gather'}", "--set",
+                                 f"train.steps={steps}", *v.overrides(), "--set",
                                  f"train.log_every={steps}"])
                     prof = profile(ds, info, P, batch, steps, [v])[0]
-                    cases.append({"model": m, "strategy": v, "P": P, "prof": prof,
+                    cases.append({"model": m, "variant": v.name, "P": P, "prof": prof,
                                   "measured_step_time_s": s["step_time_s"],
                                   "counted_wire_bytes_per_step": s["wire_bytes_per_step"],
                                   "planned_wire_bytes_per_step": prof.wire_bytes,
@@ -135,7 +121,7 @@ def validate(models: list[str], variants: list[str], ranks: list[int], batch: in
             comp = c["measured_step_time_s"] - comm_time(c["prof"], cl)
             if comp < 0.1 * c["measured_step_time_s"]:  # (nearly) all collectives: no compute
                 log.warning("%s %s P=%d: predicted collectives take %.0f%% of the measured "
-                            "step; left out of the compute fit", c["model"], c["strategy"],
+                            "step; left out of the compute fit", c["model"], c["variant"],
                             c["P"], 100 * (1 - comp / c["measured_step_time_s"]))
                 continue
             fit_on.append(c)

@@ -112,8 +112,9 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         tr = Trainer(cfg, comm)
         P = comm.size
         b_local = int(split_counts(batch, P)[comm.rank])
-        rows_dense = batch if (strategy == "des" and aggregate == "allreduce") else b_local
-        rows_fused = batch if strategy == "des" else b_local
+        v = tr.variant
+        rows_dense = batch if v.replicated_dense else b_local
+        rows_fused = batch if v.strategy == "des" else b_local  # every sample's partial row
         # the GEMM limit and the interaction: timed right after the steps (as many passes,
         # median; between the steps they would evict the tables from cache and slow them)
         gemms = gemm_timer(gemm_shapes(tr.model, rows_dense, rows_fused), tr.dtype)
@@ -177,7 +178,8 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
     weight_bytes = m.row_width * tr.dtype.itemsize
     slot_bytes = tr.table.S * tr.dtype.itemsize
     return {"model": model, "ranks": P, "batch": batch, "cap": cap, "dim": m.d,
-            "rows": rows, "strategy": strategy, "aggregate": aggregate, "optimizer": optimizer,
+            "rows": rows, "variant": tr.variant.name, "strategy": tr.variant.strategy,
+            "aggregate": tr.variant.aggregate, "optimizer": optimizer,
             "substitutions": m.substitutions, "partial_width": m.W,
             "samples_per_s": batch / med, "step_time_s": med,
             # no dense GEMM (LR, FM): no GEMM limit (None), the whole step is outside GEMMs

@@ -96,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(fn=_data_info)
 
-    from desmpi.cli_model import add_commands as add_model
-    from desmpi.cli_sim import add_commands as add_sim
-    from desmpi.cli_train import add_commands
+    from desmpi.cli.model import add_commands as add_model
+    from desmpi.cli.sim import add_commands as add_sim
+    from desmpi.cli.train import add_commands
 
     add_commands(sub)
     add_sim(sub)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from desmpi.comm import Comm
+from desmpi.variants import COMPARED
 
 log = logging.getLogger("desmpi")
 
@@ -32,7 +33,8 @@ def _sized(cl, a):
 def _whatif(a, comm: Comm) -> int:
     from desmpi.config import load
     from desmpi.data.h5 import CtrDataset
-    from desmpi.simulate import VARIANTS, ModelInfo, crossovers, predict, profile, recommend
+    from desmpi.variants import parse, parse_list
+    from desmpi.whatif.simulate import ModelInfo, crossovers, predict, profile, recommend
     from sim.cluster import ComputeRates, load_cluster
 
     if a.config is None:
@@ -40,10 +42,7 @@ def _whatif(a, comm: Comm) -> int:
     cfg = load(a.config, a.set)
     ds = CtrDataset(cfg.data.train, in_memory=False)
     clusters = [_sized(load_cluster(c), a) for c in a.cluster]
-    variants = a.strategies.split(",")
-    for v in variants:
-        if v not in VARIANTS:
-            raise ValueError(f"--strategies: unknown {v!r}; known: {', '.join(VARIANTS)}")
+    variants = parse_list(a.strategies)
     info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, cfg.train.dtype, variants)
     rates = None
     if a.rates:
@@ -61,9 +60,11 @@ def _whatif(a, comm: Comm) -> int:
     log.info("profiled %d (P, batch) points in %.2f s; costed %d configurations in %.3f s",
              len(profs) // len(variants), t1 - t0, len(rows), t2 - t1)
     rec = recommend(rows, a.target)
-    xs = {f"{x} vs {y}": {f"{k[0]} @ B={k[1]}": v for k, v in crossovers(rows, x, y).items()}
-          for x, y in (("des", "ps"), ("des", "des-a2a"), ("des-read", "ps"))
-          if x in variants and y in variants}
+    pairs = [(parse(x), parse(y)) for x, y in (("des", "ps"), ("des", "des-a2a"),
+                                                 ("des-read", "ps"))]
+    xs = {f"{x} vs {y}": {f"{k[0]} @ B={k[1]}": v
+                          for k, v in crossovers(rows, x.name, y.name).items()}
+          for x, y in pairs if x in variants and y in variants}
     if comm.rank == 0:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def _whatif(a, comm: Comm) -> int:
         log.info("wrote %s/whatif.md, whatif.csv and plots", out)
         if rec:
             log.info("recommendation: %s at P=%d, batch %d on %s: %.0f samples/s",
-                     rec["strategy"], rec["P"], rec["batch"], rec["cluster"],
+                     rec["variant"], rec["P"], rec["batch"], rec["cluster"],
                      rec["samples_per_s"])
         if a.json:
             print(json.dumps({"rows": rows, "crossovers": xs, "recommendation": rec,
@@ -93,10 +94,10 @@ def _write_tables(out: Path, rows, cfg, a, xs, rec) -> None:
          f"Ranks {a.ranks}; batch {a.batch or cfg.train.batch_size}; clusters "
          f"{', '.join(a.cluster)}; algorithms: {a.algorithm}. Step time = modelled "
          "collectives + compute (no overlap).", "",
-         "| cluster | batch | P | strategy | step ms | samples/s | wire MB/step/rank | "
+         "| cluster | batch | P | variant | step ms | samples/s | wire MB/step/rank | "
          "comm share |", "|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        L.append(f"| {r['cluster']} | {r['batch']} | {r['P']} | {r['strategy']} | "
+        L.append(f"| {r['cluster']} | {r['batch']} | {r['P']} | {r['variant']} | "
                  f"{r['step_time_s'] * 1e3:.2f} | {r['samples_per_s']:.0f} | "
                  f"{r['wire_bytes_per_step'] / 1e6:.3f} | {r['comm_share']:.0%} |")
     L += ["", "## Crossovers (smallest P where the first is slower than the second)", ""]
@@ -106,7 +107,7 @@ def _write_tables(out: Path, rows, cfg, a, xs, rec) -> None:
     if rec:
         goal = f"Fewest ranks meeting {a.target:.0f} samples/s" if a.target else "Fastest"
         L += ["", "## Recommendation", "",
-              f"{goal}: **{rec['strategy']}**, P = {rec['P']}, batch {rec['batch']} on "
+              f"{goal}: **{rec['variant']}**, P = {rec['P']}, batch {rec['batch']} on "
               f"{rec['cluster']} — {rec['samples_per_s']:.0f} samples/s, step "
               f"{rec['step_time_s'] * 1e3:.2f} ms, comm share {rec['comm_share']:.0%}."]
     (out / "whatif.md").write_text("\n".join(L) + "\n")
@@ -127,11 +128,11 @@ def _plots(out: Path, rows, clusters, batches, variants) -> None:
         for i, B in enumerate(batches):
             for v in variants:
                 rr = sorted((r for r in rows if r["cluster"] == cl.name and r["batch"] == B
-                             and r["strategy"] == v), key=lambda r: r["P"])
+                             and r["variant"] == v.name), key=lambda r: r["P"])
                 P = [r["P"] for r in rr]
-                axes[i][0].plot(P, [r["samples_per_s"] for r in rr], marker="o", label=v)
+                axes[i][0].plot(P, [r["samples_per_s"] for r in rr], marker="o", label=v.name)
                 axes[i][1].plot(P, [r["wire_bytes_per_step"] / 1e6 for r in rr], marker="o",
-                                label=v)
+                                label=v.name)
             for ax, yl in zip(axes[i], ("samples/s", "wire MB/step/rank")):
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
@@ -173,23 +174,24 @@ def _replay(a, comm: Comm) -> int:
 
 
 def _validate(a, comm: Comm) -> int:
-    from desmpi.validate import validate
+    from desmpi.variants import parse_list
+    from desmpi.whatif.validate import validate
 
     if comm.size > 1:
         raise ValueError("run 'desmpi simulate --validate' without mpiexec: it launches runs")
     models = a.models.split(",")
-    variants = a.strategies.split(",")
+    variants = parse_list(a.strategies)
     rep = validate(models, variants, _ints(a.ranks), a.batch_int, a.steps,
                    calibrate_ranks=_ints(a.calibrate_ranks) if a.calibrate_ranks else None)
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "validation.json").write_text(json.dumps(rep, indent=1))
-        L = ["| model | strategy | P | calibrated at P | measured s/step | "
+        L = ["| model | variant | P | calibrated at P | measured s/step | "
              "predicted s/step | error | bytes planned == counted |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
         for c in rep["cases"]:
             src = c["network_from_P"] or "—"
-            L.append(f"| {c['model']} | {c['strategy']} | {c['P']} | {src} | "
+            L.append(f"| {c['model']} | {c['variant']} | {c['P']} | {src} | "
                      f"{c['measured_step_time_s']:.4f} | {c['predicted_step_time_s']:.4f} | "
                      f"{c['error']:+.1%} | {c['bytes_equal']} |")
         L.append(f"\nMedian absolute error: {rep['median_abs_error']:.1%}")
@@ -228,7 +230,9 @@ def add_commands(sub) -> None:
                    help="preset (10gbe, 25gbe, edr, hdr) or TOML; repeatable")
     s.add_argument("--ranks", default=None,
                    help=f"rank counts (default: {WHATIF_RANKS}; --validate: 1,2,4)")
-    s.add_argument("--strategies", default="des,des-rs,des-read,des-a2a,a2a,ps")
+    s.add_argument("--strategies", default=",".join(v.name for v in COMPARED),
+                   help="variants (desmpi.variants: des/allreduce, des/reduce_scatter, ..., "
+                   "ps; short aliases des, des-rs, des-read)")
     s.add_argument("--batch", default=None, help="global batch size(s), comma separated")
     s.add_argument("--profile-batches", type=int, default=2)
     s.add_argument("--ranks-per-node", type=int, default=None,

@@ -16,16 +16,12 @@ from desmpi.data.h5 import CtrDataset
 from desmpi.models import Model
 from desmpi.strategies.counts import ModelDims, StepCounts, count_step
 from desmpi.strategies.plans import collectives
+from desmpi.variants import Variant
 from sim.cluster import Cluster, ComputeRates
 from sim.collectives import Sizes, sized_time, sizes
 from sim.compute import Work, compute_time
 
-log = logging.getLogger("desmpi.simulate")
-
-# (strategy, aggregate, replicated input) and their labels
-VARIANTS = {"des": ("des", "allreduce", False), "des-rs": ("des", "reduce_scatter", False),
-            "des-read": ("des", "allreduce", True), "des-a2a": ("des-a2a", "", False),
-            "a2a": ("a2a", "", False), "ps": ("ps", "", False)}
+log = logging.getLogger("desmpi.whatif.simulate")
 
 
 @dataclass(frozen=True)
@@ -39,31 +35,22 @@ class ModelInfo:
 
     @staticmethod
     def of(model: Model) -> ModelInfo:
-        fused = model.partial_grad_size
-        macs = 0.0
-        for name, (_, size, shape) in model.params.offsets.items():
-            if len(shape) == 2 and not (fused and name == "w1_sparse"):
-                macs += size
-        if model.name == "dlrm":
-            macs += (model.F + 1) ** 2 * model.d
-        if model.name == "dcn":
-            macs += 3 * model.cfg.cross_layers * (model.Dn + model.F * model.d)
-        return ModelInfo(model.name, ModelDims.of(model), macs, float(fused))
+        return ModelInfo(model.name, ModelDims.of(model), model.dense_macs, model.fused_macs)
 
     @staticmethod
     def per_variant(mcfg, n_fields: int, n_dense: int, dtype,
-                    variants) -> dict[str, ModelInfo]:
+                    variants: list[Variant]) -> dict[Variant, ModelInfo]:
         """{variant: ModelInfo} of the model each variant's runs build (the substitution of
-        the first dense layer depends on the strategy: :func:`desmpi.models.deep_input_for`)."""
+        the first dense layer depends on the variant: :meth:`Variant.deep_input`)."""
         from desmpi.models import build_model
 
-        return {v: ModelInfo.of(build_model(mcfg, n_fields, n_dense, dtype, 0, VARIANTS[v][0],
-                                            VARIANTS[v][1])) for v in variants}
+        return {v: ModelInfo.of(build_model(mcfg, n_fields, n_dense, dtype, 0,
+                                            v.deep_input(mcfg.deep_input))) for v in variants}
 
 
-def step_work(variant: tuple[str, str, bool], c: StepCounts, info: ModelInfo) -> Work:
+def step_work(v: Variant, c: StepCounts, info: ModelInfo) -> Work:
     """Mean per-rank work of one step (the cost model's compute side)."""
-    st, agg, _ = variant
+    st, agg = v.strategy, v.aggregate
     P = c.P
     B = float(c.sizes.sum())
     b = B / P
@@ -92,7 +79,7 @@ class Profiled:
     """One (variant, P, batch) from the data: collective sizes, work and wire bytes per step
     (averaged over the profiled batches)."""
 
-    variant: str
+    variant: Variant
     P: int
     batch: int
     colls: list[list[Sizes]]  # per profiled batch
@@ -102,8 +89,8 @@ class Profiled:
     wire_total: int = 0  # over all ranks and profiled batches (exact, for comparison)
 
 
-def profile(ds: CtrDataset, infos: dict[str, ModelInfo], P: int, B: int, n_batches: int,
-            variants: list[str], first_batch: int = 0) -> list[Profiled]:
+def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_batches: int,
+            variants: list[Variant], first_batch: int = 0) -> list[Profiled]:
     """Count ``n_batches`` global batches of size B at P ranks once; plan every variant
     (``infos``: its model, :meth:`ModelInfo.per_variant`)."""
     need = (first_batch + n_batches) * B
@@ -114,19 +101,18 @@ def profile(ds: CtrDataset, infos: dict[str, ModelInfo], P: int, B: int, n_batch
               for t in range(first_batch, first_batch + n_batches)]
     out = []
     for v in variants:
-        st, agg, rep = VARIANTS[v]
         info = infos[v]
         colls, wire, pay, total = [], 0.0, 0.0, 0
         work = Work(0.0, 0.0)
         for c in counts:
-            cl = collectives(st, agg, c, info.dims, rep)
+            cl = collectives(v, c, info.dims)
             colls.append([sizes(x, P) for x in cl])
             for x in cl:
                 p, w = x.bytes_per_rank(P)
                 wire += w.mean() / len(counts)
                 total += int(w.sum())
                 pay += p.mean() / len(counts)
-            w1 = step_work(VARIANTS[v], c, info)
+            w1 = step_work(v, c, info)
             work = Work(work.gemm_flops + w1.gemm_flops / len(counts),
                         work.sparse_keys + w1.sparse_keys / len(counts), len(cl))
         out.append(Profiled(v, P, B, colls, work, wire, pay, total))
@@ -147,7 +133,7 @@ def predict(p: Profiled, cluster: Cluster, rates: ComputeRates | None = None,
     comm_s = comm_time(p, cluster, algorithm)
     comp_s = compute_time(p.work, rates or cl.compute, cl.compute_share, cl.busy_cores)
     step = comm_s + comp_s
-    return {"strategy": p.variant, "P": p.P, "batch": p.batch, "cluster": cluster.name,
+    return {"variant": p.variant.name, "P": p.P, "batch": p.batch, "cluster": cluster.name,
             "step_time_s": step, "samples_per_s": p.batch / step, "comm_s": comm_s,
             "compute_s": comp_s, "comm_share": comm_s / step, "wire_bytes_per_step": p.wire_bytes,
             "wire_bytes_per_sample": p.wire_bytes * p.P / p.batch}
@@ -159,9 +145,9 @@ def crossovers(rows: list[dict], a: str, b: str) -> dict:
     keys = {(r["cluster"], r["batch"]) for r in rows}
     for cl, B in sorted(keys):
         ra = {r["P"]: r["step_time_s"] for r in rows
-              if (r["cluster"], r["batch"], r["strategy"]) == (cl, B, a)}
+              if (r["cluster"], r["batch"], r["variant"]) == (cl, B, a)}
         rb = {r["P"]: r["step_time_s"] for r in rows
-              if (r["cluster"], r["batch"], r["strategy"]) == (cl, B, b)}
+              if (r["cluster"], r["batch"], r["variant"]) == (cl, B, b)}
         out[(cl, B)] = next((P for P in sorted(ra) if P in rb and ra[P] > rb[P]), None)
     return out
 

@@ -1,7 +1,7 @@
 """A rank's shard of a dynamic sparse table: key -> row of weights and optimizer slots.
 
 Rows live in contiguous arrays that grow by 1/4 when full, in place where the OS allows
-(:mod:`desmpi.mapped`: a memory map enlarged by ``mremap``, no copy); the hash index (linear
+(:mod:`desmpi.table.mapped`: a memory map enlarged by ``mremap``, no copy); the hash index (linear
 probing, any capacity) grows by half when its load passes 0.8. Memory per key stays near 1.3x
 the row and slot bytes themselves (``bytes_per_key``). A key seen for the first time is
 inserted and initialised from (seed, key) alone, so initial values do not depend on P, arrival
@@ -14,7 +14,7 @@ import numpy as np
 
 from desmpi.kernels.sparse import unique_rows
 from desmpi.kernels.table import EMPTY, find, find_or_insert, rehash
-from desmpi.mapped import GrowableRows
+from desmpi.table.mapped import GrowableRows
 
 LOAD_MAX = 0.8  # hash index load factor that triggers growth
 HASH_GROWTH = 1.5
@@ -38,7 +38,7 @@ class ShardTable:
                       GrowableRows(capacity, 1, np.int32)]
         self._views()
         self.n = 0
-        self.lifecycle = None  # a desmpi.lifecycle.Lifecycle: admission and eviction
+        self.lifecycle = None  # a desmpi.table.lifecycle.Lifecycle: admission and eviction
 
     def _views(self) -> None:
         self.weights, self.slots = self._rows[0].array, self._rows[1].array

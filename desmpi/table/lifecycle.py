@@ -18,7 +18,7 @@ import numpy as np
 
 class Lifecycle:
     def __init__(self, min_count: int = 1, ttl_steps: int = 0, max_keys: int = 0) -> None:
-        from desmpi.tables import ShardTable
+        from desmpi.table.shard import ShardTable
 
         self.min_count, self.ttl_steps, self.max_keys = min_count, ttl_steps, max_keys
         self.step = 0

@@ -1,0 +1,1 @@
+"""``desmpi bench``: data conversion and reads, collectives, compute rates, training steps."""

@@ -1,0 +1,62 @@
+"""DES's input phase, shared by its two aggregations: the global batch on every rank.
+
+``gather`` (the default): Allgatherv of the local batches' keys (bag lengths first for multi-hot
+data, values for weighted keys) and, when the dense part is replicated, of [label | dense] rows.
+``replicate``: every rank read the whole global batch from the data set itself (I/O instead of
+MPI traffic, the DES paper's setting); nothing is communicated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from desmpi.comm import Comm
+from desmpi.data.batch import Batch
+
+
+def gather(comm: Comm, b: Batch, sizes: np.ndarray, features: bool, dtype) -> Batch:
+    """The global batch's keys (and, when ``features``, labels and dense rows) from every
+    rank's slice ``b``; ``sizes`` (P,) samples per rank."""
+    F = b.n_fields
+    dt = dtype
+    offsets = None
+    if b.offsets is not None:
+        lens = comm.allgatherv(np.diff(b.offsets), sizes * F)
+        offsets = np.zeros(lens.shape[0] + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        bounds = offsets[np.concatenate([[0], np.cumsum(sizes * F)])]
+        nnz = np.diff(bounds)
+    else:
+        nnz = sizes * F
+    keys = comm.allgatherv(b.keys, nnz)
+    values = None
+    if b.values is not None:
+        values = comm.allgatherv(np.ascontiguousarray(b.values, dtype=dt), nnz)
+    B = int(sizes.sum())
+    if features:
+        Dn = b.dense.shape[1]
+        feats = np.empty((b.n, 1 + Dn), dtype=dt)
+        feats[:, 0] = b.labels
+        feats[:, 1:] = b.dense
+        fg = comm.allgatherv(feats.reshape(-1), sizes * (1 + Dn)).reshape(B, 1 + Dn)
+        labels, dense = fg[:, 0], fg[:, 1:]
+    else:
+        labels, dense = np.empty(B, dt), np.empty((B, 0), dt)
+    return Batch(labels, dense, keys, F, offsets, values)
+
+
+def global_batch(comm: Comm, b: Batch, sizes: np.ndarray, replicate_input: bool,
+                 features: bool, dtype) -> Batch:
+    """The global batch: ``b`` itself under replicated input, else :func:`gather`."""
+    return b if replicate_input else gather(comm, b, sizes, features, dtype)
+
+
+def own_rows(comm: Comm, b: Batch, sizes: np.ndarray, replicate_input: bool
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, dense rows) of this rank's samples: a slice of the global batch under
+    replicated input, else the rank's own batch."""
+    if not replicate_input:
+        return b.labels, b.dense
+    lo = int(sizes[: comm.rank].sum())
+    hi = lo + int(sizes[comm.rank])
+    return b.labels[lo:hi], b.dense[lo:hi]

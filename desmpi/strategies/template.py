@@ -1,0 +1,142 @@
+"""The data-parallel step template shared by des/reduce_scatter, des-a2a, a2a and ps.
+
+Every such strategy runs the dense part on its own b samples and sums dense gradients with one
+Allreduce; it differs only in how the sparse part reaches the keys' owners and comes back. The
+phases, named as TorchRec names them for row-wise sharding:
+
+1. ``_sparse_forward`` — *input dist* (keys to where their weights live: Allgatherv of keys, or
+   Alltoallv to owners), *lookup* and local partials (:mod:`desmpi.reference`), *output dist*
+   (partials back to the samples' ranks: Reduce_scatter or Alltoallv) -> Z (b, W);
+2. the dense part on Z (forward, loss, backward) -> gZ (b, W);
+3. ``_sparse_backward`` — gradients of the partials to the owners (Allgatherv or Alltoallv),
+   row gradients; returns the owner-side update, applied after the checks;
+4. one Allreduce of the dense gradients with the loss sum riding along; checks; updates.
+
+Replicated DES (des/allreduce, :mod:`desmpi.strategies.des_replicated`) has no step 3 and a
+replicated dense part, so it has a step of its own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from desmpi.comm import Comm
+from desmpi.data.batch import Batch
+from desmpi.metrics import sigmoid
+from desmpi.reference import bce_with_logits
+from desmpi.strategies.counts import ModelDims, StepCounts
+from desmpi.strategies.plans import plan
+from desmpi.timer import Timer
+from desmpi.variants import Variant
+from sim.accounting import Call
+
+
+def allreduce_grads_and_loss(comm, params, loss_local: float) -> float:
+    """Sum the dense gradients over ranks in place, with the loss sum riding along as one more
+    element (one Allreduce of D + 1); returns the global loss sum."""
+    buf = params.scratch("grads+loss", (params.size + 1,))
+    buf[:-1] = params.grads
+    buf[-1] = loss_local
+    comm.allreduce(buf, out=buf)  # in place
+    params.grads[:] = buf[:-1]
+    return float(buf[-1])
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN/inf in a step's loss or gradients; raised before any update is applied."""
+
+
+def check_finite(model, Z: np.ndarray, loss: float, grads: np.ndarray, t: int) -> None:
+    """Raise NonFiniteError naming the step and the first operator whose partial is bad."""
+    if np.isfinite(loss) and np.isfinite(grads).all():
+        return
+    where = "the dense part"
+    for op in model.ops:
+        if not np.isfinite(Z[:, op.cols]).all():
+            where = f"operator {op.name}"
+            break
+    what = "loss" if not np.isfinite(loss) else "dense gradients"
+    raise NonFiniteError(f"step {t}: non-finite {what} in model {model.name}, first seen in "
+                         f"{where} (try a smaller train.lr)")
+
+
+class Strategy:
+    """What the trainer sees of a strategy: plan, train_step, predict, check_replicas.
+
+    ``probe``: tests set a dict here to receive this rank's aggregated Z and its gradient gZ of
+    each step (the rows of the samples the rank runs the dense part for).
+    """
+
+    strategy = ""  # the Variant.strategy this class runs
+    aggregate = ""  # and its aggregate ("" for strategies without the choice)
+
+    def __init__(self, model, table, sparse_opt, dense_opt, comm: Comm, variant: Variant,
+                 timer: Timer | None = None) -> None:
+        if (variant.strategy, variant.aggregate) != (self.strategy, self.aggregate):
+            raise ValueError(f"{type(self).__name__} runs {self.strategy}"
+                             f"{'/' + self.aggregate if self.aggregate else ''}, not {variant}")
+        self.model, self.table, self.comm = model, table, comm
+        self.sparse_opt, self.dense_opt = sparse_opt, dense_opt
+        self.variant = variant
+        self.timer = timer or Timer()
+        self.probe: dict | None = None
+
+    def plan(self, counts: StepCounts, rank: int) -> list[Call]:
+        """Collectives of one training step on ``rank``, from the batch's counts alone."""
+        return plan(self.variant, counts, ModelDims.of(self.model), rank)
+
+    def check_replicas(self, step: int) -> None:
+        """Nothing is replicated outside the dense Allreduce's result (overridden where it is)."""
+
+
+class DataParallelStrategy(Strategy):
+    """The template (module docstring); subclasses implement the two sparse phases."""
+
+    def _sparse_forward(self, b: Batch, sizes: np.ndarray, insert: bool
+                        ) -> tuple[np.ndarray, object]:
+        """-> (Z (b, W) aggregated partials of this rank's samples, state for the backward)."""
+        raise NotImplementedError
+
+    def _sparse_backward(self, state, gZ: np.ndarray):
+        """gZ (b, W) -> the owner-side closure ``update(t)`` applying the sparse optimizer."""
+        raise NotImplementedError
+
+    def _local_rows(self, b: Batch, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (b,), dense rows (b, Dn)) of this rank's samples."""
+        return b.labels, b.dense
+
+    def train_step(self, b: Batch, sizes: np.ndarray, t: int) -> float:
+        """One synchronous step on this rank's slice ``b``; returns the global loss sum."""
+        model, comm, tm = self.model, self.comm, self.timer
+        prm = model.params
+        sizes = np.asarray(sizes, dtype=np.int64)
+        B = int(sizes.sum())
+        tm.start()
+        prm.zero_grad()
+        Z, state = self._sparse_forward(b, sizes, insert=True)
+        y, x = self._local_rows(b, sizes)
+        logits, cache = model.forward(Z, x)
+        loss_local, p = bce_with_logits(logits, y)
+        gZ = model.backward(cache, (p - y) / B)
+        tm.lap("dense")
+        if self.probe is not None:
+            self.probe.update(Z=np.array(Z), gZ=np.array(gZ))
+        update = self._sparse_backward(state, gZ)
+        loss = allreduce_grads_and_loss(comm, prm, loss_local)
+        tm.lap("aggregate")
+        check_finite(model, Z, loss, prm.grads, t)
+        update(t)
+        tm.lap("sparse_update")
+        self.dense_opt.apply(prm.data, prm.grads, t)
+        tm.lap("dense_update")
+        return loss
+
+    def predict(self, b: Batch, sizes: np.ndarray) -> np.ndarray:
+        """Probabilities of the whole global batch, on every rank (communication: scope eval)."""
+        sizes = np.asarray(sizes, dtype=np.int64)
+        with self.comm.acct.scoped("eval"):
+            Z, _ = self._sparse_forward(b, sizes, insert=False)
+            _, x = self._local_rows(b, sizes)
+            logits, _ = self.model.forward(Z, x)
+            allp = self.comm.allgatherv(np.ascontiguousarray(logits), sizes)
+        return sigmoid(np.asarray(allp, dtype=np.float64))
