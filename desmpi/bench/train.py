@@ -67,27 +67,6 @@ def gemm_timer(shapes, dtype):
     return once
 
 
-def interaction_timer(model, rows: int, dtype):
-    """DLRM: a function timing its pairwise dot interaction (forward + backward kernels) on
-    ``rows`` samples alone; None for models without one."""
-    if model.name != "dlrm":
-        return None
-    from desmpi.kernels.dense import dot_interaction, dot_interaction_backward
-
-    rng = np.random.default_rng(0)
-    d, W = model.d, model.W
-    z, E = rng.random((rows, d)).astype(dtype), rng.random((rows, W)).astype(dtype)
-    out = np.empty((rows, d + len(model.li)), dtype)
-    gz, gE = np.empty((rows, d), dtype), np.empty((rows, W), dtype)
-
-    def once() -> float:
-        t0 = time.perf_counter()
-        dot_interaction(z, E, out)
-        dot_interaction_backward(out, z, E, gz, gE)
-        return time.perf_counter() - t0
-    return once
-
-
 def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap: int,
                 dim: int | None, strategy: str, aggregate: str, optimizer: str,
                 workdir: str | None = None, sets: dict | None = None) -> dict:
@@ -118,7 +97,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         # the GEMM limit and the interaction: timed right after the steps (as many passes,
         # median; between the steps they would evict the tables from cache and slow them)
         gemms = gemm_timer(gemm_shapes(tr.model, rows_dense, rows_fused), tr.dtype)
-        inter = interaction_timer(tr.model, rows_dense, tr.dtype)
+        inter = tr.model.interaction_timer(rows_dense)
         times, data_s, t_gemms, t_inters = [], [], [], []
         in_gemm, in_inter = [], []  # seconds of each step inside its GEMMs / the interaction
         clock = tr.model.params

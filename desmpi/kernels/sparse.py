@@ -19,15 +19,10 @@ from numba import njit
 from desmpi.kernels.prefetch import AHEAD, prefetch_row
 
 # Row additions (add_scaled_row: pool, row_grads incl. its square-term pass, add_segments,
-# kernels/dense.py's field_sum / add_to_fields): loops over 1-D row views (vectorised) from
-# this many floats per row, the scalar 2-D-indexed loops below it. One 4096-sample batch of
-# Criteo-schema keys, interleaved runs of throwaway /tmp scripts (2026-11-28): row_grads d = 16
-# 1.7-1.9 ms against 2.8-3.7 ms, d = 64 2.5-3.4 against 7.5-8.1 ms; pool d = 16 2.4-3.8
-# against 3.8-6.5 ms, d = 64 4.4-5.2 against 12.1-14.6 ms; add_segments (the batch as
-# segments) d = 16 1.0-1.4 against 1.5-2.2 ms, d = 64 4.1-4.6 against 7.6-7.9 ms. The same
-# view loops without the branch compiled to slower code (row_grads 4.8-5.6 and 4.9-5.3 ms):
-# keep the structure. Later: row_grads' square-term pass (FM, DeepFM) d = 16 1.33-1.38
-# against 1.74-1.77 ms, d = 64 2.29-2.35 against 3.00-3.17 ms (whole kernel, 23,300 rows).
+# kernels/dense.py's field_sum / add_to_fields) loop over 1-D row views from this many floats
+# per row, because Numba vectorises those and not the 2-D-indexed loops (kept below it, where
+# the vector setup costs more than it saves). Keep the branch: the same view loops without it
+# compiled to slower code. The measurements behind both choices: docs/speed.md, "Kernels".
 WIDE_ROW = 8
 
 

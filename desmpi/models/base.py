@@ -84,6 +84,11 @@ class Model:
         """Multiply-adds per sample outside the weight products (interactions, crosses)."""
         return 0.0
 
+    def interaction_timer(self, rows: int):
+        """A function timing the model's feature interaction kernels (forward + backward) on
+        ``rows`` samples alone (``desmpi bench train``); None for models without one."""
+        return None
+
     # ---- to implement -----------------------------------------------------------------------
     def build(self) -> None:
         raise NotImplementedError

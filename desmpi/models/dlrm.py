@@ -35,6 +35,22 @@ class DLRM(Model):
         """The pairwise dot interaction: (F + 1)² · d per sample (all dots, as BLAS would)."""
         return float((self.F + 1) ** 2 * self.d)
 
+    def interaction_timer(self, rows: int):
+        import time
+
+        rng = np.random.default_rng(0)
+        d, W, dt = self.d, self.W, self.dtype
+        z, E = rng.random((rows, d)).astype(dt), rng.random((rows, W)).astype(dt)
+        out = np.empty((rows, d + len(self.li)), dt)
+        gz, gE = np.empty((rows, d), dt), np.empty((rows, W), dt)
+
+        def once() -> float:
+            t0 = time.perf_counter()
+            dot_interaction(z, E, out)
+            dot_interaction_backward(out, z, E, gz, gE)
+            return time.perf_counter() - t0
+        return once
+
     def forward(self, Z, x):
         n = x.shape[0]
         z, bacts = self.bottom.forward(self.params, x)

@@ -18,7 +18,7 @@ from desmpi.data.batch import Batch
 from desmpi.metrics import sigmoid
 from desmpi.reference import bce_with_logits, local_partials, sparse_update
 from desmpi.strategies import des_input
-from desmpi.strategies.template import Strategy, check_finite
+from desmpi.strategies.template import Strategy
 
 
 class DesReplicated(Strategy):
@@ -57,11 +57,8 @@ class DesReplicated(Strategy):
             gw1 = prm.grads[model.partial_grad]  # a contiguous view, reduced in place
             comm.allreduce(gw1, out=gw1)
             tm.lap("aggregate")
-        check_finite(model, Z, loss, prm.grads, t)
-        sparse_update(model, occ, kg, self.table, self.sparse_opt, t)
-        tm.lap("sparse_update")
-        self.dense_opt.apply(prm.data, prm.grads, t)
-        tm.lap("dense_update")
+        self._check_and_update(Z, loss, t, lambda t: sparse_update(
+            model, occ, kg, self.table, self.sparse_opt, t))
         return loss
 
     def predict(self, b: Batch, sizes: np.ndarray) -> np.ndarray:

@@ -88,6 +88,16 @@ class Strategy:
     def check_replicas(self, step: int) -> None:
         """Nothing is replicated outside the dense Allreduce's result (overridden where it is)."""
 
+    def _check_and_update(self, Z: np.ndarray, loss: float, t: int, sparse_update) -> None:
+        """The end of every step: non-finite loss or gradients stop the run before anything is
+        applied; then ``sparse_update(t)`` (the owners' rows) and the dense optimizer."""
+        prm, tm = self.model.params, self.timer
+        check_finite(self.model, Z, loss, prm.grads, t)
+        sparse_update(t)
+        tm.lap("sparse_update")
+        self.dense_opt.apply(prm.data, prm.grads, t)
+        tm.lap("dense_update")
+
 
 class DataParallelStrategy(Strategy):
     """The template (module docstring); subclasses implement the two sparse phases."""
@@ -124,11 +134,7 @@ class DataParallelStrategy(Strategy):
         update = self._sparse_backward(state, gZ)
         loss = allreduce_grads_and_loss(comm, prm, loss_local)
         tm.lap("aggregate")
-        check_finite(model, Z, loss, prm.grads, t)
-        update(t)
-        tm.lap("sparse_update")
-        self.dense_opt.apply(prm.data, prm.grads, t)
-        tm.lap("dense_update")
+        self._check_and_update(Z, loss, t, update)
         return loss
 
     def predict(self, b: Batch, sizes: np.ndarray) -> np.ndarray:
