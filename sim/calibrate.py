@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.cluster import ComputeRates, Level
-from sim.collectives import cost, mpich_default
+from sim.collectives import cost
 from sim.compute import Work
+from sim.selection import LIBRARIES, select
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,9 @@ def fit_level(samples: list[CommSample]) -> tuple[Level, Fit]:
         raise ValueError("need at least two measurements to fit latency and bandwidth")
     rows, y = [], []
     for s in samples:
-        alg = mpich_default(s.kind, s.P, s.n) if s.algorithm == "mpich" else s.algorithm
+        # measured on one node (desmpi bench comm): the library's single-node choice
+        alg = select(s.algorithm, s.kind, s.P, s.n, mb=s.max_block, nodes=1, ppn=s.P) \
+            if s.algorithm in LIBRARIES else s.algorithm
         a = cost(s.kind, alg, s.P, s.n, 1.0, 0.0, s.max_block, s.max_rank)
         b = cost(s.kind, alg, s.P, s.n, 0.0, 1.0, s.max_block, s.max_rank)
         rows.append((a, b))

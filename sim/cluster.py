@@ -1,6 +1,14 @@
 """Cluster descriptions: nodes, ranks per node, two network levels, per-rank compute rates.
 
-A level is (latency α in seconds, bandwidth in bytes/s); β = 1/bandwidth seconds per byte.
+A level is (latency α in seconds, bandwidth in bytes/s); β = 1/bandwidth seconds per byte. A
+level may also carry a measured point-to-point curve (``curve_bytes``, ``curve_s``: one-way
+time of an m-byte message, osu_latency's numbers), which then replaces α + m·β: the time is
+interpolated linearly between measured sizes (each segment its own α-β pair, so protocol
+regimes — eager, rendezvous — and their jumps are kept) and extended past the largest size at
+``bandwidth_Bps``. ``curve_sd_s``, the spread of the measured repeats, lets a step of many
+concurrent ranks wait for the slowest (:mod:`sim.algorithms`). ``desmpi simulate cluster``
+writes such files from OSU output.
+
 Presets carry the source of their numbers; a TOML file can describe any cluster:
 
     name = "my-cluster"
@@ -13,17 +21,28 @@ Presets carry the source of their numbers; a TOML file can describe any cluster:
     [inter]                        # between nodes (the network)
     latency_s = 1.0e-6
     bandwidth_Bps = 1.2e10
+    # curve_bytes = [0, 1024, ...]  # optional measured curve (see above)
+    # curve_s = [1.1e-6, 1.4e-6, ...]
     [compute]                      # per rank, as measured by `desmpi bench compute`
     gemm_flops = 5.0e10
     sparse_keys_per_s = 5.0e7
     overhead_s = 1e-4
+
+Top-level optional keys: ``mpi`` (the library whose algorithm selection applies: ``mpich``,
+``openmpi``, ``openmpi-4.0``; see :mod:`sim.selection`), ``reduce_Bps`` (γ: bytes a rank reduces
+per second in a collective's reduction, ``desmpi bench compute`` measures it; 0 leaves the
+reduction arithmetic out).
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,12 +52,52 @@ else:  # pragma: no cover
 
 @dataclass(frozen=True)
 class Level:
+    """One network level: α (s), peak bandwidth (B/s), optionally a measured curve."""
+
     latency_s: float
     bandwidth_Bps: float
+    curve_bytes: tuple[float, ...] = ()
+    curve_s: tuple[float, ...] = ()
+    curve_sd_s: tuple[float, ...] = ()  # spread of the measured repeats (standard deviation)
+
+    def __post_init__(self) -> None:
+        if len(self.curve_bytes) != len(self.curve_s):
+            raise ValueError("curve_bytes and curve_s must have the same length")
+        if self.curve_sd_s and len(self.curve_sd_s) != len(self.curve_s):
+            raise ValueError("curve_sd_s must have one value per curve size")
+        if any(b <= a for a, b in zip(self.curve_bytes, self.curve_bytes[1:])):
+            raise ValueError("curve_bytes must increase strictly")
 
     @property
     def beta_s_per_byte(self) -> float:
         return 1.0 / self.bandwidth_Bps
+
+    def time(self, m):
+        """One-way seconds of an m-byte message (m: a number or an array of them)."""
+        if not self.curve_bytes:
+            return self.latency_s + np.asarray(m, dtype=np.float64) / self.bandwidth_Bps
+        m = np.asarray(m, dtype=np.float64)
+        xb, xs = self.curve_bytes, self.curve_s
+        t = np.interp(m, xb, xs)
+        return np.where(m > xb[-1], xs[-1] + (m - xb[-1]) / self.bandwidth_Bps, t)
+
+    def spread(self, m):
+        """Standard deviation of one m-byte message's time (the measured repeats; 0 without)."""
+        if not self.curve_sd_s:
+            return np.zeros_like(np.asarray(m, dtype=np.float64))
+        return np.interp(np.asarray(m, dtype=np.float64), self.curve_bytes, self.curve_sd_s)
+
+
+def expected_max_normal(q):
+    """E[max of q independent standard normal draws] (Blom's approximation,
+    Φ⁻¹((q − 0.375)/(q + 0.25)); 0 for q <= 1): q = 2 → 0.56, 8 → 1.42, 64 → 2.41."""
+    q = np.asarray(q, dtype=np.float64)
+    inv = np.vectorize(_NORMAL.inv_cdf, otypes=[np.float64])
+    p = np.clip((q - 0.375) / (q + 0.25), 0.5, 1 - 1e-12)
+    return np.where(q <= 1, 0.0, inv(p))
+
+
+_NORMAL = statistics.NormalDist()
 
 
 @dataclass(frozen=True)
@@ -67,6 +126,8 @@ class Cluster:
     cores_per_node: int = 0  # 0: one core per rank
     compute: ComputeRates = field(default_factory=ComputeRates)
     source: str = ""
+    mpi: str = "mpich"  # whose algorithm selection applies (sim.selection.LIBRARIES)
+    reduce_Bps: float = 0.0  # γ: reduction bytes per second per rank (0: not modelled)
 
     @property
     def ranks(self) -> int:
@@ -97,7 +158,8 @@ class Cluster:
 # bandwidth ~90-95% of line rate and latencies from the OSU micro-benchmarks published by the
 # MVAPICH project (osu_latency: ~1 µs EDR/HDR, 10-20 µs TCP over 10/25 GbE). Intra-node: shared-
 # memory MPI latency ~0.3-0.5 µs and ~10 GB/s single-pair copy bandwidth on current x86 servers.
-_SHM = Level(latency_s=4e-7, bandwidth_Bps=1.0e10)
+SHARED_MEMORY = Level(latency_s=4e-7, bandwidth_Bps=1.0e10)
+_SHM = SHARED_MEMORY
 PRESETS = {
     "10gbe": Cluster("10GbE (TCP)", 8, 16, _SHM, Level(1.5e-5, 1.15e9),
                      source="10 Gb/s line rate, ~92% achievable; ~15 µs TCP MPI latency"),
@@ -124,7 +186,7 @@ def load_cluster(spec: str) -> Cluster:
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{path}: {e}") from None
     allowed = {"name", "nodes", "ranks_per_node", "cores_per_node", "intra", "inter",
-               "compute", "source"}
+               "compute", "source", "mpi", "reduce_Bps"}
     unknown = set(d) - allowed
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -133,12 +195,23 @@ def load_cluster(spec: str) -> Cluster:
         if key not in d:
             raise ValueError(f"{path}: missing [{key}] (latency_s, bandwidth_Bps)")
         x = d[key]
-        extra = set(x) - {"latency_s", "bandwidth_Bps"}
+        extra = set(x) - {"latency_s", "bandwidth_Bps", "curve_bytes", "curve_s", "curve_sd_s"}
         if extra:
             raise ValueError(f"{path}: unknown keys in [{key}]: {sorted(extra)}")
-        lv = Level(float(x["latency_s"]), float(x["bandwidth_Bps"]))
-        if lv.latency_s < 0 or lv.bandwidth_Bps <= 0:
-            raise ValueError(f"{path}: [{key}] needs latency_s >= 0 and bandwidth_Bps > 0")
+        for k in ("latency_s", "bandwidth_Bps"):
+            if k not in x:
+                raise ValueError(f"{path}: [{key}] needs {k}")
+        try:
+            lv = Level(float(x["latency_s"]), float(x["bandwidth_Bps"]),
+                       tuple(float(v) for v in x.get("curve_bytes", ())),
+                       tuple(float(v) for v in x.get("curve_s", ())),
+                       tuple(float(v) for v in x.get("curve_sd_s", ())))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: [{key}]: {e}") from None
+        if not (lv.latency_s >= 0 and lv.bandwidth_Bps > 0) or \
+                any(not (t >= 0) for t in lv.curve_s + lv.curve_sd_s):
+            raise ValueError(f"{path}: [{key}] needs latency_s >= 0, bandwidth_Bps > 0 and "
+                             "curve_s >= 0")
         return lv
 
     comp = d.get("compute", {})
@@ -149,6 +222,42 @@ def load_cluster(spec: str) -> Cluster:
     for k in ("nodes", "ranks_per_node"):
         if int(d.get(k, 0)) < 1:
             raise ValueError(f"{path}: {k} must be >= 1")
+    from sim.selection import LIBRARIES
+
+    mpi = str(d.get("mpi", "mpich"))
+    if mpi not in LIBRARIES:
+        raise ValueError(f"{path}: mpi = {mpi!r}; known: {', '.join(LIBRARIES)}")
+    gamma = float(d.get("reduce_Bps", 0.0))
+    if not gamma >= 0:
+        raise ValueError(f"{path}: reduce_Bps must be >= 0")
     return Cluster(d.get("name", path.stem), int(d["nodes"]), int(d["ranks_per_node"]),
                    level("intra"), level("inter"), int(d.get("cores_per_node", 0)),
-                   ComputeRates(**{k: float(v) for k, v in comp.items()}), d.get("source", ""))
+                   ComputeRates(**{k: float(v) for k, v in comp.items()}), d.get("source", ""),
+                   mpi, gamma)
+
+
+def dump_cluster(cl: Cluster) -> str:
+    """The TOML text of ``cl`` (what :func:`load_cluster` reads back)."""
+    def num(x: float) -> str:
+        return repr(float(x))
+
+    def level(name: str, lv: Level) -> list[str]:
+        out = [f"[{name}]", f"latency_s = {num(lv.latency_s)}",
+               f"bandwidth_Bps = {num(lv.bandwidth_Bps)}"]
+        if lv.curve_bytes:
+            out.append("curve_bytes = [" + ", ".join(num(b) for b in lv.curve_bytes) + "]")
+            out.append("curve_s = [" + ", ".join(num(t) for t in lv.curve_s) + "]")
+            if lv.curve_sd_s:
+                out.append("curve_sd_s = [" + ", ".join(num(t) for t in lv.curve_sd_s) + "]")
+        return out
+
+    c = cl.compute
+    L = [f"name = {json.dumps(cl.name)}", f"nodes = {cl.nodes}",
+         f"ranks_per_node = {cl.ranks_per_node}", f"cores_per_node = {cl.cores_per_node}",
+         f"mpi = {json.dumps(cl.mpi)}", f"reduce_Bps = {num(cl.reduce_Bps)}",
+         f"source = {json.dumps(cl.source)}", "", *level("intra", cl.intra), "",
+         *level("inter", cl.inter), "", "[compute]",
+         f"gemm_flops = {num(c.gemm_flops)}", f"sparse_keys_per_s = {num(c.sparse_keys_per_s)}",
+         f"overhead_s = {num(c.overhead_s)}", f"per_call_s = {num(c.per_call_s)}",
+         f"contention = {num(c.contention)}"]
+    return "\n".join(L) + "\n"

@@ -19,13 +19,14 @@ Operations in MPICH", IJHPCA 19(1), 2005 (n = bytes, α = latency s, β = s/byte
 | bcast | scatter_allgather | (lg + P − 1)α + 2(P−1)/P·nβ |
 | allreduce, allgather, reduce_scatter, bcast | two_level | intra part + inter part (*) |
 
-(*) the intra-node phase with the intra (α, β), the inter-node phase among node leaders with the
-inter (α, β).
+(*) ``node_aware`` here: reduce in the node, allreduce among node leaders, broadcast in the
+node — on one level, 2·lg·(α + nβ) like ``binomial``.
 
-Reduction arithmetic (γ) is not modelled. ``mpich`` picks the algorithm MPICH's defaults pick
-by message size (CVAR defaults: ALLREDUCE_SHORT_MSG_SIZE 2048, ALLGATHER_SHORT/LONG_MSG_SIZE
-81920/524288, REDSCAT_COMMUTATIVE_LONG_MSG_SIZE 524288, ALLTOALL_SHORT/MEDIUM_MSG_SIZE
-256/32768, BCAST_SHORT/LONG_MSG_SIZE 12288/524288, BCAST_MIN_PROCS 8).
+These closed forms are what :mod:`sim.calibrate` fits α and β with (they are linear in both).
+Predictions use :func:`sized_time`: the step-by-step forms of :mod:`sim.algorithms` (the level
+each step crosses, NIC sharing, γ, non-power-of-two P, measured curves) with the algorithm the
+cluster's MPI library selects (:mod:`sim.selection`); on one plain α-β level with P a power of
+two and γ = 0 both agree.
 """
 
 from __future__ import annotations
@@ -35,19 +36,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim import algorithms as A
 from sim.accounting import Collective
-from sim.cluster import Cluster, Level
+from sim.algorithms import THROTTLE
+from sim.cluster import Cluster
+from sim.selection import FAMILY, LIBRARIES, select
 
+# closed forms of cost() (one α-β level)
 ALGORITHMS = {
-    "allreduce": ("ring", "recursive_doubling", "rabenseifner", "binomial", "two_level"),
-    "reduce_scatter": ("ring", "pairwise", "recursive_halving", "two_level"),
-    "allgather": ("ring", "recursive_doubling", "bruck", "two_level"),
+    "allreduce": ("ring", "recursive_doubling", "rabenseifner", "binomial"),
+    "reduce_scatter": ("ring", "pairwise", "recursive_halving"),
+    "allgather": ("ring", "recursive_doubling", "bruck"),
     "alltoall": ("pairwise", "bruck"),
-    "bcast": ("binomial", "scatter_allgather", "two_level"),
+    "bcast": ("binomial", "scatter_allgather"),
 }
-_FAMILY = {"allreduce": "allreduce", "reduce_scatter": "reduce_scatter",
-           "allgather": "allgather", "allgatherv": "allgather", "alltoall": "alltoall",
-           "alltoallv": "alltoall", "bcast": "bcast", "barrier": "barrier"}
+# algorithms cost() treats as one of the above on a single level (same steps, same bytes)
+_SAME_ON_ONE_LEVEL = {"node_aware": "binomial", "nonoverlapping": "binomial",
+                      "segmented_ring": "ring", "butterfly": "recursive_halving",
+                      "neighbor": "ring", "scatter_rd_allgather": "scatter_allgather",
+                      "scatter_ring_allgather": "scatter_allgather"}
+_FAMILY = FAMILY
 
 
 def _lg(P: int) -> int:
@@ -67,7 +75,8 @@ def cost(kind: str, algorithm: str, P: int, n: float, alpha: float, beta: float,
     n/P). max_rank: largest of any rank's bytes sent or received (alltoallv; default n).
     """
     fam = _FAMILY[kind]
-    if P <= 1 or fam == "barrier" and P <= 1:
+    algorithm = _SAME_ON_ONE_LEVEL.get(algorithm, algorithm)
+    if P <= 1:
         return 0.0
     lg = _lg(P)
     mb = n / P if max_block is None else max_block
@@ -98,56 +107,15 @@ def cost(kind: str, algorithm: str, P: int, n: float, alpha: float, beta: float,
             return (P - 1) * alpha + mr * beta
         if algorithm == "bruck":
             return lg * (alpha + mr / 2 * beta)
+        if algorithm in ("scattered", "linear", "linear_sync"):  # messages in flight at once
+            batches = -(-(P - 1) // THROTTLE) if algorithm == "scattered" else 1
+            return batches * alpha + mr * beta
     elif fam == "bcast":
         if algorithm == "binomial":
             return lg * (alpha + n * beta)
         if algorithm == "scatter_allgather":
             return (lg + P - 1) * alpha + 2 * (P - 1) / P * n * beta
     raise ValueError(f"no algorithm {algorithm!r} for {kind}; known: {ALGORITHMS.get(fam)}")
-
-
-def mpich_default(kind: str, P: int, n: float, per_peer: float | None = None) -> str:
-    """The algorithm MPICH's default selection uses for this size (module docstring)."""
-    fam = _FAMILY[kind]
-    if fam == "allreduce":
-        return "recursive_doubling" if n <= 2048 else "rabenseifner"
-    if fam == "allgather":
-        if n < 524288 and _pof2(P):
-            return "recursive_doubling"
-        return "bruck" if n < 81920 else "ring"
-    if fam == "reduce_scatter":
-        return "recursive_halving" if n < 524288 else "pairwise"
-    if fam == "alltoall":
-        pp = n / max(P, 1) if per_peer is None else per_peer
-        return "bruck" if (pp <= 256 and P >= 8 and kind == "alltoall") else "pairwise"
-    if fam == "bcast":
-        return "binomial" if (n < 12288 or P < 8) else "scatter_allgather"
-    if fam == "barrier":
-        return "dissemination"
-    raise ValueError(kind)
-
-
-def _two_level(kind: str, n: float, cl: Cluster) -> float:
-    """Intra-node phase, inter-node phase among node leaders, intra-node phase."""
-    ppn, N = cl.ranks_per_node, cl.nodes
-    a, b = cl.intra.latency_s, cl.intra.beta_s_per_byte
-    A, Bt = cl.inter.latency_s, cl.inter.beta_s_per_byte
-    fam = _FAMILY[kind]
-    if fam == "allreduce":  # RS in node, allreduce of n/ppn over nodes, AG in node
-        return (cost("reduce_scatter", "ring", ppn, n, a, b)
-                + cost("allreduce", mpich_default("allreduce", N, n / ppn), N, n / ppn, A, Bt)
-                + cost("allgather", "ring", ppn, n, a, b))
-    if fam == "allgather":  # gather in node, allgather among leaders, bcast in node
-        return (cost("allgather", "ring", ppn, n / N, a, b)
-                + cost("allgather", mpich_default("allgather", N, n), N, n, A, Bt)
-                + cost("bcast", "binomial", ppn, n, a, b))
-    if fam == "reduce_scatter":
-        return (cost("reduce_scatter", "ring", ppn, n, a, b)
-                + cost("reduce_scatter", mpich_default("reduce_scatter", N, n / ppn), N,
-                       n / ppn, A, Bt))
-    if fam == "bcast":
-        return cost("bcast", "binomial", N, n, A, Bt) + cost("bcast", "binomial", ppn, n, a, b)
-    raise ValueError(f"no two-level form for {kind}")
 
 
 @dataclass(frozen=True)
@@ -158,6 +126,7 @@ class Sizes:
     n: float
     max_block: float | None = None
     max_rank: float | None = None
+    itemsize: int = 4
 
 
 def sizes(c: Collective, P: int) -> Sizes:
@@ -165,42 +134,109 @@ def sizes(c: Collective, P: int) -> Sizes:
     s = c.itemsize
     fam = _FAMILY[c.kind]
     if fam in ("allreduce", "bcast"):
-        return Sizes(c.kind, float(counts[0]) * s)
+        return Sizes(c.kind, float(counts[0]) * s, itemsize=s)
     if fam in ("allgather", "reduce_scatter"):
-        return Sizes(c.kind, float(counts.sum()) * s, float(counts.max()) * s)
+        return Sizes(c.kind, float(counts.sum()) * s, float(counts.max()) * s, itemsize=s)
     if fam == "alltoall":
         diag = np.diagonal(counts)  # self-sends stay in memory
         sent = counts.sum(axis=1) - diag
         recv = counts.sum(axis=0) - diag
         return Sizes(c.kind, float(sent.mean()) * s, None,
-                     float(max(sent.max(), recv.max())) * s)
+                     float(max(sent.max(), recv.max())) * s, itemsize=s)
     return Sizes(c.kind, 0.0)
 
 
-def sized_time(z: Sizes, cl: Cluster, P: int, algorithm: str = "mpich") -> float:
-    """Seconds of a collective of sizes ``z`` over P ranks of cluster ``cl``."""
+def chosen(z: Sizes, cl: Cluster, P: int, algorithm: str = "auto") -> str:
+    """The algorithm a collective of sizes ``z`` runs over P ranks of ``cl``: ``algorithm``
+    itself when it names one, else the selection of the library it names (``auto``: the
+    cluster's ``mpi``)."""
+    lib = cl.mpi if algorithm == "auto" else algorithm
+    if lib not in LIBRARIES:
+        return "node_aware" if lib == "two_level" else lib
+    ppn = max(1, min(cl.ranks_per_node, P))
+    per_peer = z.max_rank / max(P - 1, 1) if z.max_rank is not None else None
+    return select(lib, z.kind, P, z.n, mb=z.max_block, per_peer=per_peer,
+                  nodes=-(-P // ppn), ppn=ppn, itemsize=z.itemsize)
+
+
+def algorithm_time(kind: str, alg: str, net: A.Net, z: Sizes) -> float:
+    """Seconds of algorithm ``alg`` for ``kind`` on ``net`` (:mod:`sim.algorithms`)."""
+    fam = _FAMILY[kind]
+    P, n = net.P, z.n
+    mb = z.max_block if z.max_block is not None else n / P
+    mr = z.max_rank if z.max_rank is not None else n
+    if fam == "barrier":
+        return A.barrier(net)
+    if fam == "allreduce":
+        flat = {"recursive_doubling": A.allreduce_recursive_doubling,
+                "rabenseifner": A.allreduce_rabenseifner, "ring": A.allreduce_ring,
+                "segmented_ring": A.allreduce_ring, "binomial": A.allreduce_reduce_bcast,
+                "nonoverlapping": A.allreduce_reduce_bcast, "linear": A.allreduce_linear,
+                "basic_linear": A.allreduce_linear}
+        if alg == "node_aware":
+            return A.allreduce_node_aware(net, n, _leaders_allreduce(z))
+        if alg in flat:
+            return flat[alg](net, n)
+    elif fam == "reduce_scatter":
+        f = {"recursive_halving": A.reduce_scatter_recursive_halving,
+             "pairwise": A.reduce_scatter_pairwise, "ring": A.reduce_scatter_ring,
+             "butterfly": A.reduce_scatter_butterfly,
+             "nonoverlapping": lambda net, n, mb: A.allreduce_reduce_bcast(net, n)}.get(alg)
+        if f is not None:
+            return f(net, n, mb)
+    elif fam == "allgather":
+        f = {"ring": A.allgather_ring, "recursive_doubling": A.allgather_recursive_doubling,
+             "bruck": A.allgather_bruck, "neighbor": A.allgather_neighbor,
+             "linear": A.allgather_linear, "two_proc": A.allgather_ring}.get(alg)
+        if f is not None:
+            return f(net, n, mb)
+    elif fam == "alltoall":
+        f = {"pairwise": A.alltoall_pairwise, "bruck": A.alltoall_bruck,
+             "scattered": A.alltoall_scattered, "linear": A.alltoall_linear,
+             "linear_sync": A.alltoall_linear, "two_proc": A.alltoall_pairwise}.get(alg)
+        if f is not None:
+            return f(net, n, mr)
+    elif fam == "bcast":
+        if alg == "binomial":
+            return A.bcast_binomial(net, n)
+        if alg in ("scatter_allgather", "scatter_ring_allgather"):
+            return A.bcast_scatter_allgather(net, n, ring=True)
+        if alg == "scatter_rd_allgather":
+            return A.bcast_scatter_allgather(net, n, ring=False)
+        if alg in ("linear", "basic_linear"):
+            return A.bcast_linear(net, n)
+        if alg == "knomial":
+            return A.bcast_knomial(net, n)
+        if alg in ("pipeline", "chain"):
+            return A.bcast_pipeline(net, n)
+        if alg in ("binary_tree", "split_binary_tree"):
+            depth = A.lg_ceil(P + 1)
+            return A.bcast_pipeline(net, n, seg=8192.0 if alg == "split_binary_tree" else n,
+                                    tree_depth=2 * depth)
+    raise ValueError(f"no algorithm {alg!r} for {kind}")
+
+
+def _leaders_allreduce(z: Sizes):
+    """The flat MPICH rule among node leaders (composition alpha's inter-node step)."""
+    def run(net: A.Net, n: float) -> float:
+        alg = select("mpich", "allreduce", net.P, n, nodes=net.P, ppn=1, itemsize=z.itemsize)
+        return algorithm_time("allreduce", alg, net, z)
+    return run
+
+
+def sized_time(z: Sizes, cl: Cluster, P: int, algorithm: str = "auto") -> float:
+    """Seconds of a collective of sizes ``z`` over P ranks of cluster ``cl``: ``algorithm``
+    names a library (``mpich``, ``openmpi``, ``openmpi-4.0``; ``auto``: the cluster's) or one
+    algorithm; step by step (:mod:`sim.algorithms`)."""
     if P <= 1:
         return 0.0
-    fam = _FAMILY[z.kind]
-    lvl: Level = cl.inter if cl.nodes > 1 else cl.intra
-    alg = algorithm
-    if alg == "mpich":
-        per_peer = z.max_rank / max(P - 1, 1) if z.max_rank is not None else None
-        alg = mpich_default(z.kind, P, z.n, per_peer)
-    if alg == "two_level":
-        if cl.nodes == 1 or fam == "alltoall":
-            alg = mpich_default(z.kind, P, z.n)
-        else:
-            return _two_level(z.kind, z.n, cl)
-    if fam == "barrier":
-        return _lg(P) * lvl.latency_s
-    return cost(z.kind, alg, P, z.n, lvl.latency_s, lvl.beta_s_per_byte, z.max_block,
-                z.max_rank)
+    alg = chosen(z, cl, P, algorithm)
+    net = A.Net.of(cl, P)
+    return algorithm_time(z.kind, alg, net, z) + net.slowest()
 
 
 def collective_time(c: Collective, cl: Cluster, P: int | None = None,
-                    algorithm: str = "mpich") -> float:
-    """Seconds of collective ``c`` on cluster ``cl`` (flat algorithms use the slowest level
-    they cross: inter-node when the ranks span nodes)."""
+                    algorithm: str = "auto") -> float:
+    """Seconds of collective ``c`` on cluster ``cl`` (:func:`sized_time`)."""
     P = cl.ranks if P is None else P
     return sized_time(sizes(c, P), cl, P, algorithm)

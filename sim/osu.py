@@ -32,6 +32,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from sim.cluster import SHARED_MEMORY, Cluster, Level
+
 
 class OsuError(ValueError):
     """Unusable OSU output; the message names the file and line."""
@@ -52,6 +54,14 @@ class OsuTable:
 
     def groups(self) -> list[int]:
         return sorted({g for _, g in self.rows})
+
+    def spread(self) -> list[float]:
+        """Standard deviation of the repeats per size (all groups pooled; 0 with one value),
+        in the file's unit, in the order of :meth:`curve`'s sizes."""
+        by: dict[int, list[float]] = {}
+        for (size, _), vals in self.rows.items():
+            by.setdefault(size, []).extend(vals)
+        return [statistics.pstdev(by[s]) if len(by[s]) > 1 else 0.0 for s in sorted(by)]
 
     def curve(self, group: int | None = None) -> tuple[list[int], list[float]]:
         """(sizes, median value per size) of one group (all groups pooled when None)."""
@@ -166,3 +176,63 @@ def _read_csv(p: Path, text: str) -> OsuTable:
         raise OsuError(f"{p}: no data rows")
     name = re.sub(r"[-_]\d.*$", "", p.stem)
     return OsuTable(str(p), name, unit, rows)
+
+
+def level_from_latency(t: OsuTable, bandwidth_Bps: float | None = None) -> Level:
+    """A network level from an osu_latency curve (one-way µs per size; repeats and groups
+    pooled by their median): the curve itself, α = the time of the smallest message, and the
+    bandwidth beyond the largest size from ``bandwidth_Bps`` (osu_bw / osu_mbw_mr) or else the
+    slope of the curve's last segment."""
+    if t.unit != "us":
+        raise OsuError(f"{t.path}: a latency curve (µs) is needed, this file holds {t.unit}")
+    sizes, us = t.curve()
+    if len(sizes) < 2:
+        raise OsuError(f"{t.path}: at least two message sizes are needed, found {len(sizes)}")
+    secs = [u * 1e-6 for u in us]
+    sd = t.spread()
+    if bandwidth_Bps is None:
+        slope = (secs[-1] - secs[-2]) / (sizes[-1] - sizes[-2])
+        if slope <= 0:
+            raise OsuError(f"{t.path}: the two largest sizes ({sizes[-2]}, {sizes[-1]} B) do not "
+                           "give a positive bandwidth; pass --osu-bw")
+        bandwidth_Bps = 1.0 / slope
+    return Level(secs[0], float(bandwidth_Bps), tuple(float(s) for s in sizes), tuple(secs),
+                 tuple(x * 1e-6 for x in sd) if any(sd) else ())
+
+
+def peak_bandwidth_Bps(t: OsuTable) -> float:
+    """The largest bandwidth of an osu_bw / osu_mbw_mr table (OSU's MB/s are 10^6 bytes/s)."""
+    if t.unit != "MB/s":
+        raise OsuError(f"{t.path}: a bandwidth test (MB/s) is needed, this file holds {t.unit}")
+    _, mbs = t.curve()
+    return max(mbs) * 1e6
+
+
+def cluster_from_osu(latency: str | Path, nodes: int, ranks_per_node: int, *,
+                     bw: str | Path | None = None, mbw_mr: str | Path | None = None,
+                     intra_latency: str | Path | None = None, cores_per_node: int = 0,
+                     mpi: str = "mpich", reduce_Bps: float = 0.0, name: str = "") -> Cluster:
+    """A cluster described by its own OSU numbers: the inter-node level from osu_latency
+    (bandwidth from osu_mbw_mr — all pairs of a node at once, what a shared NIC gives — else
+    osu_bw, else the curve's tail); the intra-node level from an intra-node osu_latency, else
+    the shared-memory preset (its source says so)."""
+    if nodes < 1 or ranks_per_node < 1:
+        raise OsuError("nodes and ranks_per_node must be >= 1")
+    lat = read(latency)
+    peak = None
+    src = [f"inter: {Path(latency).name}"]
+    if mbw_mr is not None:
+        peak = peak_bandwidth_Bps(read(mbw_mr))
+        src.append(f"bandwidth: {Path(mbw_mr).name} (peak)")
+    elif bw is not None:
+        peak = peak_bandwidth_Bps(read(bw))
+        src.append(f"bandwidth: {Path(bw).name} (peak)")
+    inter = level_from_latency(lat, peak)
+    if intra_latency is not None:
+        intra = level_from_latency(read(intra_latency))
+        src.append(f"intra: {Path(intra_latency).name}")
+    else:
+        intra = SHARED_MEMORY
+        src.append("intra: shared-memory preset (no intra-node osu_latency given)")
+    return Cluster(name or Path(latency).stem, nodes, ranks_per_node, intra, inter,
+                   cores_per_node, source="; ".join(src), mpi=mpi, reduce_Bps=reduce_Bps)

@@ -43,7 +43,7 @@ def _collective(events: list[dict], P: int) -> Collective:
 
 
 def replay_step(ranks: list[list[dict]], cluster: Cluster, compute_scale: float = 1.0,
-                algorithm: str = "mpich", step: int = 0) -> StepReplay:
+                algorithm: str = "auto", step: int = 0) -> StepReplay:
     P = len(ranks)
     t = np.zeros(P)
     pos = [0] * P
@@ -75,7 +75,7 @@ def replay_step(ranks: list[list[dict]], cluster: Cluster, compute_scale: float 
 
 
 def replay(trace: dict, cluster: Cluster, compute_scale: float = 1.0,
-           algorithm: str = "mpich") -> list[StepReplay]:
+           algorithm: str = "auto") -> list[StepReplay]:
     P = int(trace["world_size"])
     if cluster.ranks != P:
         cluster = cluster.with_ranks(P)

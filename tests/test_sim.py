@@ -8,11 +8,20 @@ import numpy as np
 import pytest
 
 from sim.accounting import Collective
+from sim.algorithms import Net
 from sim.calibrate import CommSample, fit_compute, fit_level
-from sim.cluster import PRESETS, Cluster, ComputeRates, Level, load_cluster
-from sim.collectives import ALGORITHMS, collective_time, cost, mpich_default
+from sim.cluster import PRESETS, Cluster, ComputeRates, Level, expected_max_normal, load_cluster
+from sim.collectives import (
+    ALGORITHMS,
+    Sizes,
+    algorithm_time,
+    collective_time,
+    cost,
+    sized_time,
+)
 from sim.compute import Work, compute_time
 from sim.replay import replay
+from sim.selection import select
 
 A, Bt = 2e-6, 1e-9  # α = 2 µs, β = 1 ns/byte (1 GB/s)
 
@@ -47,39 +56,123 @@ def test_closed_forms(P):
     assert cost("allreduce", "ring", 1, n, A, Bt) == 0.0
 
 
-def test_mpich_selection_by_size():
-    assert mpich_default("allreduce", 8, 1024) == "recursive_doubling"
-    assert mpich_default("allreduce", 8, 1 << 20) == "rabenseifner"
-    assert mpich_default("allgatherv", 8, 1000) == "recursive_doubling"
-    assert mpich_default("allgatherv", 6, 1000) == "bruck"
-    assert mpich_default("allgatherv", 6, 1 << 20) == "ring"
-    assert mpich_default("reduce_scatter", 4, 1000) == "recursive_halving"
-    assert mpich_default("reduce_scatter", 4, 1 << 20) == "pairwise"
-    assert mpich_default("alltoall", 16, 16 * 100) == "bruck"
-    assert mpich_default("alltoallv", 16, 16 * 100) == "pairwise"
-    assert mpich_default("bcast", 4, 1 << 20) == "binomial"
-    assert mpich_default("bcast", 16, 1 << 20) == "scatter_allgather"
+def test_mpich_selection_follows_its_csel_rules():
+    # maint/tuning/coll/mpir/generic.json and ch4/generic.json (module docstring of
+    # sim.selection), one case on each side of every switch point
+    one = {"nodes": 1, "ppn": 8}
+    many = {"nodes": 4, "ppn": 8}
+    assert select("mpich", "allreduce", 8, 1 << 20, **one) == "node_aware"  # shm (gamma)
+    assert select("mpich", "allreduce", 32, 32768, **many) == "node_aware"  # alpha
+    assert select("mpich", "allreduce", 32, 32772, **many) == "rabenseifner"  # beta
+    assert select("mpich", "allreduce", 32, 8, nodes=32, ppn=1) == "recursive_doubling"
+    assert select("mpich", "allreduce", 32, 16, nodes=32, ppn=1) == "recursive_doubling"
+    assert select("mpich", "allreduce", 32, 128, nodes=32, ppn=1) == "rabenseifner"
+    assert select("mpich", "allgatherv", 8, 524287) == "recursive_doubling"
+    assert select("mpich", "allgatherv", 8, 524288) == "ring"
+    assert select("mpich", "allgatherv", 6, 81919) == "bruck"
+    assert select("mpich", "allgatherv", 6, 81920) == "ring"
+    assert select("mpich", "reduce_scatter", 4, 524287) == "recursive_halving"
+    assert select("mpich", "reduce_scatter", 4, 524288) == "pairwise"
+    assert select("mpich", "alltoall", 16, 0, per_peer=256) == "bruck"
+    assert select("mpich", "alltoall", 16, 0, per_peer=257) == "scattered"
+    assert select("mpich", "alltoall", 16, 0, per_peer=32769) == "pairwise"
+    assert select("mpich", "alltoall", 4, 0, per_peer=100) == "scattered"
+    assert select("mpich", "alltoallv", 16, 1600) == "scattered"
+    assert select("mpich", "bcast", 4, 1 << 20) == "binomial"
+    assert select("mpich", "bcast", 16, 12288) == "binomial"
+    assert select("mpich", "bcast", 16, 1 << 20) == "scatter_rd_allgather"
+    assert select("mpich", "bcast", 16, 1 << 21) == "scatter_ring_allgather"
+    assert select("mpich", "bcast", 12, 12 * 12289) == "scatter_ring_allgather"
 
 
-def test_two_level_allreduce():
-    cl = Cluster("t", nodes=4, ranks_per_node=8, intra=Level(1e-7, 1e10), inter=Level(A, 1e9))
-    n = 8e6
-    c = Collective("allreduce", 1, np.array([int(n)]))
-    t = collective_time(c, cl, algorithm="two_level")
+def test_openmpi_selection_tables():
+    # coll_tuned_decision_fixed.c (>= 4.1), commutative
+    assert select("openmpi", "allreduce", 4, 8191) == "recursive_doubling"
+    assert select("openmpi", "allreduce", 4, 8192) == "rabenseifner"
+    assert select("openmpi", "allreduce", 40, 127) == "segmented_ring"
+    assert select("openmpi", "allreduce", 40, 128) == "rabenseifner"
+    assert select("openmpi", "allreduce", 100, 262143) == "recursive_doubling"
+    assert select("openmpi", "alltoallv", 100, 1) == "pairwise"
+    assert select("openmpi", "alltoallv", 40, 1) == "linear"
+    assert select("openmpi", "allgather", 16, 1 << 20) == "recursive_doubling"
+    assert select("openmpi", "reduce_scatter", 16, 1 << 20) == "ring"
+    # <= 4.0: recursive doubling below 10000 bytes, ring up to P MiB, segmented beyond
+    assert select("openmpi-4.0", "allreduce", 32, 9999) == "recursive_doubling"
+    assert select("openmpi-4.0", "allreduce", 32, 10000) == "ring"
+    assert select("openmpi-4.0", "allreduce", 2, 3 << 20) == "segmented_ring"
+    assert select("openmpi-4.0", "allgather", 8, 49999) == "recursive_doubling"
+    assert select("openmpi-4.0", "allgather", 6, 49999) == "bruck"
+    assert select("openmpi-4.0", "allgather", 7, 50000) == "ring"
+    assert select("openmpi-4.0", "allgather", 6, 50000) == "neighbor"
+    assert select("openmpi-4.0", "alltoall", 16, 0, per_peer=199) == "bruck"
+    with pytest.raises(ValueError, match="unknown MPI library"):
+        select("lam", "allreduce", 4, 8)
+
+
+@pytest.mark.parametrize("P", [2, 4, 8, 64])
+def test_step_model_reduces_to_the_closed_forms(P):
+    """One plain α-β level, P a power of two, γ = 0, no spread: every algorithm's steps add up
+    to its textbook closed form (an independent reference written in cost())."""
+    n = float(1 << 20)
+    cl = Cluster("flat", 1, P, Level(A, 1 / Bt), Level(A, 1 / Bt))
+    net = lambda: Net.of(cl, P)  # noqa: E731 - a fresh accumulator per algorithm
+    for kind, algs in ALGORITHMS.items():
+        for alg in algs:
+            mb = n / P
+            z = Sizes(kind, n, mb, n if kind == "alltoall" else None)
+            want = cost(kind, alg, P, n, A, Bt, mb, n if kind == "alltoall" else None)
+            got = algorithm_time(kind, alg, net(), z)
+            assert got == pytest.approx(want, rel=1e-12), (kind, alg, P)
+
+
+def test_non_power_of_two_folds_in_the_extra_ranks():
+    n, P = 1e6, 6  # 2 extra ranks: one step in, one step out, around recursive doubling on 4
+    cl = Cluster("flat", 1, P, Level(A, 1 / Bt), Level(A, 1 / Bt))
+    t = algorithm_time("allreduce", "recursive_doubling", Net.of(cl, P), Sizes("allreduce", n))
+    assert t == pytest.approx(2 * (A + n * Bt) + 2 * (A + n * Bt))
+    t = algorithm_time("allreduce", "rabenseifner", Net.of(cl, P), Sizes("allreduce", n))
+    assert t == pytest.approx(2 * (A + n * Bt) + 2 * (2 * A + 3 / 4 * n * Bt))
+
+
+def test_levels_nic_sharing_and_reduction():
+    """8 ranks on 2 nodes of 4: recursive doubling's distances 1 and 2 stay in the node, the
+    distance-4 step crosses with all 4 ranks of a node on one NIC; γ adds n per step."""
     a, b = 1e-7, 1e-10
-    want = (7 * a + 7 / 8 * n * b) + (2 * 2 * A + 2 * 3 / 4 * (n / 8) * Bt) + \
-        (7 * a + 7 / 8 * n * b)
-    assert t == pytest.approx(want, rel=1e-12)
-    # flat ring over 32 ranks spanning nodes pays the inter-node link on every step
-    assert collective_time(c, cl, algorithm="ring") == pytest.approx(
-        2 * 31 * A + 2 * 31 / 32 * n * Bt)
+    n = 1e6
+    cl = Cluster("t", 2, 4, Level(a, 1 / b), Level(A, 1 / Bt), reduce_Bps=2e9)
+    t = algorithm_time("allreduce", "recursive_doubling", Net.of(cl, 8), Sizes("allreduce", n))
+    assert t == pytest.approx(2 * (a + n * b) + (A + n * Bt + 3 * n * Bt) + 3 * n / 2e9)
+    # the ring crosses nodes at the node boundary only: one rank per NIC, 2(P-1) steps
+    t = algorithm_time("allreduce", "ring", Net.of(replace(cl, reduce_Bps=0.0), 8),
+                       Sizes("allreduce", n))
+    assert t == pytest.approx(14 * (A + n / 8 * Bt))
+
+
+def test_measured_curve_and_spread():
+    lv = Level(2e-5, 1e9, (0.0, 1024.0, 65536.0), (2e-5, 3e-5, 1.5e-4), (3e-6, 3e-6, 9e-6))
+    assert lv.time(512.0) == pytest.approx(2.5e-5)  # interpolated inside a segment
+    assert lv.time(65536.0 + 1e6) == pytest.approx(1.5e-4 + 1e-3)  # past the end: bandwidth
+    assert lv.spread(0.0) == pytest.approx(3e-6)
+    assert float(expected_max_normal(1)) == 0.0
+    # E[max of 2 standard normals] = 1/sqrt(pi) = 0.564; Blom's approximation gives 0.589
+    assert float(expected_max_normal(2)) == pytest.approx(0.5642, abs=0.03)
+    assert float(expected_max_normal(64)) == pytest.approx(2.4175, abs=0.1)  # exact 2.4175
+    # the slowest of P chains: mean + sqrt(Σσ²)·E[max of P normals]
+    cl = Cluster("t", 4, 1, lv, lv)
+    z = Sizes("allreduce", 512.0)
+    got = sized_time(z, cl, 4, "recursive_doubling")
+    want = 2 * 2.5e-5 + np.sqrt(2 * 3e-6 ** 2) * float(expected_max_normal(4))
+    assert got == pytest.approx(want)
 
 
 def test_alltoallv_time_uses_the_busiest_rank():
     m = np.array([[0, 10, 10], [1, 0, 1], [1, 1, 0]]) * 1000
     c = Collective("alltoallv", 8, m)
     cl = Cluster("t", 1, 3, Level(A, 1 / Bt), Level(A, 1 / Bt))
-    assert collective_time(c, cl) == pytest.approx(2 * A + 20000 * 8 * Bt)
+    # MPICH alltoallv: scattered (all messages in flight): one latency, the busiest rank's
+    # 20000 elements at the bandwidth
+    assert collective_time(c, cl) == pytest.approx(A + 20000 * 8 * Bt)
+    assert collective_time(c, cl, algorithm="pairwise") == pytest.approx(2 * A + 20000 * 8 * Bt)
 
 
 @pytest.mark.parametrize("kind", ["allreduce", "allgather", "reduce_scatter", "alltoall"])
@@ -88,7 +181,7 @@ def test_calibration_recovers_alpha_beta(kind):
     samples = []
     for P in (2, 4, 8):
         for n in np.logspace(1, 7, 13):
-            t = cost(kind, mpich_default(kind, P, n), P, n, A, Bt)
+            t = cost(kind, select("mpich", kind, P, n, nodes=1, ppn=P), P, n, A, Bt)
             samples.append(CommSample(kind, P, n, t * (1 + 0.01 * rng.normal())))
     lvl, fit = fit_level(samples)
     assert lvl.latency_s == pytest.approx(A, rel=0.05)
@@ -154,7 +247,9 @@ def test_replay_hand_made_trace():
          {"compute_s": 0.003}, {"kind": "allgatherv", "counts": [100, 300], "itemsize": 8}],
     ]
     out = replay({"world_size": 2, "steps": [{"step": 7, "ranks": ev}]}, cl)
-    ar = 2 * A + 4000 * Bt  # 4000 B > 2048: Rabenseifner, 2·lg·α + 2(P-1)/P·n·β
+    # MPICH 4 with every rank on one node: the shared-memory allreduce (reduce, then
+    # broadcast: 2·lg P steps of the whole vector)
+    ar = 2 * (A + 4000 * Bt)
     ag = 1 * A + 0.5 * 3200 * Bt  # recursive doubling (P = 2 is a power of two)
     want = 0.020 + ar + 0.003 + ag
     s = out[0]

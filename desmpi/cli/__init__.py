@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["simulate"] and raw[1:2] in (["cluster"], ["collective"]):
+        from desmpi.cli import simtools
+
+        setup(0, "-v" in raw)
+        return simtools.main(raw[1:])  # single-process tools: no MPI
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch
     comm = Comm.world()

@@ -237,8 +237,9 @@ def add_commands(sub) -> None:
     s.add_argument("--profile-batches", type=int, default=2)
     s.add_argument("--ranks-per-node", type=int, default=None,
                    help="override the clusters' ranks per node (1: one rank per node)")
-    s.add_argument("--algorithm", default="mpich",
-                   help="mpich (size-based default) | ring | two_level | ...")
+    s.add_argument("--algorithm", "--mpi", default="auto",
+                   help="whose selection rules: auto (the cluster's 'mpi'), mpich, openmpi, "
+                   "openmpi-4.0; or one algorithm for every call (ring, rabenseifner, ...)")
     s.add_argument("--rates", default=None, help="compute rates JSON (bench compute/validate)")
     s.add_argument("--target", type=float, default=None, help="throughput goal, samples/s")
     s.add_argument("--out", default="runs/simulate")

@@ -119,7 +119,7 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
     return out
 
 
-def comm_time(p: Profiled, cluster: Cluster, algorithm: str = "mpich") -> float:
+def comm_time(p: Profiled, cluster: Cluster, algorithm: str = "auto") -> float:
     """Predicted seconds per step in collectives (mean over the profiled batches)."""
     cl = cluster.with_ranks(p.P)
     return float(np.mean([sum(sized_time(z, cl, p.P, algorithm) for z in cs)
@@ -127,7 +127,7 @@ def comm_time(p: Profiled, cluster: Cluster, algorithm: str = "mpich") -> float:
 
 
 def predict(p: Profiled, cluster: Cluster, rates: ComputeRates | None = None,
-            algorithm: str = "mpich") -> dict:
+            algorithm: str = "auto") -> dict:
     """Predicted step of a profiled configuration on a cluster sized for its P."""
     cl = cluster.with_ranks(p.P)
     comm_s = comm_time(p, cluster, algorithm)
