@@ -59,6 +59,10 @@ class Accounting:
         if self.keep_log:
             self.log.append((self.scope, call, time_s, t_start))
 
+    def time_s(self, scope: str = "train") -> float:
+        """Seconds spent in the collectives of ``scope`` so far (cheap: no copy)."""
+        return sum(v.time_s for v in self.totals.get(scope, {}).values())
+
     def counters(self, scope: str = "train") -> Counters:
         """A copy of the totals of ``scope`` (kind -> totals)."""
         return copy.deepcopy(self.totals.get(scope, {}))

@@ -187,6 +187,7 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
                  tc.batch_size, tr.total_steps, m.W, m.substitutions,
                  tc.dtype)
     step_times: list[float] = []
+    comm_times: list[float] = []  # this rank's seconds inside collectives, per step
     losses: list[float] = []
     samples = 0
     interval_loss, interval_n, interval_t = 0.0, 0, 0.0
@@ -203,6 +204,7 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
         lc = tr.table.lifecycle
         if lc is not None:
             lc.step = step
+        c0 = comm.acct.time_s()
         t0 = time.perf_counter()
         try:
             loss = tr.strategy.train_step(b, sizes, step)
@@ -222,6 +224,7 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
         if step == start + 1:
             tr.first_step_samples = n
         step_times.append(dt)
+        comm_times.append(comm.acct.time_s() - c0)
         samples += n
         losses.append(loss / n)
         interval_loss += loss
@@ -267,7 +270,7 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
     tr.strategy.check_replicas(tr.total_steps)
     if trace:
         _write_trace(trace, traced, cfg, comm)
-    summary = _summary(tr, cfg, comm, step_times, samples, last_interval, losses)
+    summary = _summary(tr, cfg, comm, step_times, samples, last_interval, losses, comm_times)
     summary["resumed_from_step"] = start
     summary["skipped_steps"] = skipped
     if tr.eval_ds is not None:
@@ -304,11 +307,13 @@ def _write_trace(path: str, traced: list[dict], cfg: Config, comm: Comm) -> None
     log.info("wrote trace of %d steps to %s", len(steps), path)
 
 
-def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_loss, losses
-             ) -> dict:
+def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_loss, losses,
+             comm_times=()) -> dict:
     steps = max(len(step_times), 1)  # per-step figures; 0 steps run (resumed at the end)
     lc = tr.table.lifecycle
+    warm_comm = list(comm_times[1:] if len(comm_times) > 1 else comm_times)
     mine = {"counters": Accounting.as_dict(comm.acct.counters("train")), "keys": tr.table.n,
+            "comm_step_s": statistics.median(warm_comm) if warm_comm else 0.0,
             "evicted": lc.evicted if lc is not None else 0, "table_bytes": tr.table.nbytes,
             "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "phases": dict(tr.timer.phases)}
@@ -338,6 +343,9 @@ def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_los
         "eval_auc": None, "eval_logloss": None,
         "samples_per_s": warm_samples / total_t if total_t > 0 else 0.0,
         "step_time_s": statistics.median(step_times) if step_times else 0.0,
+        # seconds a step spends inside collectives (the median warm step of each rank, mean
+        # over ranks; waiting for slower ranks included): what the network model predicts
+        "comm_time_s_per_step": float(np.mean([e["comm_step_s"] for e in every])),
         "comm": comm_rep,
         "wire_bytes_per_step": sum(v["wire_bytes_per_step"] for v in comm_rep.values()),
         "wire_bytes_total": int(sum(v.get("wire_bytes", 0) for e in every

@@ -80,7 +80,15 @@ def test_validate_reports_every_case(tmp_path):
     assert rep["calibrated_ranks"] == [2] and rep["median_abs_error_extrapolated"] is None
     assert {(c["P"], c["network_from_P"], c["extrapolated"]) for c in rep["cases"]} == \
         {(1, None, False), (2, 2, False)}
-    assert (tmp_path / "validation.md").exists()
+    g = rep["groups"]
+    assert g["in_sample"]["cases"] == 8 and g["held_out_P"] is None
+    assert g["held_out_model"]["cases"] == 8  # leave-one-model-out over lr, fm
+    assert g["communication"]["cases"] == 4  # the P = 2 runs (P = 1 has no collective)
+    for grp in (g["in_sample"], g["held_out_model"]):
+        lo, hi = grp["median_ci90"]
+        assert lo <= grp["median_abs_error"] <= hi and grp["iqr"][0] <= grp["iqr"][1]
+    md = (tmp_path / "validation.md").read_text()
+    assert "held out by model" in md and md.count("| lr |") == 4
 
 
 def test_network_source_extrapolates_from_the_largest_smaller_calibration():
@@ -108,9 +116,10 @@ def test_validate_defaults_to_small_ranks(monkeypatch):
 
     seen = {}
 
-    def fake(models, variants, ranks, batch, steps, calibrate_ranks=None):
+    def fake(models, variants, ranks, batch, steps, calibrate_ranks=None, repeats=1):
         seen.update(ranks=ranks, calibrate=calibrate_ranks, batch=batch)
-        return {"cases": [], "median_abs_error": 0.0, "median_abs_error_extrapolated": None}
+        return {"cases": [], "groups": {}, "median_abs_error": 0.0,
+                "median_abs_error_extrapolated": None}
 
     monkeypatch.setattr(desmpi.whatif.validate, "validate", fake)
     assert cli.main(["simulate", "--validate", "--out", ""]) == 0

@@ -54,7 +54,8 @@ def bench_comm(comm: Comm, sizes_bytes: list[int], repeats: int = 20) -> list[di
 
 
 def bench_compute(repeats: int = 5) -> dict:
-    """Per-kernel rates of this process: GEMM flop/s and sparse key-columns/s."""
+    """Per-kernel rates of this process: GEMM flop/s, sparse key-columns/s and the reduction
+    rate γ (``reduce_Bps``, :func:`reduce_rate`)."""
     from desmpi.kernels.sparse import pool, row_grads
     from desmpi.table.shard import ShardTable
 
@@ -84,4 +85,18 @@ def bench_compute(repeats: int = 5) -> dict:
         g = np.zeros((u.shape[0], R), np.float32)
         row_grads(s, f, inv, u, vals, t.weights, 1, Z, 0, -1, Z.shape[1] - 1, Z, 1, g)
         ts.append(time.perf_counter() - t0)
-    return {"gemm_flops": gemm, "sparse_keys_per_s": n * R / statistics.median(ts)}
+    return {"gemm_flops": gemm, "sparse_keys_per_s": n * R / statistics.median(ts),
+            "reduce_Bps": reduce_rate(repeats)}
+
+
+def reduce_rate(repeats: int = 5, nbytes: int = 4 << 20) -> float:
+    """γ: bytes of one operand a rank sums into another per second (float32 ``+=`` on
+    ``nbytes`` arrays, out of cache), what an MPI reduction does at each step."""
+    a = np.ones(nbytes // 4, np.float32)
+    b = np.ones(nbytes // 4, np.float32)
+    ts = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        np.add(a, b, out=a)
+        ts.append(time.perf_counter() - t0)
+    return nbytes / statistics.median(ts[1:])

@@ -182,28 +182,61 @@ def _validate(a, comm: Comm) -> int:
     models = a.models.split(",")
     variants = parse_list(a.strategies)
     rep = validate(models, variants, _ints(a.ranks), a.batch_int, a.steps,
-                   calibrate_ranks=_ints(a.calibrate_ranks) if a.calibrate_ranks else None)
+                   calibrate_ranks=_ints(a.calibrate_ranks) if a.calibrate_ranks else None,
+                   repeats=a.repeats)
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "validation.json").write_text(json.dumps(rep, indent=1))
-        L = ["| model | variant | P | calibrated at P | measured s/step | "
-             "predicted s/step | error | bytes planned == counted |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
-        for c in rep["cases"]:
-            src = c["network_from_P"] or "—"
-            L.append(f"| {c['model']} | {c['variant']} | {c['P']} | {src} | "
-                     f"{c['measured_step_time_s']:.4f} | {c['predicted_step_time_s']:.4f} | "
-                     f"{c['error']:+.1%} | {c['bytes_equal']} |")
-        L.append(f"\nMedian absolute error: {rep['median_abs_error']:.1%}")
-        if rep["median_abs_error_extrapolated"] is not None:
-            L.append(f"\nMedian absolute error of the predictions at P the calibration did not "
-                     f"see (extrapolated): {rep['median_abs_error_extrapolated']:.1%}")
-        (Path(a.out) / "validation.md").write_text("\n".join(L) + "\n")
-    log.info("median absolute error of predicted step time: %.1f%% over %d cases",
-             100 * rep["median_abs_error"], len(rep["cases"]))
+        (Path(a.out) / "validation.md").write_text(validation_markdown(rep))
+    for name, g in rep["groups"].items():
+        if g:
+            log.info("%-22s median |error| %5.1f%% (IQR %.1f-%.1f%%, 90%% interval of the "
+                     "median %.1f-%.1f%%) over %d cases", name, 100 * g["median_abs_error"],
+                     100 * g["iqr"][0], 100 * g["iqr"][1], 100 * g["median_ci90"][0],
+                     100 * g["median_ci90"][1], g["cases"])
     if a.json:
         print(json.dumps(rep))
     return 0
+
+
+GROUPS = {"in_sample": "in-sample (P and model the compute fit saw)",
+          "held_out_P": "held out by P (the fit never saw this P)",
+          "held_out_model": "held out by model (leave-one-model-out fit), fitted P",
+          "held_out_model_and_P": "held out by model and by P",
+          "communication": "collective time alone (network model vs the runs' counters)"}
+
+
+def validation_markdown(rep: dict) -> str:
+    import shlex
+    import sys
+
+    L = ["# Simulator against real runs on this machine", "",
+         "Command: `desmpi " + " ".join(shlex.quote(x) for x in sys.argv[1:]) + "`", "",
+         f"{rep['cores']} cores; batch {rep['batch']}, {rep['steps']} steps, "
+         f"{rep['repeats']} run(s) per case (median); network calibrated at P = "
+         f"{rep['calibrated_ranks']}, compute fitted to the measured compute time (step time "
+         "less the run's own collective time) of the runs at P = "
+         f"{rep['calibration']['compute']['fitted_on_P']}.", "",
+         "| group | cases | median abs error | IQR | 90% interval of the median | under |",
+         "|---|---:|---:|---:|---:|---:|"]
+    for name, g in rep["groups"].items():
+        if g:
+            L.append(f"| {GROUPS[name]} | {g['cases']} | {g['median_abs_error']:.1%} | "
+                     f"{g['iqr'][0]:.1%}-{g['iqr'][1]:.1%} | {g['median_ci90'][0]:.1%}-"
+                     f"{g['median_ci90'][1]:.1%} | {g['under']} |")
+    L += ["", "| model | variant | P | held out | measured s/step (range) | collectives "
+          "measured / predicted s | predicted s/step | error | error, model held out | "
+          "bytes planned == counted |", "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for c in rep["cases"]:
+        lo, hi = c["measured_step_time_range_s"]
+        mh = c.get("error_model_held_out")
+        L.append(f"| {c['model']} | {c['variant']} | {c['P']} | "
+                 f"{'P' if c['held_out_P'] else ''} | {c['measured_step_time_s']:.4f} "
+                 f"({lo:.4f}-{hi:.4f}) | {c['measured_comm_s']:.4f} / "
+                 f"{c['predicted_comm_s']:.4f} | {c['predicted_step_time_s']:.4f} | "
+                 f"{c['error']:+.1%} | {'' if mh is None else f'{mh:+.1%}'} | "
+                 f"{c['bytes_equal']} |")
+    return "\n".join(L) + "\n"
 
 
 WHATIF_RANKS = "8,16,32,64,128,256,512,1024"
@@ -253,4 +286,6 @@ def add_commands(sub) -> None:
                         "(default: the smallest P > 1 in --ranks); the others are predictions")
     s.add_argument("--models", default="lr,fm,wdl,deepfm")
     s.add_argument("--steps", type=int, default=6)
+    s.add_argument("--repeats", type=int, default=1,
+                   help="validate: runs per case (their median; the range is reported)")
     s.set_defaults(fn=_simulate)

@@ -2,12 +2,15 @@
 
 1. the network: ``desmpi bench comm`` at each calibrated P (by default the smallest P > 1),
    α and β fitted per P (one node: ranks share memory, and past the core count they share
-   cores too);
-2. compute rates and the node's contention: fitted on the runs at P = 1 and at the calibrated
-   P (measured time less predicted collectives);
-3. every (model, strategy, P) case: measured median step time and counted wire bytes of a real
-   ``mpiexec`` run against the prediction for the same batches (and the planned bytes); the
-   cases at other P than those fitted on are true predictions ("extrapolated").
+   cores too), and γ (reduction rate) from ``desmpi bench compute``;
+2. every (model, variant, P) case runs ``repeats`` times; its measured collective time comes
+   from the run's own counters, its compute time is the step time less that;
+3. **communication first**: each case's predicted collective time against the measured one;
+4. compute rates and the node's contention are fitted to the *measured compute time* of the
+   runs at P = 1 and the calibrated P — never to a residual that would absorb network error;
+5. predictions, reported in four groups apart: in-sample (fitted P, fitted model), held out by
+   P, held out by model (leave-one-model-out: the compute fit without that model), held out by
+   both; each with its median, interquartile range and a bootstrap 90% interval of the median.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import os
 import statistics
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
@@ -54,15 +59,31 @@ def network_source(P: int, calibrated: list[int]) -> int | None:
     return max(below) if below else min(calibrated)
 
 
+def _spread(errs: list[float], seed: int = 0) -> dict | None:
+    """Median |error|, its interquartile range and a bootstrap 90% interval of the median."""
+    if not errs:
+        return None
+    a = np.abs(np.asarray(errs, dtype=np.float64))
+    rng = np.random.default_rng(seed)
+    boots = np.median(rng.choice(a, size=(2000, a.size), replace=True), axis=1)
+    return {"cases": int(a.size), "median_abs_error": float(np.median(a)),
+            "iqr": [float(np.percentile(a, 25)), float(np.percentile(a, 75))],
+            "median_ci90": [float(np.percentile(boots, 5)), float(np.percentile(boots, 95))],
+            "under": int(np.sum(np.asarray(errs) < 0))}
+
+
 def validate(models: list[str], variants: list[Variant], ranks: list[int], batch: int, steps: int,
-             workdir: str | None = None, calibrate_ranks: list[int] | None = None) -> dict:
-    """Predict each (model, variant, P) run and compare with the real run.
+             workdir: str | None = None, calibrate_ranks: list[int] | None = None,
+             repeats: int = 1) -> dict:
+    """Predict each (model, variant, P) run and compare with the real run (module docstring).
 
     ``calibrate_ranks``: the rank counts at which the network is measured (``bench comm``)
     and whose runs, with those at P = 1, fit the compute rates; by default the smallest P > 1
     in ``ranks``. A run at any other P is a prediction out of sample: its network is the one
-    fitted at ``network_source(P, calibrate_ranks)`` and its case is marked extrapolated.
+    fitted at ``network_source(P, calibrate_ranks)``.
     """
+    if repeats < 1:
+        raise ValueError("--repeats must be >= 1")
     cores = os.cpu_count() or 1
     above = sorted(P for P in ranks if P > 1)
     if calibrate_ranks is None:
@@ -72,10 +93,12 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
     if missing:
         raise ValueError(f"--calibrate-ranks {missing} not in --ranks {ranks}: the calibration "
                          "needs the training runs at those P too")
+    fit_P = {1, *calibrated}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         data = os.path.join(tmp, "train.h5")
         generate(SynthSpec(rows=batch * steps, seed=1, cap=100_000), data)
         ds = CtrDataset(data, in_memory=True)
+        gamma = float(_run(1, ["bench", "compute"]).get("reduce_Bps", 0.0))
         levels, fits = {}, {}
         for P in calibrated:
             rep = _run(P, ["bench", "comm"])
@@ -86,6 +109,12 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
             log.info("P=%d: fitted latency %.2e s, bandwidth %.3g B/s (median error %.1f%%)",
                      P, levels[P].latency_s, levels[P].bandwidth_Bps,
                      100 * fits[P].median_rel_error)
+
+        def cluster_at(P: int, rates: ComputeRates) -> Cluster:
+            src = network_source(P, calibrated)
+            lvl = levels[src] if src is not None else Level(0.0, float("inf"))  # P = 1
+            return Cluster("this machine", 1, P, lvl, lvl, cores, rates, reduce_Bps=gamma)
+
         cases = []
         for m in models:
             cfgp = _config_path(m)
@@ -94,74 +123,94 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                                          variants)
             for v in variants:
                 for P in ranks:
-                    s = _run(P, ["train", str(cfgp), "--set", f"data.train={data}", "--set",
-                                 "data.eval=", "--set", f"train.batch_size={batch}", "--set",
-                                 f"train.steps={steps}", *v.overrides(), "--set",
-                                 f"train.log_every={steps}"])
+                    runs = [_run(P, ["train", str(cfgp), "--set", f"data.train={data}", "--set",
+                                     "data.eval=", "--set", f"train.batch_size={batch}",
+                                     "--set", f"train.steps={steps}", *v.overrides(),
+                                     "--set", f"train.log_every={steps}"])
+                            for _ in range(repeats)]
+                    steps_s = [s["step_time_s"] for s in runs]
+                    comm_s = [s["comm_time_s_per_step"] for s in runs]
                     prof = profile(ds, info, P, batch, steps, [v])[0]
-                    cases.append({"model": m, "variant": v.name, "P": P, "prof": prof,
-                                  "measured_step_time_s": s["step_time_s"],
-                                  "counted_wire_bytes_per_step": s["wire_bytes_per_step"],
-                                  "planned_wire_bytes_per_step": prof.wire_bytes,
-                                  "counted_wire_bytes_total": s["wire_bytes_total"],
-                                  "planned_wire_bytes_total": prof.wire_total})
-                    log.info("%s %s P=%d: measured %.4f s/step", m, v, P, s["step_time_s"])
-        # compute: fitted on the runs at P = 1 and at the calibrated P (their measured time less
-        # their predicted collectives), never on the runs it is then asked to predict
-        def cluster_at(P: int, rates: ComputeRates) -> Cluster:
-            src = network_source(P, calibrated)
-            lvl = levels[src] if src is not None else Level(0.0, float("inf"))  # P = 1
-            return Cluster("this machine", 1, P, lvl, lvl, cores, rates)
-
-        fit_on, samples = [], []
+                    s = runs[0]
+                    cases.append({
+                        "model": m, "variant": v.name, "P": P, "prof": prof,
+                        "measured_step_time_s": statistics.median(steps_s),
+                        "measured_step_time_range_s": [min(steps_s), max(steps_s)],
+                        "measured_comm_s": statistics.median(comm_s),
+                        "counted_wire_bytes_per_step": s["wire_bytes_per_step"],
+                        "planned_wire_bytes_per_step": prof.wire_bytes,
+                        "counted_wire_bytes_total": s["wire_bytes_total"],
+                        "planned_wire_bytes_total": prof.wire_total})
+                    log.info("%s %s P=%d: measured %.4f s/step (%d run(s)), collectives %.4f s",
+                             m, v, P, cases[-1]["measured_step_time_s"], repeats,
+                             cases[-1]["measured_comm_s"])
+        # communication first: the network model against the runs' own collective time
         for c in cases:
-            if c["P"] != 1 and c["P"] not in calibrated:
-                continue
-            cl = cluster_at(c["P"], _NO_RATES)
-            comp = c["measured_step_time_s"] - comm_time(c["prof"], cl)
-            if comp < 0.1 * c["measured_step_time_s"]:  # (nearly) all collectives: no compute
-                log.warning("%s %s P=%d: predicted collectives take %.0f%% of the measured "
-                            "step; left out of the compute fit", c["model"], c["variant"],
-                            c["P"], 100 * (1 - comp / c["measured_step_time_s"]))
-                continue
-            fit_on.append(c)
-            samples.append((c["prof"].work, comp, cl.busy_cores))
-        if len(samples) < 4:
-            raise ValueError(f"only {len(samples)} calibration runs carry compute time; the "
-                             "compute fit needs 4 (more models or strategies, or other P)")
-        rates, cfit = fit_compute(samples)
+            c["predicted_comm_s"] = comm_time(c["prof"], cluster_at(c["P"], _NO_RATES))
+            c["comm_error"] = ((c["predicted_comm_s"] - c["measured_comm_s"])
+                               / c["measured_comm_s"]) \
+                if c["P"] > 1 and c["measured_comm_s"] > 0 else None  # P = 1: local copies
+            c["measured_compute_s"] = max(c["measured_step_time_s"] - c["measured_comm_s"],
+                                          1e-9)
+
+        def fit(exclude_model: str | None) -> ComputeRates:
+            samples = [(c["prof"].work, c["measured_compute_s"],
+                        cluster_at(c["P"], _NO_RATES).busy_cores)
+                       for c in cases if c["P"] in fit_P and c["model"] != exclude_model]
+            if len(samples) < 4:
+                raise ValueError(f"only {len(samples)} calibration runs"
+                                 f"{' without ' + exclude_model if exclude_model else ''}; the "
+                                 "compute fit needs 4 (more models or variants, or other P)")
+            return fit_compute(samples)[0]
+
+        rates = fit(None)
+        per_model = {m: fit(m) for m in models} if len(models) > 1 else {}
         log.info("compute: %.3g flop/s GEMM, %.3g key-columns/s, %.2e s overhead, %.2e s per "
-                 "call, contention %.2f (median error %.1f%% on the P = %s runs)",
+                 "call, contention %.2f (fitted to the measured compute of the P = %s runs)",
                  rates.gemm_flops, rates.sparse_keys_per_s, rates.overhead_s, rates.per_call_s,
-                 rates.contention, 100 * cfit.median_rel_error,
-                 ", ".join(str(P) for P in sorted({c["P"] for c in fit_on})))
+                 rates.contention, ", ".join(str(P) for P in sorted(fit_P)))
         out = []
         for c in cases:
             P = c["P"]
             src = network_source(P, calibrated)
             c["network_from_P"] = src
-            c["extrapolated"] = src is not None and src != P
-            pr = predict(c.pop("prof"), cluster_at(P, rates), rates)
+            c["held_out_P"] = P not in fit_P
+            c["extrapolated"] = c["held_out_P"]  # the name earlier reports used
+            prof = c.pop("prof")
+            pr = predict(prof, cluster_at(P, rates), rates)
             c["predicted_step_time_s"] = pr["step_time_s"]
-            c["predicted_comm_s"] = pr["comm_s"]
             c["error"] = (pr["step_time_s"] - c["measured_step_time_s"]) / \
                 c["measured_step_time_s"]
+            if per_model:
+                pm = predict(prof, cluster_at(P, per_model[c["model"]]), per_model[c["model"]])
+                c["predicted_step_time_s_model_held_out"] = pm["step_time_s"]
+                c["error_model_held_out"] = (pm["step_time_s"] - c["measured_step_time_s"]) / \
+                    c["measured_step_time_s"]
             c["bytes_equal"] = c["counted_wire_bytes_total"] == c["planned_wire_bytes_total"]
             out.append(c)
-    extra = [abs(c["error"]) for c in out if c["extrapolated"]]
-    return {"cases": out, "median_abs_error": statistics.median(abs(c["error"]) for c in out),
-            "median_abs_error_extrapolated": statistics.median(extra) if extra else None,
-            "calibrated_ranks": calibrated,
+    groups = {
+        "in_sample": _spread([c["error"] for c in out if not c["held_out_P"]]),
+        "held_out_P": _spread([c["error"] for c in out if c["held_out_P"]]),
+        "held_out_model": _spread([c["error_model_held_out"] for c in out
+                                   if not c["held_out_P"] and "error_model_held_out" in c]),
+        "held_out_model_and_P": _spread([c["error_model_held_out"] for c in out
+                                         if c["held_out_P"] and "error_model_held_out" in c]),
+        "communication": _spread([c["comm_error"] for c in out if c["comm_error"] is not None]),
+    }
+    held = groups["held_out_P"]
+    return {"cases": out, "groups": groups,
+            "median_abs_error": groups["in_sample"]["median_abs_error"],
+            "median_abs_error_extrapolated": held["median_abs_error"] if held else None,
+            "calibrated_ranks": calibrated, "repeats": repeats,
             "calibration": {"compute": {"gemm_flops": rates.gemm_flops,
                                         "sparse_keys_per_s": rates.sparse_keys_per_s,
                                         "overhead_s": rates.overhead_s,
                                         "per_call_s": rates.per_call_s,
                                         "contention": rates.contention,
-                                        "fitted_on_P": sorted({c["P"] for c in fit_on}),
-                                        "median_rel_error": cfit.median_rel_error},
+                                        "fitted_on_P": sorted(fit_P)},
+                            "reduce_Bps": gamma,
                             "network": {str(P): {"latency_s": lv.latency_s,
                                                  "bandwidth_Bps": lv.bandwidth_Bps,
                                                  "median_rel_error": fits[P].median_rel_error}
                                         for P, lv in levels.items()}},
             "batch": batch, "steps": steps, "cores": cores}
-
