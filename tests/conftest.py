@@ -1,11 +1,10 @@
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from desmpi import launch
 from desmpi.samples import CRITEO_HEAD15K, CRITEO_SAMPLE200, criteo_sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,20 +12,16 @@ BIN = Path(sys.executable).parent
 
 
 def mpiexec_path() -> str:
-    exe = BIN / "mpiexec"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("mpiexec")
-    if not found:
-        pytest.fail("mpiexec not found: install the 'mpich' extra (pip install -e '.[mpich]')")
-    return found
+    """The launcher desmpi itself uses (desmpi.launch); a clear failure when there is none."""
+    try:
+        return launch.find_mpiexec()
+    except FileNotFoundError as e:
+        pytest.fail(f"{e} (install the 'mpich' extra: pip install -e '.[mpich]')")
 
 
 def mpi_env() -> dict:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
-    return env
+    """One thread per rank, the checkout first on PYTHONPATH (desmpi.launch.env)."""
+    return launch.env(extra_path=ROOT)
 
 
 def run_mpi(n: int, args: list[str], timeout: float = 300, check: bool = True

@@ -7,11 +7,14 @@ import logging
 import sys
 from pathlib import Path
 
-from desmpi.comm import Comm
+from desmpi.comm import Comm, run_or_abort
 from desmpi.config import from_dict
 from desmpi.data.h5 import CtrDataset
-from desmpi.strategies.counts import count_step
-from desmpi.train import Trainer, run
+from desmpi.data.slicing import n_batches
+from desmpi.models import build_model
+from desmpi.strategies.counts import ModelDims
+from desmpi.strategies.plans import plan_batch
+from desmpi.train import run
 from desmpi.variants import ALL, parse
 
 out_root, onehot_h5, multi_h5, eval_h5, eval_multi_h5 = sys.argv[1:6]
@@ -56,43 +59,51 @@ class Warnings(logging.Handler):
 warned = Warnings()
 logging.getLogger("desmpi.train").addHandler(warned)
 comm = Comm.world(keep_log=True)
-problems = []
-fused_warnings = {}
-for name, m, v, opt, tr, ev, deep in cases:
-    warned.seen.clear()
-    cfg = from_dict({
-        "model": {"name": m, "embed_dim": 4, "hidden": [16, 8], "bottom": [8],
-                  "cross_layers": 2, "deep_input": deep, "init_std": 0.1},
-        "data": {"train": tr, "eval": ev},
-        "train": {"batch_size": B, "steps": STEPS, "optimizer": opt, "lr": 0.05,
-                  "dtype": "float64", "seed": 3, "log_every": 10, "ftrl_l1": 0.001},
-        "features": ({"min_count": 2, "ttl_steps": 4, "evict_every": 3}
-                     if name.endswith("lifecycle") else {}),
-        "dist": {"strategy": v.strategy, "aggregate": v.aggregate or "allreduce",
-                 "input": v.input, "check_every": 5},
-    }).check()
-    comm.acct.log.clear()
-    run(cfg, comm, Path(out_root) / name)
-    fused_warnings[name] = any("deep_input = 'fused'" in w for w in warned.seen)
-    # planned == counted, step by step
-    trainer = Trainer(cfg, Comm.local())  # a planner: reads the data, never communicates
-    ds = CtrDataset(tr)
-    logged = [c for scope, c, _, _ in comm.acct.log if scope == "train"]
-    pos = 0
-    for step in range(STEPS):
-        t = step % trainer.nb
-        counts = count_step(ds.read(t * B, (t + 1) * B), comm.size)
-        plan = trainer.strategy.plan(counts, comm.rank)
-        got = logged[pos:pos + len(plan)]
-        pos += len(plan)
-        if got != plan or [c.wire_bytes for c in got] != [c.wire_bytes for c in plan] or \
-                [c.payload_bytes for c in got] != [c.payload_bytes for c in plan]:
-            problems.append(f"{name} step {step} rank {comm.rank}: planned {plan} != {got}")
-            break
-    if pos != len(logged):
-        problems.append(f"{name} rank {comm.rank}: {len(logged) - pos} unplanned calls")
-allp = comm.allgather_object(problems)
-if comm.rank == 0:
-    Path(out_root, "plan_check.json").write_text(json.dumps(sum(allp, [])))
-    Path(out_root, "cases.json").write_text(json.dumps([c[0] for c in cases]))
-    Path(out_root, "fused_warnings.json").write_text(json.dumps(fused_warnings))
+
+
+def main() -> None:
+    problems = []
+    fused_warnings = {}
+    for name, m, v, opt, tr, ev, deep in cases:
+        warned.seen.clear()
+        cfg = from_dict({
+            "model": {"name": m, "embed_dim": 4, "hidden": [16, 8], "bottom": [8],
+                      "cross_layers": 2, "deep_input": deep, "init_std": 0.1},
+            "data": {"train": tr, "eval": ev},
+            "train": {"batch_size": B, "steps": STEPS, "optimizer": opt, "lr": 0.05,
+                      "dtype": "float64", "seed": 3, "log_every": 10, "ftrl_l1": 0.001},
+            "features": ({"min_count": 2, "ttl_steps": 4, "evict_every": 3}
+                         if name.endswith("lifecycle") else {}),
+            "dist": {"strategy": v.strategy, "aggregate": v.aggregate or "allreduce",
+                     "input": v.input, "check_every": 5},
+        }).check()
+        comm.acct.log.clear()
+        run(cfg, comm, Path(out_root) / name)
+        fused_warnings[name] = any("deep_input = 'fused'" in w for w in warned.seen)
+        # planned == counted, step by step; the plan from the batch and a model description
+        # alone (no Trainer, no tables, no communication)
+        ds = CtrDataset(tr)
+        dims = ModelDims.of(build_model(cfg.model, ds.n_fields, ds.n_dense, "float64", 3,
+                                        v.deep_input(deep)))
+        logged = [c for scope, c, _, _ in comm.acct.log if scope == "train"]
+        pos = 0
+        for step in range(STEPS):
+            t = step % n_batches(ds.n, B)
+            plan = [x.call(comm.rank, comm.size)
+                    for x in plan_batch(v, ds.read(t * B, (t + 1) * B), comm.size, dims)]
+            got = logged[pos:pos + len(plan)]
+            pos += len(plan)
+            if got != plan or [c.wire_bytes for c in got] != [c.wire_bytes for c in plan] or \
+                    [c.payload_bytes for c in got] != [c.payload_bytes for c in plan]:
+                problems.append(f"{name} step {step} rank {comm.rank}: planned {plan} != {got}")
+                break
+        if pos != len(logged):
+            problems.append(f"{name} rank {comm.rank}: {len(logged) - pos} unplanned calls")
+    allp = comm.allgather_object(problems)
+    if comm.rank == 0:
+        Path(out_root, "plan_check.json").write_text(json.dumps(sum(allp, [])))
+        Path(out_root, "cases.json").write_text(json.dumps([c[0] for c in cases]))
+        Path(out_root, "fused_warnings.json").write_text(json.dumps(fused_warnings))
+
+
+sys.exit(run_or_abort(main, comm))
