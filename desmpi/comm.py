@@ -70,6 +70,21 @@ class Comm:
     def is_mpi(self) -> bool:
         return self._c is not None
 
+    def node_layout(self) -> tuple[int, int]:
+        """(nodes, most ranks on one node): ranks that share memory (MPI_COMM_TYPE_SHARED) are
+        one node. Not recorded in the accounting (start-up, not training traffic)."""
+        if self._c is None:
+            return 1, 1
+        from mpi4py import MPI
+
+        node = self._c.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            local, leader = node.Get_size(), node.Get_rank() == 0
+        finally:
+            node.Free()
+        return (int(self._c.allreduce(int(leader), op=MPI.SUM)),
+                int(self._c.allreduce(local, op=MPI.MAX)))
+
     # ---- helpers ----------------------------------------------------------------------------
     def _record(self, kind: str, counts: Sequence[int], itemsize: int, t0: float,
                 root: int = 0) -> None:

@@ -100,25 +100,62 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DistConfig:
-    strategy: str = "des"
-    aggregate: str = "allreduce"
-    input: str = "gather"  # des only: gather (Allgatherv the local batches) | replicate (read)
+    """How a run communicates. ``auto`` (strategy, aggregate, input) lets the simulator choose
+    at start-up among the variants the explicit keys allow (:mod:`desmpi.whatif.choose`), on
+    ``cluster``: ``auto`` (measured over the run's own ranks, cached per host set), a preset
+    or a cluster TOML."""
+
+    strategy: str = "auto"
+    aggregate: str = "auto"
+    input: str = "gather"  # gather (Allgatherv the local batches) | replicate (read) | auto
     check_every: int = 100  # steps between checksums of replicated dense parameters
+    cluster: str = "auto"
 
     def check(self) -> None:
-        _choice("dist.strategy", self.strategy, STRATEGIES)
-        _choice("dist.aggregate", self.aggregate, AGGREGATES)
-        _choice("dist.input", self.input, INPUTS)
-        try:
-            _ = self.variant
-        except ValueError as e:
-            raise ConfigError(f"dist: {e}") from None
+        _choice("dist.strategy", self.strategy, ("auto", *STRATEGIES))
+        _choice("dist.aggregate", self.aggregate, ("auto", *AGGREGATES))
+        _choice("dist.input", self.input, ("auto", *INPUTS))
+        if not self.candidates():
+            raise ConfigError(f"dist: no variant has strategy = {self.strategy!r}, aggregate = "
+                              f"{self.aggregate!r}, input = {self.input!r}")
+        if not self.is_auto:
+            try:
+                _ = self.variant
+            except ValueError as e:
+                raise ConfigError(f"dist: {e}") from None
         if self.check_every < 0:
             raise ConfigError("dist.check_every must be >= 0")
+        if not self.cluster:
+            raise ConfigError("dist.cluster: 'auto', a preset or a cluster TOML")
+
+    @property
+    def is_auto(self) -> bool:
+        return "auto" in (self.strategy, self.aggregate, self.input)
+
+    def candidates(self) -> list[Variant]:
+        """The variants these keys allow (one when nothing is 'auto'); an explicit aggregate
+        constrains des only (the other strategies have no such choice), an explicit input
+        every strategy."""
+        from desmpi.variants import ALL
+
+        return [v for v in ALL
+                if self.strategy in ("auto", v.strategy)
+                and (self.aggregate == "auto" or not v.aggregate or v.aggregate == self.aggregate)
+                and (self.strategy == "auto" or v.strategy != "des" or self.aggregate == "auto"
+                     or v.aggregate == self.aggregate)
+                and self.input in ("auto", v.input)]
+
+    def resolved(self, v: Variant) -> DistConfig:
+        """These keys with the choice ``v`` written in (what the run then reports)."""
+        return dataclasses.replace(self, strategy=v.strategy, aggregate=v.aggregate or "allreduce",
+                                   input=v.input)
 
     @property
     def variant(self) -> Variant:
         """The normalised variant (:mod:`desmpi.variants`) these keys select."""
+        if self.is_auto:
+            raise ValueError("dist has 'auto' keys: the run resolves them at start-up "
+                             "(desmpi.whatif.choose.resolve)")
         return Variant.of(self.strategy, self.aggregate, self.input)
 
 

@@ -28,6 +28,7 @@ from desmpi.strategies import NonFiniteError, make_strategy
 from desmpi.table.lifecycle import Lifecycle
 from desmpi.table.shard import ShardTable
 from desmpi.timer import Timer
+from desmpi.whatif.choose import resolve
 from desmpi.workspace import Workspace
 
 log = logging.getLogger("desmpi.train")
@@ -52,6 +53,9 @@ class Trainer:
         if tc.batch_size < comm.size:
             raise ConfigError(f"train.batch_size = {tc.batch_size} is smaller than the "
                               f"{comm.size} ranks")
+        # dist 'auto': the simulator picks the variant now, before any table exists
+        cfg, self.choice = resolve(cfg, comm, ds)
+        self.cfg = cfg
         self.variant = v = cfg.dist.variant
         self.model = build_model(cfg.model, ds.n_fields, ds.n_dense, self.dtype, tc.seed,
                                  v.deep_input(cfg.model.deep_input))
@@ -172,8 +176,11 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
     if resume and not cfg.checkpoint.dir:
         raise ConfigError("--resume needs checkpoint.dir")
     tr = Trainer(cfg, comm)
+    cfg = tr.cfg  # with dist 'auto' resolved
     tc = cfg.train
     rank0 = comm.rank == 0
+    if rank0 and tr.choice is not None:
+        log.info("%s", tr.choice.describe())
     start = resume_point(tr, cfg, comm) if resume else 0
     out = Path(out) if out else None
     if out is not None and rank0:
@@ -335,6 +342,8 @@ def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_los
     total_t = sum(warm)
     return {
         "model": cfg.model.name, "variant": tr.variant.name, "strategy": tr.variant.strategy,
+        # dist 'auto': what was chosen, its predicted step time beside the measured one
+        "choice": tr.choice.as_dict() if tr.choice is not None else None,
         "aggregate": tr.variant.aggregate, "input": tr.variant.input,
         "world_size": P, "global_batch": cfg.train.batch_size, "steps": len(step_times),
         "total_steps": tr.total_steps,

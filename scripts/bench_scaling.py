@@ -28,7 +28,7 @@ from desmpi import launch
 
 def one_run(P: int, model: str, aggregate: str, extra: list[str], timeout: float) -> dict:
     cmd = [sys.executable, "-m", "desmpi", "bench", "train", "--model", model,
-           "--aggregate", aggregate, "--json", *extra]
+           "--strategy", "des", "--aggregate", aggregate, "--json", *extra]
     if P > 1:
         cmd = [launch.find_mpiexec(), "-n", str(P), *cmd]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch.env())

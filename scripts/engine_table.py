@@ -44,6 +44,7 @@ def main() -> int:
                                      "--set", f"data.train={tmp}/tr.h5",
                                      "--set", f"data.eval={tmp}/ev.h5",
                                      "--set", f"train.batch_size={a.batch}",
+                                     "--set", "dist.strategy=des",
                                      "--set", f"dist.aggregate={agg}"])
                     rows.append(s)
                     print(f"{m} P={P} {agg}: {s['samples_per_s']:.0f} samples/s, "

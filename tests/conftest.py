@@ -19,9 +19,13 @@ def mpiexec_path() -> str:
         pytest.fail(f"{e} (install the 'mpich' extra: pip install -e '.[mpich]')")
 
 
+CACHE = ROOT / ".pytest_cache" / "desmpi-cluster"  # dist 'auto' calibrations of the tests
+
+
 def mpi_env() -> dict:
-    """One thread per rank, the checkout first on PYTHONPATH (desmpi.launch.env)."""
-    return launch.env(extra_path=ROOT)
+    """One thread per rank, the checkout first on PYTHONPATH (desmpi.launch.env); the
+    calibration cache of dist 'auto' kept inside the checkout."""
+    return {**launch.env(extra_path=ROOT), "DESMPI_CACHE": str(CACHE)}
 
 
 def run_mpi(n: int, args: list[str], timeout: float = 300, check: bool = True

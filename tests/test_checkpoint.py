@@ -18,7 +18,8 @@ from tests.conftest import ROOT, mpi_env, mpiexec_path, run_mpi
 BASE = ["--set", "model.name=deepfm", "--set", "model.embed_dim=8", "--set",
         "model.hidden=[256,256]", "--set", "train.dtype=float64", "--set",
         "train.batch_size=256", "--set", "train.optimizer=adam", "--set", "train.lr=0.01",
-        "--set", "train.log_every=25"]
+        "--set", "train.log_every=25", "--set", "dist.strategy=des", "--set",
+        "dist.aggregate=allreduce"]
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,8 @@ def test_replay_of_a_real_trace(data, tmp_path):
     tr = tmp_path / "trace.json"
     run_mpi(2, ["-m", "desmpi", "train", str(ROOT / "configs" / "fm.toml"), "--set",
                 f"data.train={data}/t.h5", "--set", "data.eval=", "--set",
-                "train.batch_size=512", "--set", "train.steps=4", "--trace", str(tr)])
+                "train.batch_size=512", "--set", "train.steps=4", "--set",
+                "dist.strategy=des", "--set", "dist.aggregate=allreduce", "--trace", str(tr)])
     t = json.loads(tr.read_text())
     assert t["world_size"] == 2 and len(t["steps"]) == 4
     kinds = [e["kind"] for e in t["steps"][0]["ranks"][0] if "kind" in e]

@@ -199,6 +199,41 @@ def _validate(a, comm: Comm) -> int:
     return 0
 
 
+def _recommend(a, comm: Comm) -> int:
+    """The ranking dist 'auto' would make for CONFIG on each cluster and P, without running."""
+    from dataclasses import replace
+
+    from desmpi.config import load
+    from desmpi.data.h5 import CtrDataset
+    from desmpi.whatif.choose import rank_variants
+    from sim.cluster import load_cluster
+
+    if a.config is None:
+        raise ValueError("simulate --recommend needs a CONFIG")
+    cfg = load(a.config, a.set)
+    ds = CtrDataset(cfg.data.train, in_memory=False)
+    batches = _ints(a.batch) if a.batch else [cfg.train.batch_size]
+    out = []
+    for spec in a.cluster:
+        cl = _sized(load_cluster(spec), a)
+        for P in _ints(a.ranks or "2,4,8"):
+            for B in batches:
+                c = replace(cfg, train=replace(cfg.train, batch_size=B))
+                rows = rank_variants(ds, c, P, cl, cfg.dist.candidates())
+                out.append({"cluster": cl.name, "P": P, "batch": B, "ranking": rows})
+                if comm.rank == 0 and not a.json:
+                    best = rows[0]["step_time_s"]
+                    print(f"{cl.name}, P = {P}, batch {B}:")
+                    for i, r in enumerate(rows):
+                        print(f"  {i + 1}. {r['variant']:<26} {r['step_time_s'] * 1e3:9.2f} ms "
+                              f"(+{r['step_time_s'] / best - 1:6.1%})  comm "
+                              f"{r['comm_share']:4.0%}  {r['wire_bytes_per_step'] / 1e6:8.3f} "
+                              "MB/step")
+    if comm.rank == 0 and a.json:
+        print(json.dumps(out))
+    return 0
+
+
 GROUPS = {"in_sample": "in-sample (P and model the compute fit saw)",
           "held_out_P": "held out by P (the fit never saw this P)",
           "held_out_model": "held out by model (leave-one-model-out fit), fitted P",
@@ -251,6 +286,8 @@ def _simulate(a, comm: Comm) -> int:
         return _validate(a, comm)
     if a.replay:
         return _replay(a, comm)
+    if a.recommend:
+        return _recommend(a, comm)
     a.ranks = a.ranks or WHATIF_RANKS
     return _whatif(a, comm)
 
@@ -281,6 +318,9 @@ def add_commands(sub) -> None:
     s.add_argument("--compute-scale", type=float, default=1.0,
                    help="replay: target compute time / traced compute time")
     s.add_argument("--validate", action="store_true")
+    s.add_argument("--recommend", action="store_true",
+                   help="rank the variants dist 'auto' chooses among, for each --cluster and "
+                        "--ranks (default 2,4,8), without running")
     s.add_argument("--calibrate-ranks", default=None,
                    help="validate: rank counts whose runs calibrate network and compute "
                         "(default: the smallest P > 1 in --ranks); the others are predictions")

@@ -230,8 +230,10 @@ def add_commands(sub) -> None:
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--cap", type=int, default=1_000_000, help="bench train: cardinality cap")
     b.add_argument("--dim", type=int, default=None, help="bench train: embedding dim")
-    b.add_argument("--strategy", default="des")
-    b.add_argument("--aggregate", default="allreduce")
+    b.add_argument("--strategy", default="auto",
+                   help="bench train: des, des-a2a, a2a, ps or auto (the simulator chooses)")
+    b.add_argument("--aggregate", default="auto", help="bench train: allreduce, "
+                   "reduce_scatter or auto")
     b.add_argument("--optimizer", default="adagrad")
     b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="bench train: config override (e.g. model.deep_input=fused)")

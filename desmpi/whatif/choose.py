@@ -1,0 +1,156 @@
+"""``dist.strategy = "auto"``: the simulator chooses how a run communicates.
+
+At start-up, before any table exists: rank 0 counts the first global batches' keys (the counts
+the plans use, :func:`desmpi.whatif.simulate.profile`), plans every candidate variant the
+config allows (:meth:`desmpi.config.DistConfig.candidates`, each with the model its runs build)
+and costs it on the cluster at hand; every rank gets the fastest, and the run is an ordinary
+run of that variant (equivalence and exact byte plans hold as for any other).
+
+The cluster at hand (``dist.cluster = "auto"``): ranks per node from MPI (shared-memory
+split), α and β fitted to a short ``bench comm`` over the run's own ranks, γ and compute rates
+from ``bench compute`` on rank 0; cached per (host set, P) under ``$DESMPI_CACHE`` (default
+``~/.cache/desmpi``) so later runs start at once. A preset or cluster TOML skips the
+measurement (compute rates are then the file's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from desmpi.comm import Comm
+from desmpi.data.h5 import CtrDataset
+from desmpi.variants import Variant, parse
+from sim.cluster import Cluster, ComputeRates, Level, load_cluster
+
+log = logging.getLogger("desmpi.choose")
+PROBE_BYTES = (1024, 65536, 1 << 20)  # bench comm sizes of the start-up calibration
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen variant, its prediction and the ranking it won."""
+
+    variant: str
+    predicted_step_time_s: float | None
+    predicted_wire_bytes_per_step: float | None
+    ranking: list[dict]
+    cluster: str
+    seconds: float
+
+    @property
+    def runner_up(self) -> dict | None:
+        return self.ranking[1] if len(self.ranking) > 1 else None
+
+    def describe(self) -> str:
+        if self.predicted_step_time_s is None:
+            return f"auto: {self.variant} (the only candidate, or one rank: nothing to choose)"
+        s = (f"auto: chose {self.variant}, predicted {self.predicted_step_time_s * 1e3:.2f} "
+             f"ms/step, {self.predicted_wire_bytes_per_step / 1e6:.3f} MB/step on the wire")
+        r = self.runner_up
+        if r is not None:
+            margin = r["step_time_s"] / self.predicted_step_time_s - 1
+            s += f"; runner-up {r['variant']} at {r['step_time_s'] * 1e3:.2f} ms (+{margin:.1%})"
+        return s + f"; cluster {self.cluster}; {self.seconds:.1f} s to choose"
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["runner_up"] = self.runner_up
+        return d
+
+
+def _cache_path(comm: Comm) -> Path:
+    hosts = sorted(set(comm.allgather_object(socket.gethostname())))
+    key = hashlib.sha256(json.dumps([hosts, comm.size]).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("DESMPI_CACHE", Path.home() / ".cache" / "desmpi"))
+    return root / f"cluster-{key}.json"
+
+
+def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
+    """The cluster the run is on (module docstring); collective over ``comm``."""
+    nodes, ppn = comm.node_layout()
+    if spec != "auto":
+        cl = load_cluster(spec)
+        return replace(cl, nodes=nodes, ranks_per_node=ppn)
+    from desmpi.bench.comm import bench_comm, bench_compute
+    from sim.calibrate import CommSample, fit_level
+
+    path = _cache_path(comm)
+    cached = None
+    if comm.rank == 0 and path.exists():
+        try:
+            cached = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cached = None  # a damaged cache is measured again
+    cached = comm.bcast_object(cached)
+    if cached is None:
+        samples = bench_comm(comm, list(PROBE_BYTES), repeats=3) if comm.size > 1 else []
+        rates = bench_compute(repeats=3) if comm.rank == 0 else None
+        cached = None
+        if comm.rank == 0:
+            lvl = fit_level([CommSample(r["kind"], r["P"], r["n"], r["time_s"],
+                                        max_block=r.get("max_block"),
+                                        max_rank=r.get("max_rank"))
+                             for r in samples])[0] if samples else Level(0.0, float("inf"))
+            cached = {"latency_s": lvl.latency_s, "bandwidth_Bps": lvl.bandwidth_Bps,
+                      "gemm_flops": rates["gemm_flops"],
+                      "sparse_keys_per_s": rates["sparse_keys_per_s"],
+                      "reduce_Bps": rates["reduce_Bps"]}
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps(cached))
+                tmp.replace(path)
+            except OSError as e:
+                log.warning("could not cache the cluster calibration in %s: %s", path, e)
+        cached = comm.bcast_object(cached)
+    lvl = Level(cached["latency_s"], cached["bandwidth_Bps"])
+    rates = ComputeRates(gemm_flops=cached["gemm_flops"],
+                         sparse_keys_per_s=cached["sparse_keys_per_s"])
+    return Cluster(f"at hand ({nodes} node(s) x {ppn})", nodes, ppn, lvl, lvl,
+                   os.cpu_count() or 0, rates, reduce_Bps=cached["reduce_Bps"])
+
+
+def rank_variants(ds: CtrDataset, cfg, P: int, cluster: Cluster,
+                  candidates: list[Variant], n_batches: int = 2) -> list[dict]:
+    """Predicted step of each candidate at P ranks on ``cluster``, fastest first."""
+    from desmpi.whatif.simulate import ModelInfo, predict, profile
+
+    B = min(cfg.train.batch_size, ds.n)
+    nb = max(1, min(n_batches, ds.n // B))
+    info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, cfg.train.dtype,
+                                 candidates)
+    rows = [predict(p, cluster, cluster.compute) for p in profile(ds, info, P, B, nb,
+                                                                   candidates)]
+    return sorted(rows, key=lambda r: r["step_time_s"])
+
+
+def choose(cfg, comm: Comm, ds: CtrDataset) -> Choice:
+    """The variant this run takes (collective: every rank returns the same Choice)."""
+    t0 = time.perf_counter()
+    cands = cfg.dist.candidates()
+    if comm.size == 1 or len(cands) == 1:
+        # one rank: every variant is the single-process model with no traffic
+        return Choice(cands[0].name, None, None, [], "one rank" if comm.size == 1 else "", 0.0)
+    cluster = cluster_at_hand(comm, cfg.dist.cluster)
+    ranking = rank_variants(ds, cfg, comm.size, cluster, cands) if comm.rank == 0 else None
+    ranking = comm.bcast_object(ranking)
+    best = ranking[0]
+    return Choice(best["variant"], best["step_time_s"], best["wire_bytes_per_step"],
+                  [{k: r[k] for k in ("variant", "step_time_s", "comm_s", "compute_s",
+                                      "wire_bytes_per_step")} for r in ranking],
+                  cluster.name, time.perf_counter() - t0)
+
+
+def resolve(cfg, comm: Comm, ds: CtrDataset):
+    """(cfg with its 'auto' dist keys written in, the Choice); cfg unchanged when explicit."""
+    if not cfg.dist.is_auto:
+        return cfg, None
+    c = choose(cfg, comm, ds)
+    return replace(cfg, dist=cfg.dist.resolved(parse(c.variant))), c

@@ -1,0 +1,93 @@
+"""dist 'auto': candidates, the simulator's ranking, a real 2-rank run, --recommend."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from desmpi.config import ConfigError, DistConfig, from_dict
+from desmpi.data.h5 import CtrDataset
+from desmpi.data.synth import SynthSpec, generate
+from desmpi.whatif.choose import rank_variants
+from desmpi.whatif.simulate import ModelInfo, predict, profile
+from sim.cluster import PRESETS
+from tests.conftest import ROOT, run_mpi
+
+
+def _names(d: DistConfig) -> list[str]:
+    return [v.name for v in d.candidates()]
+
+
+def test_candidates_follow_the_explicit_keys():
+    assert _names(DistConfig()) == ["des/allreduce", "des/reduce_scatter", "des-a2a", "a2a",
+                                    "ps"]
+    assert _names(DistConfig(strategy="des")) == ["des/allreduce", "des/reduce_scatter"]
+    assert _names(DistConfig(aggregate="reduce_scatter")) == [
+        "des/reduce_scatter", "des-a2a", "a2a", "ps"]  # the aggregate constrains des only
+    assert _names(DistConfig(strategy="ps")) == ["ps"]
+    assert _names(DistConfig(input="replicate")) == ["des/allreduce+replicate",
+                                                     "des/reduce_scatter+replicate"]
+    with pytest.raises(ConfigError, match="reduce_scatter"):
+        DistConfig(strategy="ps", aggregate="reduce_scatter").check()
+    with pytest.raises(ConfigError, match="no variant"):
+        DistConfig(strategy="a2a", input="replicate").check()
+    d = DistConfig(strategy="des")
+    assert d.is_auto and d.resolved(d.candidates()[1]).variant.name == "des/reduce_scatter"
+    with pytest.raises(ValueError, match="resolves them at start-up"):
+        _ = d.variant
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("auto")
+    generate(SynthSpec(rows=4096, seed=1, cap=20_000), d / "t.h5")
+    return d
+
+
+def test_ranking_is_the_simulators_prediction_sorted(data):
+    cfg = from_dict({"model": {"name": "deepfm", "embed_dim": 8, "hidden": [64, 64]},
+                     "data": {"train": str(data / "t.h5")},
+                     "train": {"batch_size": 1024}}).check()
+    ds = CtrDataset(cfg.data.train)
+    cl = PRESETS["25gbe"].with_ranks(16)
+    cands = cfg.dist.candidates()
+    rows = rank_variants(ds, cfg, 16, cl, cands)
+    assert sorted(r["variant"] for r in rows) == sorted(v.name for v in cands)
+    assert [r["step_time_s"] for r in rows] == sorted(r["step_time_s"] for r in rows)
+    # each entry is the what-if prediction of that variant (one source of truth)
+    info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, "float32", cands)
+    want = {p.variant.name: predict(p, cl, cl.compute)["step_time_s"]
+            for p in profile(ds, info, 16, 1024, 2, cands)}
+    assert {r["variant"]: r["step_time_s"] for r in rows} == pytest.approx(want)
+
+
+def test_two_rank_run_chooses_records_and_caches(data, tmp_path):
+    args = ["-m", "desmpi", "train", str(ROOT / "configs" / "fm.toml"), "--set",
+            f"data.train={data}/t.h5", "--set", "data.eval=", "--set", "train.batch_size=512",
+            "--set", "train.steps=3", "--json"]
+    s = json.loads(run_mpi(2, [*args, "--out", str(tmp_path / "r")]).stdout.strip()
+                   .splitlines()[-1])
+    c = s["choice"]
+    assert c["variant"] == s["variant"] and c["predicted_step_time_s"] > 0
+    assert len(c["ranking"]) == 5 and c["ranking"][0]["variant"] == c["variant"]
+    assert c["runner_up"] == c["ranking"][1]
+    saved = json.loads((tmp_path / "r" / "summary.json").read_text())["config"]["dist"]
+    assert "auto" not in (saved["strategy"], saved["aggregate"])  # what the run ran
+    # P = 1: nothing to choose, no calibration
+    s1 = json.loads(subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                                   timeout=300, cwd=ROOT).stdout.strip().splitlines()[-1])
+    assert s1["choice"]["predicted_step_time_s"] is None and s1["variant"] == "des/allreduce"
+
+
+def test_recommend_prints_the_ranking(data):
+    p = subprocess.run([sys.executable, "-m", "desmpi", "simulate",
+                        str(ROOT / "configs" / "dlrm.toml"), "--set", f"data.train={data}/t.h5",
+                        "--recommend", "--cluster", "hdr", "--ranks", "2,64", "--batch", "1024",
+                        "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert [(o["P"], o["batch"]) for o in out] == [(2, 1024), (64, 1024)]
+    for o in out:
+        steps = [r["step_time_s"] for r in o["ranking"]]
+        assert steps == sorted(steps) and len(steps) == 5
