@@ -56,20 +56,20 @@ def pool_owned(model, occ: Occurrences, n: int, table) -> Pools:
     return p
 
 
-def sparse_update(model, occ: Occurrences, kg: Pools, table, opt, t: int) -> int:
+def sparse_update(model, occ: Occurrences, kg: Pools, table, opt, t: int) -> np.ndarray:
     """Accumulate per-row gradients in occurrence order and apply the sparse optimizer.
 
     Rows are deduplicated in order of first appearance (no sort); rows < 0 (keys not admitted
-    yet, feature lifecycle) get no update. Returns the number of distinct rows touched.
+    yet, feature lifecycle) get no update. Returns the distinct rows updated.
     """
     urows, inv = table.unique_rows(occ.rows)
     if urows.shape[0] == 0:
-        return 0
+        return urows
     grad = model.params.ws.zeros("sparse_grad", (urows.shape[0], table.R), table.dtype)
     row_grads(occ.s, occ.f, inv, urows, occ.vals, table.weights, model.emb_col,
               *kg.kernel_args, grad)
     opt.apply(table, urows, grad, t)
-    return int(urows.shape[0])
+    return urows
 
 
 def bce_with_logits(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:

@@ -24,7 +24,7 @@ from desmpi.data.h5 import CtrDataset
 from desmpi.data.slicing import n_batches, rank_slice, split_counts
 from desmpi.models import build_model
 from desmpi.optim import DenseOptimizer, SparseOptimizer, sparse_slots
-from desmpi.strategies import NonFiniteError, make_strategy
+from desmpi.strategies import DivergedError, NonFiniteError, make_strategy
 from desmpi.table.lifecycle import Lifecycle
 from desmpi.table.shard import ShardTable
 from desmpi.timer import Timer
@@ -204,6 +204,13 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
     traced: list[dict] = []
     skipped = 0
     ck = cfg.checkpoint
+
+    def checkpoint_if_due(step: int) -> None:
+        if ck.dir and ((ck.every and step % ck.every == 0) or step == tr.total_steps):
+            save(ck.dir, step, comm, tr.table, tr.model, tr.dense_opt,
+                 {"config": cfg.to_dict(), "next_batch": step % tr.nb, "epoch": step // tr.nb,
+                  "sparse_opt_t": step}, ck.keep)
+
     for step in range(start + 1, tr.total_steps + 1):
         t = (step - 1) % tr.nb
         b, sizes = tr.local_batch(tr.train_ds, t)
@@ -216,11 +223,13 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
         try:
             loss = tr.strategy.train_step(b, sizes, step)
         except NonFiniteError as e:
-            if tc.nan_policy != "skip":
+            # a diverged update is already applied: nothing to skip back to, always fatal
+            if tc.nan_policy != "skip" or isinstance(e, DivergedError):
                 raise
             skipped += 1
             if rank0:
                 log.warning("skipped: %s", e)
+            checkpoint_if_due(step)  # a skipped step still saves when one is due
             continue
         t1 = time.perf_counter()
         dt = t1 - t0
@@ -246,10 +255,7 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
         if do_eval:
             auc, ll, _ = tr.evaluate()
             last_eval = (auc, ll)
-        if ck.dir and ((ck.every and step % ck.every == 0) or step == tr.total_steps):
-            save(ck.dir, step, comm, tr.table, tr.model, tr.dense_opt,
-                 {"config": cfg.to_dict(), "next_batch": step % tr.nb, "epoch": step // tr.nb,
-                  "sparse_opt_t": step}, ck.keep)
+        checkpoint_if_due(step)
         if step % tc.log_every == 0 or step == tr.total_steps or do_eval:
             wire = Accounting.total(comm.acct.counters("train"), "wire_bytes") - \
                 Accounting.total(before, "wire_bytes")

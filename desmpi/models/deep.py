@@ -44,7 +44,7 @@ class DeepTower:
         else:
             # a column slice of Z, rows strided by W: BLAS reads it in place (lda = W), as it
             # writes the input gradient into gZ's columns in the backward
-            e = z.reshape(n, -1)
+            e = z.reshape(n, z.shape[1] if z.ndim == 2 else -1)  # -1 fails on 0 rows
             w1s = p["w1_sparse"]
             h = p.matmul(e, w1s, p.scratch("deep:h1", (n, w1s.shape[1])))
             h += p.matmul(x, p["w1_dense"], p.scratch("deep:h1x", h.shape))

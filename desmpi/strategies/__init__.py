@@ -21,13 +21,13 @@ from desmpi.strategies.des_a2a import DesA2AStrategy
 from desmpi.strategies.des_replicated import DesReplicated
 from desmpi.strategies.des_rs import DesReduceScatter
 from desmpi.strategies.ps import PsStrategy
-from desmpi.strategies.template import NonFiniteError, Strategy
+from desmpi.strategies.template import DivergedError, NonFiniteError, Strategy
 from desmpi.variants import Variant
 
 CLASSES: dict[tuple[str, str], type[Strategy]] = {
     (c.strategy, c.aggregate): c
     for c in (DesReplicated, DesReduceScatter, DesA2AStrategy, A2AStrategy, PsStrategy)}
-__all__ = ["CLASSES", "NonFiniteError", "Strategy", "make_strategy"]
+__all__ = ["CLASSES", "DivergedError", "NonFiniteError", "Strategy", "make_strategy"]
 
 
 def make_strategy(variant: Variant, **kw) -> Strategy:

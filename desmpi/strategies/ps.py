@@ -54,13 +54,14 @@ class PsStrategy(ExchangeStrategy):
         g_in, _ = comm.alltoallv(np.ascontiguousarray(gU[order]).reshape(-1), cnt * R, rc * R)
         tm.lap("exchange")
 
-        def update(t: int) -> None:
+        def update(t: int) -> np.ndarray:
             # rows < 0 (keys not admitted yet, feature lifecycle) get no update
             urows, inv2 = table.unique_rows(rows)
             if urows.shape[0] == 0:
-                return
+                return urows
             grad = np.zeros((urows.shape[0], R), dtype=table.dtype)
             add_rows(grad, inv2, g_in.reshape(-1, R))  # arrival (rank) order
             self.sparse_opt.apply(table, urows, grad, t)
+            return urows
 
         return update

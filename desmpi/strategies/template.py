@@ -46,6 +46,41 @@ class NonFiniteError(FloatingPointError):
     """NaN/inf in a step's loss or gradients; raised before any update is applied."""
 
 
+class DivergedError(NonFiniteError):
+    """An update made weights or optimizer state non-finite (already applied: not skippable)."""
+
+
+def check_state(model, table, rows: np.ndarray, dense_opt, t: int) -> None:
+    """Raise DivergedError when the step's update left non-finite values in the rows it
+    updated (weights or optimizer slots), the dense parameters or the dense optimizer's state,
+    naming the step and the operators whose weights broke. Adaptive optimizers (Adagrad, Adam)
+    can reach inf weights from finite gradients, which the pre-update check cannot see."""
+    bad = []
+    if rows.size:
+        w = table.weights[rows]
+        fin = np.isfinite(w)
+        if not fin.all():
+            cols = np.flatnonzero(~fin.all(axis=0))
+            lin = model.emb_col and cols[0] == 0
+            ops = [op.name for op in model.ops
+                   if ("L" in op.roles and lin)
+                   or ((set(op.roles) - {"L"} or op.needs_E) and (cols >= model.emb_col).any())]
+            bad.append(f"sparse weights of {int((~fin).any(axis=1).sum())} keys (operators "
+                       f"{', '.join(ops) or 'none'})")
+        if table.slots.size and not np.isfinite(table.slots[rows]).all():
+            bad.append("sparse optimizer state")
+    prm = model.params
+    if not np.isfinite(prm.data).all():
+        names = [n for n, (o, m, _) in prm.offsets.items()
+                 if not np.isfinite(prm.data[o:o + m]).all()]
+        bad.append(f"dense parameters {', '.join(names)}")
+    if not np.isfinite(dense_opt.state).all():
+        bad.append("dense optimizer state")
+    if bad:
+        raise DivergedError(f"step {t}: the update made {'; '.join(bad)} non-finite in model "
+                            f"{model.name} (diverged: try a smaller train.lr)")
+
+
 def check_finite(model, Z: np.ndarray, loss: float, grads: np.ndarray, t: int) -> None:
     """Raise NonFiniteError naming the step and the first operator whose partial is bad."""
     if np.isfinite(loss) and np.isfinite(grads).all():
@@ -93,10 +128,14 @@ class Strategy:
         applied; then ``sparse_update(t)`` (the owners' rows) and the dense optimizer."""
         prm, tm = self.model.params, self.timer
         check_finite(self.model, Z, loss, prm.grads, t)
-        sparse_update(t)
+        rows = sparse_update(t)
         tm.lap("sparse_update")
         self.dense_opt.apply(prm.data, prm.grads, t)
         tm.lap("dense_update")
+        # every rank checks what it updated; one that finds a non-finite value raises, and
+        # run_or_abort ends the job before anything is saved
+        check_state(self.model, self.table, rows, self.dense_opt, t)
+        tm.lap("checks")
 
 
 class DataParallelStrategy(Strategy):
