@@ -105,13 +105,22 @@ def save(root: str | Path, step: int, comm: Comm, table, model, dense_opt, extra
                 os.fsync(f.fileno())
             os.replace(tmp, d / "manifest.json")
             _fsync_dir(d)
-            _prune(root, keep)
+            _prune(root, keep, extra.get("run_id"))
         comm.barrier()
     return d
 
 
-def _prune(root: Path, keep: int) -> None:
-    done = complete_steps(root)
+def _run_of(root: Path, step: int) -> str | None:
+    try:
+        return json.loads((step_dir(root, step) / "manifest.json").read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
+def _prune(root: Path, keep: int, run_id: str | None = None) -> None:
+    """Keep the ``keep`` newest complete checkpoints of run ``run_id``; another run's are
+    never touched (a run refuses a directory holding them, see desmpi.train)."""
+    done = [s for s in complete_steps(root) if _run_of(root, s) == run_id]
     for s in done[:-keep] if keep > 0 else []:
         shutil.rmtree(step_dir(root, s), ignore_errors=True)
     for p in root.glob("step-*"):  # incomplete attempts older than the newest complete one

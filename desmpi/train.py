@@ -141,16 +141,21 @@ def _check_resumable(saved: dict, cfg: Config, where: Path) -> None:
                               f"with {a!r}")
 
 
-def resume_point(tr: Trainer, cfg: Config, comm: Comm, check_config: bool = True) -> int:
-    """Restore the newest complete checkpoint of checkpoint.dir; returns its step (0: none)."""
+def resume_point(tr: Trainer, cfg: Config, comm: Comm, check_config: bool = True,
+                 allow_fresh: bool = False) -> tuple[int, str | None]:
+    """Restore the newest complete checkpoint of checkpoint.dir; returns (its step, the run id
+    it belongs to). Nothing usable is an error unless ``allow_fresh`` (then (0, None))."""
     from desmpi.checkpoint import newest_valid, restore
 
     found = newest_valid(cfg.checkpoint.dir) if comm.rank == 0 else None
     found = comm.bcast_object(None if found is None else (str(found[0]), found[1]))
     if found is None:
-        log.warning("--resume: no complete checkpoint in %r; starting from step 0",
-                    cfg.checkpoint.dir)
-        return 0
+        if not allow_fresh:
+            raise ConfigError(f"--resume: no usable checkpoint in checkpoint.dir = "
+                              f"{cfg.checkpoint.dir!r}; pass --allow-fresh to start from step 0")
+        log.warning("--resume: no usable checkpoint in %r; starting from step 0 "
+                    "(--allow-fresh)", cfg.checkpoint.dir)
+        return 0, None
     d, manifest = Path(found[0]), found[1]
     if check_config:
         _check_resumable(manifest["config"], cfg, d)
@@ -158,17 +163,45 @@ def resume_point(tr: Trainer, cfg: Config, comm: Comm, check_config: bool = True
     if comm.rank == 0:
         log.info("resumed from %s (step %d, saved at P=%d)", d, manifest["step"],
                  manifest["world_size"])
-    return int(manifest["step"])
+    return int(manifest["step"]), manifest.get("run_id")
+
+
+def claim_checkpoint_dir(cfg: Config, comm: Comm, force: bool) -> None:
+    """A new run refuses a checkpoint.dir that holds another run's checkpoints (pruning and
+    --resume would mix the two runs); ``force`` removes them instead."""
+    from desmpi.checkpoint import complete_steps, step_dir
+
+    root = Path(cfg.checkpoint.dir)
+    old = complete_steps(root) if comm.rank == 0 and root.exists() else []
+    old = comm.bcast_object(old)
+    if not old:
+        return
+    if not force:
+        raise ConfigError(f"checkpoint.dir = {str(root)!r} holds checkpoints of another run "
+                          f"(steps {old[0]}-{old[-1]}): pass --resume to continue it, --force "
+                          "to delete them, or choose a new directory")
+    if comm.rank == 0:
+        import shutil
+
+        for s in old:
+            shutil.rmtree(step_dir(root, s), ignore_errors=True)
+        log.warning("--force: deleted %d earlier checkpoint(s) in %s", len(old), root)
+    comm.barrier()
 
 
 def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = None,
-        resume: bool = False) -> dict:
+        resume: bool = False, force: bool = False, allow_fresh: bool = False) -> dict:
     """Train as configured; returns the summary (the same dict on every rank).
 
     ``trace``: write every step's compute spans and collectives (with counts and measured
     times) of every rank to this JSON file (rank 0 writes; ``desmpi simulate --replay``).
-    ``resume``: continue from the newest complete checkpoint in ``checkpoint.dir``.
+    ``resume``: continue from the newest complete checkpoint in ``checkpoint.dir`` (none is
+    an error unless ``allow_fresh``). Without it a ``checkpoint.dir`` holding checkpoints is an
+    error unless ``force`` (which deletes them). Checkpoints carry the run's id; pruning keeps
+    the newest of this run only.
     """
+    import uuid
+
     from desmpi.checkpoint import save
 
     if trace and not comm.acct.keep_log:
@@ -181,7 +214,14 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
     rank0 = comm.rank == 0
     if rank0 and tr.choice is not None:
         log.info("%s", tr.choice.describe())
-    start = resume_point(tr, cfg, comm) if resume else 0
+    run_id = None
+    if resume:
+        start, run_id = resume_point(tr, cfg, comm, allow_fresh=allow_fresh)
+    else:
+        start = 0
+        if cfg.checkpoint.dir:
+            claim_checkpoint_dir(cfg, comm, force)
+    run_id = run_id or comm.bcast_object(uuid.uuid4().hex if rank0 else None)
     out = Path(out) if out else None
     if out is not None and rank0:
         out.mkdir(parents=True, exist_ok=True)
@@ -209,7 +249,7 @@ def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = Non
         if ck.dir and ((ck.every and step % ck.every == 0) or step == tr.total_steps):
             save(ck.dir, step, comm, tr.table, tr.model, tr.dense_opt,
                  {"config": cfg.to_dict(), "next_batch": step % tr.nb, "epoch": step // tr.nb,
-                  "sparse_opt_t": step}, ck.keep)
+                  "sparse_opt_t": step, "run_id": run_id}, ck.keep)
 
     for step in range(start + 1, tr.total_steps + 1):
         t = (step - 1) % tr.nb

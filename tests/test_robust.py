@@ -69,3 +69,37 @@ def test_single_process_divergence_names_dense_parameters(odd, tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert p.returncode != 0 and "step 1: the update made" in p.stderr
     assert "dense parameters" in p.stderr
+
+
+def _train1(odd, *extra, timeout=300):
+    return subprocess.run([sys.executable, "-m", "desmpi", "train",
+                           str(ROOT / "configs" / "fm.toml"), "--set", f"data.train={odd}/t.h5",
+                           "--set", "data.eval=", "--set", "train.batch_size=500", *extra],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_checkpoint_dir_belongs_to_one_run(odd, tmp_path):
+    ck = tmp_path / "ck"
+    old = _train1(odd, "--set", f"checkpoint.dir={ck}", "--set", "checkpoint.every=1",
+                  "--set", "train.epochs=3", "--set", "checkpoint.keep=5")
+    assert old.returncode == 0, old.stderr
+    assert complete_steps(ck) == [11, 12, 13, 14, 15]  # 5 batches an epoch
+    # a new (shorter) run must not prune the old run's higher steps, nor silently mix
+    p = _train1(odd, "--set", f"checkpoint.dir={ck}", "--set", "checkpoint.every=1")
+    assert p.returncode != 0 and "holds checkpoints of another run (steps 11-15)" in p.stderr
+    assert complete_steps(ck) == [11, 12, 13, 14, 15]  # 5 batches an epoch
+    p = _train1(odd, "--set", f"checkpoint.dir={ck}", "--set", "checkpoint.every=1",
+                "--set", "checkpoint.keep=2", "--force")
+    assert p.returncode == 0, p.stderr
+    assert complete_steps(ck) == [4, 5]  # only the new run's, pruned to keep = 2
+    ids = {json.loads((ck / f"step-{s:08d}" / "manifest.json").read_text())["run_id"]
+           for s in (4, 5)}
+    assert len(ids) == 1
+
+
+def test_resume_with_nothing_usable_fails_unless_asked(odd, tmp_path):
+    ck = tmp_path / "empty"
+    p = _train1(odd, "--set", f"checkpoint.dir={ck}", "--resume")
+    assert p.returncode != 0 and "no usable checkpoint" in p.stderr
+    p = _train1(odd, "--set", f"checkpoint.dir={ck}", "--resume", "--allow-fresh")
+    assert p.returncode == 0, p.stderr

@@ -163,7 +163,8 @@ def _train(a, comm: Comm) -> int:
     cfg = load(a.config, a.set)
     if a.trace:
         comm.acct.keep_log = True
-    summary = run(cfg, comm, a.out, trace=a.trace, resume=a.resume)
+    summary = run(cfg, comm, a.out, trace=a.trace, resume=a.resume, force=a.force,
+                  allow_fresh=a.allow_fresh)
     if comm.rank == 0 and a.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return 0
@@ -206,6 +207,10 @@ def add_commands(sub) -> None:
                    help="override a config key (repeatable)")
     t.add_argument("--out", default=None, help="directory for metrics, summary, predictions")
     t.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    t.add_argument("--force", action="store_true",
+                   help="delete checkpoints of an earlier run found in checkpoint.dir")
+    t.add_argument("--allow-fresh", action="store_true",
+                   help="with --resume: start from step 0 when no usable checkpoint exists")
     t.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in checkpoint.dir")
     t.add_argument("--trace", default=None, metavar="FILE",
