@@ -27,13 +27,14 @@ import h5py
 import numpy as np
 
 from desmpi.comm import Comm
+from desmpi.errors import UserError
 from desmpi.kernels.hashing import owners
 
 log = logging.getLogger("desmpi.checkpoint")
 FORMAT, VERSION = "desmpi-checkpoint", 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used; the message names the file."""
 
 

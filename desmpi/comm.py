@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from desmpi.accounting import Accounting
+from desmpi.errors import EXIT_USER_ERROR, UserError
 from sim.accounting import Call
 
 log = logging.getLogger(__name__)
@@ -293,11 +294,26 @@ def run_or_abort(main: Callable[[], int | None], comm: Comm | None = None) -> in
             return 0
         rank = comm.rank if comm is not None else 0
         size = comm.size if comm is not None else 1
+        user = is_user_error(e)
         msg = f"desmpi: rank {rank} of {size} failed: {type(e).__name__}: {e}"
-        if not isinstance(e, SystemExit):
+        if not isinstance(e, SystemExit) and (not user or _debug()):
             sys.stderr.write("".join(traceback.format_exception(e)))
         sys.stderr.write(msg + "\n")
         sys.stderr.flush()
+        code = EXIT_USER_ERROR if user else 1
         if comm is not None and comm.size > 1:
-            comm.abort(1)
-        return e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1
+            comm.abort(code)
+        return e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else code
+
+
+# errors whose message names what to fix: no traceback (desmpi.errors)
+_USER_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                   FileExistsError)
+
+
+def is_user_error(e: BaseException) -> bool:
+    return isinstance(e, (UserError, *_USER_OS_ERRORS)) or type(e).__name__ == "OsuError"
+
+
+def _debug() -> bool:
+    return os.environ.get("DESMPI_DEBUG", "") not in ("", "0")

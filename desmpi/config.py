@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from desmpi.errors import UserError
 from desmpi.tomlcompat import tomllib
 from desmpi.variants import AGGREGATES, INPUTS, STRATEGIES, Variant
 
@@ -19,7 +21,7 @@ SPARSE_OPTIMIZERS = ("sgd", "adagrad", "ftrl", "adam")
 DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message names the key."""
 
 
@@ -201,7 +203,12 @@ class Config:
 
     def check(self) -> Config:
         for f in dataclasses.fields(self):
-            getattr(self, f.name).check()
+            sec = getattr(self, f.name)
+            for g in dataclasses.fields(sec):  # NaN and inf pass every comparison: refuse them
+                v = getattr(sec, g.name)
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"{f.name}.{g.name} = {v!r}: must be a finite number")
+            sec.check()
         return self
 
     def to_dict(self) -> dict:
@@ -214,7 +221,7 @@ def _choice(key, v, allowed) -> None:
 
 
 def _positive(key, v) -> None:
-    if v <= 0:
+    if not v > 0:
         raise ConfigError(f"{key} = {v!r}: must be positive")
 
 

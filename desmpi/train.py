@@ -45,6 +45,9 @@ class Trainer:
         self.eval_ds = CtrDataset(cfg.data.eval, in_memory=cfg.data.in_memory) \
             if cfg.data.eval else None
         ds = self.train_ds
+        for key, d in (("data.train", ds), ("data.eval", self.eval_ds)):
+            if d is not None and d.n == 0:
+                raise ConfigError(f"{key} = {d.path}: the data set has no rows")
         if self.eval_ds is not None and (self.eval_ds.n_fields, self.eval_ds.n_dense) != \
                 (ds.n_fields, ds.n_dense):
             raise ConfigError(f"data.eval {cfg.data.eval} has {self.eval_ds.n_fields} fields / "

@@ -103,3 +103,75 @@ def test_resume_with_nothing_usable_fails_unless_asked(odd, tmp_path):
     assert p.returncode != 0 and "no usable checkpoint" in p.stderr
     p = _train1(odd, "--set", f"checkpoint.dir={ck}", "--resume", "--allow-fresh")
     assert p.returncode == 0, p.stderr
+
+
+def _desmpi(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "desmpi", *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path):
+    for sets, key in ((["train.lr=nan"], "train.lr = nan"), (["model.init_std=inf"],
+                                                            "model.init_std = inf")):
+        p = _desmpi("train", str(ROOT / "configs" / "fm.toml"), *[x for s in sets
+                                                                  for x in ("--set", s)])
+        assert p.returncode == 2 and key in p.stderr and "must be a finite number" in p.stderr
+        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = _desmpi("--debug", "train", str(ROOT / "configs" / "fm.toml"), "--set", "train.lr=nan")
+    assert p.returncode == 2 and "Traceback" in p.stderr  # --debug shows where
+
+
+def test_conversion_refuses_empty_input_and_its_own_source(tmp_path):
+    from desmpi.data.convert import convert
+    from desmpi.data.reader import DataError
+    from desmpi.data.schema import CRITEO_TSV
+
+    (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(DataError, match="no data rows in .*empty.tsv"):
+        convert([str(tmp_path / "empty.tsv")], tmp_path / "e.h5", CRITEO_TSV)
+    assert not (tmp_path / "e.h5").exists()
+    src = tmp_path / "same.tsv"
+    src.write_bytes((ROOT / "tests" / "data" / "criteo" / "head15k.tsv").read_bytes()[:5000])
+    before = src.read_bytes()
+    with pytest.raises(DataError, match="is the input"):
+        convert([str(src)], src, CRITEO_TSV)
+    assert src.read_bytes() == before
+    with pytest.raises(DataError, match="must be in"):
+        convert([str(src)], tmp_path / "x.h5", CRITEO_TSV, max_bad_fraction=float("nan"))
+
+
+def test_blank_lines_bom_overflow_and_stale_parts(tmp_path):
+    from desmpi.data.convert import convert
+    from desmpi.data.h5 import CtrDataset
+    from desmpi.data.schema import CRITEO_CSV, CRITEO_TSV
+
+    lines = (ROOT / "tests" / "data" / "criteo" / "head15k.tsv").read_text().splitlines()[:50]
+    f = lines[3].split("\t")
+    f[1] = "1e400"  # overflows float32 (and float64): a bad line, not a row of inf
+    lines[3] = "\t".join(f)
+    src = tmp_path / "t.tsv"
+    src.write_text("\n".join(lines) + "\n\n\r\n")  # two trailing blank lines
+    out = tmp_path / "sub" / "dir" / "t.h5"  # --out makes its folders
+    (tmp_path / "sub" / "dir").mkdir(parents=True)
+    (tmp_path / "sub" / "dir" / "t.h5.part1.tmp999").write_bytes(b"x" * 100)  # killed run
+    rep = convert([str(src)], out, CRITEO_TSV, max_bad_fraction=0.05)
+    assert rep["rows"] == 49 and rep["blank_lines"] == 2 and rep["lines"] == 50
+    assert rep["bad"] == {"dense value overflows or is not finite": 1}
+    assert rep["examples"] == [f"{src}:4: dense value overflows or is not finite (column I1)"]
+    assert list((tmp_path / "sub" / "dir").iterdir()) == [out]
+    import numpy as np
+    assert np.isfinite(CtrDataset(out).read(0, 49).dense).all()
+    csv = tmp_path / "bom.csv"
+    csv.write_bytes(b"\xef\xbb\xbf" + (ROOT / "tests" / "data" / "criteo" /
+                                       "sample200.csv").read_bytes())
+    assert convert([str(csv)], tmp_path / "bom.h5", CRITEO_CSV)["rows"] == 200
+
+
+def test_empty_train_set_is_a_clear_error(tmp_path):
+    from desmpi.data.h5 import H5Writer
+
+    w = H5Writer(tmp_path / "empty.h5", 26, 13)
+    w.close()
+    p = _desmpi("train", str(ROOT / "configs" / "fm.toml"), "--set",
+                f"data.train={tmp_path}/empty.h5", "--set", "data.eval=")
+    assert p.returncode == 2 and "the data set has no rows" in p.stderr

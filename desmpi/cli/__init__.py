@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from desmpi import __version__
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="desmpi", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"desmpi {__version__}")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of user errors too (or DESMPI_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("data", help="make, convert and inspect data sets").add_subparsers(
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         setup(0, "-v" in raw)
         return simtools.main(raw[1:])  # single-process tools: no MPI
     args = build_parser().parse_args(argv)
+    if args.debug:
+        os.environ["DESMPI_DEBUG"] = "1"
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch
     comm = Comm.world()
     setup(comm.rank, args.verbose)

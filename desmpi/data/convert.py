@@ -13,7 +13,7 @@ import numpy as np
 from desmpi.comm import Comm
 from desmpi.data.batch import Batch
 from desmpi.data.h5 import H5Writer
-from desmpi.data.reader import BadLines, byte_range, read_header, read_text
+from desmpi.data.reader import BadLines, DataError, byte_range, read_header, read_text
 from desmpi.data.schema import Schema
 
 log = logging.getLogger(__name__)
@@ -31,11 +31,22 @@ def convert(inputs: list[str], out: str | Path, schema: Schema, comm: Comm | Non
     comm = comm or Comm.local()
     P, r = comm.size, comm.rank
     t0 = time.perf_counter()
+    if not 0.0 <= max_bad_fraction <= 1.0:  # NaN too
+        raise DataError(f"--max-bad-fraction {max_bad_fraction!r}: must be in [0, 1]")
+    out = Path(out)
     for p in inputs:
         if not os.path.exists(p):
             raise FileNotFoundError(f"input {p} not found")
+        if out.exists() and os.path.samefile(p, out) or \
+                Path(p).resolve() == out.resolve():
+            raise DataError(f"--out {out} is the input {p}: it would be replaced by HDF5")
         schema.roles(read_header(p, schema)[0])  # a bad header fails before any work
-    out = Path(out)
+    if r == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.glob(f"{out.name}.part*"):  # parts of a killed earlier run
+            log.warning("removing %s, left by an earlier conversion that did not finish", stale)
+            stale.unlink(missing_ok=True)
+    comm.barrier()
     part = out.with_name(f"{out.name}.part{r}")
     attrs = dict(source=[str(p) for p in inputs], schema=schema.name,
                  fields=list(schema.categorical), dense_names=list(schema.dense),
@@ -69,16 +80,23 @@ def convert(inputs: list[str], out: str | Path, schema: Schema, comm: Comm | Non
     try:
         if r == 0:
             bad.check(max_bad_fraction)
+            if not sum(sum(x) for x in rows):
+                raise DataError(f"no data rows in {', '.join(map(str, inputs))} ({bad.lines} "
+                                f"lines, {bad.bad} malformed, {bad.blank} blank): nothing "
+                                "written")
             _merge_parts(out, len(inputs), rows, bad.bad)
     finally:
         comm.barrier()
         part.unlink(missing_ok=True)
     bad.check(max_bad_fraction)  # every rank raises the same error
     total = int(sum(sum(x) for x in rows))
+    if not total:
+        raise DataError(f"no data rows in {', '.join(map(str, inputs))}")
     dt = time.perf_counter() - t0
     if bad.bad and r == 0:
         log.warning("skipped %s", bad.describe())
-    return {"rows": total, "lines": bad.lines, "bad_lines": bad.bad, "bad": bad.by_reason,
+    return {"rows": total, "lines": bad.lines, "bad_lines": bad.bad, "blank_lines": bad.blank,
+            "bad": bad.by_reason,
             "examples": [f"{p}:{ln}: {rs} (column {c})" for p, ln, rs, c in bad.examples[:20]],
             "seconds": dt, "ranks": P, "rows_per_s": total / dt if dt > 0 else 0.0}
 

@@ -35,6 +35,7 @@ class H5Writer:
                  with_values: bool = False, with_oracle: bool = False,
                  attrs: dict | None = None) -> None:
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # every --out makes its folder
         self.tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
         self.f = h5py.File(self.tmp, "w")
         self.F, self.Dn, self.onehot = n_fields, n_dense, onehot

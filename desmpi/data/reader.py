@@ -17,14 +17,44 @@ import numpy as np
 
 from desmpi.data.batch import Batch
 from desmpi.data.schema import Schema
-from desmpi.kernels.parse import REASONS, count_lines, parse_block
+from desmpi.errors import UserError
+from desmpi.kernels.parse import (
+    BAD_NONFINITE,
+    REASONS,
+    ROLE_DENSE,
+    count_lines,
+    parse_block,
+)
 
 log = logging.getLogger(__name__)
 BLOCK_BYTES = 16 << 20
 EXAMPLES_KEPT = 1000
+BOM = b"\xef\xbb\xbf"
 
 
-class DataError(ValueError):
+def _blank_lines(buf: np.ndarray, n: int) -> np.ndarray:
+    """(n,) bool: lines of ``buf`` with nothing on them (a lone '\\r' counts as nothing)."""
+    nl = np.flatnonzero(buf == 10)
+    starts = np.concatenate([[0], nl + 1])[:n]
+    ends = np.append(nl, buf.shape[0])[:n]
+    length = ends - starts
+    cr = (length > 0) & (buf[np.maximum(ends - 1, 0)] == 13)
+    return (length - cr) == 0
+
+
+def _after_parse(buf, n, dense, status, errcol, dense_cols) -> None:
+    """Good lines whose dense values came out non-finite (past float32's range, 'inf',
+    'nan') are bad lines too, with their first such column."""
+    if dense.shape[1] == 0:
+        return
+    nonfin = ~np.isfinite(dense)
+    rows = np.flatnonzero((status == 0) & nonfin.any(axis=1))
+    if rows.size:
+        status[rows] = BAD_NONFINITE
+        errcol[rows] = dense_cols[np.argmax(nonfin[rows], axis=1)]
+
+
+class DataError(UserError, ValueError):
     """Input data that cannot be used; the message names file and line."""
 
 
@@ -32,8 +62,9 @@ class DataError(ValueError):
 class BadLines:
     """Malformed lines: count per reason and the first examples (file, line, reason, column)."""
 
-    lines: int = 0
+    lines: int = 0  # non-blank lines read
     bad: int = 0
+    blank: int = 0  # empty lines: skipped, counted apart (neither data nor malformed)
     by_reason: dict[str, int] = field(default_factory=dict)
     examples: list[tuple[str, int, str, str]] = field(default_factory=list)
 
@@ -50,6 +81,7 @@ class BadLines:
     def merge(self, other: BadLines) -> None:
         self.lines += other.lines
         self.bad += other.bad
+        self.blank += other.blank
         for k, v in other.by_reason.items():
             self.by_reason[k] = self.by_reason.get(k, 0) + v
         room = EXAMPLES_KEPT - len(self.examples)
@@ -67,6 +99,8 @@ class BadLines:
                 + (f"; first: {ex}" if ex else ""))
 
     def check(self, max_fraction: float) -> None:
+        if not 0.0 <= max_fraction <= 1.0:  # NaN too
+            raise DataError(f"max_bad_fraction = {max_fraction!r}: must be in [0, 1]")
         if self.lines and self.bad > max_fraction * self.lines:
             raise DataError(f"too many malformed lines (limit {max_fraction:.4%}): "
                             + self.describe())
@@ -79,7 +113,7 @@ def read_header(path: str, schema: Schema) -> tuple[tuple[str, ...], int]:
     with open(path, "rb") as f:
         first = f.readline()
     try:
-        text = first.decode("utf-8").rstrip("\r\n")
+        text = first.decode("utf-8-sig").rstrip("\r\n")  # a BOM is not part of the name
     except UnicodeDecodeError:
         raise DataError(f"{path}:1: header is not UTF-8") from None
     if not text:
@@ -133,7 +167,15 @@ def read_text(path: str, schema: Schema, bad: BadLines, start: int = 0, end: int
     if start == 0 and data_start:
         start = data_start
         line_no = 2
+    elif start == 0 and end > 0:
+        with open(path, "rb") as f:
+            if f.read(3) == BOM:  # a BOM before the first data line: not data
+                start = 3
     delim = schema.delimiter.encode()[0]
+    dense_cols = np.full(n_dense, -1, dtype=np.int32)  # file column of each dense slot
+    for c, (role, slot) in enumerate(zip(roles, slots)):
+        if role == ROLE_DENSE:
+            dense_cols[slot] = c
     with open(path, "rb") as f:
         f.seek(start)
         pos, carry = start, b""
@@ -162,12 +204,18 @@ def read_text(path: str, schema: Schema, bad: BadLines, start: int = 0, end: int
                               schema.dense_transform == "log1p", labels, dense, keys, status,
                               errcol)
             assert got == n, (got, n)
-            bad.lines += n
+            _after_parse(buf, n, dense, status, errcol, dense_cols)
+            blank = _blank_lines(buf, n)
+            nb = int(blank.sum())
+            bad.blank += nb
+            bad.lines += n - nb
+            status[blank] = 0
             badmask = status != 0
             if badmask.any():
                 idx = np.flatnonzero(badmask)
                 bad.add(path, idx + line_no, status[idx], errcol[idx], columns)
-                good = ~badmask
+            good = ~(badmask | blank)
+            if not good.all():
                 labels, dense, keys = labels[good], dense[good], keys[good]
             line_no += n
             if bad.lines >= 1000:

@@ -11,12 +11,14 @@ from numba import njit
 from desmpi.kernels.hashing import FIELD_SHIFT, MISSING_BIT, VALUE_MASK
 
 OK, BAD_FIELDS, BAD_LABEL, BAD_DENSE, BAD_CATEGORY, BAD_BYTES = 0, 1, 2, 3, 4, 5
+BAD_NONFINITE = 6  # set by the reader after parsing (a value past float32's range, inf, nan)
 REASONS = {
     BAD_FIELDS: "wrong number of fields",
     BAD_LABEL: "label is not 0 or 1",
     BAD_DENSE: "dense value is not a number",
     BAD_CATEGORY: "categorical value is not hexadecimal",
     BAD_BYTES: "undecodable bytes (not UTF-8)",
+    BAD_NONFINITE: "dense value overflows or is not finite",
 }
 ROLE_SKIP, ROLE_LABEL, ROLE_DENSE, ROLE_CAT = 0, 1, 2, 3
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
