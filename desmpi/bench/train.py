@@ -158,6 +158,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
     slot_bytes = tr.table.S * tr.dtype.itemsize
     return {"model": model, "ranks": P, "batch": batch, "cap": cap, "dim": m.d,
             "rows": rows, "variant": tr.variant.name, "strategy": tr.variant.strategy,
+            "choice": tr.choice.as_dict() if tr.choice is not None else None,
             "aggregate": tr.variant.aggregate, "optimizer": optimizer,
             "substitutions": m.substitutions, "partial_width": m.W,
             "samples_per_s": batch / med, "step_time_s": med,
