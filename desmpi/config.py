@@ -53,11 +53,26 @@ class ModelConfig:
 class DataConfig:
     train: str = ""
     eval: str = ""
-    in_memory: bool = True  # load each data set into memory (False: read slices from disk)
+    # "auto": stream rows from disk (peak memory bounded by the batch, not the data set),
+    # except data sets under in_memory_max_bytes, loaded once; true / false force it
+    in_memory: str = "auto"
+    in_memory_max_bytes: int = 256 << 20
 
     def check(self) -> None:
         if not self.train:
             raise ConfigError("data.train: path of an HDF5 data set is required")
+        _choice("data.in_memory", self.in_memory, ("auto", "true", "false"))
+        if self.in_memory_max_bytes < 0:
+            raise ConfigError("data.in_memory_max_bytes must be >= 0")
+
+    def loads(self, path: str) -> bool:
+        """Whether the data set at ``path`` is loaded into memory."""
+        if self.in_memory != "auto":
+            return self.in_memory == "true"
+        import os
+
+        return os.path.getsize(path) <= self.in_memory_max_bytes if os.path.exists(path) \
+            else False
 
 
 @dataclass(frozen=True)
@@ -244,6 +259,8 @@ def _coerce(key: str, tp, v):
             raise ConfigError(f"{key}: expected a number, got {v!r}")
         return float(v)
     if tp is str:
+        if isinstance(v, bool):  # a TOML boolean where a switch also takes "auto"
+            return "true" if v else "false"
         if not isinstance(v, str):
             raise ConfigError(f"{key}: expected a string, got {v!r}")
         return v

@@ -22,6 +22,7 @@ from desmpi.comm import Comm
 from desmpi.config import Config, ConfigError
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.slicing import n_batches, rank_slice, split_counts
+from desmpi.locks import DirLock, LockedError
 from desmpi.models import build_model
 from desmpi.optim import DenseOptimizer, SparseOptimizer, sparse_slots
 from desmpi.strategies import DivergedError, NonFiniteError, make_strategy
@@ -41,8 +42,8 @@ class Trainer:
         self.cfg, self.comm = cfg, comm
         tc = cfg.train
         self.dtype = np.dtype(tc.dtype)
-        self.train_ds = CtrDataset(cfg.data.train, in_memory=cfg.data.in_memory)
-        self.eval_ds = CtrDataset(cfg.data.eval, in_memory=cfg.data.in_memory) \
+        self.train_ds = CtrDataset(cfg.data.train, in_memory=cfg.data.loads(cfg.data.train))
+        self.eval_ds = CtrDataset(cfg.data.eval, in_memory=cfg.data.loads(cfg.data.eval)) \
             if cfg.data.eval else None
         ds = self.train_ds
         for key, d in (("data.train", ds), ("data.eval", self.eval_ds)):
@@ -192,8 +193,42 @@ def claim_checkpoint_dir(cfg: Config, comm: Comm, force: bool) -> None:
     comm.barrier()
 
 
+def _lock_dirs(cfg: Config, comm: Comm, out) -> list[DirLock]:
+    """Rank 0 takes the locks of ``--out`` and ``checkpoint.dir``; every rank raises the same
+    LockedError when another run holds one."""
+    held, err = [], None
+    if comm.rank == 0:
+        seen = set()
+        try:
+            for d, what in ((out, "--out"), (cfg.checkpoint.dir, "checkpoint.dir")):
+                if d and Path(d).resolve() not in seen:
+                    seen.add(Path(d).resolve())
+                    held.append(DirLock(d, what).acquire())
+        except LockedError as e:
+            err = str(e)
+            for lk in held:
+                lk.release()
+            held = []
+    err = comm.bcast_object(err)
+    if err:
+        raise LockedError(err)
+    return held
+
+
 def run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = None,
         resume: bool = False, force: bool = False, allow_fresh: bool = False) -> dict:
+    """Train as configured (see :func:`_run`), holding the locks of the directories it
+    writes (:mod:`desmpi.locks`) for the whole run."""
+    locks = _lock_dirs(cfg, comm, out)
+    try:
+        return _run(cfg, comm, out, trace, resume, force, allow_fresh)
+    finally:
+        for lk in locks:
+            lk.release()
+
+
+def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = None,
+         resume: bool = False, force: bool = False, allow_fresh: bool = False) -> dict:
     """Train as configured; returns the summary (the same dict on every rank).
 
     ``trace``: write every step's compute spans and collectives (with counts and measured

@@ -175,3 +175,27 @@ def test_empty_train_set_is_a_clear_error(tmp_path):
     p = _desmpi("train", str(ROOT / "configs" / "fm.toml"), "--set",
                 f"data.train={tmp_path}/empty.h5", "--set", "data.eval=")
     assert p.returncode == 2 and "the data set has no rows" in p.stderr
+
+
+def test_a_second_run_on_the_same_directories_fails_fast(odd, tmp_path):
+    import time
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time\nfrom desmpi.locks import DirLock\n"
+                               f"lock = DirLock({str(out)!r}, '--out').acquire()\n"
+                               "print('held', flush=True)\ntime.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        p = _train1(odd, "--out", str(out))
+        assert p.returncode == 2 and f"pid {holder.pid}" in p.stderr
+        assert "is in use by another desmpi run" in p.stderr
+        assert time.monotonic() - t0 < 60
+        assert not (out / "metrics.jsonl").exists()  # the holder's files are untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    p = _train1(odd, "--out", str(out))  # the lock died with its holder
+    assert p.returncode == 0, p.stderr
