@@ -141,6 +141,23 @@ def complete_steps(root: Path) -> list[int]:
     return sorted(out)
 
 
+def read_dataset(f: h5py.File, name: str, finite: bool = False) -> np.ndarray:
+    """Dataset ``name`` of an open file, refusing what a hostile file could redirect: links
+    (soft or external) and external or virtual storage; ``finite``: NaN or inf is an error."""
+    link = f.get(name, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise CheckpointError(f"{f.filename}: '{name}' is a {type(link).__name__}, not a "
+                              "dataset stored in the file")
+    ds = f[name]
+    if not isinstance(ds, h5py.Dataset) or ds.external or ds.is_virtual:
+        raise CheckpointError(f"{f.filename}: '{name}' is not a dataset stored in the file "
+                              "(external or virtual storage is not followed)")
+    a = ds[...]
+    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise CheckpointError(f"{f.filename}: '{name}' holds NaN or inf values")
+    return a
+
+
 def verify(d: Path) -> dict:
     """The manifest of checkpoint ``d`` after checking version, files and checksums."""
     mpath = d / "manifest.json"
@@ -148,13 +165,24 @@ def verify(d: Path) -> dict:
         m = json.loads(mpath.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{mpath}: unreadable manifest ({e})") from None
-    if m.get("format") != FORMAT or m.get("version") != VERSION:
+    if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("version") != VERSION:
         raise CheckpointError(f"{mpath}: format {m.get('format')!r} version "
                               f"{m.get('version')!r}; this desmpi reads {FORMAT} {VERSION}")
-    for name, digest in m["files"].items():
+    P = m.get("world_size")
+    files = m.get("files")
+    if not isinstance(P, int) or isinstance(P, bool) or not 1 <= P <= 1 << 20 or \
+            not isinstance(files, dict):
+        raise CheckpointError(f"{mpath}: world_size {P!r} / files are not a checkpoint's")
+    # names, never paths: exactly the files a checkpoint of world_size ranks has
+    want = {f"rank-{r:05d}.h5" for r in range(P)} | {"dense.h5"}
+    if set(files) != want:
+        odd = sorted(set(files) ^ want)[:3]
+        raise CheckpointError(f"{mpath}: files {odd}... do not match world_size = {P} (a "
+                              "checkpoint lists rank-NNNNN.h5 for each rank and dense.h5)")
+    for name, digest in files.items():
         f = d / name
-        if not f.exists():
-            raise CheckpointError(f"{f}: missing")
+        if not f.is_file() or f.is_symlink():
+            raise CheckpointError(f"{f}: missing or not a regular file")
         if _sha256(f) != digest:
             raise CheckpointError(f"{f}: checksum mismatch (truncated or modified)")
     return m
@@ -194,10 +222,11 @@ def restore(d: Path, manifest: dict, comm: Comm, table, model, dense_opt) -> Non
                 raise CheckpointError(f"{d / name}: rows of width {f.attrs['R']} with "
                                       f"{f.attrs['S']} slots do not fit this model's "
                                       f"{table.R} / {table.S} (another model or optimizer?)")
-            keys = f["keys"][...]
-            w = f["weights"][...]
-            s = f["slots"][...]
-            life = {k: f[k][...] for k in ("last_seen", "count_keys", "count_values") if k in f}
+            keys = read_dataset(f, "keys")
+            w = read_dataset(f, "weights", finite=True)
+            s = read_dataset(f, "slots", finite=True)
+            life = {k: read_dataset(f, k) for k in ("last_seen", "count_keys", "count_values")
+                    if k in f}
         if P_old != comm.size:
             keep = _mine(keys, comm)
             keys, w, s = keys[keep], w[keep], s[keep]
@@ -212,8 +241,8 @@ def restore(d: Path, manifest: dict, comm: Comm, table, model, dense_opt) -> Non
             table.lifecycle.load(table, keys, life["last_seen"], life.get("count_keys"),
                                  life.get("count_values"))
     with h5py.File(d / "dense.h5", "r") as f:
-        p = f["params"][...]
-        st = f["opt_state"][...]
+        p = read_dataset(f, "params", finite=True)
+        st = read_dataset(f, "opt_state", finite=True)
     if p.shape != model.params.data.shape or st.shape != dense_opt.state.shape:
         raise CheckpointError(f"{d / 'dense.h5'}: dense parameters {p.shape} / optimizer state "
                               f"{st.shape} do not fit this model ({model.params.data.shape} / "

@@ -40,13 +40,15 @@ class ServingModel:
     """Load an exported model and predict; keys never trained contribute zero."""
 
     def __init__(self, path: str | Path) -> None:
+        from desmpi.checkpoint import CheckpointError, read_dataset
+
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
-                raise ValueError(f"{path}: not a desmpi exported model")
+                raise CheckpointError(f"{path}: not a desmpi exported model")
             cfg = from_dict(json.loads(f.attrs["config"]), str(path))
-            keys = f["keys"][...]
-            w = f["weights"][...]
-            p = f["dense_params"][...]
+            keys = read_dataset(f, "keys")
+            w = read_dataset(f, "weights", finite=True)
+            p = read_dataset(f, "dense_params", finite=True)
             F, Dn = int(f.attrs["n_fields"]), int(f.attrs["n_dense"])
         self.cfg = cfg
         self.model = build_model(cfg.model, F, Dn, w.dtype, cfg.train.seed,  # as trained

@@ -199,3 +199,50 @@ def test_a_second_run_on_the_same_directories_fails_fast(odd, tmp_path):
         holder.wait()
     p = _train1(odd, "--out", str(out))  # the lock died with its holder
     assert p.returncode == 0, p.stderr
+
+
+def test_hostile_checkpoints_and_exports(odd, tmp_path):
+    import h5py
+
+    from desmpi.checkpoint import CheckpointError, newest_valid, step_dir, verify
+
+    ck = tmp_path / "ck"
+    p = _train1(odd, "--set", f"checkpoint.dir={ck}", "--set", "checkpoint.every=5")
+    assert p.returncode == 0, p.stderr
+    d = step_dir(ck, 5)
+    good = json.loads((d / "manifest.json").read_text())
+    for change, msg in (
+            (lambda m: m["files"].update({"/dev/zero": m["files"].pop("dense.h5")}),
+             "do not match world_size"),
+            (lambda m: m["files"].update({"../../etc/passwd": "0" * 64}),
+             "do not match world_size"),
+            (lambda m: m.update(world_size=4), "do not match world_size = 4"),
+            (lambda m: m.update(world_size="2"), "world_size '2'")):
+        m = json.loads(json.dumps(good))
+        change(m)
+        (d / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(CheckpointError, match=msg):
+            verify(d)
+    (d / "manifest.json").write_text(json.dumps(good))
+    assert newest_valid(ck)[0] == d
+    # an export whose weights live in an external file, or hold NaN, is refused
+    out = tmp_path / "model.h5"
+    p = _desmpi("export", "--checkpoint", str(ck), "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    from desmpi.serving import ServingModel
+
+    assert ServingModel(out).model is not None
+    with h5py.File(out, "r+") as f:
+        w = f["weights"][...]
+        del f["weights"]
+        (tmp_path / "raw.bin").write_bytes(w.tobytes())
+        f.create_dataset("weights", shape=w.shape, dtype=w.dtype,
+                         external=[(str(tmp_path / "raw.bin"), 0, w.nbytes)])
+    with pytest.raises(CheckpointError, match="external or virtual storage"):
+        ServingModel(out)
+    with h5py.File(out, "r+") as f:
+        del f["weights"]
+        w[0, 0] = np.nan
+        f.create_dataset("weights", data=w)
+    with pytest.raises(CheckpointError, match="NaN or inf"):
+        ServingModel(out)
