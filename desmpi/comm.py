@@ -47,6 +47,9 @@ class Comm:
         self.rank = 0 if mpi_comm is None else mpi_comm.Get_rank()
         self.size = 1 if mpi_comm is None else mpi_comm.Get_size()
         self.acct = Accounting(keep_log=keep_log)
+        self._in_call: float | None = None  # start of the collective in progress (watchdog)
+        self._last_kind = ""
+        self._timeout, self._where, self._dog = 0.0, (lambda: ""), None
         if mpi_comm is not None:
             from mpi4py import MPI
 
@@ -86,9 +89,44 @@ class Comm:
         return (int(self._c.allreduce(int(leader), op=MPI.SUM)),
                 int(self._c.allreduce(local, op=MPI.MAX)))
 
+    # ---- liveness --------------------------------------------------------------------------
+    def watchdog(self, timeout_s: float, where: Callable[[], str] = lambda: "") -> None:
+        """Abort the whole job when a collective on this rank takes longer than ``timeout_s``:
+        a rank that died, hung or was stopped would leave the others waiting in it forever.
+        ``where()`` names the place (the step) in the message. 0 disables it."""
+        self._timeout, self._where = timeout_s, where
+        if self._c is None or timeout_s <= 0 or self._dog is not None:
+            return
+        import threading
+
+        self._dog = threading.Thread(target=self._watch, name="desmpi-watchdog", daemon=True)
+        self._dog.start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(max(0.05, min(1.0, self._timeout / 10)))
+            t = self._in_call
+            if self._timeout > 0 and t is not None and time.perf_counter() - t > self._timeout:
+                sys.stderr.write(
+                    f"desmpi: rank {self.rank} of {self.size}: a collective has not completed "
+                    f"in {self._timeout:g} s ({self._where()}; the last one completed was "
+                    f"{self._last_kind or 'none'}): another rank is stuck or gone; aborting "
+                    "the job (dist.timeout_s)\n")
+                sys.stderr.flush()
+                from mpi4py import MPI
+
+                MPI.COMM_WORLD.Abort(3)
+
+    def _start(self) -> float:
+        t0 = time.perf_counter()
+        self._in_call = t0
+        return t0
+
     # ---- helpers ----------------------------------------------------------------------------
     def _record(self, kind: str, counts: Sequence[int], itemsize: int, t0: float,
                 root: int = 0) -> None:
+        self._in_call = None
+        self._last_kind = kind
         call = Call(kind, tuple(int(c) for c in counts), int(itemsize), self.rank, self.size, root)
         self.acct.record(call, time.perf_counter() - t0, t0)
 
@@ -112,7 +150,7 @@ class Comm:
         """
         self._check(send, "send")
         out = np.empty_like(send) if out is None else out
-        t0 = time.perf_counter()
+        t0 = self._start()
         if out is send:
             if self._c is not None:
                 self._c.Allreduce(self._in_place, out, op=self._ops[op])
@@ -147,7 +185,7 @@ class Comm:
             raise ValueError(f"recvcounts {rc.tolist()} do not split {send.size} elements "
                              f"over {self.size} ranks")
         out = self._out(out, int(rc[self.rank]), send.dtype)
-        t0 = time.perf_counter()
+        t0 = self._start()
         if self._c is None:
             np.copyto(out, send.reshape(-1))
         else:
@@ -168,7 +206,7 @@ class Comm:
         if len(c) != self.size or c[self.rank] != send.size:
             raise ValueError(f"counts {c.tolist()} disagree with this rank's {send.size} elements")
         out = self._out(out, int(c.sum()), send.dtype)
-        t0 = time.perf_counter()
+        t0 = self._start()
         if self._c is None:
             np.copyto(out, send.reshape(-1))
         else:
@@ -180,7 +218,7 @@ class Comm:
         """Every rank's integer ``n`` (an Allgather of one int64 each)."""
         send = np.array([n], dtype=np.int64)
         out = np.empty(self.size, dtype=np.int64)
-        t0 = time.perf_counter()
+        t0 = self._start()
         if self._c is None:
             out[0] = n
         else:
@@ -195,7 +233,7 @@ class Comm:
         if c.ndim != 2 or c.shape[0] != self.size:
             raise ValueError(f"counts must be (P, k), got {c.shape}")
         out = np.empty_like(c)
-        t0 = time.perf_counter()
+        t0 = self._start()
         if self._c is None:
             out[...] = c
         else:
@@ -216,7 +254,7 @@ class Comm:
             raise ValueError(f"sendcounts {sc.tolist()} do not split {send.size} elements")
         if recvcounts is None:
             rc = np.empty(self.size, dtype=np.int64)
-            t0 = time.perf_counter()
+            t0 = self._start()
             if self._c is None:
                 rc[:] = sc
             else:
@@ -225,7 +263,7 @@ class Comm:
         else:
             rc = np.asarray(recvcounts, dtype=np.int64)
         out = np.empty(int(rc.sum()), dtype=send.dtype)
-        t0 = time.perf_counter()
+        t0 = self._start()
         if self._c is None:
             np.copyto(out, send.reshape(-1))
         else:
@@ -237,14 +275,14 @@ class Comm:
     def bcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
         """Broadcast ``buf`` in place from ``root``."""
         self._check(buf, "buf")
-        t0 = time.perf_counter()
+        t0 = self._start()
         if self._c is not None:
             self._c.Bcast(buf, root=root)
         self._record("bcast", (buf.size,), buf.itemsize, t0, root=root)
         return buf
 
     def barrier(self) -> None:
-        t0 = time.perf_counter()
+        t0 = self._start()
         if self._c is not None:
             self._c.Barrier()
         self._record("barrier", (), 1, t0)
@@ -254,7 +292,7 @@ class Comm:
         if self._c is None:
             return obj
         with self.acct.scoped("meta"):
-            t0 = time.perf_counter()
+            t0 = self._start()
             obj = self._c.bcast(obj, root=root)
             self._record("bcast", (0,), 1, t0, root=root)
         return obj
@@ -264,7 +302,7 @@ class Comm:
         if self._c is None:
             return [obj]
         with self.acct.scoped("meta"):
-            t0 = time.perf_counter()
+            t0 = self._start()
             out = self._c.allgather(obj)
             self._record("allgather", (0,) * self.size, 1, t0)
         return out

@@ -127,6 +127,9 @@ class DistConfig:
     input: str = "gather"  # gather (Allgatherv the local batches) | replicate (read) | auto
     check_every: int = 100  # steps between checksums of replicated dense parameters
     cluster: str = "auto"
+    # a collective that takes longer aborts the job naming the step (a rank stuck, stopped
+    # or gone); armed after the first step (JIT compilation); 0: never
+    timeout_s: float = 600.0
 
     def check(self) -> None:
         _choice("dist.strategy", self.strategy, ("auto", *STRATEGIES))
@@ -144,6 +147,8 @@ class DistConfig:
             raise ConfigError("dist.check_every must be >= 0")
         if not self.cluster:
             raise ConfigError("dist.cluster: 'auto', a preset or a cluster TOML")
+        if self.timeout_s < 0:
+            raise ConfigError("dist.timeout_s must be >= 0 (0: no timeout)")
 
     @property
     def is_auto(self) -> bool:

@@ -289,7 +289,9 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
                  {"config": cfg.to_dict(), "next_batch": step % tr.nb, "epoch": step // tr.nb,
                   "sparse_opt_t": step, "run_id": run_id}, ck.keep)
 
+    current = [start]
     for step in range(start + 1, tr.total_steps + 1):
+        current[0] = step
         t = (step - 1) % tr.nb
         b, sizes = tr.local_batch(tr.train_ds, t)
         n_log = len(comm.acct.log)
@@ -319,6 +321,8 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
             tr.first_step_samples = n
         step_times.append(dt)
         comm_times.append(comm.acct.time_s() - c0)
+        if len(step_times) == 1:  # compiled and warm: from now on a stuck collective aborts
+            comm.watchdog(cfg.dist.timeout_s, lambda: f"at or after step {current[0]}")
         samples += n
         losses.append(loss / n)
         interval_loss += loss

@@ -1,6 +1,7 @@
 """Nothing lost, nothing silent: fault-injection tests (issue 17), one per probe fixed."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -246,3 +247,48 @@ def test_hostile_checkpoints_and_exports(odd, tmp_path):
         f.create_dataset("weights", data=w)
     with pytest.raises(CheckpointError, match="NaN or inf"):
         ServingModel(out)
+
+
+def test_a_stopped_rank_ends_the_job_at_the_collective_timeout(tmp_path):
+    """SIGSTOP one rank mid-run: the other waits in a collective; past dist.timeout_s its
+    watchdog aborts the whole job, naming the step, instead of hanging forever."""
+    import signal
+    import time
+
+    from tests.conftest import mpi_env, mpiexec_path
+    from tests.test_checkpoint import descendants
+
+    generate(SynthSpec(rows=512 * 400, seed=1, cap=2000), tmp_path / "t.h5")
+    cmd = [mpiexec_path(), "-n", "2", sys.executable, "-m", "desmpi", "train",
+           str(ROOT / "configs" / "fm.toml"), "--set", f"data.train={tmp_path}/t.h5", "--set",
+           "data.eval=", "--set", "train.batch_size=512", "--set", "train.epochs=50", "--set",
+           "train.log_every=20", "--set", "dist.strategy=des", "--set",
+           "dist.aggregate=allreduce", "--set", "dist.timeout_s=4"]
+    p = subprocess.Popen(cmd, env=mpi_env(), cwd=ROOT, start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped = []
+    try:
+        err = ""
+        while "step 20/" not in err:  # the run is warm (watchdog armed after step 1)
+            line = p.stderr.readline()
+            assert line, f"the run ended early: {err}"
+            err += line
+        ranks = [q for q in descendants(p.pid)
+                 if "desmpi" in open(f"/proc/{q}/cmdline").read()]
+        victim = max(ranks)
+        os.kill(victim, signal.SIGSTOP)
+        stopped.append(victim)
+        t0 = time.monotonic()
+        rest = p.communicate(timeout=60)[1]
+        assert time.monotonic() - t0 < 30
+        assert p.returncode != 0
+        assert "a collective has not completed in 4 s (at or after step" in rest
+    finally:
+        for q in stopped + descendants(p.pid):
+            try:
+                os.kill(q, signal.SIGCONT)
+                os.kill(q, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if p.poll() is None:
+            p.kill()
