@@ -80,19 +80,20 @@ def fit_level(samples: list[CommSample]) -> tuple[Level, Fit]:
 
 def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]],
                 max_contention: float = 1.0) -> tuple[ComputeRates, Fit]:
-    """Overhead, GEMM flop/s, sparse key-columns/s, per-call cost and node contention from
+    """Overhead, GEMM flop/s, sparse key-columns/s, per-call cost, memory rate and node
+    contention from
     (work, seconds[, busy cores of the node]) samples.
 
     The first four enter linearly; the contention κ (compute × (1 + κ·log2 busy), see
     :func:`sim.compute.slowdown`) is found by a search over [0, max_contention] in steps of
     0.01, each step a linear fit, keeping the smallest relative RMS. Samples that all ran
     alone (busy = 1) leave κ at 0. ``Fit.values`` = (overhead, 1/GEMM rate, 1/sparse rate,
-    per-call cost, κ).
+    per-call cost, 1/memory rate, κ).
     """
     work = [s[0] for s in samples]
     y = np.array([s[1] for s in samples])
     busy = np.array([s[2] if len(s) > 2 else 1 for s in samples], dtype=float)
-    X = np.array([(1.0, w.gemm_flops, w.sparse_keys, w.calls) for w in work])
+    X = np.array([(1.0, w.gemm_flops, w.sparse_keys, w.calls, w.mem_bytes) for w in work])
     grid = np.arange(0.0, max_contention + 1e-9, 0.01) if (busy > 1).any() else np.zeros(1)
     best = None
     for k in grid:
@@ -102,8 +103,9 @@ def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]
         if best is None or err[0] < best[0][0] - 1e-12:
             best = (err, x, float(k))
     (rms, med), x, k = best
-    o, ig, ik, ic = x
+    o, ig, ik, ic, im = x
     rates = ComputeRates(gemm_flops=1 / ig if ig > 0 else float("inf"),
                          sparse_keys_per_s=1 / ik if ik > 0 else float("inf"), overhead_s=o,
-                         per_call_s=ic, contention=k)
+                         per_call_s=ic, contention=k,
+                         mem_Bps=1 / im if im > 0 else float("inf"))
     return rates, Fit((*x, k), rms, med)

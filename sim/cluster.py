@@ -114,6 +114,7 @@ class ComputeRates:
     overhead_s: float = 2.0e-4
     per_call_s: float = 5.0e-5  # software cost around each collective call
     contention: float = 0.0
+    mem_Bps: float = 1.0e10  # streaming memory traffic (zero, add, copy) of one rank
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ def load_cluster(spec: str) -> Cluster:
 
     comp = d.get("compute", {})
     extra = set(comp) - {"gemm_flops", "sparse_keys_per_s", "overhead_s", "per_call_s",
-                         "contention"}
+                         "contention", "mem_Bps"}
     if extra:
         raise ValueError(f"{path}: unknown keys in [compute]: {sorted(extra)}")
     for k in ("nodes", "ranks_per_node"):
@@ -259,5 +260,5 @@ def dump_cluster(cl: Cluster) -> str:
          *level("inter", cl.inter), "", "[compute]",
          f"gemm_flops = {num(c.gemm_flops)}", f"sparse_keys_per_s = {num(c.sparse_keys_per_s)}",
          f"overhead_s = {num(c.overhead_s)}", f"per_call_s = {num(c.per_call_s)}",
-         f"contention = {num(c.contention)}"]
+         f"contention = {num(c.contention)}", f"mem_Bps = {num(c.mem_Bps)}"]
     return "\n".join(L) + "\n"

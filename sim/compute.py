@@ -16,10 +16,11 @@ class Work:
     gemm_flops: float
     sparse_keys: float
     calls: float = 0.0  # collective calls (each has a fixed software cost around it)
+    mem_bytes: float = 0.0  # streamed over the partial matrices (zeroed, reduced, gathered)
 
     def __add__(self, o: Work) -> Work:
         return Work(self.gemm_flops + o.gemm_flops, self.sparse_keys + o.sparse_keys,
-                    self.calls + o.calls)
+                    self.calls + o.calls, self.mem_bytes + o.mem_bytes)
 
 
 def slowdown(rates: ComputeRates, busy: int) -> float:
@@ -32,5 +33,5 @@ def compute_time(w: Work, rates: ComputeRates, share: float = 1.0, busy: int = 1
     cost, on ``share`` of a core (oversubscribed ranks get less), slowed by :func:`slowdown`
     when ``busy`` cores of the node compute at once."""
     t = rates.overhead_s + w.gemm_flops / rates.gemm_flops + w.sparse_keys / \
-        rates.sparse_keys_per_s + w.calls * rates.per_call_s
+        rates.sparse_keys_per_s + w.calls * rates.per_call_s + w.mem_bytes / rates.mem_Bps
     return t * slowdown(rates, busy) / share

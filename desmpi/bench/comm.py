@@ -86,7 +86,24 @@ def bench_compute(repeats: int = 5) -> dict:
         row_grads(s, f, inv, u, vals, t.weights, 1, Z, 0, -1, Z.shape[1] - 1, Z, 1, g)
         ts.append(time.perf_counter() - t0)
     return {"gemm_flops": gemm, "sparse_keys_per_s": n * R / statistics.median(ts),
-            "reduce_Bps": reduce_rate(repeats)}
+            "reduce_Bps": reduce_rate(repeats), "mem_Bps": memory_rate(repeats)}
+
+
+def memory_rate(repeats: int = 5, rows: int = 4096, width: int = 418) -> float:
+    """Bytes per second of the streaming passes a step makes over a partial matrix (rows ×
+    width float32, DeepFM's B × W): zero it, add another into it, copy it out; each pass
+    counted once per byte of the matrix."""
+    a = np.empty((rows, width), np.float32)
+    b = np.ones((rows, width), np.float32)
+    c = np.empty_like(a)
+    ts = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        a.fill(0.0)
+        np.add(a, b, out=a)
+        np.copyto(c, a)
+        ts.append(time.perf_counter() - t0)
+    return 3 * a.nbytes / statistics.median(ts[1:])
 
 
 def reduce_rate(repeats: int = 5, nbytes: int = 4 << 20) -> float:

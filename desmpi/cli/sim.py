@@ -49,7 +49,8 @@ def _whatif(a, comm: Comm) -> int:
         r = json.loads(Path(a.rates).read_text())
         r = r.get("calibration", {}).get("compute", r)
         rates = ComputeRates(r["gemm_flops"], r["sparse_keys_per_s"], r.get("overhead_s", 0.0),
-                             r.get("per_call_s", 0.0), r.get("contention", 0.0))
+                             r.get("per_call_s", 0.0), r.get("contention", 0.0),
+                             r.get("mem_Bps", ComputeRates.mem_Bps))
     batches = _ints(a.batch) if a.batch else [cfg.train.batch_size]
     t0 = time.perf_counter()
     profs = [p for B in batches for P in _ints(a.ranks)

@@ -101,7 +101,7 @@ def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
             cached = {"latency_s": lvl.latency_s, "bandwidth_Bps": lvl.bandwidth_Bps,
                       "gemm_flops": rates["gemm_flops"],
                       "sparse_keys_per_s": rates["sparse_keys_per_s"],
-                      "reduce_Bps": rates["reduce_Bps"]}
+                      "reduce_Bps": rates["reduce_Bps"], "mem_Bps": rates["mem_Bps"]}
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -112,7 +112,8 @@ def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
         cached = comm.bcast_object(cached)
     lvl = Level(cached["latency_s"], cached["bandwidth_Bps"])
     rates = ComputeRates(gemm_flops=cached["gemm_flops"],
-                         sparse_keys_per_s=cached["sparse_keys_per_s"])
+                         sparse_keys_per_s=cached["sparse_keys_per_s"],
+                         mem_Bps=cached.get("mem_Bps", ComputeRates.mem_Bps))
     return Cluster(f"at hand ({nodes} node(s) x {ppn})", nodes, ppn, lvl, lvl,
                    os.cpu_count() or 0, rates, reduce_Bps=cached["reduce_Bps"])
 

@@ -49,7 +49,10 @@ class ModelInfo:
 
 
 def step_work(v: Variant, c: StepCounts, info: ModelInfo) -> Work:
-    """Mean per-rank work of one step (the cost model's compute side)."""
+    """Mean per-rank work of one step (the cost model's compute side): GEMM flops, sparse
+    key-columns, and the bytes streamed over the rank's partial matrix (Z_rows × W: zeroed,
+    reduced or sent, read by the dense part, its gradient written and read by the key
+    gradients — four passes), which DES pays over all B samples and ps / a2a over b."""
     st, agg = v.strategy, v.aggregate
     P = c.P
     B = float(c.sizes.sum())
@@ -71,7 +74,10 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo) -> Work:
         keys = own + c.samples.sum() / P * W * 2
     else:
         raise ValueError(st)
-    return Work(6.0 * (rows * info.dense_macs + fused_rows * info.fused_macs), keys)
+    z_rows = {"des": B, "ps": b, "a2a": b, "des-a2a": c.samples.sum() / P}[st]
+    mem = 4.0 * z_rows * W * info.dims.itemsize
+    return Work(6.0 * (rows * info.dense_macs + fused_rows * info.fused_macs), keys,
+                mem_bytes=mem)
 
 
 @dataclass
@@ -114,7 +120,8 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
                 pay += p.mean() / len(counts)
             w1 = step_work(v, c, info)
             work = Work(work.gemm_flops + w1.gemm_flops / len(counts),
-                        work.sparse_keys + w1.sparse_keys / len(counts), len(cl))
+                        work.sparse_keys + w1.sparse_keys / len(counts), len(cl),
+                        work.mem_bytes + w1.mem_bytes / len(counts))
         out.append(Profiled(v, P, B, colls, work, wire, pay, total))
     return out
 

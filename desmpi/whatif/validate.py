@@ -207,6 +207,7 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                                         "overhead_s": rates.overhead_s,
                                         "per_call_s": rates.per_call_s,
                                         "contention": rates.contention,
+                                        "mem_Bps": rates.mem_Bps,
                                         "fitted_on_P": sorted(fit_P)},
                             "reduce_Bps": gamma,
                             "network": {str(P): {"latency_s": lv.latency_s,
