@@ -443,6 +443,9 @@ def _summary(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_los
         # seconds a step spends inside collectives (the median warm step of each rank, mean
         # over ranks; waiting for slower ranks included): what the network model predicts
         "comm_time_s_per_step": float(np.mean([e["comm_step_s"] for e in every])),
+        # the rank that reaches the collectives last waits least: its time is the closest
+        # measurement of the communication itself (the others add their wait for it)
+        "comm_time_s_per_step_min": float(min(e["comm_step_s"] for e in every)),
         "comm": comm_rep,
         "wire_bytes_per_step": sum(v["wire_bytes_per_step"] for v in comm_rep.values()),
         "wire_bytes_total": int(sum(v.get("wire_bytes", 0) for e in every

@@ -239,7 +239,8 @@ GROUPS = {"in_sample": "in-sample (P and model the compute fit saw)",
           "held_out_P": "held out by P (the fit never saw this P)",
           "held_out_model": "held out by model (leave-one-model-out fit), fitted P",
           "held_out_model_and_P": "held out by model and by P",
-          "communication": "collective time alone (network model vs the runs' counters)"}
+          "communication": "collective time alone (network model vs the least-waiting rank's "
+                           "counters)"}
 
 
 def validation_markdown(rep: dict) -> str:

@@ -4,7 +4,8 @@
    α and β fitted per P (one node: ranks share memory, and past the core count they share
    cores too), and γ (reduction rate) from ``desmpi bench compute``;
 2. every (model, variant, P) case runs ``repeats`` times; its measured collective time comes
-   from the run's own counters, its compute time is the step time less that;
+   from the run's own counters (the rank that waits least: the others add their wait for the
+   slowest), its compute time is the step time less that;
 3. **communication first**: each case's predicted collective time against the measured one;
 4. compute rates and the node's contention are fitted to the *measured compute time* of the
    runs at P = 1 and the calibrated P — never to a residual that would absorb network error;
@@ -129,7 +130,7 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                                      "--set", f"train.log_every={steps}"])
                             for _ in range(repeats)]
                     steps_s = [s["step_time_s"] for s in runs]
-                    comm_s = [s["comm_time_s_per_step"] for s in runs]
+                    comm_s = [s["comm_time_s_per_step_min"] for s in runs]
                     prof = profile(ds, info, P, batch, steps, [v])[0]
                     s = runs[0]
                     cases.append({
