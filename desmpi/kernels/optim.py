@@ -96,3 +96,19 @@ def adam(weights, slots, urows, grad, lr, b1, b2, eps, c1, c2, l2):
             m_[c] = m
             v_[c] = v
             w[c] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
+
+
+@njit(cache=True, error_model="numpy")
+def rows_finite(a, rows):
+    """Whether every value of rows ``rows`` of ``a`` (n, width) is finite, read in place (no
+    gathered copy: this runs after every update). ``v * 0`` is 0 for finite v and NaN for inf
+    or NaN, so a row's sum of them is 0 exactly when the row is finite (a branch-free inner
+    loop, which vectorises)."""
+    for i in range(rows.shape[0]):
+        row = a[rows[i]]
+        acc = 0.0
+        for c in range(row.shape[0]):
+            acc += row[c] * 0.0
+        if acc != 0.0:
+            return False
+    return True

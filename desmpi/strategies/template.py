@@ -22,6 +22,7 @@ import numpy as np
 
 from desmpi.comm import Comm
 from desmpi.data.batch import Batch
+from desmpi.kernels.optim import rows_finite
 from desmpi.metrics import sigmoid
 from desmpi.reference import bce_with_logits
 from desmpi.strategies.counts import ModelDims, StepCounts
@@ -56,7 +57,7 @@ def check_state(model, table, rows: np.ndarray, dense_opt, t: int) -> None:
     naming the step and the operators whose weights broke. Adaptive optimizers (Adagrad, Adam)
     can reach inf weights from finite gradients, which the pre-update check cannot see."""
     bad = []
-    if rows.size:
+    if rows.size and not rows_finite(table.weights, rows):
         w = table.weights[rows]
         fin = np.isfinite(w)
         if not fin.all():
@@ -67,8 +68,8 @@ def check_state(model, table, rows: np.ndarray, dense_opt, t: int) -> None:
                    or ((set(op.roles) - {"L"} or op.needs_E) and (cols >= model.emb_col).any())]
             bad.append(f"sparse weights of {int((~fin).any(axis=1).sum())} keys (operators "
                        f"{', '.join(ops) or 'none'})")
-        if table.slots.size and not np.isfinite(table.slots[rows]).all():
-            bad.append("sparse optimizer state")
+    if rows.size and table.slots.shape[1] and not rows_finite(table.slots, rows):
+        bad.append("sparse optimizer state")
     prm = model.params
     if not np.isfinite(prm.data).all():
         names = [n for n, (o, m, _) in prm.offsets.items()
