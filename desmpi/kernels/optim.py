@@ -28,8 +28,14 @@ def _ahead(weights, slots, urows, u):
             prefetch_row(slots, urows[u + AHEAD])
 
 
+# Every update kernel returns whether all the values it wrote are finite: v - v is 0 for finite
+# v and NaN for inf or NaN, and the kernel ORs "v - v != 0" over what it writes — a branch-free
+# check fused into the pass the update makes anyway (desmpi.strategies.template.check_state).
+
+
 @njit(cache=True, error_model="numpy")
 def sgd(weights, urows, grad, lr, l2):
+    nf = False
     for u in range(urows.shape[0]):
         if u + AHEAD < urows.shape[0]:
             prefetch_row(weights, urows[u + AHEAD])
@@ -37,11 +43,14 @@ def sgd(weights, urows, grad, lr, l2):
         g = grad[u]
         for c in range(w.shape[0]):
             w[c] -= lr * (g[c] + l2 * w[c])
+            nf |= (w[c] - w[c]) != 0
+    return not nf
 
 
 @njit(cache=True, error_model="numpy")
 def adagrad(weights, slots, urows, grad, lr, eps, l2):
     """acc += g²; w -= lr·g / (√acc + eps) (PyTorch's Adagrad, initial accumulator 0)."""
+    nf = False
     for u in range(urows.shape[0]):
         _ahead(weights, slots, urows, u)
         r = urows[u]
@@ -53,12 +62,15 @@ def adagrad(weights, slots, urows, grad, lr, eps, l2):
             a = acc[c] + g * g
             acc[c] = a
             w[c] -= lr * g / (np.sqrt(a) + eps)
+            nf |= (w[c] - w[c]) + (a - a) != 0
+    return not nf
 
 
 @njit(cache=True, error_model="numpy")
 def ftrl(weights, slots, urows, grad, alpha, beta, l1, l2):
     """FTRL-Proximal (McMahan et al., KDD 2013, Algorithm 1); slots [z | n]."""
     R = weights.shape[1]
+    nf = False
     for u in range(urows.shape[0]):
         _ahead(weights, slots, urows, u)
         r = urows[u]
@@ -75,6 +87,9 @@ def ftrl(weights, slots, urows, grad, alpha, beta, l1, l2):
             else:
                 sl1 = l1 if z > 0 else -l1
                 weights[r, c] = -(z - sl1) / ((beta + np.sqrt(n)) / alpha + l2)
+            v = weights[r, c]
+            nf |= (v - v) + (z - z) + (n - n) != 0
+    return not nf
 
 
 @njit(cache=True, error_model="numpy")
@@ -82,6 +97,7 @@ def adam(weights, slots, urows, grad, lr, b1, b2, eps, c1, c2, l2):
     """Lazy Adam: moments of touched rows only; c1 = 1 - b1^t, c2 = 1 - b2^t (bias
     corrections of the global step t >= 1)."""
     R = weights.shape[1]
+    nf = False
     for u in range(urows.shape[0]):
         _ahead(weights, slots, urows, u)
         r = urows[u]
@@ -96,6 +112,8 @@ def adam(weights, slots, urows, grad, lr, b1, b2, eps, c1, c2, l2):
             m_[c] = m
             v_[c] = v
             w[c] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
+            nf |= (w[c] - w[c]) + (m - m) + (v - v) != 0
+    return not nf
 
 
 @njit(cache=True, error_model="numpy")

@@ -51,11 +51,16 @@ class DivergedError(NonFiniteError):
     """An update made weights or optimizer state non-finite (already applied: not skippable)."""
 
 
-def check_state(model, table, rows: np.ndarray, dense_opt, t: int) -> None:
+def check_state(model, table, rows: np.ndarray, sparse_opt, dense_opt, t: int) -> None:
     """Raise DivergedError when the step's update left non-finite values in the rows it
     updated (weights or optimizer slots), the dense parameters or the dense optimizer's state,
     naming the step and the operators whose weights broke. Adaptive optimizers (Adagrad, Adam)
-    can reach inf weights from finite gradients, which the pre-update check cannot see."""
+    can reach inf weights from finite gradients, which the pre-update check cannot see.
+
+    The update kernels report whether they wrote anything non-finite (``.finite``, checked as
+    they write: no extra pass); only then are the values read again, to name what broke."""
+    if sparse_opt.finite and dense_opt.finite:
+        return
     bad = []
     if rows.size and not rows_finite(table.weights, rows):
         w = table.weights[rows]
@@ -129,13 +134,14 @@ class Strategy:
         applied; then ``sparse_update(t)`` (the owners' rows) and the dense optimizer."""
         prm, tm = self.model.params, self.timer
         check_finite(self.model, Z, loss, prm.grads, t)
+        self.sparse_opt.finite = True
         rows = sparse_update(t)
         tm.lap("sparse_update")
         self.dense_opt.apply(prm.data, prm.grads, t)
         tm.lap("dense_update")
         # every rank checks what it updated; one that finds a non-finite value raises, and
         # run_or_abort ends the job before anything is saved
-        check_state(self.model, self.table, rows, self.dense_opt, t)
+        check_state(self.model, self.table, rows, self.sparse_opt, self.dense_opt, t)
         tm.lap("checks")
 
 
