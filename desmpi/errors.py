@@ -7,4 +7,8 @@ class UserError(Exception):
     """Base of the errors whose message is the whole story (it names the key, file or line)."""
 
 
+class DataError(UserError, ValueError):
+    """Input data that cannot be used; the message names file and line."""
+
+
 EXIT_USER_ERROR = 2

@@ -295,3 +295,30 @@ def test_a_stopped_rank_ends_the_job_at_the_collective_timeout(tmp_path):
                 pass
         if p.poll() is None:
             p.kill()
+
+
+def test_streaming_is_the_default_for_large_data_sets(odd, tmp_path):
+    """data.in_memory = auto: a data set above in_memory_max_bytes is streamed (peak memory
+    bounded by the batch), a small one loaded; true / false force it."""
+    from desmpi.comm import Comm
+    from desmpi.config import DataConfig, from_dict
+    from desmpi.train import Trainer
+
+    path = str(odd / "t.h5")
+    assert DataConfig(train=path).loads(path)  # 2,001 rows: under 256 MiB
+    assert not DataConfig(train=path, in_memory_max_bytes=1000).loads(path)
+    assert DataConfig(train=path, in_memory="true", in_memory_max_bytes=0).loads(path)
+    cfg = from_dict({"model": {"name": "lr"}, "data": {"train": path, "in_memory_max_bytes": 1},
+                     "train": {"batch_size": 100}}).check()
+    tr = Trainer(cfg, Comm.local())
+    assert tr.train_ds._mem is None  # rows are read from disk slice by slice
+    b, _ = tr.local_batch(tr.train_ds, 3)
+    assert b.n == 100
+
+
+def test_a_file_that_is_not_a_data_set_is_a_one_line_error(tmp_path):
+    (tmp_path / "x.h5").write_text("not hdf5")
+    p = _desmpi("train", str(ROOT / "configs" / "fm.toml"), "--set",
+                f"data.train={tmp_path}/x.h5", "--set", "data.eval=")
+    assert p.returncode == 2 and "not a readable HDF5 file" in p.stderr
+    assert "Traceback" not in p.stderr

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from desmpi.data.batch import Batch
+from desmpi.data.reader import DataError
 
 FORMAT, VERSION = "desmpi-ctr", 1
 CHUNK_ROWS = 1 << 14
@@ -123,13 +124,13 @@ class CtrDataset:
         try:
             self.f = h5py.File(path, "r")
         except OSError as e:
-            raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
+            raise DataError(f"{path}: not a readable HDF5 file ({e})") from None
         a = self.f.attrs
         if a.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a desmpi data set (format attribute "
+            raise DataError(f"{path}: not a desmpi data set (format attribute "
                              f"{a.get('format')!r}, expected {FORMAT!r})")
         if int(a["version"]) != VERSION:
-            raise ValueError(f"{path}: data set version {a['version']}, this desmpi reads "
+            raise DataError(f"{path}: data set version {a['version']}, this desmpi reads "
                              f"{VERSION}")
         self.n_fields = int(a["n_fields"])
         self.n_dense = int(a["n_dense"])

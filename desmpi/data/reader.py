@@ -17,7 +17,7 @@ import numpy as np
 
 from desmpi.data.batch import Batch
 from desmpi.data.schema import Schema
-from desmpi.errors import UserError
+from desmpi.errors import DataError
 from desmpi.kernels.parse import (
     BAD_NONFINITE,
     REASONS,
@@ -52,10 +52,6 @@ def _after_parse(buf, n, dense, status, errcol, dense_cols) -> None:
     if rows.size:
         status[rows] = BAD_NONFINITE
         errcol[rows] = dense_cols[np.argmax(nonfin[rows], axis=1)]
-
-
-class DataError(UserError, ValueError):
-    """Input data that cannot be used; the message names file and line."""
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from desmpi.errors import DataError
 from desmpi.tomlcompat import tomllib
 
 CRITEO_DENSE = tuple(f"I{i}" for i in range(1, 14))
@@ -32,20 +33,20 @@ class Schema:
 
     def __post_init__(self) -> None:
         if len(self.delimiter.encode()) != 1:
-            raise ValueError(f"schema {self.name}: delimiter must be one byte, got "
+            raise DataError(f"schema {self.name}: delimiter must be one byte, got "
                              f"{self.delimiter!r}")
         if self.categorical_encoding not in ("hash", "hex"):
-            raise ValueError(f"schema {self.name}: categorical_encoding must be 'hash' or 'hex'")
+            raise DataError(f"schema {self.name}: categorical_encoding must be 'hash' or 'hex'")
         if self.dense_transform not in ("log1p", "none"):
-            raise ValueError(f"schema {self.name}: dense_transform must be 'log1p' or 'none'")
+            raise DataError(f"schema {self.name}: dense_transform must be 'log1p' or 'none'")
         if not self.categorical:
-            raise ValueError(f"schema {self.name}: needs at least one categorical column")
+            raise DataError(f"schema {self.name}: needs at least one categorical column")
         names = (self.label, *self.dense, *self.categorical)
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise ValueError(f"schema {self.name}: columns used twice: {sorted(dup)}")
+            raise DataError(f"schema {self.name}: columns used twice: {sorted(dup)}")
         if not self.header and not self.columns:
-            raise ValueError(f"schema {self.name}: without a header, 'columns' must list "
+            raise DataError(f"schema {self.name}: without a header, 'columns' must list "
                              "every column in order")
 
     def roles(self, columns: tuple[str, ...]) -> tuple[list[int], list[int]]:
@@ -53,7 +54,7 @@ class Schema:
         pos = {c: i for i, c in enumerate(columns)}
         missing = [c for c in (self.label, *self.dense, *self.categorical) if c not in pos]
         if missing:
-            raise ValueError(f"schema {self.name}: columns not found in the file: {missing}")
+            raise DataError(f"schema {self.name}: columns not found in the file: {missing}")
         roles = [0] * len(columns)
         slots = [0] * len(columns)
         roles[pos[self.label]] = 1
@@ -89,13 +90,13 @@ def load_schema(spec: str) -> Schema:
         try:
             d = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise DataError(f"{path}: {e}") from None
     unknown = set(d) - _KEYS
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
+        raise DataError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
     for k in ("label", "categorical"):
         if k not in d:
-            raise ValueError(f"{path}: missing key {k!r}")
+            raise DataError(f"{path}: missing key {k!r}")
     try:
         return Schema(
             name=d.get("name", path.stem), delimiter=d.get("delimiter", ","),
@@ -105,4 +106,4 @@ def load_schema(spec: str) -> Schema:
             categorical_encoding=d.get("categorical_encoding", "hash"),
             dense_transform=d.get("dense_transform", "log1p"))
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise DataError(f"{path}: {e}") from None
