@@ -177,25 +177,10 @@ def algorithm_time(kind: str, alg: str, net: A.Net, z: Sizes) -> float:
             return A.allreduce_node_aware(net, n, _leaders_allreduce(z))
         if alg in flat:
             return flat[alg](net, n)
-    elif fam == "reduce_scatter":
-        f = {"recursive_halving": A.reduce_scatter_recursive_halving,
-             "pairwise": A.reduce_scatter_pairwise, "ring": A.reduce_scatter_ring,
-             "butterfly": A.reduce_scatter_butterfly,
-             "nonoverlapping": lambda net, n, mb: A.allreduce_reduce_bcast(net, n)}.get(alg)
+    elif fam in _BLOCKED:  # f(net, n, largest block) or f(net, n, busiest rank's bytes)
+        f = _BLOCKED[fam].get(alg)
         if f is not None:
-            return f(net, n, mb)
-    elif fam == "allgather":
-        f = {"ring": A.allgather_ring, "recursive_doubling": A.allgather_recursive_doubling,
-             "bruck": A.allgather_bruck, "neighbor": A.allgather_neighbor,
-             "linear": A.allgather_linear, "two_proc": A.allgather_ring}.get(alg)
-        if f is not None:
-            return f(net, n, mb)
-    elif fam == "alltoall":
-        f = {"pairwise": A.alltoall_pairwise, "bruck": A.alltoall_bruck,
-             "scattered": A.alltoall_scattered, "linear": A.alltoall_linear,
-             "linear_sync": A.alltoall_linear, "two_proc": A.alltoall_pairwise}.get(alg)
-        if f is not None:
-            return f(net, n, mr)
+            return f(net, n, mr if fam == "alltoall" else mb)
     elif fam == "bcast":
         if alg == "binomial":
             return A.bcast_binomial(net, n)
@@ -214,6 +199,20 @@ def algorithm_time(kind: str, alg: str, net: A.Net, z: Sizes) -> float:
             return A.bcast_pipeline(net, n, seg=8192.0 if alg == "split_binary_tree" else n,
                                     tree_depth=2 * depth)
     raise ValueError(f"no algorithm {alg!r} for {kind}")
+
+
+_BLOCKED = {
+    "reduce_scatter": {"recursive_halving": A.reduce_scatter_recursive_halving,
+                       "pairwise": A.reduce_scatter_pairwise, "ring": A.reduce_scatter_ring,
+                       "butterfly": A.reduce_scatter_butterfly,
+                       "nonoverlapping": lambda net, n, mb: A.allreduce_reduce_bcast(net, n)},
+    "allgather": {"ring": A.allgather_ring, "recursive_doubling": A.allgather_recursive_doubling,
+                  "bruck": A.allgather_bruck, "neighbor": A.allgather_neighbor,
+                  "linear": A.allgather_linear, "two_proc": A.allgather_ring},
+    "alltoall": {"pairwise": A.alltoall_pairwise, "bruck": A.alltoall_bruck,
+                 "scattered": A.alltoall_scattered, "linear": A.alltoall_linear,
+                 "linear_sync": A.alltoall_linear, "two_proc": A.alltoall_pairwise},
+}
 
 
 def _leaders_allreduce(z: Sizes):
