@@ -31,6 +31,9 @@ _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "
                   "HYDRA_CONTROL_FD", "PMI_FD")
 
 
+ABORT_GRACE_S = 1.0  # pause between the last message and MPI_Abort (see Comm.abort)
+
+
 def launched_by_mpi() -> bool:
     """True when a launcher (mpiexec, mpirun, srun with PMI) started this process."""
     return any(v in os.environ for v in _LAUNCHER_VARS)
@@ -113,9 +116,7 @@ class Comm:
                     f"{self._last_kind or 'none'}): another rank is stuck or gone; aborting "
                     "the job (dist.timeout_s)\n")
                 sys.stderr.flush()
-                from mpi4py import MPI
-
-                MPI.COMM_WORLD.Abort(3)
+                self.abort(3)
 
     def _start(self) -> float:
         t0 = time.perf_counter()
@@ -308,11 +309,15 @@ class Comm:
         return out
 
     def abort(self, code: int = 1) -> None:
-        """End the whole job now (all ranks)."""
+        """End the whole job now (all ranks). The launcher forwards each rank's stderr
+        asynchronously and stops forwarding once it kills the job: a moment's pause first lets
+        the message that explains the abort reach the user."""
         if self._c is None:
             raise SystemExit(code)
         from mpi4py import MPI
 
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         MPI.COMM_WORLD.Abort(code)
 
 
