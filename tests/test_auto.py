@@ -91,3 +91,20 @@ def test_recommend_prints_the_ranking(data):
     for o in out:
         steps = [r["step_time_s"] for r in o["ranking"]]
         assert steps == sorted(steps) and len(steps) == 5
+
+
+def test_a_damaged_calibration_cache_is_measured_again(data, tmp_path):
+    from desmpi.whatif.choose import CACHED
+    from tests.conftest import mpi_env, mpiexec_path
+
+    env = {**mpi_env(), "DESMPI_CACHE": str(tmp_path / "cache")}
+    cmd = [mpiexec_path(), "-n", "2", sys.executable, "-m", "desmpi", "train",
+           str(ROOT / "configs" / "lr.toml"), "--set", f"data.train={data}/t.h5", "--set",
+           "data.eval=", "--set", "train.batch_size=512", "--set", "train.steps=2"]
+    for junk in (None, "{not json", json.dumps({"latency_s": 1e-6})):  # fresh, broken, old
+        for f in (tmp_path / "cache").glob("cluster-*.json") if junk else []:
+            f.write_text(junk)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+        assert p.returncode == 0, p.stderr[-2000:]
+        files = list((tmp_path / "cache").glob("cluster-*.json"))
+        assert len(files) == 1 and set(CACHED) <= set(json.loads(files[0].read_text()))

@@ -31,6 +31,8 @@ from sim.cluster import Cluster, ComputeRates, Level, load_cluster
 
 log = logging.getLogger("desmpi.choose")
 PROBE_BYTES = (1024, 65536, 1 << 20)  # bench comm sizes of the start-up calibration
+CACHED = ("latency_s", "bandwidth_Bps", "gemm_flops", "sparse_keys_per_s", "reduce_Bps",
+          "mem_Bps")
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,11 @@ def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
     if comm.rank == 0 and path.exists():
         try:
             cached = json.loads(path.read_text())
+            if not isinstance(cached, dict) or any(
+                    not isinstance(cached.get(k), (int, float)) for k in CACHED):
+                cached = None
         except (OSError, ValueError):
-            cached = None  # a damaged cache is measured again
+            cached = None  # a damaged or older cache is measured again
     cached = comm.bcast_object(cached)
     if cached is None:
         samples = bench_comm(comm, list(PROBE_BYTES), repeats=3) if comm.size > 1 else []
@@ -113,7 +118,7 @@ def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
     lvl = Level(cached["latency_s"], cached["bandwidth_Bps"])
     rates = ComputeRates(gemm_flops=cached["gemm_flops"],
                          sparse_keys_per_s=cached["sparse_keys_per_s"],
-                         mem_Bps=cached.get("mem_Bps", ComputeRates.mem_Bps))
+                         mem_Bps=cached["mem_Bps"])
     return Cluster(f"at hand ({nodes} node(s) x {ppn})", nodes, ppn, lvl, lvl,
                    os.cpu_count() or 0, rates, reduce_Bps=cached["reduce_Bps"])
 
