@@ -105,7 +105,8 @@ OMPI_ALLTOALLV = [(4, [(INF, "pairwise")]), (64, [(INF, "linear")]),
                   (128, [(INF, "pairwise")]), (256, [(INF, "linear")]),
                   (1024, [(INF, "pairwise")]), (INF, [(INF, "linear")])]
 # allgather: 1 linear, 2 bruck, 3 recursive_doubling, 4 ring, 5 neighbor, 6 two_proc; size =
-# one rank's block
+# one rank's block. Rows up to P < 512 as in the source; the last row (P >= 256) is also used
+# beyond 512 ranks, whose rows were not ported
 OMPI_ALLGATHER = [
     (3, [(INF, "two_proc")]),
     (32, [(INF, "recursive_doubling")]),
