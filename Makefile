@@ -1,5 +1,5 @@
 # Two entry points do all the set-up on a fresh machine with only Python and pip:
-#   make demo   - virtual environment + install + a short 2-rank DES DeepFM training on generated data
+#   make demo   - virtual environment + install + a short 2-rank DeepFM training (dist auto) on generated data
 #   make test   - virtual environment + install + the whole test suite (multi-rank tests included)
 PYTHON ?= python3
 VENV   ?= .venv

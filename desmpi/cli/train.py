@@ -192,7 +192,7 @@ def _demo(a, comm: Comm) -> int:
 
 
 def add_commands(sub) -> None:
-    d = sub.add_parser("demo", help="2-rank DES DeepFM on generated Criteo-schema data")
+    d = sub.add_parser("demo", help="2-rank DeepFM on generated Criteo-schema data (dist auto)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--ranks", type=int, default=2)
     d.add_argument("--rows", type=int, default=200_000)
