@@ -120,7 +120,7 @@ def _run_of(root: Path, step: int) -> str | None:
 
 def _prune(root: Path, keep: int, run_id: str | None = None) -> None:
     """Keep the ``keep`` newest complete checkpoints of run ``run_id``; another run's are
-    never touched (a run refuses a directory holding them, see desmpi.train)."""
+    never touched (a run refuses a directory holding them, see desmpi.rundirs)."""
     done = [s for s in complete_steps(root) if _run_of(root, s) == run_id]
     for s in done[:-keep] if keep > 0 else []:
         shutil.rmtree(step_dir(root, s), ignore_errors=True)

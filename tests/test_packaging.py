@@ -44,7 +44,8 @@ def test_only_comm_imports_mpi4py():
 
 
 def test_repository_stands_alone():
-    """Nothing tracked may read or link a path outside the repository (e.g. ../shared)."""
+    """Nothing tracked may read or link a path outside the repository (a sibling data folder
+    of the development machines, say): a user's clone has nothing beside it."""
     files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT,
                            check=True).stdout.split()
     assert files, "git ls-files listed nothing"
