@@ -19,9 +19,8 @@ from desmpi.data.batch import Batch
 from desmpi.data.schema import Schema
 from desmpi.errors import DataError
 from desmpi.kernels.parse import (
-    BAD_NONFINITE,
+    BLANK,
     REASONS,
-    ROLE_DENSE,
     count_lines,
     parse_block,
 )
@@ -30,28 +29,6 @@ log = logging.getLogger(__name__)
 BLOCK_BYTES = 16 << 20
 EXAMPLES_KEPT = 1000
 BOM = b"\xef\xbb\xbf"
-
-
-def _blank_lines(buf: np.ndarray, n: int) -> np.ndarray:
-    """(n,) bool: lines of ``buf`` with nothing on them (a lone '\\r' counts as nothing)."""
-    nl = np.flatnonzero(buf == 10)
-    starts = np.concatenate([[0], nl + 1])[:n]
-    ends = np.append(nl, buf.shape[0])[:n]
-    length = ends - starts
-    cr = (length > 0) & (buf[np.maximum(ends - 1, 0)] == 13)
-    return (length - cr) == 0
-
-
-def _after_parse(buf, n, dense, status, errcol, dense_cols) -> None:
-    """Good lines whose dense values came out non-finite (past float32's range, 'inf',
-    'nan') are bad lines too, with their first such column."""
-    if dense.shape[1] == 0:
-        return
-    nonfin = ~np.isfinite(dense)
-    rows = np.flatnonzero((status == 0) & nonfin.any(axis=1))
-    if rows.size:
-        status[rows] = BAD_NONFINITE
-        errcol[rows] = dense_cols[np.argmax(nonfin[rows], axis=1)]
 
 
 @dataclass
@@ -168,10 +145,6 @@ def read_text(path: str, schema: Schema, bad: BadLines, start: int = 0, end: int
             if f.read(3) == BOM:  # a BOM before the first data line: not data
                 start = 3
     delim = schema.delimiter.encode()[0]
-    dense_cols = np.full(n_dense, -1, dtype=np.int32)  # file column of each dense slot
-    for c, (role, slot) in enumerate(zip(roles, slots)):
-        if role == ROLE_DENSE:
-            dense_cols[slot] = c
     with open(path, "rb") as f:
         f.seek(start)
         pos, carry = start, b""
@@ -200,8 +173,7 @@ def read_text(path: str, schema: Schema, bad: BadLines, start: int = 0, end: int
                               schema.dense_transform == "log1p", labels, dense, keys, status,
                               errcol)
             assert got == n, (got, n)
-            _after_parse(buf, n, dense, status, errcol, dense_cols)
-            blank = _blank_lines(buf, n)
+            blank = status == BLANK
             nb = int(blank.sum())
             bad.blank += nb
             bad.lines += n - nb

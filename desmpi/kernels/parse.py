@@ -11,7 +11,8 @@ from numba import njit
 from desmpi.kernels.hashing import FIELD_SHIFT, MISSING_BIT, VALUE_MASK
 
 OK, BAD_FIELDS, BAD_LABEL, BAD_DENSE, BAD_CATEGORY, BAD_BYTES = 0, 1, 2, 3, 4, 5
-BAD_NONFINITE = 6  # set by the reader after parsing (a value past float32's range, inf, nan)
+BAD_NONFINITE = 6  # a dense value past float32's range, inf or nan
+BLANK = 7  # an empty line: neither data nor malformed (the reader counts it apart)
 REASONS = {
     BAD_FIELDS: "wrong number of fields",
     BAD_LABEL: "label is not 0 or 1",
@@ -128,6 +129,12 @@ def parse_block(buf, delim, roles, slots, hexcat, dense_log, labels, dense, keys
         lend = end
         if lend > pos and buf[lend - 1] == 13:  # CRLF
             lend -= 1
+        if lend == pos:
+            status[line] = BLANK
+            errcol[line] = -1
+            line += 1
+            pos = end + 1
+            continue
         st = 0
         ec = -1
         col = 0
@@ -156,10 +163,15 @@ def parse_block(buf, delim, roles, slots, hexcat, dense_log, labels, dense, keys
                             if st == 0:
                                 st = 3
                                 ec = col
-                        elif dense_log:
-                            dense[line, s] = np.log1p(v) if v > 0.0 else 0.0
                         else:
-                            dense[line, s] = v
+                            if dense_log:
+                                dense[line, s] = np.log1p(v) if v > 0.0 else 0.0
+                            else:
+                                dense[line, s] = v
+                            x = dense[line, s]  # as stored: float32 overflows to inf
+                            if not (x - x == 0.0) and st == 0:
+                                st = BAD_NONFINITE
+                                ec = col
                 elif role == 3:
                     base = np.int64(s + 1) << FIELD_SHIFT
                     if b == a:
