@@ -45,6 +45,11 @@ def _pof2(P: int) -> bool:
     return P & (P - 1) == 0
 
 
+def _per_peer(n: float, P: int, per_peer: float | None) -> float:
+    """Bytes a rank sends one peer in an alltoall (n: to all others together)."""
+    return n / max(P - 1, 1) if per_peer is None else per_peer
+
+
 def _table(rules: list[tuple[int, list[tuple[int, str]]]], P: int, size: float) -> str:
     """[(P below this, [(size below this, algorithm), ...]), ...]; the last bounds are inf."""
     for p_max, by_size in rules:
@@ -197,7 +202,7 @@ def _mpich(kind, fam, P, n, mb, per_peer, nodes, ppn, itemsize) -> str:
     if fam == "alltoall":
         if kind == "alltoallv":
             return "scattered"
-        pp = n / max(P - 1, 1) if per_peer is None else per_peer
+        pp = _per_peer(n, P, per_peer)
         if P < 8:
             return "scattered" if pp <= 32768 else "pairwise"
         return "bruck" if pp <= 256 else ("scattered" if pp <= 32768 else "pairwise")
@@ -219,7 +224,7 @@ def _openmpi(kind, fam, P, n, mb, per_peer) -> str:
     if fam == "alltoall":
         if kind == "alltoallv":
             return _table(OMPI_ALLTOALLV, P, n)
-        pp = n / max(P - 1, 1) if per_peer is None else per_peer
+        pp = _per_peer(n, P, per_peer)
         return _table(OMPI_ALLTOALL, P, pp)
     if fam == "allgather":  # allgatherv: the allgather rules on the mean block
         return _table(OMPI_ALLGATHER, P, n / P)
@@ -251,7 +256,7 @@ def _openmpi40(kind, fam, P, n, mb, per_peer) -> str:
             return "linear"
         if P == 2:
             return "two_proc"
-        pp = n / max(P - 1, 1) if per_peer is None else per_peer
+        pp = _per_peer(n, P, per_peer)
         if pp < 200 and P > 12:
             return "bruck"
         return "linear" if pp < 3000 else "pairwise"

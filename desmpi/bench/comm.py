@@ -53,6 +53,15 @@ def bench_comm(comm: Comm, sizes_bytes: list[int], repeats: int = 20) -> list[di
     return out
 
 
+def fit_network(rows: list[dict]):
+    """(Level, Fit): α and bandwidth fitted to :func:`bench_comm`'s rows (sim.calibrate)."""
+    from sim.calibrate import CommSample, fit_level
+
+    return fit_level([CommSample(r["kind"], r["P"], r["n"], r["time_s"],
+                                 max_block=r.get("max_block"), max_rank=r.get("max_rank"))
+                      for r in rows])
+
+
 def bench_compute(repeats: int = 5) -> dict:
     """Per-kernel rates of this process: GEMM flop/s, sparse key-columns/s and the reduction
     rate γ (``reduce_Bps``, :func:`reduce_rate`)."""

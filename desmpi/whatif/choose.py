@@ -80,8 +80,7 @@ def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
     if spec != "auto":
         cl = load_cluster(spec)
         return replace(cl, nodes=nodes, ranks_per_node=ppn)
-    from desmpi.bench.comm import bench_comm, bench_compute
-    from sim.calibrate import CommSample, fit_level
+    from desmpi.bench.comm import bench_comm, bench_compute, fit_network
 
     path = _cache_path(comm)
     cached = None
@@ -99,10 +98,7 @@ def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
         rates = bench_compute(repeats=3) if comm.rank == 0 else None
         cached = None
         if comm.rank == 0:
-            lvl = fit_level([CommSample(r["kind"], r["P"], r["n"], r["time_s"],
-                                        max_block=r.get("max_block"),
-                                        max_rank=r.get("max_rank"))
-                             for r in samples])[0] if samples else Level(0.0, float("inf"))
+            lvl = fit_network(samples)[0] if samples else Level(0.0, float("inf"))
             cached = {"latency_s": lvl.latency_s, "bandwidth_Bps": lvl.bandwidth_Bps,
                       "gemm_flops": rates["gemm_flops"],
                       "sparse_keys_per_s": rates["sparse_keys_per_s"],

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from desmpi.bench.comm import fit_network
 from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.launch import ROOT, run_json
 from desmpi.variants import Variant
 from desmpi.whatif.simulate import ModelInfo, comm_time, predict, profile
-from sim.calibrate import CommSample, fit_compute, fit_level
+from sim.calibrate import fit_compute
 from sim.cluster import Cluster, ComputeRates, Level
 
 log = logging.getLogger("desmpi.whatif.validate")
@@ -103,10 +104,7 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
         levels, fits = {}, {}
         for P in calibrated:
             rep = _run(P, ["bench", "comm"])
-            samples = [CommSample(r["kind"], r["P"], r["n"], r["time_s"],
-                                  max_block=r.get("max_block"), max_rank=r.get("max_rank"))
-                       for r in rep["samples"]]
-            levels[P], fits[P] = fit_level(samples)
+            levels[P], fits[P] = fit_network(rep["samples"])
             log.info("P=%d: fitted latency %.2e s, bandwidth %.3g B/s (median error %.1f%%)",
                      P, levels[P].latency_s, levels[P].bandwidth_Bps,
                      100 * fits[P].median_rel_error)
