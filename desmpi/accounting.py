@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from sim.accounting import Call
 
@@ -18,9 +18,12 @@ class KindTotals:
     payload_bytes: int = 0
     wire_bytes: int = 0
     time_s: float = 0.0
+    algorithms: dict[str, int] = field(default_factory=dict)  # calls per algorithm run
 
     def add(self, call: Call, time_s: float) -> None:
         self.calls += 1
+        a = call.algorithm or "textbook"
+        self.algorithms[a] = self.algorithms.get(a, 0) + 1
         self.elements += call.elements
         self.payload_bytes += call.payload_bytes
         self.wire_bytes += call.wire_bytes

@@ -3,7 +3,9 @@
 :class:`Comm` wraps its own ``Dup`` of ``COMM_WORLD`` (or nothing, at size 1 without MPI) and
 offers the collectives the strategies need on contiguous NumPy buffers — no pickling. Every call
 is recorded in :attr:`Comm.acct` with the exact payload and wire bytes of
-:mod:`sim.accounting` and the time spent in MPI.
+:mod:`sim.accounting` and the time spent in MPI; wire bytes follow the algorithm the MPI library
+selects for the call (:attr:`Comm.layout`: the library found by :func:`detect_library`, ranks per
+node from the shared-memory split).
 
 :func:`run_or_abort` runs a rank's main function and turns any exception into
 ``MPI_Abort`` of the whole job, after logging which rank failed and why, so that no other rank
@@ -23,7 +25,7 @@ import numpy as np
 
 from desmpi.accounting import Accounting
 from desmpi.errors import EXIT_USER_ERROR, UserError
-from sim.accounting import Call
+from sim.accounting import Call, Layout
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,14 @@ class Comm:
     All buffers are C-contiguous; counts are element counts along the flattened buffer.
     """
 
-    def __init__(self, mpi_comm=None, keep_log: bool = False) -> None:
+    def __init__(self, mpi_comm=None, keep_log: bool = False, layout: Layout | None = None
+                 ) -> None:
         self._c = mpi_comm
         self.rank = 0 if mpi_comm is None else mpi_comm.Get_rank()
         self.size = 1 if mpi_comm is None else mpi_comm.Get_size()
         self.acct = Accounting(keep_log=keep_log)
+        #: the library and ranks per node whose algorithms the wire bytes follow
+        self.layout = Layout() if layout is None else layout
         self._in_call: float | None = None  # start of the collective in progress (watchdog)
         self._last_kind = ""
         self._timeout, self._where, self._dog = 0.0, (lambda: ""), None
@@ -67,7 +72,9 @@ class Comm:
             return cls(None, keep_log=keep_log)
         from mpi4py import MPI
 
-        return cls(MPI.COMM_WORLD.Dup(), keep_log=keep_log)
+        comm = cls(MPI.COMM_WORLD.Dup(), keep_log=keep_log)
+        comm.layout = Layout(detect_library(MPI.Get_library_version()), comm.node_layout()[1])
+        return comm
 
     @classmethod
     def local(cls, keep_log: bool = False) -> Comm:
@@ -128,7 +135,10 @@ class Comm:
                 root: int = 0) -> None:
         self._in_call = None
         self._last_kind = kind
-        call = Call(kind, tuple(int(c) for c in counts), int(itemsize), self.rank, self.size, root)
+        cc = tuple(int(c) for c in counts)
+        alg = self.layout.algorithm(kind, cc, int(itemsize), self.size)
+        call = Call(kind, cc, int(itemsize), self.rank, self.size, root, alg,
+                    self.layout.ppn if alg else 1)
         self.acct.record(call, time.perf_counter() - t0, t0)
 
     @staticmethod
@@ -319,6 +329,30 @@ class Comm:
         sys.stderr.flush()
         time.sleep(ABORT_GRACE_S)
         MPI.COMM_WORLD.Abort(code)
+
+
+def detect_library(version: str) -> str:
+    """The :data:`sim.selection.LIBRARIES` name whose selection rules ``version`` (the text of
+    ``MPI_Get_library_version``) follows, or "" when none is ported (MPICH before 4, Intel MPI,
+    MVAPICH, Cray MPICH: their own tuning; the textbook forms are counted then). Overrides of
+    the selection (MPIR_CVAR_*_ALGORITHM, Open MPI dynamic rules) are warned about: the bytes
+    follow the default rules."""
+    import re
+
+    overridden = sorted(k for k in os.environ
+                        if (k.startswith("MPIR_CVAR_") and "ALGORITHM" in k)
+                        or k.startswith("OMPI_MCA_coll_tuned_"))
+    if overridden:
+        log.warning("collective algorithm selection overridden (%s): wire bytes follow the "
+                    "library's default rules", ", ".join(overridden))
+    head = version.strip().splitlines()[0] if version.strip() else ""
+    m = re.match(r"MPICH Version:\s*(\d+)", head)
+    if m and "MVAPICH" not in version and "Intel" not in version:
+        return "mpich" if int(m.group(1)) >= 4 else ""
+    m = re.match(r"Open MPI v(\d+)\.(\d+)", head)
+    if m:
+        return "openmpi" if (int(m.group(1)), int(m.group(2))) >= (4, 1) else "openmpi-4.0"
+    return ""
 
 
 def run_or_abort(main: Callable[[], int | None], comm: Comm | None = None) -> int:

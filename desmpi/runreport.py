@@ -78,7 +78,9 @@ def summary_of(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_l
         comm_rep[k] = {"calls_per_step": tot["calls"] / P / steps,
                        "payload_bytes_per_step": tot["payload_bytes"] / P / steps,
                        "wire_bytes_per_step": tot["wire_bytes"] / P / steps,
-                       "time_s_per_step": tot["time_s"] / P / steps}
+                       "time_s_per_step": tot["time_s"] / P / steps,
+                       # the algorithms MPI ran (rank 0's calls; every rank runs the same)
+                       "algorithms": every[0]["counters"].get(k, {}).get("algorithms", {})}
     keys = sum(e["keys"] for e in every)
     # throughput leaves out the first step (JIT compilation or cache loading, table warm-up)
     warm = step_times[1:] if len(step_times) > 1 else step_times
@@ -90,6 +92,8 @@ def summary_of(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_l
         "choice": tr.choice.as_dict() if tr.choice is not None else None,
         "aggregate": tr.variant.aggregate, "input": tr.variant.input,
         "world_size": P, "global_batch": cfg.train.batch_size, "steps": len(step_times),
+        # whose algorithm selection the wire bytes follow ("" = textbook forms)
+        "mpi": comm.layout.mpi, "ranks_per_node": comm.layout.ppn,
         "total_steps": tr.total_steps,
         "samples": samples, "train_logloss": last_loss,
         "train_logloss_mean": float(np.mean(losses)) if losses else float("nan"),

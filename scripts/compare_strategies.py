@@ -31,20 +31,22 @@ from desmpi.models import build_model
 from desmpi.strategies.counts import ModelDims, count_step
 from desmpi.strategies.plans import traffic
 from desmpi.variants import COMPARED, Variant
+from sim.accounting import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = list(COMPARED)
 PS = Variant("ps")
 
 
-def planned(ds: CtrDataset, dims: dict, P: int, B: int, steps: int) -> dict:
+def planned(ds: CtrDataset, dims: dict, P: int, B: int, steps: int, layout: Layout,
+            variants=VARIANTS) -> dict:
     """Mean over ranks and steps of planned wire bytes per step, per variant (``dims``: the
-    ModelDims of each variant's model)."""
-    out = {v: 0.0 for v in VARIANTS}
+    ModelDims of each variant's model), under ``layout``'s algorithms."""
+    out = {v: 0.0 for v in variants}
     for t in range(steps):
         c = count_step(ds.read(t * B, (t + 1) * B), P, ds.onehot, ds.has("values"))
-        for v in VARIANTS:
-            _, wire = traffic(v, c, dims[v])
+        for v in variants:
+            _, wire = traffic(v, c, dims[v], layout)
             out[v] += wire.mean() / steps
     return out
 
@@ -74,6 +76,10 @@ def main() -> int:
     ap.add_argument("--real-ranks", default="1,2,4")
     ap.add_argument("--plan-ranks", default="1,2,4,8,16,32,64,128,256,512,1024")
     ap.add_argument("--cap", type=int, default=None, help="cap on field cardinalities")
+    ap.add_argument("--mpi", default="mpich", help="library whose algorithms the planned bytes "
+                    "follow (mpich, openmpi, openmpi-4.0; '' for the textbook ring forms)")
+    ap.add_argument("--ranks-per-node", type=int, default=1,
+                    help="ranks per node of the planned cluster (block placement)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override every model's config (e.g. model.embed_dim=64)")
     ap.add_argument("--quick", action="store_true", help="small CI-sized run")
@@ -100,7 +106,8 @@ def main() -> int:
                                                 0, v.deep_input(cfg.model.deep_input)))
                     for v in VARIANTS}
             t0 = time.perf_counter()
-            plan = {P: planned(ds, dims, P, a.batch, a.steps) for P in plan_ranks}
+            plan = {P: planned(ds, dims, P, a.batch, a.steps,
+                               Layout(a.mpi, min(a.ranks_per_node, P))) for P in plan_ranks}
             print(f"{name}: planned {len(plan_ranks)} P values in "
                   f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
             for P in plan_ranks:
@@ -111,16 +118,22 @@ def main() -> int:
                                  "wire_bytes_per_sample": w * P / a.batch,
                                  "saving_vs_ps": 1 - w / plan[P][PS]
                                  if plan[P][PS] else float("nan"),
-                                 "counted_wire_bytes_per_step": "", "step_time_s": ""})
+                                 "counted_wire_bytes_per_step": "",
+                                 "planned_here_wire_bytes_per_step": "", "step_time_s": ""})
             for P in real_ranks:
                 for v in VARIANTS:
                     s = real_run(cfg_path, data, P, v, a.batch, a.steps, extra)
                     row = next(r for r in rows if r["model"] == name and r["P"] == P
                                and r["variant"] == v.name)
+                    # the run's own library and layout (this machine: one node)
+                    here = planned(ds, dims, P, a.batch, a.steps,
+                                   Layout(s["mpi"], s["ranks_per_node"]), [v])[v]
                     row["counted_wire_bytes_per_step"] = s["wire_bytes_per_step"]
+                    row["planned_here_wire_bytes_per_step"] = here
                     row["step_time_s"] = s["step_time_s"]
                     print(f"  real P={P} {v}: counted {s['wire_bytes_per_step']:.0f}"
-                          f" planned {row['wire_bytes_per_step']:.0f} B/step, step "
+                          f" planned {here:.0f} B/step ({s['mpi'] or 'textbook'}, "
+                          f"{s['ranks_per_node']} rank(s)/node), step "
                           f"{s['step_time_s']:.3f} s", file=sys.stderr)
     with open(out / "strategies.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -133,15 +146,21 @@ def main() -> int:
 def write_markdown(path: Path, rows, models, plan_ranks, a) -> None:
     cmd = "python scripts/compare_strategies.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("out", a.out), ("models", a.models),
-                                                    ("batch", a.batch), ("steps", a.steps))) \
+                                                    ("batch", a.batch), ("steps", a.steps),
+                                                    ("mpi", a.mpi or "''"),
+                                                    ("ranks-per-node", a.ranks_per_node))) \
         + "".join(f" --set {kv}" for kv in a.set)
     L = [f"# Communication per strategy (generated by `{cmd}`)", "",
          f"Criteo-schema synthetic data (26 fields, Kaggle cardinalities"
          f"{'' if a.cap is None else f' capped at {a.cap}'}, power-law ids), global batch "
          f"{a.batch}, float32, default configs (`configs/*.toml`). Wire bytes are what one rank "
-         "sends per step under ring/pairwise algorithms (mean over ranks and over "
-         f"{a.steps} batches), planned from the batches' keys; *counted* is what the real "
-         "`mpiexec` run recorded (must be equal). Saving = 1 − wire(variant)/wire(ps). "
+         "sends per step (mean over ranks and over "
+         f"{a.steps} batches), planned from the batches' keys under the algorithms "
+         f"{a.mpi or 'textbook (ring/pairwise)'} selects for each call's sizes with "
+         f"{a.ranks_per_node} rank(s) per node (`sim.wire`). *Counted* is what the real "
+         "`mpiexec` run on this one machine recorded under its own library and layout, and "
+         "*planned here* the plan for that library and layout (the two must be equal). "
+         "Saving = 1 − wire(variant)/wire(ps). "
          "`+replicate`: every rank reads the whole global batch from the data set (no input "
          "Allgatherv; the DES paper's setting, I/O instead of MPI).", ""]
     for name in models:
@@ -153,14 +172,17 @@ def write_markdown(path: Path, rows, models, plan_ranks, a) -> None:
         L += [f"## {name} (partial width W = {wtxt})" if len(widths) > 1
               else f"## {name} (partial width W = {mr[0]['W']})", "",
               "| P | variant | wire MB/step/rank | wire B/sample | saving vs ps | counted "
-              "MB/step/rank | step time s |", "|---:|---|---:|---:|---:|---:|---:|"]
+              "MB/step/rank | planned here | step time s |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|"]
         for r in mr:
-            cw, st = r["counted_wire_bytes_per_step"], r["step_time_s"]
+            cw, ph, st = (r["counted_wire_bytes_per_step"], r["planned_here_wire_bytes_per_step"],
+                          r["step_time_s"])
             cws = "" if cw == "" else f"{cw / 1e6:.4f}"
+            phs = "" if ph == "" else f"{ph / 1e6:.4f}"
             sts = "" if st == "" else f"{st:.3f}"
             L.append(f"| {r['P']} | {r['variant']} | {r['wire_bytes_per_step'] / 1e6:.4f} | "
                      f"{r['wire_bytes_per_sample']:.1f} | {r['saving_vs_ps']:+.1%} | "
-                     f"{cws} | {sts} |")
+                     f"{cws} | {phs} | {sts} |")
         ser = {lab: {r["P"]: r["wire_bytes_per_step"] for r in mr if r["variant"] == lab}
                for lab in {r["variant"] for r in mr}}
         L.append("")

@@ -3,10 +3,13 @@
 Two figures per call and rank r of P:
 
 * payload: the bytes the rank hands to MPI for *other* ranks (self-sends excluded; 0 at P = 1);
-* wire: the bytes the rank sends under the standard algorithm.
+* wire: the bytes the rank sends under the algorithm the MPI library runs.
 
-Wire bytes follow the ring / pairwise algorithms exactly, with integer chunking, so that the
-numbers are integers and planned == counted holds with ``==``:
+A call names its algorithm when the library is known (:class:`Layout`: the library's own
+selection rules, :mod:`sim.selection`, applied to the call's sizes; the exact bytes of each
+algorithm in :mod:`sim.wire`). A call with no algorithm named (``algorithm = ""``) takes the
+textbook ring / pairwise forms, exact with integer chunking, so that planned == counted holds
+with ``==``:
 
 * Allreduce (ring = reduce-scatter ring + allgather ring) of n elements split into P chunks as
   ``numpy.array_split`` does (first n mod P chunks one larger): rank r sends every chunk but
@@ -52,6 +55,8 @@ class Call:
     rank: int
     size: int
     root: int = 0
+    algorithm: str = ""  # what the library runs ("" = the textbook forms)
+    ppn: int = 1  # ranks per node, block placement (node-aware algorithms)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -115,10 +120,16 @@ def payload_bytes(call: Call) -> int:
 
 
 def wire_bytes(call: Call) -> int:
-    """Bytes this rank sends under the standard algorithm (module docstring)."""
+    """Bytes this rank sends under its algorithm (module docstring)."""
     k, c, r, p, s = call.kind, call.counts, call.rank, call.size, call.itemsize
     if p == 1 or k == "barrier":
         return 0
+    if call.algorithm:
+        from sim import wire
+
+        if k in ("alltoall", "alltoallv"):  # one rank's row is all it takes
+            return int(wire.alltoall_row(call.algorithm, c, r, p)) * s
+        return int(wire.sent(k, call.algorithm, c, p, call.root, call.ppn, s)[r]) * s
     if k == "allreduce":
         ch = _chunks(c[0], p)
         return (2 * c[0] - ch[r] - ch[(r + 1) % p]) * s
@@ -146,6 +157,8 @@ class Collective:
     itemsize: int
     counts: np.ndarray
     root: int = 0
+    algorithm: str = ""  # as in Call
+    ppn: int = 1
 
     def call(self, rank: int, size: int) -> Call:
         """This rank's :class:`Call`."""
@@ -154,7 +167,8 @@ class Collective:
             cc = tuple(int(x) for x in c[rank])
         else:
             cc = tuple(int(x) for x in c)
-        return Call(self.kind, cc, self.itemsize, rank, size, self.root)
+        return Call(self.kind, cc, self.itemsize, rank, size, self.root, self.algorithm,
+                    self.ppn)
 
     def bytes_per_rank(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(payload, wire) bytes of every rank, (P,) each; equal to each rank's Call."""
@@ -164,6 +178,11 @@ class Collective:
         z = np.zeros(P, dtype=np.int64)
         if P == 1 or self.kind == "barrier":
             return z, z.copy()
+        if self.algorithm:
+            from sim import wire
+
+            pay, _ = Collective(self.kind, s, c, self.root).bytes_per_rank(P)
+            return pay, wire.sent(self.kind, self.algorithm, c, P, self.root, self.ppn, s) * s
         r = np.arange(P)
         if self.kind == "allreduce":
             n = int(c[0])
@@ -183,3 +202,50 @@ class Collective:
             kids = np.array([_binomial_children(i, self.root, P) for i in range(P)])
             return pay, int(c[0]) * s * kids
         raise ValueError(self.kind)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The MPI library that runs the collectives (``mpi``: a name of
+    :data:`sim.selection.LIBRARIES`, or ``""`` for none named: the textbook forms) and the
+    ranks per node (block placement: rank r on node r // ppn)."""
+
+    mpi: str = ""
+    ppn: int = 1
+
+    def __post_init__(self) -> None:
+        from sim.selection import LIBRARIES
+
+        if self.mpi and self.mpi not in LIBRARIES:
+            raise ValueError(f"unknown MPI library {self.mpi!r}; known: {', '.join(LIBRARIES)}")
+        if self.ppn < 1:
+            raise ValueError(f"ranks per node must be >= 1, got {self.ppn}")
+
+    def algorithm(self, kind: str, counts, itemsize: int, P: int) -> str:
+        """What the library runs for a call of ``kind`` with these element counts over P
+        ranks (counts as in :class:`Call` or :class:`Collective`; alltoall: equal counts)."""
+        if not self.mpi or P <= 1 or kind == "barrier":
+            return ""
+        from sim.selection import select
+
+        ppn = min(self.ppn, P)
+        nodes = -(-P // ppn)
+        if kind in ("allreduce", "bcast"):
+            n = int(counts[0]) * itemsize
+            return select(self.mpi, kind, P, n, nodes=nodes, ppn=ppn, itemsize=itemsize)
+        if kind in ("allgather", "allgatherv", "reduce_scatter"):
+            tot = sum(int(x) for x in counts) * itemsize
+            mb = max(int(x) for x in counts) * itemsize
+            return select(self.mpi, kind, P, tot, mb=mb, nodes=nodes, ppn=ppn,
+                          itemsize=itemsize)
+        if kind == "alltoall":  # equal counts: bytes per peer
+            import numpy as np
+
+            pp = int(np.max(counts)) * itemsize
+            return select(self.mpi, kind, P, pp * (P - 1), per_peer=pp, nodes=nodes, ppn=ppn,
+                          itemsize=itemsize)
+        return select(self.mpi, kind, P, 0, per_peer=0, nodes=nodes, ppn=ppn,
+                      itemsize=itemsize)  # alltoallv: by P alone in every library ported
+
+
+TEXTBOOK = Layout()  # no library named: the textbook ring / pairwise / binomial forms

@@ -55,3 +55,221 @@ def test_bcast_binomial_tree_sends_p_minus_1_messages(P, root):
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown collective"):
         Call("gatherv", (1,), 8, 0, 1)
+
+
+# ---- wire bytes of the algorithm the library runs (sim.wire) against step-by-step runs -------
+# Each reference below runs the algorithm on real data, rank by rank and step by step as MPICH
+# writes it (src/mpi/coll/...), checks that it computes the collective, and counts what every
+# rank sends: an independent check of the vectorised forms of sim.wire.
+
+def _fold_ranks(P):
+    p2 = 1 << (P.bit_length() - 1)
+    rem = P - p2
+    return p2, rem, [(-1 if r % 2 == 0 else r // 2) if r < 2 * rem else r - rem
+                     for r in range(P)]
+
+
+def _run_allreduce(alg, n, P):
+    import numpy as np
+
+    rng = np.random.default_rng(P * 1000 + n)
+    data = [rng.integers(0, 9, n) for _ in range(P)]
+    sent = [0] * P
+    p2, rem, new = _fold_ranks(P)
+    buf = [d.copy() for d in data]
+    for r in range(0, 2 * rem, 2):  # even ranks hand their vector to r + 1
+        sent[r] += n
+        buf[r + 1] = buf[r + 1] + buf[r]
+    who = {new[r]: r for r in range(P) if new[r] >= 0}  # newrank -> rank
+    if alg == "recursive_doubling":
+        mask = 1
+        while mask < p2:
+            nxt = {}
+            for nr, r in who.items():
+                sent[r] += n
+                nxt[nr] = buf[r] + buf[who[nr ^ mask]]
+            for nr, r in who.items():
+                buf[r] = nxt[nr]
+            mask <<= 1
+    else:  # rabenseifner: MPICH reduce_scatter_allgather, cnts as there
+        cnts = [n // p2 + (1 if i < n % p2 else 0) for i in range(p2)]
+        disp = [sum(cnts[:i]) for i in range(p2 + 1)]
+        lo = {nr: 0 for nr in who}
+        hi = {nr: p2 for nr in who}
+        mask, ranges = 1, []
+        while mask < p2:
+            nxt = {}
+            for nr, r in who.items():
+                mid = (lo[nr] + hi[nr]) // 2
+                keep = (lo[nr], mid) if nr < nr ^ mask else (mid, hi[nr])
+                give = (mid, hi[nr]) if nr < nr ^ mask else (lo[nr], mid)
+                sent[r] += disp[give[1]] - disp[give[0]]
+                a, b = disp[keep[0]], disp[keep[1]]
+                part = buf[who[nr ^ mask]]
+                v = buf[r].copy()
+                v[a:b] += part[a:b]
+                nxt[nr] = (v, keep)
+            for nr, r in who.items():
+                buf[r], (lo[nr], hi[nr]) = nxt[nr]
+            ranges.append(mask)
+            mask <<= 1
+        for mask in reversed(ranges):  # allgather back: send what one holds
+            nxt = {}
+            for nr, r in who.items():
+                sent[r] += disp[hi[nr]] - disp[lo[nr]]
+                o = nr ^ mask
+                v = buf[r].copy()
+                v[disp[lo[o]]:disp[hi[o]]] = buf[who[o]][disp[lo[o]]:disp[hi[o]]]
+                nxt[nr] = (v, (min(lo[nr], lo[o]), max(hi[nr], hi[o])))
+            for nr, r in who.items():
+                buf[r], (lo[nr], hi[nr]) = nxt[nr]
+    for r in range(1, 2 * rem, 2):  # the result back to the even ranks
+        sent[r] += n
+        buf[r - 1] = buf[r]
+    for b in buf:
+        assert np.array_equal(b, sum(data)), alg
+    return sent
+
+
+@pytest.mark.parametrize("alg", ["recursive_doubling", "rabenseifner"])
+@pytest.mark.parametrize("P", [2, 3, 4, 5, 6, 7, 8, 12])
+@pytest.mark.parametrize("n", [1, 13, 64, 101])
+def test_allreduce_wire_against_step_by_step(alg, P, n):
+    from sim import wire
+
+    if alg == "rabenseifner" and n < (1 << (P.bit_length() - 1)):
+        return  # MPICH runs recursive doubling below one element per rank
+    assert wire.allreduce(alg, n, P).tolist() == _run_allreduce(alg, n, P)
+
+
+def _run_allgather(alg, c):
+    """Blocks held per rank, step by step; returns what each rank sent."""
+    P = len(c)
+    held = [{r} for r in range(P)]
+    sent = [0] * P
+    if alg == "recursive_doubling":
+        mask = 1
+        while mask < P:
+            new = [held[r] | held[r ^ mask] for r in range(P)]
+            for r in range(P):
+                sent[r] += sum(c[b] for b in held[r])
+            held = new
+            mask <<= 1
+    elif alg == "bruck":  # step k: send the first min(k, P - k) blocks held to r - k
+        order = [[r] for r in range(P)]
+        k = 1
+        while k < P:
+            cnt = min(k, P - k)
+            new = [order[r] + order[(r + k) % P][:cnt] for r in range(P)]
+            for r in range(P):
+                sent[r] += sum(c[b] for b in order[r][:cnt])
+            order = new
+            k <<= 1
+        held = [set(o) for o in order]
+    elif alg == "ring":
+        for s in range(P - 1):
+            for r in range(P):
+                b = (r - s) % P
+                sent[r] += c[b]
+                held[(r + 1) % P].add(b)
+    assert all(h == set(range(P)) for h in held), alg
+    return sent
+
+
+@pytest.mark.parametrize("alg", ["recursive_doubling", "bruck", "ring"])
+@pytest.mark.parametrize("P", [2, 3, 4, 5, 8, 11])
+def test_allgather_wire_against_step_by_step(alg, P):
+    import numpy as np
+
+    from sim import wire
+
+    if alg == "recursive_doubling" and P & (P - 1):
+        return  # falls back to Bruck (tested there)
+    c = np.random.default_rng(P).integers(0, 50, P)
+    got = wire.allgather(alg, c, P).tolist()
+    assert got == _run_allgather(alg, c.tolist())
+    assert sum(got) == (P - 1) * int(c.sum())  # every block reaches P - 1 ranks once
+
+
+@pytest.mark.parametrize("P", [2, 3, 5, 6, 8])
+def test_reduce_scatter_recursive_halving(P):
+    """MPICH recursive halving: even ranks r < 2·rem send all n to r + 1 and get their block
+    back; every other rank sends every block but its own (and the odd folded ranks the even
+    neighbour's block back, which it did not keep)."""
+    import numpy as np
+
+    from sim import wire
+
+    c = np.arange(3, 3 + P)
+    n = int(c.sum())
+    rem = P - (1 << (P.bit_length() - 1))
+    want = [n if (r < 2 * rem and r % 2 == 0) else n - int(c[r]) for r in range(P)]
+    assert wire.reduce_scatter("recursive_halving", c, P).tolist() == want
+
+
+@pytest.mark.parametrize("P", [2, 3, 4, 5, 8, 9])
+def test_collective_and_call_agree_for_every_algorithm(P):
+    """The simulator's view (all ranks at once) and each rank's Call give the same bytes."""
+    import numpy as np
+
+    from sim import wire
+    from sim.accounting import Collective
+
+    rng = np.random.default_rng(P)
+    blocks = rng.integers(0, 30, P)
+    cases = [("allreduce", [97], a) for a in ("ring", "recursive_doubling", "rabenseifner",
+                                               "binomial", "linear", "node_aware")]
+    cases += [("reduce_scatter", blocks, a) for a in ("pairwise", "recursive_halving",
+                                                      "nonoverlapping")]
+    cases += [("allgatherv", blocks, a) for a in ("ring", "recursive_doubling", "bruck",
+                                                  "linear")]
+    cases += [("alltoall", np.full((P, P), 3), a) for a in ("pairwise", "bruck", "scattered")]
+    cases += [("alltoallv", rng.integers(0, 9, (P, P)), "scattered")]
+    cases += [("bcast", [50], a) for a in ("binomial", "scatter_ring_allgather",
+                                           "scatter_rd_allgather", "knomial", "chain")]
+    for kind, counts, alg in cases:
+        col = Collective(kind, 4, np.asarray(counts), root=P - 1, algorithm=alg, ppn=2)
+        _, w = col.bytes_per_rank(P)
+        per_call = [col.call(r, P).wire_bytes for r in range(P)]
+        assert w.tolist() == per_call, (kind, alg)
+        assert (w >= 0).all()
+        if kind == "bcast":  # trees: every rank but the root receives the n bytes once;
+            tree = alg in ("binomial", "knomial", "chain")  # scatter + allgather: more
+            assert (w.sum() == (P - 1) * 50 * 4) if tree else (w.sum() >= (P - 1) * 50 * 4)
+    assert wire.bcast("binomial", 10, P, 0).sum() == (P - 1) * 10
+
+
+def test_layout_names_the_algorithm_the_simulator_costs():
+    """The accounting's algorithm is the one sim.collectives times for the same sizes."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from sim.accounting import Collective, Layout
+    from sim.cluster import PRESETS
+    from sim.collectives import chosen, sizes
+
+    for mpi in ("mpich", "openmpi", "openmpi-4.0"):
+        for P, ppn in [(2, 2), (4, 1), (8, 4), (6, 3), (64, 8)]:
+            cl = replace(PRESETS["10gbe"], mpi=mpi, ranks_per_node=ppn).with_ranks(P)
+            lay = Layout(mpi, ppn)
+            for kind, counts in [("allreduce", [10]), ("allreduce", [300000]),
+                                 ("reduce_scatter", np.full(P, 7)),
+                                 ("allgatherv", np.arange(P) * 1000),
+                                 ("alltoall", np.full((P, P), 2)),
+                                 ("alltoallv", np.ones((P, P), dtype=int))]:
+                col = Collective(kind, 4, np.asarray(counts))
+                assert lay.algorithm(kind, col.counts, 4, P) == \
+                    chosen(sizes(col, P), cl, P), (mpi, P, kind)
+
+
+def test_detect_library():
+    from desmpi.comm import detect_library
+
+    assert detect_library("MPICH Version:      5.0.2\nMPICH Release date: ...") == "mpich"
+    assert detect_library("MPICH Version:\t3.4.3\n") == ""
+    assert detect_library("Open MPI v4.1.5, package: Open MPI ...") == "openmpi"
+    assert detect_library("Open MPI v5.0.3, package") == "openmpi"
+    assert detect_library("Open MPI v4.0.7, package") == "openmpi-4.0"
+    assert detect_library("Intel(R) MPI Library 2021.10 for Linux*") == ""
+    assert detect_library("MVAPICH2 Version      :\t2.3.7") == ""

@@ -34,7 +34,7 @@ def _whatif(a, comm: Comm) -> int:
     from desmpi.config import load
     from desmpi.data.h5 import CtrDataset
     from desmpi.variants import parse, parse_list
-    from desmpi.whatif.simulate import ModelInfo, crossovers, predict, profile, recommend
+    from desmpi.whatif.simulate import ModelInfo, crossovers, layout_of, predict, profile, recommend
     from sim.cluster import ComputeRates, load_cluster
 
     if a.config is None:
@@ -53,13 +53,22 @@ def _whatif(a, comm: Comm) -> int:
                              r.get("mem_Bps", ComputeRates.mem_Bps))
     batches = _ints(a.batch) if a.batch else [cfg.train.batch_size]
     t0 = time.perf_counter()
-    profs = [p for B in batches for P in _ints(a.ranks)
-             for p in profile(ds, info, P, B, a.profile_batches, variants)]
+    # bytes follow each cluster's MPI library and ranks per node: one profile per layout
+    profs: dict = {}
+    for B in batches:
+        for P in _ints(a.ranks):
+            for cl in clusters:
+                lay = layout_of(cl, P)
+                if (B, P, lay) not in profs:
+                    profs[B, P, lay] = profile(ds, info, P, B, a.profile_batches, variants,
+                                               layout=lay)
     t1 = time.perf_counter()
-    rows = [predict(p, cl, rates, a.algorithm) for p in profs for cl in clusters]
+    rows = [predict(p, cl, rates, a.algorithm) for B in batches for P in _ints(a.ranks)
+            for i in range(len(variants)) for cl in clusters
+            for p in [profs[B, P, layout_of(cl, P)][i]]]
     t2 = time.perf_counter()
     log.info("profiled %d (P, batch) points in %.2f s; costed %d configurations in %.3f s",
-             len(profs) // len(variants), t1 - t0, len(rows), t2 - t1)
+             len(batches) * len(_ints(a.ranks)), t1 - t0, len(rows), t2 - t1)
     rec = recommend(rows, a.target)
     pairs = [(parse(x), parse(y)) for x, y in (("des", "ps"), ("des", "des-a2a"),
                                                  ("des-read", "ps"))]

@@ -12,19 +12,24 @@ import numpy as np
 from desmpi.data.batch import Batch
 from desmpi.strategies.counts import ModelDims, StepCounts, count_step
 from desmpi.variants import Variant
-from sim.accounting import Call, Collective
+from sim.accounting import TEXTBOOK, Call, Collective, Layout
 
 I64 = 8  # keys, lengths and counts travel as int64
 
 
-def collectives(v: Variant, c: StepCounts, m: ModelDims) -> list[Collective]:
-    """The collectives of one training step of variant ``v``, in call order, for all ranks."""
+def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBOOK
+                ) -> list[Collective]:
+    """The collectives of one training step of variant ``v``, in call order, for all ranks;
+    each names the algorithm ``layout``'s MPI library runs for it (wire bytes follow it)."""
     strategy, aggregate, replicate_input = v.strategy, v.aggregate, v.replicate_input
     P, F, W, isz = c.P, c.n_fields, m.W, m.itemsize
     out: list[Collective] = []
 
     def add(kind: str, counts, itemsize: int) -> None:
-        out.append(Collective(kind, itemsize, np.asarray(counts, dtype=np.int64)))
+        cc = np.asarray(counts, dtype=np.int64)
+        alg = layout.algorithm(kind, cc, itemsize, P)
+        out.append(Collective(kind, itemsize, cc, algorithm=alg,
+                              ppn=layout.ppn if alg else 1))
 
     def dense_allreduce() -> None:
         add("allreduce", [m.D + 1], isz)  # dense gradients + the loss sum
@@ -78,22 +83,25 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims) -> list[Collective]:
     return out
 
 
-def plan(v: Variant, c: StepCounts, m: ModelDims, rank: int) -> list[Call]:
+def plan(v: Variant, c: StepCounts, m: ModelDims, rank: int, layout: Layout = TEXTBOOK
+         ) -> list[Call]:
     """Rank ``rank``'s calls of one step, in order."""
-    return [x.call(rank, c.P) for x in collectives(v, c, m)]
+    return [x.call(rank, c.P) for x in collectives(v, c, m, layout)]
 
 
-def plan_batch(v: Variant, b: Batch, P: int, m: ModelDims) -> list[Collective]:
+def plan_batch(v: Variant, b: Batch, P: int, m: ModelDims, layout: Layout = TEXTBOOK
+               ) -> list[Collective]:
     """The collectives of global batch ``b`` (B samples) at P ranks: no Trainer, no tables,
     no communication; ``m`` from :meth:`ModelDims.of` of the variant's model."""
-    return collectives(v, count_step(b, P), m)
+    return collectives(v, count_step(b, P), m, layout)
 
 
-def traffic(v: Variant, c: StepCounts, m: ModelDims) -> tuple[np.ndarray, np.ndarray]:
+def traffic(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBOOK
+            ) -> tuple[np.ndarray, np.ndarray]:
     """(payload, wire) bytes of one step for every rank, (P,) each (vectorised over ranks)."""
     pay = np.zeros(c.P, dtype=np.int64)
     wire = np.zeros(c.P, dtype=np.int64)
-    for x in collectives(v, c, m):
+    for x in collectives(v, c, m, layout):
         p, w = x.bytes_per_rank(c.P)
         pay += p
         wire += w

@@ -122,14 +122,14 @@ def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
 def rank_variants(ds: CtrDataset, cfg, P: int, cluster: Cluster,
                   candidates: list[Variant], n_batches: int = 2) -> list[dict]:
     """Predicted step of each candidate at P ranks on ``cluster``, fastest first."""
-    from desmpi.whatif.simulate import ModelInfo, predict, profile
+    from desmpi.whatif.simulate import ModelInfo, layout_of, predict, profile
 
     B = min(cfg.train.batch_size, ds.n)
     nb = max(1, min(n_batches, ds.n // B))
     info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, cfg.train.dtype,
                                  candidates)
-    rows = [predict(p, cluster, cluster.compute) for p in profile(ds, info, P, B, nb,
-                                                                   candidates)]
+    rows = [predict(p, cluster, cluster.compute)
+            for p in profile(ds, info, P, B, nb, candidates, layout=layout_of(cluster, P))]
     return sorted(rows, key=lambda r: r["step_time_s"])
 
 

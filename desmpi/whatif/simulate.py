@@ -17,6 +17,7 @@ from desmpi.models import Model
 from desmpi.strategies.counts import ModelDims, StepCounts, count_step
 from desmpi.strategies.plans import collectives
 from desmpi.variants import Variant
+from sim.accounting import TEXTBOOK, Layout
 from sim.cluster import Cluster, ComputeRates
 from sim.collectives import Sizes, sized_time, sizes
 from sim.compute import Work, compute_time
@@ -96,9 +97,11 @@ class Profiled:
 
 
 def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_batches: int,
-            variants: list[Variant], first_batch: int = 0) -> list[Profiled]:
+            variants: list[Variant], first_batch: int = 0, layout: Layout = TEXTBOOK
+            ) -> list[Profiled]:
     """Count ``n_batches`` global batches of size B at P ranks once; plan every variant
-    (``infos``: its model, :meth:`ModelInfo.per_variant`)."""
+    (``infos``: its model, :meth:`ModelInfo.per_variant`); wire bytes follow the algorithms
+    ``layout``'s MPI library selects."""
     need = (first_batch + n_batches) * B
     if ds.n < need:
         raise ValueError(f"{ds.path} has {ds.n} rows; profiling {n_batches} batches of {B} "
@@ -111,7 +114,7 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
         colls, wire, pay, total = [], 0.0, 0.0, 0
         work = Work(0.0, 0.0)
         for c in counts:
-            cl = collectives(v, c, info.dims)
+            cl = collectives(v, c, info.dims, layout)
             colls.append([sizes(x, P) for x in cl])
             for x in cl:
                 p, w = x.bytes_per_rank(P)
@@ -172,3 +175,8 @@ def recommend(rows: list[dict], target: float | None) -> dict | None:
         if ok:
             return min(ok, key=lambda r: (r["P"], -r["samples_per_s"]))
     return max(rows, key=lambda r: r["samples_per_s"])
+
+
+def layout_of(cluster: Cluster, P: int) -> Layout:
+    """The library and ranks per node of ``cluster`` sized for P ranks."""
+    return Layout(cluster.mpi, max(1, min(cluster.ranks_per_node, P)))

@@ -31,6 +31,7 @@ from desmpi.data.synth import SynthSpec, generate
 from desmpi.launch import ROOT, run_json
 from desmpi.variants import Variant
 from desmpi.whatif.simulate import ModelInfo, comm_time, predict, profile
+from sim.accounting import Layout
 from sim.calibrate import fit_compute
 from sim.cluster import Cluster, ComputeRates, Level
 
@@ -129,8 +130,9 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                             for _ in range(repeats)]
                     steps_s = [s["step_time_s"] for s in runs]
                     comm_s = [s["comm_time_s_per_step_min"] for s in runs]
-                    prof = profile(ds, info, P, batch, steps, [v])[0]
-                    s = runs[0]
+                    s = runs[0]  # planned with the library and layout the run counted under
+                    prof = profile(ds, info, P, batch, steps, [v],
+                                   layout=Layout(s.get("mpi", ""), s.get("ranks_per_node", 1)))[0]
                     cases.append({
                         "model": m, "variant": v.name, "P": P, "prof": prof,
                         "measured_step_time_s": statistics.median(steps_s),

@@ -73,8 +73,10 @@ def main() -> None:
     tot = comm.acct.counters()
     res = {"rank": r, "size": P, "send_counts": send_counts, "recv": recv, "counts": counts,
            "n_allreduce": int(mine.size),
+           "mpi": comm.layout.mpi, "ppn": comm.layout.ppn,
            "by_kind": {k: {"calls": v.calls, "wire": int(v.wire_bytes),
-                           "payload": int(v.payload_bytes)} for k, v in tot.items()},
+                           "payload": int(v.payload_bytes), "algorithms": v.algorithms}
+                       for k, v in tot.items()},
            "time_s": float(sum(v.time_s for v in tot.values()))}
     allres = comm.allgather_object(res)
     if r == 0:

@@ -90,7 +90,8 @@ def main() -> None:
         for step in range(STEPS):
             t = step % n_batches(ds.n, B)
             plan = [x.call(comm.rank, comm.size)
-                    for x in plan_batch(v, ds.read(t * B, (t + 1) * B), comm.size, dims)]
+                    for x in plan_batch(v, ds.read(t * B, (t + 1) * B), comm.size, dims,
+                                       comm.layout)]
             got = logged[pos:pos + len(plan)]
             pos += len(plan)
             if got != plan or [c.wire_bytes for c in got] != [c.wire_bytes for c in plan] or \
