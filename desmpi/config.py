@@ -130,9 +130,20 @@ class DistConfig:
     # a collective that takes longer aborts the job naming the step (a rank stuck, stopped
     # or gone); armed after the first step (JIT compilation); 0: never
     timeout_s: float = 600.0
+    # 16-bit packing of the DES partials, their gradients and the dense gradients (error
+    # feedback on the dense gradients): none | bf16 | fp16 (desmpi.strategies.compressed)
+    compress: str = "none"  # | topk: the largest compress_ratio of each chunk, bf16 values
+    compress_ratio: float = 0.1
+    # the DES input Allgatherv's keys: int64 | narrow (32-bit words, field implied by
+    # position, lossless: desmpi.data.keycodec)
+    keys: str = "int64"
 
     def check(self) -> None:
         _choice("dist.strategy", self.strategy, ("auto", *STRATEGIES))
+        _choice("dist.compress", self.compress, ("none", "bf16", "fp16", "topk"))
+        if not 0.0 < self.compress_ratio <= 1.0:
+            raise ConfigError(f"dist.compress_ratio = {self.compress_ratio}: must be in (0, 1]")
+        _choice("dist.keys", self.keys, ("int64", "narrow"))
         _choice("dist.aggregate", self.aggregate, ("auto", *AGGREGATES))
         _choice("dist.input", self.input, ("auto", *INPUTS))
         if not self.candidates():
@@ -171,6 +182,13 @@ class DistConfig:
         """These keys with the choice ``v`` written in (what the run then reports)."""
         return dataclasses.replace(self, strategy=v.strategy, aggregate=v.aggregate or "allreduce",
                                    input=v.input)
+
+    @property
+    def wire(self):
+        """The payload encodings (:class:`desmpi.strategies.compressed.Wire`)."""
+        from desmpi.strategies.compressed import Wire
+
+        return Wire(self.compress, self.compress_ratio, self.keys)
 
     @property
     def variant(self) -> Variant:

@@ -71,7 +71,8 @@ class Trainer:
                                         self.dtype, adagrad_init=tc.adagrad_init)
         self.timer = Timer()
         self.strategy = make_strategy(v, model=m, table=self.table, sparse_opt=self.sparse_opt,
-                                      dense_opt=self.dense_opt, comm=comm, timer=self.timer)
+                                      dense_opt=self.dense_opt, comm=comm, timer=self.timer,
+                                      wire=cfg.dist.wire)
         self.nb = n_batches(ds.n, tc.batch_size)
         self.total_steps = tc.steps or self.nb * tc.epochs
 

@@ -61,7 +61,7 @@ def _whatif(a, comm: Comm) -> int:
                 lay = layout_of(cl, P)
                 if (B, P, lay) not in profs:
                     profs[B, P, lay] = profile(ds, info, P, B, a.profile_batches, variants,
-                                               layout=lay)
+                                               layout=lay, wire=cfg.dist.wire)
     t1 = time.perf_counter()
     rows = [predict(p, cl, rates, a.algorithm) for B in batches for P in _ints(a.ranks)
             for i in range(len(variants)) for cl in clusters

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from desmpi.data import keycodec
 from desmpi.data.batch import Batch
 from desmpi.data.slicing import split_counts
 from desmpi.kernels.hashing import owners
@@ -36,6 +37,7 @@ class StepCounts:
     distinct: np.ndarray
     bags: np.ndarray
     samples: np.ndarray
+    escapes: np.ndarray | None = None  # (P,) keys per rank the narrow encoding escapes
 
 
 def count_step(b: Batch, P: int, onehot: bool | None = None, weighted: bool | None = None
@@ -53,10 +55,11 @@ def count_step(b: Batch, P: int, onehot: bool | None = None, weighted: bool | No
     distinct = _distinct(b.keys, kr, kr, own, P)  # owner is a function of the key
     bags = _distinct(s * F + f, own, kr, own, P)
     samples = _distinct(s, own, kr, own, P)
+    esc = np.bincount(kr[keycodec.escapes(b.keys, f)], minlength=P).astype(np.int64)
     return StepCounts(P, F, b.dense.shape[1],
                       b.offsets is None if onehot is None else onehot,
                       b.values is not None if weighted is None else weighted,
-                      sizes, nnz, keys, distinct, bags, samples)
+                      sizes, nnz, keys, distinct, bags, samples, esc)
 
 
 def _distinct(a: np.ndarray, b: np.ndarray, kr: np.ndarray, own: np.ndarray, P: int

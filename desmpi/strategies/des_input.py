@@ -4,6 +4,11 @@
 data, values for weighted keys) and, when the dense part is replicated, of [label | dense] rows.
 ``replicate``: every rank read the whole global batch from the data set itself (I/O instead of
 MPI traffic, the DES paper's setting); nothing is communicated.
+
+``dist.keys = "narrow"``: the keys travel as 32-bit words with the field implied by position
+(:mod:`desmpi.data.keycodec`, lossless): an Allgather of each rank's escape count, the
+Allgatherv of the words, and an Allgatherv of the escaped (position, key) pairs when any rank
+has one.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from desmpi.comm import Comm
+from desmpi.data import keycodec
 from desmpi.data.batch import Batch
 
 
-def gather(comm: Comm, b: Batch, sizes: np.ndarray, features: bool, dtype) -> Batch:
+def gather(comm: Comm, b: Batch, sizes: np.ndarray, features: bool, dtype,
+           key_encoding: str = "int64") -> Batch:
     """The global batch's keys (and, when ``features``, labels and dense rows) from every
     rank's slice ``b``; ``sizes`` (P,) samples per rank."""
     F = b.n_fields
@@ -28,7 +35,10 @@ def gather(comm: Comm, b: Batch, sizes: np.ndarray, features: bool, dtype) -> Ba
         nnz = np.diff(bounds)
     else:
         nnz = sizes * F
-    keys = comm.allgatherv(b.keys, nnz)
+    if key_encoding == "narrow":
+        keys = _gather_narrow(comm, b, nnz, int(sizes.sum()), offsets)
+    else:
+        keys = comm.allgatherv(b.keys, nnz)
     values = None
     if b.values is not None:
         values = comm.allgatherv(np.ascontiguousarray(b.values, dtype=dt), nnz)
@@ -45,10 +55,26 @@ def gather(comm: Comm, b: Batch, sizes: np.ndarray, features: bool, dtype) -> Ba
     return Batch(labels, dense, keys, F, offsets, values)
 
 
+def _gather_narrow(comm: Comm, b: Batch, nnz: np.ndarray, B: int,
+                   offsets: np.ndarray | None) -> np.ndarray:
+    """The global batch's keys through :mod:`desmpi.data.keycodec` (lossless)."""
+    F = b.n_fields
+    words, pairs = keycodec.split(b.keys, keycodec.fields_of(b.n, F, b.offsets,
+                                                             b.keys.shape[0]))
+    n_esc = comm.allgather_counts(pairs.size // 2)
+    allw = comm.allgatherv(words, nnz)
+    allpairs = np.empty(0, dtype=np.int64)
+    if n_esc.sum():
+        allpairs = comm.allgatherv(pairs, 2 * n_esc).reshape(-1, 2)
+        start = np.concatenate([[0], np.cumsum(nnz)[:-1]])  # each rank's first key position
+        allpairs[:, 0] += np.repeat(start, n_esc)
+    return keycodec.join(allw, keycodec.fields_of(B, F, offsets, allw.shape[0]), allpairs)
+
+
 def global_batch(comm: Comm, b: Batch, sizes: np.ndarray, replicate_input: bool,
-                 features: bool, dtype) -> Batch:
+                 features: bool, dtype, key_encoding: str = "int64") -> Batch:
     """The global batch: ``b`` itself under replicated input, else :func:`gather`."""
-    return b if replicate_input else gather(comm, b, sizes, features, dtype)
+    return b if replicate_input else gather(comm, b, sizes, features, dtype, key_encoding)
 
 
 def own_rows(comm: Comm, b: Batch, sizes: np.ndarray, replicate_input: bool

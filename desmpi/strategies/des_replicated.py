@@ -17,7 +17,7 @@ import numpy as np
 from desmpi.data.batch import Batch
 from desmpi.metrics import sigmoid
 from desmpi.reference import bce_with_logits, local_partials, sparse_update
-from desmpi.strategies import des_input
+from desmpi.strategies import compressed, des_input
 from desmpi.strategies.template import Strategy
 
 
@@ -28,11 +28,17 @@ class DesReplicated(Strategy):
         """(global batch, occurrences, pools, Z (B, W) local partials)."""
         tm = self.timer
         g = des_input.global_batch(self.comm, b, sizes, self.variant.replicate_input, True,
-                                   self.model.dtype)
+                                   self.model.dtype, self.wire.keys)
         tm.lap("gather")
         occ, pooled, Zloc = local_partials(self.model, self.table, g, self.comm.rank,
                                            self.comm.size, insert, tm)
         return g, occ, pooled, Zloc
+
+    def _aggregate(self, Zloc: np.ndarray) -> np.ndarray:
+        """Σ over ranks of the partials, in place (Zloc is not needed any more)."""
+        if not self.wire.packed:
+            return self.comm.allreduce(Zloc, out=Zloc)
+        return compressed.allreduce(self.comm, Zloc, self.wire.compress, ratio=self.wire.ratio)
 
     def train_step(self, b: Batch, sizes: np.ndarray, t: int) -> float:
         """One synchronous step on this rank's slice ``b``; returns the global loss sum."""
@@ -43,7 +49,7 @@ class DesReplicated(Strategy):
         tm.start()
         g, occ, pooled, Zloc = self._partials(b, sizes, insert=True)
         prm.zero_grad()
-        Z = comm.allreduce(Zloc, out=Zloc)  # in place: Zloc is not needed any more
+        Z = self._aggregate(Zloc)
         tm.lap("aggregate")
         logits, cache = model.forward(Z, g.dense)
         loss, p = bce_with_logits(logits, g.labels)
@@ -55,7 +61,11 @@ class DesReplicated(Strategy):
         tm.lap("key_grads")
         if model.partial_grad_size:
             gw1 = prm.grads[model.partial_grad]  # a contiguous view, reduced in place
-            comm.allreduce(gw1, out=gw1)
+            if not self.wire.packed:
+                comm.allreduce(gw1, out=gw1)
+            else:
+                compressed.allreduce(comm, gw1, self.wire.compress, self.residual("W1", gw1),
+                                     self.wire.ratio)
             tm.lap("aggregate")
         self._check_and_update(Z, loss, t, lambda t: sparse_update(
             model, occ, kg, self.table, self.sparse_opt, t))
@@ -66,7 +76,7 @@ class DesReplicated(Strategy):
         sizes = np.asarray(sizes, dtype=np.int64)
         with self.comm.acct.scoped("eval"):
             g, _, _, Zloc = self._partials(b, sizes, insert=False)
-            logits, _ = self.model.forward(self.comm.allreduce(Zloc), g.dense)
+            logits, _ = self.model.forward(self._aggregate(Zloc), g.dense)
         return sigmoid(np.asarray(logits, dtype=np.float64))
 
     def check_replicas(self, step: int) -> None:

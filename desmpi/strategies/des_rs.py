@@ -13,7 +13,7 @@ import numpy as np
 
 from desmpi.data.batch import Batch
 from desmpi.reference import local_partials, sparse_update
-from desmpi.strategies import des_input
+from desmpi.strategies import compressed, des_input
 from desmpi.strategies.template import DataParallelStrategy
 
 
@@ -27,12 +27,17 @@ class DesReduceScatter(DataParallelStrategy):
         comm, model, tm = self.comm, self.model, self.timer
         W, n_mine = model.W, int(sizes[comm.rank])
         g = des_input.global_batch(comm, b, sizes, self.variant.replicate_input, False,
-                                   model.dtype)
+                                   model.dtype, self.wire.keys)
         tm.lap("gather")
         occ, pooled, Zloc = local_partials(model, self.table, g, comm.rank, comm.size, insert,
                                            tm)
-        Zm = comm.reduce_scatter(Zloc, sizes * W, out=model.params.scratch(
-            "Zmine", (n_mine, W))).reshape(n_mine, W)
+        out = model.params.scratch("Zmine", (n_mine, W))
+        if not self.wire.packed:
+            comm.reduce_scatter(Zloc, sizes * W, out=out)
+        else:
+            compressed.reduce_scatter(comm, Zloc.reshape(-1), sizes * W, self.wire.compress, out,
+                                      self.wire.ratio)
+        Zm = out.reshape(n_mine, W)
         tm.lap("aggregate")
         return Zm, (occ, pooled, sizes)
 
@@ -40,8 +45,13 @@ class DesReduceScatter(DataParallelStrategy):
         comm, model, tm = self.comm, self.model, self.timer
         occ, pooled, sizes = state
         B, W = int(sizes.sum()), model.W
-        gZall = comm.allgatherv(np.ascontiguousarray(gZ).reshape(-1), sizes * W,
-                                out=model.params.scratch("gZall", (B, W))).reshape(B, W)
+        out = model.params.scratch("gZall", (B, W))
+        send = np.ascontiguousarray(gZ).reshape(-1)
+        if not self.wire.packed:
+            comm.allgatherv(send, sizes * W, out=out)
+        else:
+            compressed.allgatherv(comm, send, sizes * W, self.wire.compress, out, self.wire.ratio)
+        gZall = out.reshape(B, W)
         tm.lap("aggregate")
         kg = model.key_grads(gZall, pooled)  # fused first layer: this rank's part of dW1
         tm.lap("key_grads")

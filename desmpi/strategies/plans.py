@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from desmpi.data.batch import Batch
+from desmpi.strategies import compressed
 from desmpi.strategies.counts import ModelDims, StepCounts, count_step
 from desmpi.variants import Variant
 from sim.accounting import TEXTBOOK, Call, Collective, Layout
@@ -17,10 +18,13 @@ from sim.accounting import TEXTBOOK, Call, Collective, Layout
 I64 = 8  # keys, lengths and counts travel as int64
 
 
-def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBOOK
-                ) -> list[Collective]:
+def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBOOK,
+                wire: compressed.Wire = compressed.FULL) -> list[Collective]:
     """The collectives of one training step of variant ``v``, in call order, for all ranks;
-    each names the algorithm ``layout``'s MPI library runs for it (wire bytes follow it)."""
+    each names the algorithm ``layout``'s MPI library runs for it (wire bytes follow it).
+    ``wire.compress`` (dist.compress): the partials, their gradients and the dense gradients go
+    through :mod:`desmpi.strategies.compressed`'s forms; ``wire.keys`` (dist.keys) the DES
+    input's keys (:mod:`desmpi.data.keycodec`)."""
     strategy, aggregate, replicate_input = v.strategy, v.aggregate, v.replicate_input
     P, F, W, isz = c.P, c.n_fields, m.W, m.itemsize
     out: list[Collective] = []
@@ -31,26 +35,44 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
         out.append(Collective(kind, itemsize, cc, algorithm=alg,
                               ppn=layout.ppn if alg else 1))
 
+    def summed(kind: str, counts) -> None:
+        """A float sum (allreduce, reduce_scatter) or gather of floats, maybe compressed."""
+        if not wire.packed:
+            add(kind, counts, isz)
+        else:
+            for k, cc, item in compressed.calls(kind, counts, P, wire.compress, wire.ratio):
+                add(k, cc, item)
+
     def dense_allreduce() -> None:
-        add("allreduce", [m.D + 1], isz)  # dense gradients + the loss sum
+        if not wire.packed:
+            add("allreduce", [m.D + 1], isz)  # dense gradients + the loss sum
+        else:
+            summed("allreduce", [m.D])
+            add("allreduce", [1], 8)  # the loss sum, float64
 
     if strategy == "des":
         if not replicate_input:
             if not c.onehot:
                 add("allgatherv", c.sizes * F, I64)  # bag lengths
-            add("allgatherv", c.nnz, I64)
+            if wire.keys == "narrow":
+                add("allgather", np.ones(P), I64)  # escape counts
+                add("allgatherv", c.nnz, 4)  # 32-bit words
+                if c.escapes.sum():
+                    add("allgatherv", 2 * c.escapes, I64)  # (position, key) pairs
+            else:
+                add("allgatherv", c.nnz, I64)
             if c.weighted:
                 add("allgatherv", c.nnz, isz)
         B = int(c.sizes.sum())
         if aggregate == "allreduce":
             if not replicate_input:
                 add("allgatherv", c.sizes * (1 + c.n_dense), isz)  # [label | dense] rows
-            add("allreduce", [B * W], isz)
+            summed("allreduce", [B * W])
             if m.partial_grad:
-                add("allreduce", [m.partial_grad], isz)
+                summed("allreduce", [m.partial_grad])
         elif aggregate == "reduce_scatter":
-            add("reduce_scatter", c.sizes * W, isz)
-            add("allgatherv", c.sizes * W, isz)
+            summed("reduce_scatter", c.sizes * W)
+            summed("allgatherv", c.sizes * W)
             dense_allreduce()
         else:
             raise ValueError(f"unknown aggregate {aggregate!r}")
@@ -83,26 +105,26 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
     return out
 
 
-def plan(v: Variant, c: StepCounts, m: ModelDims, rank: int, layout: Layout = TEXTBOOK
-         ) -> list[Call]:
+def plan(v: Variant, c: StepCounts, m: ModelDims, rank: int, layout: Layout = TEXTBOOK,
+         wire: compressed.Wire = compressed.FULL) -> list[Call]:
     """Rank ``rank``'s calls of one step, in order."""
-    return [x.call(rank, c.P) for x in collectives(v, c, m, layout)]
+    return [x.call(rank, c.P) for x in collectives(v, c, m, layout, wire)]
 
 
-def plan_batch(v: Variant, b: Batch, P: int, m: ModelDims, layout: Layout = TEXTBOOK
-               ) -> list[Collective]:
+def plan_batch(v: Variant, b: Batch, P: int, m: ModelDims, layout: Layout = TEXTBOOK,
+               wire: compressed.Wire = compressed.FULL) -> list[Collective]:
     """The collectives of global batch ``b`` (B samples) at P ranks: no Trainer, no tables,
     no communication; ``m`` from :meth:`ModelDims.of` of the variant's model."""
-    return collectives(v, count_step(b, P), m, layout)
+    return collectives(v, count_step(b, P), m, layout, wire)
 
 
-def traffic(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBOOK
-            ) -> tuple[np.ndarray, np.ndarray]:
+def traffic(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBOOK,
+            wire: compressed.Wire = compressed.FULL) -> tuple[np.ndarray, np.ndarray]:
     """(payload, wire) bytes of one step for every rank, (P,) each (vectorised over ranks)."""
     pay = np.zeros(c.P, dtype=np.int64)
-    wire = np.zeros(c.P, dtype=np.int64)
-    for x in collectives(v, c, m, layout):
+    sent = np.zeros(c.P, dtype=np.int64)
+    for x in collectives(v, c, m, layout, wire):
         p, w = x.bytes_per_rank(c.P)
         pay += p
-        wire += w
-    return pay, wire
+        sent += w
+    return pay, sent

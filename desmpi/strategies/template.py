@@ -25,6 +25,7 @@ from desmpi.data.batch import Batch
 from desmpi.kernels.optim import rows_finite
 from desmpi.metrics import sigmoid
 from desmpi.reference import bce_with_logits
+from desmpi.strategies import compressed
 from desmpi.strategies.counts import ModelDims, StepCounts
 from desmpi.strategies.plans import plan
 from desmpi.timer import Timer
@@ -32,9 +33,16 @@ from desmpi.variants import Variant
 from sim.accounting import Call
 
 
-def allreduce_grads_and_loss(comm, params, loss_local: float) -> float:
+def allreduce_grads_and_loss(comm, params, loss_local: float,
+                             wire: compressed.Wire = compressed.FULL,
+                             residual: np.ndarray | None = None) -> float:
     """Sum the dense gradients over ranks in place, with the loss sum riding along as one more
-    element (one Allreduce of D + 1); returns the global loss sum."""
+    element (one Allreduce of D + 1); returns the global loss sum. Compressed: the gradients
+    through :func:`desmpi.strategies.compressed.allreduce` with error feedback (``residual``)
+    and the loss sum in a float64 Allreduce of its own (16 bits would round it)."""
+    if wire.packed:
+        compressed.allreduce(comm, params.grads, wire.compress, residual, wire.ratio)
+        return float(comm.allreduce(np.array([loss_local], dtype=np.float64))[0])
     buf = params.scratch("grads+loss", (params.size + 1,))
     buf[:-1] = params.grads
     buf[-1] = loss_local
@@ -112,7 +120,8 @@ class Strategy:
     aggregate = ""  # and its aggregate ("" for strategies without the choice)
 
     def __init__(self, model, table, sparse_opt, dense_opt, comm: Comm, variant: Variant,
-                 timer: Timer | None = None) -> None:
+                 timer: Timer | None = None, wire: compressed.Wire = compressed.FULL
+                 ) -> None:
         if (variant.strategy, variant.aggregate) != (self.strategy, self.aggregate):
             raise ValueError(f"{type(self).__name__} runs {self.strategy}"
                              f"{'/' + self.aggregate if self.aggregate else ''}, not {variant}")
@@ -121,10 +130,22 @@ class Strategy:
         self.variant = variant
         self.timer = timer or Timer()
         self.probe: dict | None = None
+        self.wire = wire  # payload encodings (desmpi.strategies.compressed)
+        self._residuals: dict[str, np.ndarray] = {}  # error feedback, per gradient vector
+
+    def residual(self, name: str, like: np.ndarray) -> np.ndarray | None:
+        """The error-feedback residual of gradient vector ``name`` (None when uncompressed)."""
+        if not self.wire.packed:
+            return None
+        r = self._residuals.get(name)
+        if r is None or r.shape != like.shape:
+            r = self._residuals[name] = np.zeros_like(like)
+        return r
 
     def plan(self, counts: StepCounts, rank: int) -> list[Call]:
         """Collectives of one training step on ``rank``, from the batch's counts alone."""
-        return plan(self.variant, counts, ModelDims.of(self.model), rank)
+        return plan(self.variant, counts, ModelDims.of(self.model), rank, self.comm.layout,
+                    self.wire)
 
     def check_replicas(self, step: int) -> None:
         """Nothing is replicated outside the dense Allreduce's result (overridden where it is)."""
@@ -178,7 +199,8 @@ class DataParallelStrategy(Strategy):
         if self.probe is not None:
             self.probe.update(Z=np.array(Z), gZ=np.array(gZ))
         update = self._sparse_backward(state, gZ)
-        loss = allreduce_grads_and_loss(comm, prm, loss_local)
+        loss = allreduce_grads_and_loss(comm, prm, loss_local, self.wire,
+                                        self.residual("dense", prm.grads))
         tm.lap("aggregate")
         self._check_and_update(Z, loss, t, update)
         return loss

@@ -129,7 +129,8 @@ def rank_variants(ds: CtrDataset, cfg, P: int, cluster: Cluster,
     info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, cfg.train.dtype,
                                  candidates)
     rows = [predict(p, cluster, cluster.compute)
-            for p in profile(ds, info, P, B, nb, candidates, layout=layout_of(cluster, P))]
+            for p in profile(ds, info, P, B, nb, candidates, layout=layout_of(cluster, P),
+                             wire=cfg.dist.wire)]
     return sorted(rows, key=lambda r: r["step_time_s"])
 
 

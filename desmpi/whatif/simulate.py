@@ -14,6 +14,7 @@ import numpy as np
 
 from desmpi.data.h5 import CtrDataset
 from desmpi.models import Model
+from desmpi.strategies.compressed import FULL, Wire
 from desmpi.strategies.counts import ModelDims, StepCounts, count_step
 from desmpi.strategies.plans import collectives
 from desmpi.variants import Variant
@@ -49,11 +50,16 @@ class ModelInfo:
                                             v.deep_input(mcfg.deep_input))) for v in variants}
 
 
-def step_work(v: Variant, c: StepCounts, info: ModelInfo) -> Work:
+PACK_BYTES = 24  # bytes streamed per compressed element: pack, decode, sum, pack, decode
+
+
+def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> Work:
     """Mean per-rank work of one step (the cost model's compute side): GEMM flops, sparse
     key-columns, and the bytes streamed over the rank's partial matrix (Z_rows × W: zeroed,
     reduced or sent, read by the dense part, its gradient written and read by the key
-    gradients — four passes), which DES pays over all B samples and ps / a2a over b."""
+    gradients — four passes), which DES pays over all B samples and ps / a2a over b.
+    ``wire.compress``: packing and decoding stream :data:`PACK_BYTES` per compressed element (the
+    DES partials and their gradients, the dense gradients)."""
     st, agg = v.strategy, v.aggregate
     P = c.P
     B = float(c.sizes.sum())
@@ -77,6 +83,10 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo) -> Work:
         raise ValueError(st)
     z_rows = {"des": B, "ps": b, "a2a": b, "des-a2a": c.samples.sum() / P}[st]
     mem = 4.0 * z_rows * W * info.dims.itemsize
+    if wire.packed:
+        packed = {"des": B * W * (2 if agg == "reduce_scatter" else 1)}.get(st, 0.0)
+        packed += info.dims.partial_grad if (st, agg) == ("des", "allreduce") else info.dims.D
+        mem += PACK_BYTES * packed
     return Work(6.0 * (rows * info.dense_macs + fused_rows * info.fused_macs), keys,
                 mem_bytes=mem)
 
@@ -97,8 +107,8 @@ class Profiled:
 
 
 def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_batches: int,
-            variants: list[Variant], first_batch: int = 0, layout: Layout = TEXTBOOK
-            ) -> list[Profiled]:
+            variants: list[Variant], first_batch: int = 0, layout: Layout = TEXTBOOK,
+            wire: Wire = FULL) -> list[Profiled]:
     """Count ``n_batches`` global batches of size B at P ranks once; plan every variant
     (``infos``: its model, :meth:`ModelInfo.per_variant`); wire bytes follow the algorithms
     ``layout``'s MPI library selects."""
@@ -114,14 +124,14 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
         colls, wire, pay, total = [], 0.0, 0.0, 0
         work = Work(0.0, 0.0)
         for c in counts:
-            cl = collectives(v, c, info.dims, layout)
+            cl = collectives(v, c, info.dims, layout, wire)
             colls.append([sizes(x, P) for x in cl])
             for x in cl:
                 p, w = x.bytes_per_rank(P)
                 wire += w.mean() / len(counts)
                 total += int(w.sum())
                 pay += p.mean() / len(counts)
-            w1 = step_work(v, c, info)
+            w1 = step_work(v, c, info, wire)
             work = Work(work.gemm_flops + w1.gemm_flops / len(counts),
                         work.sparse_keys + w1.sparse_keys / len(counts), len(cl),
                         work.mem_bytes + w1.mem_bytes / len(counts))

@@ -44,6 +44,28 @@ for n in ("des/allreduce", "des/reduce_scatter", "ps", "a2a", "des-a2a"):
     v = parse(n)
     cases.append((f"deepfm-{tag(v)}-lifecycle", "deepfm", v, "adagrad", onehot_h5, eval_h5,
                    "auto"))
+# dist.compress: 16-bit partials, their gradients and dense gradients (adagrad: the baseline
+# case of the same model and variant is f"{m}-{tag(v)}-adagrad")
+for m, n, codec in [("lr", "des/allreduce", "bf16"), ("deepfm", "des/allreduce", "bf16"),
+                    ("deepfm", "des/reduce_scatter", "bf16"), ("dlrm", "des/reduce_scatter",
+                                                               "bf16"),
+                    ("wdl", "des/allreduce", "fp16"), ("deepfm", "ps", "bf16")]:
+    v = parse(n)
+    cases.append((f"{m}-{tag(v)}-adagrad-{codec}", m, v, "adagrad", onehot_h5, eval_h5, "auto"))
+# dist.keys = narrow (lossless: the same bits as the base case f"{name without -narrow}")
+for m, n in [("deepfm", "des/allreduce"), ("dlrm", "des/reduce_scatter")]:
+    v = parse(n)
+    cases.append((f"{m}-{tag(v)}-adagrad-narrow", m, v, "adagrad", onehot_h5, eval_h5, "auto"))
+    cases.append((f"{m}-{tag(v)}-multi-narrow", m, v, "adam", multi_h5, eval_multi_h5, "auto"))
+
+
+def keys_of(name: str) -> str:
+    return "narrow" if name.endswith("-narrow") else "int64"
+
+
+def compress_of(name: str) -> str:
+    return name.rsplit("-", 1)[1] if name.endswith(("-bf16", "-fp16")) else "none"
+
 
 class Warnings(logging.Handler):
     """The trainer's warnings, per case."""
@@ -75,9 +97,11 @@ def main() -> None:
             "features": ({"min_count": 2, "ttl_steps": 4, "evict_every": 3}
                          if name.endswith("lifecycle") else {}),
             "dist": {"strategy": v.strategy, "aggregate": v.aggregate or "allreduce",
-                     "input": v.input, "check_every": 5},
+                     "input": v.input, "check_every": 5, "compress": compress_of(name),
+                     "keys": keys_of(name)},
         }).check()
         comm.acct.log.clear()
+        comm.acct.totals.clear()  # each case's summary counts its own traffic
         run(cfg, comm, Path(out_root) / name)
         fused_warnings[name] = any("deep_input = 'fused'" in w for w in warned.seen)
         # planned == counted, step by step; the plan from the batch and a model description
@@ -91,7 +115,7 @@ def main() -> None:
             t = step % n_batches(ds.n, B)
             plan = [x.call(comm.rank, comm.size)
                     for x in plan_batch(v, ds.read(t * B, (t + 1) * B), comm.size, dims,
-                                       comm.layout)]
+                                       comm.layout, cfg.dist.wire)]
             got = logged[pos:pos + len(plan)]
             pos += len(plan)
             if got != plan or [c.wire_bytes for c in got] != [c.wire_bytes for c in plan] or \

@@ -1,0 +1,169 @@
+"""Sums of compressed payloads built on MPI (``dist.compress``: bf16, fp16, topk).
+
+MPI has no bf16 sum, so a compressed Allreduce of n floats is composed of two collectives on
+16-bit words, with float32 accumulation in between:
+
+1. reduce-scatter by ``Alltoallv``: the packed vector is split in P chunks as
+   ``numpy.array_split`` does; chunk j goes to rank j, which decodes the P chunks it receives
+   and sums them in float32, in rank order;
+2. ``Allgatherv`` of the packed sums; every rank (the owner too) decodes the same words, so
+   replicas stay bitwise equal.
+
+Wire bytes: 2·(P − 1)/P·n·2 against 2·(P − 1)/P·n·4 for the float32 ring: half. A compressed
+Reduce_scatter is step 1 alone (the owner keeps its float32 sum); a compressed Allgatherv sends
+the packed words. :func:`calls` is the plan of each form (the accounting records exactly
+those calls; :mod:`desmpi.strategies.plans` uses it).
+
+``topk`` (``dist.compress_ratio`` = r): in step 1 each chunk of m floats travels as its
+⌈r·m⌉ largest-magnitude entries, 3 words each (16-bit index halves and a bf16 value); the
+receiver adds them into its float32 block; step 2 (the Allgatherv of the sums) is dense bf16.
+A compressed Allgatherv (the partials' gradients under des/reduce_scatter) sends each rank's
+block as top-k triples. The counts follow from the sizes alone, so plans stay exact.
+
+Error feedback (gradient paths whose shape repeats every step: the dense gradients, a fused
+first layer's W1 gradient): what packing lost is added to the next step's vector before it is
+packed (Seide et al. 2014; Karimireddy et al. 2019), so the quantisation error does not
+accumulate in the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from desmpi.comm import Comm
+from desmpi.kernels.compress import add_topk, pack, pack_topk, sum_packed, topk_count, unpack
+
+CODECS = ("none", "bf16", "fp16", "topk")
+KEY_ENCODINGS = ("int64", "narrow")
+WORD = 2  # bytes per packed element
+
+
+@dataclass(frozen=True)
+class Wire:
+    """How a run's payloads travel (``dist.compress``, ``dist.compress_ratio``, ``dist.keys``):
+    the float payloads' codec, top-k's kept fraction, the DES input keys' encoding."""
+
+    compress: str = "none"
+    ratio: float = 0.1
+    keys: str = "int64"
+
+    def __post_init__(self) -> None:
+        if self.compress not in CODECS:
+            raise ValueError(f"compress {self.compress!r}; known: {', '.join(CODECS)}")
+        if self.keys not in KEY_ENCODINGS:
+            raise ValueError(f"key encoding {self.keys!r}; known: {', '.join(KEY_ENCODINGS)}")
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"compress ratio {self.ratio} is not in (0, 1]")
+
+    @property
+    def packed(self) -> bool:
+        return self.compress != "none"
+
+
+FULL = Wire()  # everything at full width (the default)
+
+
+def chunks(n: int, P: int) -> np.ndarray:
+    """(P,) chunk sizes of an n-vector split as numpy.array_split does."""
+    q, m = divmod(n, P)
+    return np.where(np.arange(P) < m, q + 1, q).astype(np.int64)
+
+
+def words(blocks: np.ndarray, codec: str, ratio: float) -> np.ndarray:
+    """16-bit words that carry blocks of these sizes: one per float, or 3 per top-k entry."""
+    if codec != "topk":
+        return blocks
+    return np.array([3 * topk_count(int(m), ratio) for m in blocks], dtype=np.int64)
+
+
+def calls(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.1
+          ) -> list[tuple[str, np.ndarray, int]]:
+    """The collectives (kind, counts as in :class:`sim.accounting.Collective`, itemsize) of a
+    compressed ``kind`` (allreduce: ``[n]``; reduce_scatter / allgatherv: the P blocks)."""
+    c = np.asarray(counts, dtype=np.int64)
+    if kind == "allreduce":
+        ch = chunks(int(c[0]), P)
+        return [("alltoallv", np.tile(words(ch, codec, ratio), (P, 1)), WORD),
+                ("allgatherv", ch, WORD)]
+    if kind == "reduce_scatter":
+        return [("alltoallv", np.tile(words(c, codec, ratio), (P, 1)), WORD)]
+    if kind == "allgatherv":
+        return [("allgatherv", words(c, codec, ratio), WORD)]
+    raise ValueError(f"no compressed form of {kind}")
+
+
+def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(words, decoded or None): x's blocks as the codec sends them (decoded: topk only)."""
+    if codec == "topk":
+        return pack_topk(x, np.concatenate([[0], np.cumsum(blocks)]), ratio)
+    return pack(codec, x), None
+
+
+def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec: str,
+                           ratio: float, out: np.ndarray) -> np.ndarray:
+    P, r = comm.size, comm.rank
+    wb = words(blocks, codec, ratio)
+    recv, _ = comm.alltoallv(q, wb, np.full(P, wb[r], dtype=np.int64))
+    if codec != "topk":
+        return sum_packed(codec, recv, P, out)
+    acc = np.zeros(int(blocks[r]), dtype=np.float32)
+    w = int(wb[r])
+    for j in range(P):  # rank order: the same bits on every rank that sums these chunks
+        add_topk(recv[j * w:(j + 1) * w], acc)
+    out.reshape(-1)[:] = acc
+    return out
+
+
+def allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None = None,
+              ratio: float = 0.1) -> np.ndarray:
+    """Sum x (C-contiguous floats, any shape) over ranks in place through ``codec``; with
+    ``residual`` (x's shape, float32 or x's dtype), error feedback: x + residual is packed and
+    residual becomes what packing lost."""
+    flat = x.reshape(-1)
+    if residual is not None:
+        flat += residual.reshape(-1)
+    P, r = comm.size, comm.rank
+    ch = chunks(flat.size, P)
+    q, dec = _encode(flat, ch, codec, ratio)
+    if residual is not None:
+        seen = dec if dec is not None else unpack(codec, q)
+        residual.reshape(-1)[:] = flat - seen
+    mine = np.empty(int(ch[r]), dtype=np.float32)
+    _reduce_scatter_packed(comm, q, ch, codec, ratio, mine)
+    wire = "bf16" if codec == "topk" else codec  # the sums travel dense
+    allq = comm.allgatherv(pack(wire, mine), ch)
+    flat[:] = unpack(wire, allq, flat.dtype)
+    return x
+
+
+def reduce_scatter(comm: Comm, x: np.ndarray, recvcounts, codec: str, out: np.ndarray,
+                   ratio: float = 0.1) -> np.ndarray:
+    """Compressed Reduce_scatter of x (flat floats) into ``out`` (recvcounts[rank] floats)."""
+    blocks = np.asarray(recvcounts, dtype=np.int64)
+    if blocks.sum() != x.size:
+        raise ValueError(f"recvcounts {blocks.tolist()} do not split {x.size} elements")
+    q, _ = _encode(x, blocks, codec, ratio)
+    return _reduce_scatter_packed(comm, q, blocks, codec, ratio, out)
+
+
+def allgatherv(comm: Comm, x: np.ndarray, counts, codec: str, out: np.ndarray,
+               ratio: float = 0.1) -> np.ndarray:
+    """Compressed Allgatherv of x (counts[rank] floats) into ``out`` (sum(counts) floats)."""
+    c = np.asarray(counts, dtype=np.int64)
+    if codec != "topk":
+        allq = comm.allgatherv(pack(codec, x), c)
+        out.reshape(-1)[:] = unpack(codec, allq, out.dtype)
+        return out
+    q, _ = pack_topk(x, np.array([0, x.size]), ratio)
+    wb = words(c, codec, ratio)
+    allq = comm.allgatherv(q, wb)
+    acc = np.zeros(int(c.sum()), dtype=np.float32)
+    lo, wlo = 0, 0
+    for j in range(comm.size):
+        add_topk(allq[wlo:wlo + wb[j]], acc[lo:lo + c[j]])
+        lo, wlo = lo + int(c[j]), wlo + int(wb[j])
+    out.reshape(-1)[:] = acc
+    return out

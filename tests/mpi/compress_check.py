@@ -1,0 +1,91 @@
+"""Run under mpiexec: the compressed sums of desmpi.strategies.compressed against NumPy
+references that apply the same rounding (every rank knows every rank's data from one seed).
+Bitwise equality is required; a failure aborts the job naming the check."""
+
+import sys
+
+import numpy as np
+
+from desmpi.comm import Comm, run_or_abort
+from desmpi.kernels.compress import pack, topk_count, unpack
+from desmpi.strategies import compressed as C
+
+comm = Comm.world()
+
+
+def q(codec, x):
+    """What one value goes through on the wire (float32 in, float32 out)."""
+    return unpack(codec, pack(codec, np.asarray(x, np.float32)))
+
+
+def topk_q(x, bounds, ratio):
+    """Reference top-k: per chunk the k largest |x| (ties broken by index), bf16 values."""
+    out = np.zeros(x.size, np.float32)
+    for j in range(len(bounds) - 1):
+        c = x[bounds[j]:bounds[j + 1]].astype(np.float32)
+        k = topk_count(c.size, ratio)
+        if k:
+            keep = np.lexsort((np.arange(c.size), -np.abs(c)))[:k]
+            out[bounds[j] + keep] = q("bf16", c[keep])
+    return out
+
+
+def main() -> None:
+    P, r = comm.size, comm.rank
+    rng = np.random.default_rng(7)
+    n = 1001
+    data = [rng.normal(size=n).astype(np.float32) * 3 for _ in range(P)]
+    ch = C.chunks(n, P)
+    bounds = np.concatenate([[0], np.cumsum(ch)])
+    for codec in ("bf16", "fp16", "topk"):
+        ratio = 0.1
+        # allreduce: sum in float32 in rank order of what each rank sent, then the sums
+        # travel dense (bf16 for topk)
+        sent = [topk_q(d, bounds, ratio) if codec == "topk" else q(codec, d) for d in data]
+        acc = np.zeros(n, np.float32)
+        for s in sent:
+            acc += s
+        want = q("bf16" if codec == "topk" else codec, acc)
+        got = C.allreduce(comm, data[r].copy(), codec, ratio=ratio)
+        assert np.array_equal(got, want), f"allreduce {codec}"
+        # error feedback: the residual is what this rank's packing lost
+        res = np.full(n, 0.01, np.float32)
+        x = data[r].copy()
+        C.allreduce(comm, x, codec, res, ratio)
+        mine = data[r] + np.float32(0.01)
+        seen = topk_q(mine, bounds, ratio) if codec == "topk" else q(codec, mine)
+        assert np.array_equal(res, mine - seen), f"residual {codec}"
+        # reduce_scatter into unequal blocks
+        blocks = np.array([(j * 37) % 101 + 1 for j in range(P)])
+        blocks[-1] = n - blocks[:-1].sum() if n > blocks[:-1].sum() else blocks[-1]
+        if blocks.sum() == n and (blocks > 0).all():
+            bb = np.concatenate([[0], np.cumsum(blocks)])
+            sent = [topk_q(d, bb, ratio) if codec == "topk" else q(codec, d) for d in data]
+            acc = np.zeros(n, np.float32)
+            for s in sent:
+                acc += s
+            out = np.empty(blocks[r], np.float32)
+            C.reduce_scatter(comm, data[r], blocks, codec, out, ratio)
+            assert np.array_equal(out, acc[bb[r]:bb[r + 1]]), f"reduce_scatter {codec}"
+        # allgatherv of unequal blocks
+        counts = np.array([5 + 3 * j for j in range(P)])
+        parts = [data[j][:counts[j]] for j in range(P)]
+        want = np.concatenate([topk_q(p, np.array([0, p.size]), ratio) if codec == "topk"
+                               else q(codec, p) for p in parts])
+        out = np.empty(counts.sum(), np.float32)
+        C.allgatherv(comm, parts[r].copy(), counts, codec, out, ratio)
+        assert np.array_equal(out, want), f"allgatherv {codec}"
+    # planned calls == the recorded ones (kinds, counts, item sizes)
+    log = []
+    comm2 = Comm.world(keep_log=True)
+    for codec in ("bf16", "topk"):
+        C.allreduce(comm2, data[r].copy(), codec, ratio=0.25)
+        plan = C.calls("allreduce", [n], P, codec, 0.25)
+        log = [(c.kind, c.counts, c.itemsize) for _, c, _, _ in comm2.acct.log]
+        comm2.acct.log.clear()
+        want = [(k, tuple(int(x) for x in (cc[r] if k == "alltoallv" else cc)), it)
+                for k, cc, it in plan]
+        assert log == want, (codec, log, want)
+
+
+sys.exit(run_or_abort(main, comm))
