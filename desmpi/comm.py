@@ -253,11 +253,13 @@ class Comm:
         return out
 
     def alltoallv(self, send: np.ndarray, sendcounts: Sequence[int],
-                  recvcounts: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  recvcounts: Sequence[int] | None = None, out: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """Personalised exchange: ``sendcounts[j]`` elements of ``send`` (in rank order) go to j.
 
         When ``recvcounts`` is not given they are exchanged first with an Alltoall of one int64
-        per peer (recorded as its own call). Returns ``(recv, recvcounts)``.
+        per peer (recorded as its own call). Returns ``(recv, recvcounts)``; recv is ``out``
+        when given (flat, sum(recvcounts) elements of send's dtype).
         """
         self._check(send, "send")
         sc = np.asarray(sendcounts, dtype=np.int64)
@@ -273,7 +275,7 @@ class Comm:
             self._record("alltoall", (1,) * self.size, 8, t0)
         else:
             rc = np.asarray(recvcounts, dtype=np.int64)
-        out = np.empty(int(rc.sum()), dtype=send.dtype)
+        out = self._out(out, int(rc.sum()), send.dtype)
         t0 = self._start()
         if self._c is None:
             np.copyto(out, send.reshape(-1))

@@ -32,3 +32,24 @@ def test_topk_keeps_the_largest():
     assert words.size == 3 * (2 + 2)
     assert np.flatnonzero(dec).tolist() == [1, 3, 6, 7]
     assert topk_count(10, 0.1) == 1 and topk_count(0, 0.5) == 0 and topk_count(3, 1.0) == 3
+
+
+def test_fp16_kernels_match_numpy_bit_for_bit():
+    """Every half decodes as NumPy decodes it; float32 bit patterns (normals, subnormals, ties,
+    overflow, inf) encode to NumPy's half (NaN: any NaN)."""
+    rng = np.random.default_rng(1)
+    h = np.arange(1 << 16, dtype=np.uint16)
+    ref = h.view(np.float16).astype(np.float32)
+    got = unpack("fp16", h)
+    nan = np.isnan(ref)
+    assert np.array_equal(got[~nan], ref[~nan]) and np.isnan(got[nan]).all()
+    x = np.concatenate([
+        rng.integers(0, 1 << 32, 500_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        (rng.normal(size=50_000) * 1e-6).astype(np.float32),  # half subnormals
+        np.array([65504, 65519.99, 65520, -65520, 2.98e-8, 2.99e-8, -0.0], np.float32)])
+    with np.errstate(all="ignore"):
+        want = x.astype(np.float16).view(np.uint16)
+    q = pack("fp16", x)
+    ok = ~np.isnan(x)
+    assert np.array_equal(q[ok], want[ok])
+    assert np.isnan(unpack("fp16", q[~ok])).all()

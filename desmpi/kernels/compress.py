@@ -2,7 +2,8 @@
 
 * bf16: the upper 16 bits of the float32, rounded to nearest even (NaN kept a quiet NaN);
   float64 input goes through float32 first.
-* fp16: IEEE half precision (NumPy's conversion: round to nearest even; beyond ±65504 inf).
+* fp16: IEEE half precision, round to nearest even, subnormals kept, beyond ±65504 inf (the
+  same bits as NumPy's ``astype(float16)``, about ten times faster).
 
 :func:`sum_packed` decodes P chunks of m words each and sums them in float32 (rank order, so
 every rank that sums the same chunks gets the same bits).
@@ -24,15 +25,69 @@ def _bf16_bits(u: np.ndarray, out: np.ndarray) -> None:
             out[i] = np.uint16((b + 0x7FFF + ((b >> 16) & 1)) >> 16)
 
 
+@nb.njit(cache=True, nogil=True)
+def _f16_bits(u: np.ndarray, out: np.ndarray) -> None:
+    for i in range(u.size):
+        b = u[i]
+        sign = (b >> 16) & 0x8000
+        e = np.int64((b >> 23) & 0xFF)
+        m = b & 0x7FFFFF
+        if e == 0xFF:  # inf, NaN (kept quiet)
+            h = 0x7C00 | (0x200 | (m >> 13) if m else 0)
+        else:
+            e16 = e - 112  # rebias 127 -> 15
+            if e16 >= 0x1F:
+                h = 0x7C00
+            elif e16 <= 0:  # subnormal half (or zero)
+                if e16 < -10:
+                    h = 0
+                else:
+                    mm = m | 0x800000
+                    shift = np.uint32(14 - e16)
+                    h = mm >> shift
+                    rem = mm & ((np.uint32(1) << shift) - 1)
+                    halfway = np.uint32(1) << (shift - 1)
+                    if rem > halfway or (rem == halfway and (h & 1)):
+                        h += 1
+            else:
+                h = (np.uint32(e16) << 10) | (m >> 13)
+                rem = m & 0x1FFF
+                if rem > 0x1000 or (rem == 0x1000 and (h & 1)):
+                    h += 1  # a carry into the exponent is right (up to inf)
+        out[i] = np.uint16(sign | h)
+
+
+@nb.njit(cache=True, nogil=True)
+def _f16_to_f32(q: np.ndarray, out: np.ndarray) -> None:
+    u = out.view(np.uint32)
+    for i in range(q.size):
+        h = np.uint32(q[i])
+        sign = (h & 0x8000) << 16
+        e = (h >> 10) & 0x1F
+        m = h & 0x3FF
+        if e == 0:
+            if m == 0:
+                u[i] = sign
+            else:  # subnormal: normalise
+                ee = np.uint32(113)
+                while not (m & 0x400):
+                    m <<= 1
+                    ee -= 1
+                u[i] = sign | (ee << 23) | ((m & 0x3FF) << 13)
+        elif e == 31:
+            u[i] = sign | 0x7F800000 | (m << 13)
+        else:
+            u[i] = sign | ((e + 112) << 23) | (m << 13)
+
+
 def pack(codec: str, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """x (any shape, float32/64) -> (x.size,) uint16 words of ``codec``."""
     x32 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     out = np.empty(x32.size, dtype=np.uint16) if out is None else out
     if codec == "bf16":
         _bf16_bits(x32.view(np.uint32), out)
-    elif codec == "fp16":
-        with np.errstate(over="ignore"):  # overflow is inf, caught by the step's checks
-            out[:] = x32.astype(np.float16).view(np.uint16)
+    elif codec == "fp16":  # overflow is inf, caught by the step's checks
+        _f16_bits(x32.view(np.uint32), out)
     else:
         raise ValueError(f"unknown codec {codec!r}")
     return out
@@ -45,37 +100,61 @@ def _bf16_to_f32(q: np.ndarray, out: np.ndarray) -> None:
         u[i] = np.uint32(q[i]) << 16
 
 
-def unpack(codec: str, q: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """(n,) uint16 words -> (n,) floats of ``dtype``."""
+def unpack(codec: str, q: np.ndarray, dtype=np.float32, out: np.ndarray | None = None
+           ) -> np.ndarray:
+    """(n,) uint16 words -> (n,) floats of ``dtype`` (into ``out`` when given: flat, n)."""
+    f32 = np.dtype(dtype) == np.float32
+    f = out if (out is not None and f32) else np.empty(q.size, dtype=np.float32)
     if codec == "bf16":
-        f = np.empty(q.size, dtype=np.float32)
         _bf16_to_f32(q, f)
     elif codec == "fp16":
-        f = q.view(np.float16).astype(np.float32)
+        _f16_to_f32(q, f)
     else:
         raise ValueError(f"unknown codec {codec!r}")
-    return f if np.dtype(dtype) == np.float32 else f.astype(dtype)
+    if f32:
+        return f
+    if out is None:
+        return f.astype(dtype)
+    out[:] = f
+    return out
 
 
 @nb.njit(cache=True, nogil=True)
-def _sum_f32_chunks(f: np.ndarray, P: int, m: int, out: np.ndarray) -> None:
+def _sum_bf16(q: np.ndarray, P: int, m: int, out: np.ndarray) -> None:
+    u = np.empty(1, dtype=np.uint32)
+    f = u.view(np.float32)
     for i in range(m):
-        s = np.float32(0.0)
-        for j in range(P):
-            s += f[j * m + i]
-        out[i] = s
+        out[i] = 0.0
+    for j in range(P):  # rank order; the inner loop runs over contiguous words
+        base = j * m
+        for i in range(m):
+            u[0] = np.uint32(q[base + i]) << 16
+            out[i] += f[0]
 
 
-def sum_packed(codec: str, q: np.ndarray, P: int, out: np.ndarray) -> np.ndarray:
-    """q: P chunks of m = out.size words (chunk j from rank j) -> out (m,) = Σ_j decode(chunk
-    j), summed in float32 in rank order."""
+@nb.njit(cache=True, nogil=True)
+def _add_f32(src: np.ndarray, P: int, m: int, out: np.ndarray) -> None:
+    for i in range(m):
+        out[i] = src[i]
+    for j in range(1, P):
+        base = j * m
+        for i in range(m):
+            out[i] += src[base + i]
+
+
+def sum_packed(codec: str, q: np.ndarray, P: int, out: np.ndarray,
+               tmp: np.ndarray | None = None) -> np.ndarray:
+    """q: P chunks of m = out.size words (chunk j from rank j) -> out (m,) float32 = Σ_j
+    decode(chunk j), summed in float32 in rank order (tmp: P·m float32 scratch for fp16)."""
     m = out.size
     if q.size != P * m:
         raise ValueError(f"{q.size} words are not {P} chunks of {m}")
-    f = unpack(codec, q)
-    s = np.empty(m, dtype=np.float32)
-    _sum_f32_chunks(f, P, m, s)
-    out.reshape(-1)[:] = s
+    o = out.reshape(-1)
+    if codec == "bf16":
+        _sum_bf16(q, P, m, o)
+    else:
+        f = unpack(codec, q, out=tmp)
+        _add_f32(f, P, m, o)
     return out
 
 

@@ -14,11 +14,13 @@ Reduce_scatter is step 1 alone (the owner keeps its float32 sum); a compressed A
 the packed words. :func:`calls` is the plan of each form (the accounting records exactly
 those calls; :mod:`desmpi.strategies.plans` uses it).
 
-``topk`` (``dist.compress_ratio`` = r): in step 1 each chunk of m floats travels as its
-⌈r·m⌉ largest-magnitude entries, 3 words each (16-bit index halves and a bf16 value); the
-receiver adds them into its float32 block; step 2 (the Allgatherv of the sums) is dense bf16.
-A compressed Allgatherv (the partials' gradients under des/reduce_scatter) sends each rank's
-block as top-k triples. The counts follow from the sizes alone, so plans stay exact.
+``topk`` (``dist.compress_ratio`` = r) compresses the dense gradients (:attr:`Wire.dense`,
+with error feedback; the partials and their gradients go as bf16, :attr:`Wire.partials`): in
+step 1 each chunk of m floats
+travels as its ⌈r·m⌉ largest-magnitude entries, 3 words each (16-bit index halves and a bf16
+value); the receiver adds them into its float32 block; step 2 (the Allgatherv of the sums) is
+dense bf16. (:func:`allgatherv` can send each rank's block as top-k triples too.) The counts
+follow from the sizes alone, so plans stay exact.
 
 Error feedback (gradient paths whose shape repeats every step: the dense gradients, a fused
 first layer's W1 gradient): what packing lost is added to the next step's vector before it is
@@ -61,6 +63,20 @@ class Wire:
     def packed(self) -> bool:
         return self.compress != "none"
 
+    @property
+    def partials(self) -> str:
+        """Codec of the partials Z and their per-sample gradients gZ. Top-k has no error
+        feedback there (the rows are other samples every step): it would zero most of a
+        sample's logit terms forward and drop most samples' gradients backward (measured on
+        the Criteo sample: −0.02 to −0.15 AUC), so topk sends them as bf16."""
+        return "bf16" if self.compress == "topk" else self.compress
+
+    @property
+    def dense(self) -> str:
+        """Codec of the dense gradients and a fused first layer's W1 gradient (the same
+        vector every step: error feedback carries what top-k left out)."""
+        return self.compress
+
 
 FULL = Wire()  # everything at full width (the default)
 
@@ -94,23 +110,39 @@ def calls(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.1
     raise ValueError(f"no compressed form of {kind}")
 
 
-def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float
+class Buffers:
+    """Scratch arrays reused from call to call (a strategy keeps one): fresh multi-megabyte
+    arrays every step would cost their page faults again each time."""
+
+    def __init__(self) -> None:
+        self._a: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, n: int, dtype) -> np.ndarray:
+        a = self._a.get(name)
+        if a is None or a.dtype != np.dtype(dtype) or a.size < n:
+            a = self._a[name] = np.empty(max(n, 1), dtype=dtype)
+        return a[:n]
+
+
+def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: Buffers
             ) -> tuple[np.ndarray, np.ndarray | None]:
     """(words, decoded or None): x's blocks as the codec sends them (decoded: topk only)."""
     if codec == "topk":
         return pack_topk(x, np.concatenate([[0], np.cumsum(blocks)]), ratio)
-    return pack(codec, x), None
+    return pack(codec, x, bufs.get("q", x.size, np.uint16)), None
 
 
 def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec: str,
-                           ratio: float, out: np.ndarray) -> np.ndarray:
+                           ratio: float, out: np.ndarray, bufs: Buffers) -> np.ndarray:
     P, r = comm.size, comm.rank
     wb = words(blocks, codec, ratio)
-    recv, _ = comm.alltoallv(q, wb, np.full(P, wb[r], dtype=np.int64))
-    if codec != "topk":
-        return sum_packed(codec, recv, P, out)
-    acc = np.zeros(int(blocks[r]), dtype=np.float32)
     w = int(wb[r])
+    recv, _ = comm.alltoallv(q, wb, np.full(P, w, dtype=np.int64),
+                             out=bufs.get("recv", P * w, np.uint16))
+    if codec != "topk":
+        m = int(blocks[r])
+        return sum_packed(codec, recv, P, out, bufs.get("tmp", P * m, np.float32))
+    acc = np.zeros(int(blocks[r]), dtype=np.float32)
     for j in range(P):  # rank order: the same bits on every rank that sums these chunks
         add_topk(recv[j * w:(j + 1) * w], acc)
     out.reshape(-1)[:] = acc
@@ -118,44 +150,56 @@ def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec:
 
 
 def allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None = None,
-              ratio: float = 0.1) -> np.ndarray:
+              ratio: float = 0.1, bufs: Buffers | None = None) -> np.ndarray:
     """Sum x (C-contiguous floats, any shape) over ranks in place through ``codec``; with
     ``residual`` (x's shape, float32 or x's dtype), error feedback: x + residual is packed and
     residual becomes what packing lost."""
+    bufs = bufs or Buffers()
     flat = x.reshape(-1)
     if residual is not None:
         flat += residual.reshape(-1)
     P, r = comm.size, comm.rank
     ch = chunks(flat.size, P)
-    q, dec = _encode(flat, ch, codec, ratio)
+    q, dec = _encode(flat, ch, codec, ratio, bufs)
     if residual is not None:
-        seen = dec if dec is not None else unpack(codec, q)
-        residual.reshape(-1)[:] = flat - seen
-    mine = np.empty(int(ch[r]), dtype=np.float32)
-    _reduce_scatter_packed(comm, q, ch, codec, ratio, mine)
+        seen = dec if dec is not None else unpack(codec, q, out=bufs.get("seen", flat.size,
+                                                                          np.float32))
+        np.subtract(flat, seen, out=residual.reshape(-1))
+    mine = bufs.get("mine", int(ch[r]), np.float32)
+    _reduce_scatter_packed(comm, q, ch, codec, ratio, mine, bufs)
     wire = "bf16" if codec == "topk" else codec  # the sums travel dense
-    allq = comm.allgatherv(pack(wire, mine), ch)
-    flat[:] = unpack(wire, allq, flat.dtype)
+    allq = comm.allgatherv(pack(wire, mine, bufs.get("qm", mine.size, np.uint16)), ch,
+                           out=bufs.get("allq", flat.size, np.uint16))
+    unpack(wire, allq, flat.dtype, out=flat)
     return x
 
 
 def reduce_scatter(comm: Comm, x: np.ndarray, recvcounts, codec: str, out: np.ndarray,
-                   ratio: float = 0.1) -> np.ndarray:
-    """Compressed Reduce_scatter of x (flat floats) into ``out`` (recvcounts[rank] floats)."""
+                   ratio: float = 0.1, bufs: Buffers | None = None) -> np.ndarray:
+    """Compressed Reduce_scatter of x (flat floats) into ``out`` (recvcounts[rank] float32
+    or the model's floats)."""
+    bufs = bufs or Buffers()
     blocks = np.asarray(recvcounts, dtype=np.int64)
     if blocks.sum() != x.size:
         raise ValueError(f"recvcounts {blocks.tolist()} do not split {x.size} elements")
-    q, _ = _encode(x, blocks, codec, ratio)
-    return _reduce_scatter_packed(comm, q, blocks, codec, ratio, out)
+    q, _ = _encode(x, blocks, codec, ratio, bufs)
+    if out.dtype == np.float32:
+        return _reduce_scatter_packed(comm, q, blocks, codec, ratio, out, bufs)
+    s = _reduce_scatter_packed(comm, q, blocks, codec, ratio,
+                               np.empty(out.size, np.float32), bufs)
+    out.reshape(-1)[:] = s
+    return out
 
 
 def allgatherv(comm: Comm, x: np.ndarray, counts, codec: str, out: np.ndarray,
-               ratio: float = 0.1) -> np.ndarray:
+               ratio: float = 0.1, bufs: Buffers | None = None) -> np.ndarray:
     """Compressed Allgatherv of x (counts[rank] floats) into ``out`` (sum(counts) floats)."""
+    bufs = bufs or Buffers()
     c = np.asarray(counts, dtype=np.int64)
     if codec != "topk":
-        allq = comm.allgatherv(pack(codec, x), c)
-        out.reshape(-1)[:] = unpack(codec, allq, out.dtype)
+        allq = comm.allgatherv(pack(codec, x, bufs.get("q", x.size, np.uint16)), c,
+                               out=bufs.get("allq", int(c.sum()), np.uint16))
+        unpack(codec, allq, out.dtype, out=out.reshape(-1))
         return out
     q, _ = pack_topk(x, np.array([0, x.size]), ratio)
     wb = words(c, codec, ratio)

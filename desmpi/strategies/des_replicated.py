@@ -38,7 +38,8 @@ class DesReplicated(Strategy):
         """Σ over ranks of the partials, in place (Zloc is not needed any more)."""
         if not self.wire.packed:
             return self.comm.allreduce(Zloc, out=Zloc)
-        return compressed.allreduce(self.comm, Zloc, self.wire.compress, ratio=self.wire.ratio)
+        return compressed.allreduce(self.comm, Zloc, self.wire.partials, ratio=self.wire.ratio,
+                                    bufs=self.bufs)
 
     def train_step(self, b: Batch, sizes: np.ndarray, t: int) -> float:
         """One synchronous step on this rank's slice ``b``; returns the global loss sum."""
@@ -64,8 +65,8 @@ class DesReplicated(Strategy):
             if not self.wire.packed:
                 comm.allreduce(gw1, out=gw1)
             else:
-                compressed.allreduce(comm, gw1, self.wire.compress, self.residual("W1", gw1),
-                                     self.wire.ratio)
+                compressed.allreduce(comm, gw1, self.wire.dense, self.residual("W1", gw1),
+                                     self.wire.ratio, self.bufs)
             tm.lap("aggregate")
         self._check_and_update(Z, loss, t, lambda t: sparse_update(
             model, occ, kg, self.table, self.sparse_opt, t))

@@ -35,8 +35,8 @@ class DesReduceScatter(DataParallelStrategy):
         if not self.wire.packed:
             comm.reduce_scatter(Zloc, sizes * W, out=out)
         else:
-            compressed.reduce_scatter(comm, Zloc.reshape(-1), sizes * W, self.wire.compress, out,
-                                      self.wire.ratio)
+            compressed.reduce_scatter(comm, Zloc.reshape(-1), sizes * W, self.wire.partials, out,
+                                      self.wire.ratio, self.bufs)
         Zm = out.reshape(n_mine, W)
         tm.lap("aggregate")
         return Zm, (occ, pooled, sizes)
@@ -50,7 +50,8 @@ class DesReduceScatter(DataParallelStrategy):
         if not self.wire.packed:
             comm.allgatherv(send, sizes * W, out=out)
         else:
-            compressed.allgatherv(comm, send, sizes * W, self.wire.compress, out, self.wire.ratio)
+            compressed.allgatherv(comm, send, sizes * W, self.wire.partials, out,
+                                  self.wire.ratio, self.bufs)
         gZall = out.reshape(B, W)
         tm.lap("aggregate")
         kg = model.key_grads(gZall, pooled)  # fused first layer: this rank's part of dW1

@@ -35,19 +35,19 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
         out.append(Collective(kind, itemsize, cc, algorithm=alg,
                               ppn=layout.ppn if alg else 1))
 
-    def summed(kind: str, counts) -> None:
+    def summed(kind: str, counts, codec: str) -> None:
         """A float sum (allreduce, reduce_scatter) or gather of floats, maybe compressed."""
         if not wire.packed:
             add(kind, counts, isz)
         else:
-            for k, cc, item in compressed.calls(kind, counts, P, wire.compress, wire.ratio):
+            for k, cc, item in compressed.calls(kind, counts, P, codec, wire.ratio):
                 add(k, cc, item)
 
     def dense_allreduce() -> None:
         if not wire.packed:
             add("allreduce", [m.D + 1], isz)  # dense gradients + the loss sum
         else:
-            summed("allreduce", [m.D])
+            summed("allreduce", [m.D], wire.dense)
             add("allreduce", [1], 8)  # the loss sum, float64
 
     if strategy == "des":
@@ -67,12 +67,12 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
         if aggregate == "allreduce":
             if not replicate_input:
                 add("allgatherv", c.sizes * (1 + c.n_dense), isz)  # [label | dense] rows
-            summed("allreduce", [B * W])
+            summed("allreduce", [B * W], wire.partials)
             if m.partial_grad:
-                summed("allreduce", [m.partial_grad])
+                summed("allreduce", [m.partial_grad], wire.dense)
         elif aggregate == "reduce_scatter":
-            summed("reduce_scatter", c.sizes * W)
-            summed("allgatherv", c.sizes * W)
+            summed("reduce_scatter", c.sizes * W, wire.partials)
+            summed("allgatherv", c.sizes * W, wire.partials)
             dense_allreduce()
         else:
             raise ValueError(f"unknown aggregate {aggregate!r}")

@@ -35,13 +35,14 @@ from sim.accounting import Call
 
 def allreduce_grads_and_loss(comm, params, loss_local: float,
                              wire: compressed.Wire = compressed.FULL,
-                             residual: np.ndarray | None = None) -> float:
+                             residual: np.ndarray | None = None,
+                             bufs: compressed.Buffers | None = None) -> float:
     """Sum the dense gradients over ranks in place, with the loss sum riding along as one more
     element (one Allreduce of D + 1); returns the global loss sum. Compressed: the gradients
     through :func:`desmpi.strategies.compressed.allreduce` with error feedback (``residual``)
     and the loss sum in a float64 Allreduce of its own (16 bits would round it)."""
     if wire.packed:
-        compressed.allreduce(comm, params.grads, wire.compress, residual, wire.ratio)
+        compressed.allreduce(comm, params.grads, wire.dense, residual, wire.ratio, bufs)
         return float(comm.allreduce(np.array([loss_local], dtype=np.float64))[0])
     buf = params.scratch("grads+loss", (params.size + 1,))
     buf[:-1] = params.grads
@@ -131,6 +132,7 @@ class Strategy:
         self.timer = timer or Timer()
         self.probe: dict | None = None
         self.wire = wire  # payload encodings (desmpi.strategies.compressed)
+        self.bufs = compressed.Buffers()
         self._residuals: dict[str, np.ndarray] = {}  # error feedback, per gradient vector
 
     def residual(self, name: str, like: np.ndarray) -> np.ndarray | None:
@@ -200,7 +202,7 @@ class DataParallelStrategy(Strategy):
             self.probe.update(Z=np.array(Z), gZ=np.array(gZ))
         update = self._sparse_backward(state, gZ)
         loss = allreduce_grads_and_loss(comm, prm, loss_local, self.wire,
-                                        self.residual("dense", prm.grads))
+                                        self.residual("dense", prm.grads), self.bufs)
         tm.lap("aggregate")
         self._check_and_update(Z, loss, t, update)
         return loss
