@@ -127,6 +127,12 @@ class DistConfig:
     input: str = "gather"  # gather (Allgatherv the local batches) | replicate (read) | auto
     check_every: int = 100  # steps between checksums of replicated dense parameters
     cluster: str = "auto"
+    # auto, second stage (desmpi.whatif.trial): candidates predicted within auto_band of the
+    # best (at most auto_trial_max, same model structure and input) take turns on the first
+    # steps, auto_trial_steps timed steps each after one warm step; 0 steps: prediction only
+    auto_trial_steps: int = 3
+    auto_band: float = 0.5
+    auto_trial_max: int = 3
     # a collective that takes longer aborts the job naming the step (a rank stuck, stopped
     # or gone); armed after the first step (JIT compilation); 0: never
     timeout_s: float = 600.0
@@ -158,6 +164,9 @@ class DistConfig:
             raise ConfigError("dist.check_every must be >= 0")
         if not self.cluster:
             raise ConfigError("dist.cluster: 'auto', a preset or a cluster TOML")
+        if self.auto_trial_steps < 0 or self.auto_trial_max < 1 or not self.auto_band >= 0:
+            raise ConfigError("dist.auto_trial_steps must be >= 0, dist.auto_trial_max >= 1 "
+                              "and dist.auto_band >= 0")
         if self.timeout_s < 0:
             raise ConfigError("dist.timeout_s must be >= 0 (0: no timeout)")
 

@@ -100,6 +100,9 @@ def summary_of(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_l
         "eval_auc": None, "eval_logloss": None,
         "samples_per_s": warm_samples / total_t if total_t > 0 else 0.0,
         "step_time_s": statistics.median(step_times) if step_times else 0.0,
+        # after dist 'auto''s trial steps (the variant the run settled on)
+        "step_time_s_after_choice": statistics.median(step_times[tr.trial_steps:])
+        if step_times[tr.trial_steps:] else None,
         # seconds a step spends inside collectives (the median warm step of each rank, mean
         # over ranks; waiting for slower ranks included): what the network model predicts
         "comm_time_s_per_step": float(np.mean([e["comm_step_s"] for e in every])),

@@ -97,7 +97,7 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
     def checkpoint_if_due(step: int) -> None:
         if ck.dir and ((ck.every and step % ck.every == 0) or step == tr.total_steps):
             save(ck.dir, step, comm, tr.table, tr.model, tr.dense_opt,
-                 {"config": cfg.to_dict(), "next_batch": step % tr.nb, "epoch": step // tr.nb,
+                 {"config": tr.cfg.to_dict(), "next_batch": step % tr.nb, "epoch": step // tr.nb,
                   "sparse_opt_t": step, "run_id": run_id}, ck.keep)
 
     current = [start]
@@ -112,7 +112,7 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
         c0 = comm.acct.time_s()
         t0 = time.perf_counter()
         try:
-            loss = tr.strategy.train_step(b, sizes, step)
+            loss = tr.step_strategy().train_step(b, sizes, step)
         except NonFiniteError as e:
             # a diverged update is already applied: nothing to skip back to, always fatal
             if tc.nan_policy != "skip" or isinstance(e, DivergedError):
@@ -124,6 +124,7 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
             continue
         t1 = time.perf_counter()
         dt = t1 - t0
+        tr.after_step(dt)  # dist 'auto': the trial's timing, then its decision
         if trace:
             traced.append({"step": step, "step_s": dt,
                            "events": step_events(comm.acct.log[n_log:], t0, t1)})

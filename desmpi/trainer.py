@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from desmpi.table.lifecycle import Lifecycle
 from desmpi.table.shard import ShardTable
 from desmpi.timer import Timer
 from desmpi.whatif.choose import resolve
+from desmpi.whatif.trial import Trial, trial_candidates
 from desmpi.workspace import Workspace
 
 log = logging.getLogger("desmpi.train")
@@ -70,11 +72,62 @@ class Trainer:
         self.dense_opt = DenseOptimizer(tc.dense_opt, tc.dense_lr or tc.lr, m.params.size,
                                         self.dtype, adagrad_init=tc.adagrad_init)
         self.timer = Timer()
-        self.strategy = make_strategy(v, model=m, table=self.table, sparse_opt=self.sparse_opt,
-                                      dense_opt=self.dense_opt, comm=comm, timer=self.timer,
-                                      wire=cfg.dist.wire)
+        self.strategy = self._strategy(v)
         self.nb = n_batches(ds.n, tc.batch_size)
         self.total_steps = tc.steps or self.nb * tc.epochs
+        self.trial = self._trial()
+
+    def _strategy(self, v):
+        return make_strategy(v, model=self.model, table=self.table, sparse_opt=self.sparse_opt,
+                             dense_opt=self.dense_opt, comm=self.comm, timer=self.timer,
+                             wire=self.cfg.dist.wire)
+
+    def _trial(self) -> Trial | None:
+        """The measured second stage of 'auto' when close candidates share this model."""
+        dc, ch = self.cfg.dist, self.choice
+        if ch is None or not ch.ranking or dc.auto_trial_steps == 0:
+            return None
+        cands = trial_candidates(ch.ranking, self.variant, self._same_model, dc.auto_band,
+                                 dc.auto_trial_max)
+        if len(cands) < 2 or 2 * len(cands) * (1 + dc.auto_trial_steps) > self.total_steps:
+            return None  # nothing to tell apart, or a run too short to spend steps on it
+        strategies = {c: self.strategy if c == self.variant else self._strategy(c)
+                      for c in cands}
+        for s in strategies.values():  # one error-feedback state and scratch for all
+            s._residuals, s.bufs = self.strategy._residuals, self.strategy.bufs
+        return Trial(self.comm, strategies, dc.auto_trial_steps)
+
+    def _same_model(self, v) -> bool:
+        """Does variant v build this run's model (the same first-layer substitution)?"""
+        cfg, m = self.cfg, self.model
+        o = build_model(cfg.model, self.train_ds.n_fields, self.train_ds.n_dense, self.dtype,
+                        cfg.train.seed, v.deep_input(cfg.model.deep_input))
+        return (o.W, o.params.size, o.substitutions) == (m.W, m.params.size, m.substitutions)
+
+    @property
+    def trial_steps(self) -> int:
+        return len(self.trial.schedule) if self.trial is not None else 0
+
+    def step_strategy(self):
+        """The strategy that runs the next step (a trial candidate during the trial)."""
+        if self.trial is not None and self.trial.active:
+            return self.trial.next()[1]
+        return self.strategy
+
+    def after_step(self, seconds: float) -> None:
+        """Time of the step just run; at the trial's end every rank switches to the winner."""
+        if self.trial is None or not self.trial.active:
+            return
+        w = self.trial.record(seconds)
+        if w is None:
+            return
+        self.strategy, self.variant = self.trial.strategies[w], w
+        self.cfg = replace(self.cfg, dist=self.cfg.dist.resolved(w))
+        self.choice = replace(self.choice, trial={
+            "measured_step_time_s": self.trial.measured, "steps": len(self.trial.schedule),
+            "chosen": w.name})
+        if self.comm.rank == 0:
+            log.info("%s", self.trial.describe())
 
     def local_batch(self, ds: CtrDataset, t: int):
         B = self.cfg.train.batch_size

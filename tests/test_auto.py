@@ -108,3 +108,30 @@ def test_a_damaged_calibration_cache_is_measured_again(data, tmp_path):
         assert p.returncode == 0, p.stderr[-2000:]
         files = list((tmp_path / "cache").glob("cluster-*.json"))
         assert len(files) == 1 and set(CACHED) <= set(json.loads(files[0].read_text()))
+
+
+def test_trial_measures_candidates_and_the_model_stays_the_single_process_one(data, tmp_path):
+    """The trial runs several variants in turn on the first real steps and switches to the
+    fastest: every rank agrees, and the model is still the P = 1 model (float64, to 1e-9)."""
+    import numpy as np
+
+    from desmpi.variants import parse
+
+    args = ["-m", "desmpi", "train", str(ROOT / "configs" / "fm.toml"), "--set",
+            f"data.train={data}/t.h5", "--set", f"data.eval={data}/t.h5", "--set",
+            "train.batch_size=128", "--set", "train.steps=24", "--set", "train.dtype=float64",
+            "--set", "dist.auto_band=1000", "--set", "dist.auto_trial_steps=1",
+            "--set", "dist.auto_trial_max=5", "--json"]
+    s = json.loads(run_mpi(2, [*args, "--out", str(tmp_path / "p2")]).stdout.strip()
+                   .splitlines()[-1])
+    t = s["choice"]["trial"]
+    assert t is not None and t["steps"] == 2 * len(t["measured_step_time_s"])
+    assert len(t["measured_step_time_s"]) == 5  # FM: one structure, every variant takes part
+    assert t["chosen"] == s["variant"] == min(t["measured_step_time_s"],
+                                              key=t["measured_step_time_s"].get)
+    assert parse(s["variant"]).name == s["variant"]
+    subprocess.run([sys.executable, *args[:-1], "--out", str(tmp_path / "p1")],
+                   capture_output=True, text=True, timeout=300, cwd=ROOT, check=True)
+    p1 = np.load(tmp_path / "p1" / "eval_predictions.npy")
+    p2 = np.load(tmp_path / "p2" / "eval_predictions.npy")
+    assert np.max(np.abs(p2 - p1) / np.abs(p1)) < 1e-9

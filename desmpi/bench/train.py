@@ -14,6 +14,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -72,13 +73,9 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
                 workdir: str | None = None, sets: dict | None = None) -> dict:
     if steps < 1 or warmup < 0:
         raise ValueError(f"bench train: steps ({steps}) must be >= 1 and warmup ({warmup}) >= 0")
-    rows = batch * (steps + warmup)
     tmp = comm.bcast_object(tempfile.mkdtemp(dir=workdir) if comm.rank == 0 else None)
     try:
         path = os.path.join(tmp, "bench.h5")
-        if comm.rank == 0:
-            generate(SynthSpec(rows=rows, seed=1, cap=cap), path)
-        comm.barrier()
         conf = {"model": {"name": model, **WORKLOADS.get(model, {})}, "data": {"train": path},
                 "train": {"batch_size": batch, "steps": steps + warmup, "optimizer": optimizer,
                           "lr": 0.01},
@@ -88,7 +85,23 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         for sec, kv in (sets or {}).items():
             conf.setdefault(sec, {}).update(kv)
         cfg = from_dict(conf).check()
+        dc = cfg.dist
+        # dist 'auto': room for its trial steps before the warm-up (untimed)
+        extra = dc.auto_trial_max * (1 + dc.auto_trial_steps) if dc.is_auto else 0
+        # (the trainer spends at most half of a run's steps on a trial)
+        cfg = replace(cfg, train=replace(cfg.train, steps=2 * (steps + warmup + extra)))
+        rows = batch * (steps + warmup + extra)
+        if comm.rank == 0:
+            generate(SynthSpec(rows=rows, seed=1, cap=cap), path)
+        comm.barrier()
         tr = Trainer(cfg, comm)
+        first = 1 + tr.trial_steps
+        for step in range(1, first):  # the trial: its candidates take turns, then it decides
+            b, sizes = tr.local_batch(tr.train_ds, step - 1)
+            s = tr.step_strategy()
+            t0 = time.perf_counter()
+            s.train_step(b, sizes, step)
+            tr.after_step(time.perf_counter() - t0)
         P = comm.size
         b_local = int(split_counts(batch, P)[comm.rank])
         v = tr.variant
@@ -104,8 +117,8 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         clock.timing = True
         coll0: dict[str, float] = {}
         faults = 0
-        for step in range(1, steps + warmup + 1):
-            if step == warmup + 1:
+        for step in range(first, first + steps + warmup):
+            if step == first + warmup:
                 tr.timer.phases.clear()
                 coll0 = {k: v.time_s for k, v in comm.acct.counters("train").items()}
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -115,7 +128,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
             t1 = time.perf_counter()
             tr.strategy.train_step(b, sizes, step)
             t2 = time.perf_counter()
-            if step > warmup:
+            if step >= first + warmup:
                 # fresh memory pages the step touched (allocations not reused, table growth)
                 faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
                 times.append(t2 - t0)

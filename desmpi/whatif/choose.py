@@ -45,6 +45,7 @@ class Choice:
     ranking: list[dict]
     cluster: str
     seconds: float
+    trial: dict | None = None  # the measured second stage (desmpi.whatif.trial), if it ran
 
     @property
     def runner_up(self) -> dict | None:

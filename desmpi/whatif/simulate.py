@@ -121,21 +121,21 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
     out = []
     for v in variants:
         info = infos[v]
-        colls, wire, pay, total = [], 0.0, 0.0, 0
+        colls, sent, pay, total = [], 0.0, 0.0, 0
         work = Work(0.0, 0.0)
         for c in counts:
             cl = collectives(v, c, info.dims, layout, wire)
             colls.append([sizes(x, P) for x in cl])
             for x in cl:
                 p, w = x.bytes_per_rank(P)
-                wire += w.mean() / len(counts)
+                sent += w.mean() / len(counts)
                 total += int(w.sum())
                 pay += p.mean() / len(counts)
             w1 = step_work(v, c, info, wire)
             work = Work(work.gemm_flops + w1.gemm_flops / len(counts),
                         work.sparse_keys + w1.sparse_keys / len(counts), len(cl),
                         work.mem_bytes + w1.mem_bytes / len(counts))
-        out.append(Profiled(v, P, B, colls, work, wire, pay, total))
+        out.append(Profiled(v, P, B, colls, work, sent, pay, total))
     return out
 
 

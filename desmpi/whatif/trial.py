@@ -1,0 +1,85 @@
+"""`dist.strategy = "auto"`, second stage: the close candidates measured on the run's first steps.
+
+The simulator's ranking (:mod:`desmpi.whatif.choose`) is right to within its validated error
+band (docs/validation: 10-35 % per step), so candidates predicted within ``dist.auto_band`` of
+the best are not told apart by prediction alone. Every variant trains the same model from the
+same state (the equivalence tests hold each to the single-process run), so they can take turns
+on the run's first real steps and nothing is wasted: one warm step each (JIT compilation, first
+touches), then ``dist.auto_trial_steps`` rounds in turn (A B C A B C …, so that drift in the
+machine's speed falls on all alike); rank 0's median step time per candidate decides, and every
+rank switches to the winner. Only variants that share the model's structure take part (the same
+first-layer substitution: W differs otherwise) and the same input (gather or replicate: the
+batch a rank reads differs).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+
+from desmpi.variants import Variant, parse
+
+log = logging.getLogger("desmpi.train")
+
+
+def trial_candidates(ranking: list[dict], chosen: Variant, same_model, band: float,
+                     most: int) -> list[Variant]:
+    """The chosen variant and the others predicted within ``band`` of it that share its input
+    and model structure (``same_model(v)``), at most ``most`` in all, in predicted order."""
+    if not ranking:
+        return [chosen]
+    best = ranking[0]["step_time_s"]
+    out = [chosen]
+    for r in ranking:
+        v = parse(r["variant"])
+        if v == chosen or len(out) >= most:
+            continue
+        if r["step_time_s"] <= best * (1 + band) and v.input == chosen.input and \
+                same_model(v):
+            out.append(v)
+    return out
+
+
+class Trial:
+    """The schedule of the trial steps and the decision (collective at its last step)."""
+
+    def __init__(self, comm, strategies: dict[Variant, object], rounds: int) -> None:
+        self.comm = comm
+        self.strategies = strategies
+        order = list(strategies)
+        self.schedule = order + order * rounds  # one warm step each, then the rounds
+        self.n_warm = len(order)
+        self.times: dict[Variant, list[float]] = {v: [] for v in order}
+        self.pos = 0
+        self.winner: Variant | None = None
+        self.measured: dict[str, float] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.winner is None
+
+    def next(self) -> tuple[Variant, object]:
+        v = self.schedule[self.pos]
+        return v, self.strategies[v]
+
+    def record(self, seconds: float) -> Variant | None:
+        """Log the step just run; at the end of the schedule decide (all ranks) and return
+        the winner."""
+        v = self.schedule[self.pos]
+        if self.pos >= self.n_warm:
+            self.times[v].append(seconds)
+        self.pos += 1
+        if self.pos < len(self.schedule):
+            return None
+        med = {x.name: statistics.median(t) for x, t in self.times.items()}
+        best = min(med, key=med.get) if self.comm.rank == 0 else None
+        best = self.comm.bcast_object(best)
+        self.measured = self.comm.bcast_object(med)
+        self.winner = parse(best)
+        return self.winner
+
+    def describe(self) -> str:
+        ms = ", ".join(f"{k} {t * 1e3:.1f} ms" for k, t in sorted(self.measured.items(),
+                                                                  key=lambda kv: kv[1]))
+        return (f"auto: measured on the first {len(self.schedule)} steps (median per "
+                f"candidate): {ms}; running {self.winner}")
