@@ -12,11 +12,15 @@ the slowest pair's (bulk synchronous), so the step pays
   regime;
 * **NIC sharing**: when k ranks of a node send off-node in the same step, their k messages go
   through one NIC: the step takes T(m) + (k − 1)·m / bandwidth;
-* **the slowest rank**: each rank's path through the algorithm is a chain of its steps; the
-  collective ends with the slowest of the P chains. Where a level carries the spread of its
+* **the slowest rank**: each rank's path through the algorithm is a chain of its steps (a step
+  repeated k times, as in a ring, is k steps of the chain); the collective ends with the
+  slowest of the P chains. Where a level carries the spread of its
   measured repeats (σ per message size), a chain's time has mean Σ T(m) and variance Σ σ(m)²
   over its steps, and the expected slowest of P such chains adds √(Σ σ²) times the expected
-  maximum of P standard normal draws (:func:`sim.cluster.expected_max_normal`);
+  maximum of P standard normal draws (:func:`sim.cluster.expected_max_normal`). The cluster's
+  ``waits = "step"`` charges instead every step the slowest of its P ranks (Σ σ·E[max of P]):
+  the pessimistic bound, where the chain form is the optimistic one (a rank that waits for a
+  late partner passes the delay on: the true longest path lies between the two);
 * **reduction arithmetic** (γ): reducing m bytes takes m / ``reduce_Bps`` (0: left out);
 * **non-power-of-two P**: recursive doubling / halving fold the P − 2^⌊lg P⌋ extra ranks in
   with one step before and one after (MPICH's and Open MPI's implementations).
@@ -39,6 +43,7 @@ import numpy as np
 from sim.cluster import Cluster, Level, expected_max_normal
 
 THROTTLE = 32  # MPICH MPIR_CVAR_ALLTOALL_THROTTLE default: messages in flight per rank
+WAITS = ("step", "chain")  # how the slowest rank is charged (Net.slowest)
 
 
 def lg_floor(P: int) -> int:
@@ -52,54 +57,77 @@ def lg_ceil(P: int) -> int:
 class Net:
     """The levels P ranks of a cluster see, with block placement (rank r on node r // ppn)."""
 
-    def __init__(self, P: int, ppn: int, intra: Level, inter: Level, gamma: float = 0.0
-                 ) -> None:
+    def __init__(self, P: int, ppn: int, intra: Level, inter: Level, gamma: float = 0.0,
+                 waits: str = "chain") -> None:
+        if waits not in WAITS:
+            raise ValueError(f"waits = {waits!r}; known: {', '.join(WAITS)}")
         self.P = P
         self.ppn = max(1, min(ppn, P))
         self.nodes = -(-P // self.ppn)
         self.intra, self.inter, self.gamma = intra, inter, gamma
-        self.var = 0.0  # Σ σ² of the steps costed so far (see slowest)
+        self.waits = waits
+        self.var = 0.0  # Σ σ² of the steps costed so far (chain form of slowest)
+        self.lock = 0.0  # Σ σ·E[max of P] of the steps costed so far (step form)
 
     @staticmethod
     def of(cl: Cluster, P: int) -> Net:
-        return Net(P, cl.ranks_per_node, cl.intra, cl.inter, cl.reduce_Bps)
+        return Net(P, cl.ranks_per_node, cl.intra, cl.inter, cl.reduce_Bps, cl.waits)
 
     def red(self, m) -> float:
         """Seconds to reduce m bytes (γ)."""
         return float(np.sum(m)) / self.gamma if self.gamma > 0 else 0.0
 
-    def _t(self, lvl: Level, m, k=1) -> np.ndarray:
-        """Steps of m bytes, k messages sharing a NIC in each; their spread is accumulated."""
+    def _acc(self, lvl: Level, m, reps: int = 1) -> None:
+        """Accumulate the spread of ``reps`` rounds of steps of m bytes on ``lvl``."""
+        sd = lvl.spread(np.asarray(m, dtype=np.float64))
+        self.var += reps * float(np.sum(sd ** 2))
+        self.lock += reps * float(np.sum(sd)) * expected_max_normal(self.P)
+
+    def _t(self, lvl: Level, m, k=1, reps: int = 1) -> np.ndarray:
+        """Steps of m bytes, k messages sharing a NIC in each (one round; ``reps`` rounds of
+        spread are accumulated)."""
         m = np.asarray(m, dtype=np.float64)
-        self.var += float(np.sum(lvl.spread(m) ** 2))
+        self._acc(lvl, m, reps)
         return lvl.time(m) + (np.asarray(k) - 1) * m / lvl.bandwidth_Bps
 
+    def absorb(self, other: Net) -> None:
+        """Add the waits of a sub-collective run on ``other`` (e.g. among node leaders)."""
+        self.var += other.var
+        self.lock += other.lock
+
     def slowest(self) -> float:
-        """Expected extra time of the slowest of the P ranks' chains over the mean chain."""
+        """Expected extra time of waiting for slow ranks, over the mean step times: ``step``:
+        every step waits for the slowest of its ranks (Σ over steps of σ·E[max of P]);
+        ``chain``: each rank runs its chain of steps on its own and the collective waits for
+        the slowest chain (√(Σ σ²)·E[max of P])."""
+        if self.waits == "step":
+            return self.lock
         return float(np.sqrt(self.var) * expected_max_normal(self.P)) if self.var else 0.0
 
-    def xor(self, d, m) -> float:
-        """Time of steps whose partner is r XOR d (d: a distance or an array of them)."""
+    def xor(self, d, m, reps: int = 1) -> float:
+        """Time of steps whose partner is r XOR d (d: a distance or an array of them), done
+        ``reps`` times."""
         d = np.atleast_1d(np.asarray(d, dtype=np.int64))
         m = np.broadcast_to(np.asarray(m, dtype=np.float64), d.shape)
         if self.nodes == 1:
-            return float(np.sum(self._t(self.intra, m)))
+            return reps * float(np.sum(self._t(self.intra, m, reps=reps)))
         ppn = self.ppn
         aligned = (ppn % (2 * d) == 0) & (d < ppn)  # partner always inside the node
         k = np.where(d >= ppn, ppn, np.minimum(d, ppn))  # ranks of a node crossing at once
-        t_in = self._t(self.intra, m[aligned])
-        t_out = self._t(self.inter, m[~aligned], k[~aligned])
-        return float(np.sum(t_in) + np.sum(t_out))
+        t_in = self._t(self.intra, m[aligned], reps=reps)
+        t_out = self._t(self.inter, m[~aligned], k[~aligned], reps=reps)
+        return reps * float(np.sum(t_in) + np.sum(t_out))
 
-    def shift(self, s, m) -> float:
-        """Time of steps whose partner is r + s (mod P): rings (s = 1), pairwise, Bruck."""
+    def shift(self, s, m, reps: int = 1) -> float:
+        """Time of steps whose partner is r + s (mod P): rings (s = 1), pairwise, Bruck; done
+        ``reps`` times."""
         s = np.atleast_1d(np.asarray(s, dtype=np.int64))
         m = np.broadcast_to(np.asarray(m, dtype=np.float64), s.shape)
         if self.nodes == 1:
-            return float(np.sum(self._t(self.intra, m)))
+            return reps * float(np.sum(self._t(self.intra, m, reps=reps)))
         # ranks of a node whose partner sits on another node: the last s of the node's block
         k = np.maximum(1, np.minimum(np.minimum(s, self.ppn), self.P - s))
-        return float(np.sum(self._t(self.inter, m, k)))
+        return reps * float(np.sum(self._t(self.inter, m, k, reps=reps)))
 
     def flat(self, m_per_peer: float, peers: int, throttle: int | None) -> float:
         """Every rank sends m bytes to each of ``peers`` others at once (Isend/Irecv in batches
@@ -107,6 +135,7 @@ class Net:
         if peers <= 0:
             return 0.0
         batches = 1 if not throttle else -(-peers // throttle)
+        self._acc(self.intra if self.nodes == 1 else self.inter, m_per_peer, batches)
         if self.nodes == 1:
             return batches * float(self.intra.time(0.0)) + peers * m_per_peer / \
                 self.intra.bandwidth_Bps
@@ -126,7 +155,7 @@ def _fold(net: Net, n: float) -> float:
     P = net.P
     if P & (P - 1) == 0:
         return 0.0
-    return 2 * net.shift(1, n) + net.red(n)
+    return net.shift(1, n, reps=2) + net.red(n)
 
 
 def allreduce_recursive_doubling(net: Net, n: float) -> float:
@@ -142,19 +171,19 @@ def allreduce_rabenseifner(net: Net, n: float) -> float:
     p2 = 1 << lg_floor(net.P)
     k = np.arange(lg_floor(p2))
     d, m = 1 << k, n / (2.0 ** (k + 1))
-    return _fold(net, n) + 2 * net.xor(d, m) + net.red(m)
+    return _fold(net, n) + net.xor(d, m, reps=2) + net.red(m)
 
 
 def allreduce_ring(net: Net, n: float) -> float:
     P = net.P
     m = math.ceil(n / P)
-    return 2 * (P - 1) * net.shift(1, m) + (P - 1) * net.red(m)
+    return net.shift(1, m, reps=2 * (P - 1)) + (P - 1) * net.red(m)
 
 
 def allreduce_reduce_bcast(net: Net, n: float) -> float:
     """Binomial reduce then binomial broadcast (MPICH/Open MPI "nonoverlapping")."""
     d = 1 << np.arange(lg_ceil(net.P))
-    return 2 * net.xor(d, n) + net.red(np.full(d.shape, n))
+    return net.xor(d, n, reps=2) + net.red(np.full(d.shape, n))
 
 
 def allreduce_linear(net: Net, n: float) -> float:
@@ -168,13 +197,13 @@ def allreduce_node_aware(net: Net, n: float, inter_alg) -> float:
     ``inter_alg`` among one leader per node, broadcast inside each node."""
     ppn = net.ppn
     d = 1 << np.arange(lg_ceil(ppn))
-    intra = 2 * float(np.sum(net._t(net.intra, np.full(d.shape, n)))) + \
+    intra = 2 * float(np.sum(net._t(net.intra, np.full(d.shape, n), reps=2))) + \
         net.red(np.full(d.shape, n))
     if net.nodes == 1:
         return intra
-    leaders = Net(net.nodes, 1, net.inter, net.inter, net.gamma)
+    leaders = Net(net.nodes, 1, net.inter, net.inter, net.gamma, net.waits)
     t = inter_alg(leaders, n)
-    net.var += leaders.var
+    net.absorb(leaders)
     return intra + t
 
 
@@ -195,7 +224,7 @@ def reduce_scatter_pairwise(net: Net, n: float, mb: float) -> float:
 
 def reduce_scatter_ring(net: Net, n: float, mb: float) -> float:
     P = net.P
-    return (P - 1) * (net.shift(1, mb) + net.red(mb))
+    return net.shift(1, mb, reps=P - 1) + (P - 1) * net.red(mb)
 
 
 def reduce_scatter_butterfly(net: Net, n: float, mb: float) -> float:
@@ -204,13 +233,13 @@ def reduce_scatter_butterfly(net: Net, n: float, mb: float) -> float:
     p2 = 1 << lg_floor(net.P)
     k = np.arange(lg_floor(p2))
     d, m = 1 << k, n / (2.0 ** (k + 1))
-    extra = 0.0 if net.P == p2 else 2 * net.shift(1, n) + net.red(n)
+    extra = 0.0 if net.P == p2 else net.shift(1, n, reps=2) + net.red(n)
     return extra + net.xor(d, m) + net.red(m)
 
 
 # ---- allgather(v) (n = all blocks, mb = largest block) ------------------------------------------
 def allgather_ring(net: Net, n: float, mb: float) -> float:
-    return (net.P - 1) * net.shift(1, mb)
+    return net.shift(1, mb, reps=net.P - 1)
 
 
 def allgather_recursive_doubling(net: Net, n: float, mb: float) -> float:
@@ -232,7 +261,7 @@ def allgather_neighbor(net: Net, n: float, mb: float) -> float:
     """Open MPI neighbor exchange: P/2 steps with the left and right neighbours, two blocks
     per step after the first."""
     P = net.P
-    return net.shift(1, mb) + (P // 2 - 1) * net.shift(1, 2 * mb)
+    return net.shift(1, mb) + net.shift(1, 2 * mb, reps=max(P // 2 - 1, 0))
 
 
 def allgather_linear(net: Net, n: float, mb: float) -> float:
@@ -285,8 +314,9 @@ def bcast_knomial(net: Net, n: float, radix: int = 4) -> float:
     """Open MPI knomial (radix 4): at each of ⌈log_radix P⌉ levels a parent sends to up to
     radix − 1 children, one after the other."""
     levels = math.ceil(math.log(net.P, radix)) if net.P > 1 else 0
-    return levels * (radix - 1) * float(net.inter.time(n) if net.nodes > 1 else
-                                        net.intra.time(n))
+    lvl = net.inter if net.nodes > 1 else net.intra
+    net._acc(lvl, n, levels * (radix - 1))
+    return levels * (radix - 1) * float(lvl.time(n))
 
 
 def bcast_pipeline(net: Net, n: float, seg: float = 65536.0, tree_depth: int | None = None
@@ -297,6 +327,7 @@ def bcast_pipeline(net: Net, n: float, seg: float = 65536.0, tree_depth: int | N
     hops = (net.P - 1) if tree_depth is None else tree_depth
     m = min(n, seg)
     lvl = net.inter if net.nodes > 1 else net.intra
+    net._acc(lvl, m, hops + S - 1)
     return (hops + S - 1) * float(lvl.time(m))
 
 

@@ -31,7 +31,9 @@ Presets carry the source of their numbers; a TOML file can describe any cluster:
 Top-level optional keys: ``mpi`` (the library whose algorithm selection applies: ``mpich``,
 ``openmpi``, ``openmpi-4.0``; see :mod:`sim.selection`), ``reduce_Bps`` (γ: bytes a rank reduces
 per second in a collective's reduction, ``desmpi bench compute`` measures it; 0 leaves the
-reduction arithmetic out).
+reduction arithmetic out), ``waits`` (how slow ranks are charged: ``chain``, the default, each
+rank runs its chain of steps and the collective waits for the slowest chain; ``step``, every
+step waits for its slowest rank — the pessimistic bound; :meth:`sim.algorithms.Net.slowest`).
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ class Cluster:
     source: str = ""
     mpi: str = "mpich"  # whose algorithm selection applies (sim.selection.LIBRARIES)
     reduce_Bps: float = 0.0  # γ: reduction bytes per second per rank (0: not modelled)
+    waits: str = "chain"  # the slowest rank: per chain or per step (sim.algorithms.Net.slowest)
 
     @property
     def ranks(self) -> int:
@@ -187,7 +190,7 @@ def load_cluster(spec: str) -> Cluster:
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{path}: {e}") from None
     allowed = {"name", "nodes", "ranks_per_node", "cores_per_node", "intra", "inter",
-               "compute", "source", "mpi", "reduce_Bps"}
+               "compute", "source", "mpi", "reduce_Bps", "waits"}
     unknown = set(d) - allowed
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -231,10 +234,13 @@ def load_cluster(spec: str) -> Cluster:
     gamma = float(d.get("reduce_Bps", 0.0))
     if not gamma >= 0:
         raise ValueError(f"{path}: reduce_Bps must be >= 0")
+    waits = str(d.get("waits", "chain"))
+    if waits not in ("step", "chain"):
+        raise ValueError(f"{path}: waits = {waits!r}; known: step, chain")
     return Cluster(d.get("name", path.stem), int(d["nodes"]), int(d["ranks_per_node"]),
                    level("intra"), level("inter"), int(d.get("cores_per_node", 0)),
                    ComputeRates(**{k: float(v) for k, v in comp.items()}), d.get("source", ""),
-                   mpi, gamma)
+                   mpi, gamma, waits)
 
 
 def dump_cluster(cl: Cluster) -> str:
@@ -256,6 +262,7 @@ def dump_cluster(cl: Cluster) -> str:
     L = [f"name = {json.dumps(cl.name)}", f"nodes = {cl.nodes}",
          f"ranks_per_node = {cl.ranks_per_node}", f"cores_per_node = {cl.cores_per_node}",
          f"mpi = {json.dumps(cl.mpi)}", f"reduce_Bps = {num(cl.reduce_Bps)}",
+         f"waits = {json.dumps(cl.waits)}",
          f"source = {json.dumps(cl.source)}", "", *level("intra", cl.intra), "",
          *level("inter", cl.inter), "", "[compute]",
          f"gemm_flops = {num(c.gemm_flops)}", f"sparse_keys_per_s = {num(c.sparse_keys_per_s)}",

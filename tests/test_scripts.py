@@ -30,6 +30,25 @@ def test_compare_strategies_quick(tmp_path):
     assert "Crossover" in md and "saving vs ps" in md
 
 
+def test_compare_compression_quick(tmp_path):
+    _run(["scripts/compare_compression.py", "--quick", "--models", "lr", "--out",
+          str(tmp_path)], timeout=900)
+    rep = json.loads((tmp_path / "compression.json").read_text())
+    real = {(r["data"], r["P"], r["method"]): r for r in rep["real"]}
+    for data in ("criteo", "synthetic"):
+        none, narrow = real[data, 2, "none"], real[data, 2, "bf16+narrow"]
+        bf16 = real[data, 2, "bf16"]
+        assert narrow["eval_auc"] == bf16["eval_auc"]  # narrow keys change no bit
+        assert narrow["wire_bytes_per_step"] < bf16["wire_bytes_per_step"] < \
+            none["wire_bytes_per_step"]
+        assert abs(bf16["eval_auc"] - none["eval_auc"]) < 0.01
+    plan = {(r["P"], r["variant"], r["method"]): r for r in rep["planned"]}
+    full = plan[64, "des/allreduce+replicate", "none"]  # the partials alone
+    half = plan[64, "des/allreduce+replicate", "bf16"]
+    assert 0.45 < half["wire_bytes_per_step"] / full["wire_bytes_per_step"] < 0.6
+    assert "ΔAUC" in (tmp_path / "compression.md").read_text()
+
+
 def test_bench_whatif_small():
     p = _run(["scripts/bench_whatif.py", "--ranks", "8,64", "--batch", "512,1024",
               "--clusters", "3", "--json"])

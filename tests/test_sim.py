@@ -273,3 +273,34 @@ def test_cluster_presets_and_toml(tmp_path):
         load_cluster(str(f))
     with pytest.raises(FileNotFoundError, match="preset"):
         load_cluster("nope")
+
+
+@pytest.mark.parametrize("P", [4, 6, 8])
+def test_every_repeated_step_adds_its_spread(P):
+    """A ring repeats one step 2(P - 1) times: the chain's variance is 2(P - 1)·σ² (chain
+    form), and every step waits for its slowest rank in the step form: 2(P - 1)·σ·E[max]."""
+    lv = Level(2e-5, 1e9, (0.0, 1e6), (2e-5, 1e-3), (3e-6, 3e-6))
+    sd, e = 3e-6, float(expected_max_normal(P))
+    ring = 2 * (P - 1)
+    n = 4096.0 * P
+    for waits, extra in (("chain", math.sqrt(ring) * sd * e), ("step", ring * sd * e)):
+        cl = Cluster("t", P, 1, lv, lv, waits=waits)
+        got = sized_time(Sizes("allreduce", n), cl, P, "ring")
+        assert got == pytest.approx(ring * float(lv.time(n / P)) + extra), waits
+    # the pessimistic form never charges less than the optimistic one
+    for alg in ("recursive_doubling", "rabenseifner", "ring"):
+        a = sized_time(Sizes("allreduce", n), Cluster("t", P, 1, lv, lv), P, alg)
+        b = sized_time(Sizes("allreduce", n), Cluster("t", P, 1, lv, lv, waits="step"), P, alg)
+        assert b >= a, alg
+
+
+def test_cluster_waits_round_trips_through_toml(tmp_path):
+    from sim.cluster import dump_cluster
+
+    cl = replace(PRESETS["edr"], waits="step")
+    f = tmp_path / "c.toml"
+    f.write_text(dump_cluster(cl))
+    assert load_cluster(str(f)).waits == "step"
+    f.write_text(dump_cluster(cl).replace('waits = "step"', 'waits = "late"'))
+    with pytest.raises(ValueError, match="waits"):
+        load_cluster(str(f))
