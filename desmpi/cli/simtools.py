@@ -115,6 +115,7 @@ def cmd_cluster(a) -> int:
                           mbw_mr=a.osu_mbw_mr, intra_latency=a.intra_osu_latency,
                           cores_per_node=a.cores_per_node, mpi=a.mpi, reduce_Bps=a.reduce_Bps,
                           name=a.name or "")
+    cl = replace(cl, waits=a.waits)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(dump_cluster(cl))
@@ -165,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the MPI library whose algorithm selection applies")
     c.add_argument("--reduce-Bps", type=float, default=0.0,
                    help="γ: reduction bytes/s per rank (desmpi bench compute); 0: left out")
+    c.add_argument("--waits", default="chain", choices=("chain", "step"),
+                   help="slow ranks: the collective waits for the slowest chain of steps "
+                   "(default) or every step for its slowest rank (the pessimistic bound)")
     c.add_argument("--name", default=None)
     c.add_argument("--out", required=True)
     c.add_argument("--json", action="store_true")
