@@ -4,15 +4,16 @@ A key is ``(field + 1) << 48 | value`` (:mod:`desmpi.kernels.hashing`), and its 
 from its position in the batch (one-hot: position mod F; multi-hot: from the bag offsets, which
 travel first). So a key travels as its value in one 32-bit word:
 
-* ``value`` when its field bits match its position and ``value < 0xFFFFFFFF`` (Criteo's hex ids
-  are 32-bit: every one fits);
-* ``0xFFFFFFFF`` for the field's *missing* key;
-* any other key (a 33-bit or hashed 47-bit value, or the value 0xFFFFFFFF itself) is an
-  *escape*: its word is 0xFFFFFFFF too, and (position, full key) travel in a second Allgatherv
-  of int64 pairs, after an Allgather of each rank's escape count.
+* ``value`` when its field bits match its position and ``value < 0xFFFFFFFE`` (Criteo's hex ids
+  are 32-bit: all but two of them fit);
+* ``0xFFFFFFFF`` (:data:`MISSING_WORD`) for the field's *missing* key;
+* ``0xFFFFFFFE`` (:data:`ESCAPE_WORD`) for any other key (a 33-bit or hashed 47-bit value, or the
+  values 0xFFFFFFFE and 0xFFFFFFFF themselves): the full keys follow, in order, in a second
+  Allgatherv of int64 — whose counts every rank reads off the words it received, so no count
+  exchange is needed, and which is skipped when no rank has an escape.
 
-``join(split(keys))`` is ``keys`` for every int64 array (tests/test_keycodec.py). Traffic:
-4 bytes per key + 8 per rank + 16 per escape, against 8 per key.
+``join(split(keys))`` is ``keys`` for every int64 array (tests/test_keycodec.py). Traffic: 4
+bytes per key, plus 8 per escape, against 8 per key.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from desmpi.kernels.hashing import FIELD_SHIFT, MISSING_BIT
 
 WORD = np.uint32
 MISSING_WORD = 0xFFFFFFFF
+ESCAPE_WORD = 0xFFFFFFFE
 
 
 def fields_of(n: int, F: int, offsets: np.ndarray | None, nnz: int) -> np.ndarray:
@@ -33,33 +35,38 @@ def fields_of(n: int, F: int, offsets: np.ndarray | None, nnz: int) -> np.ndarra
     return bag % F
 
 
+def _classify(keys: np.ndarray, fields: np.ndarray):
+    base = (fields.astype(np.int64) + 1) << FIELD_SHIFT
+    v = keys - base  # modular: exact whenever the key is base + v
+    fits = (v >= 0) & (v < ESCAPE_WORD)
+    missing = keys == (base | MISSING_BIT)
+    return base, v, fits, missing
+
+
 def escapes(keys: np.ndarray, fields: np.ndarray) -> np.ndarray:
     """Bool (nnz,): keys that do not fit one word."""
-    base = (fields.astype(np.int64) + 1) << FIELD_SHIFT
-    v = keys - base
-    fits = (v >= 0) & (v < MISSING_WORD)
-    return ~fits & (keys != (base | MISSING_BIT))
+    _, _, fits, missing = _classify(keys, fields)
+    return ~fits & ~missing
 
 
 def split(keys: np.ndarray, fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """-> (words (nnz,) uint32, escapes (2·e,) int64 as (position, key) pairs)."""
-    base = (fields.astype(np.int64) + 1) << FIELD_SHIFT
-    v = keys - base
-    fits = (v >= 0) & (v < MISSING_WORD)
-    words = np.where(fits, v, MISSING_WORD).astype(WORD)
-    esc = np.flatnonzero(~fits & (keys != (base | MISSING_BIT)))
-    pairs = np.empty((esc.size, 2), dtype=np.int64)
-    pairs[:, 0] = esc
-    pairs[:, 1] = keys[esc]
-    return words, pairs.reshape(-1)
+    """-> (words (nnz,) uint32, the escaped keys (e,) int64 in position order)."""
+    _, v, fits, missing = _classify(keys, fields)
+    words = np.where(fits, v, np.where(missing, MISSING_WORD, ESCAPE_WORD)).astype(WORD)
+    return words, keys[~fits & ~missing]
 
 
-def join(words: np.ndarray, fields: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`split` (pairs: positions into ``words``)."""
+def n_escapes(words: np.ndarray) -> int:
+    return int(np.count_nonzero(words == ESCAPE_WORD))
+
+
+def join(words: np.ndarray, fields: np.ndarray, escaped: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`split` (``escaped``: the full keys of the escape words, in order)."""
     base = (fields.astype(np.int64) + 1) << FIELD_SHIFT
     w = words.astype(np.int64)
     keys = np.where(w == MISSING_WORD, base | MISSING_BIT, base + w)
-    if pairs.size:
-        p = pairs.reshape(-1, 2)
-        keys[p[:, 0]] = p[:, 1]
+    esc = np.flatnonzero(words == ESCAPE_WORD)
+    if esc.size != escaped.size:
+        raise ValueError(f"{esc.size} escape words but {escaped.size} escaped keys")
+    keys[esc] = escaped
     return keys

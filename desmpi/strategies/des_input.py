@@ -6,9 +6,8 @@ data, values for weighted keys) and, when the dense part is replicated, of [labe
 MPI traffic, the DES paper's setting); nothing is communicated.
 
 ``dist.keys = "narrow"``: the keys travel as 32-bit words with the field implied by position
-(:mod:`desmpi.data.keycodec`, lossless): an Allgather of each rank's escape count, the
-Allgatherv of the words, and an Allgatherv of the escaped (position, key) pairs when any rank
-has one.
+(:mod:`desmpi.data.keycodec`, lossless): the Allgatherv of the words, then an Allgatherv of the
+escaped full keys when any rank has one (every rank counts the escape words it received).
 """
 
 from __future__ import annotations
@@ -59,16 +58,14 @@ def _gather_narrow(comm: Comm, b: Batch, nnz: np.ndarray, B: int,
                    offsets: np.ndarray | None) -> np.ndarray:
     """The global batch's keys through :mod:`desmpi.data.keycodec` (lossless)."""
     F = b.n_fields
-    words, pairs = keycodec.split(b.keys, keycodec.fields_of(b.n, F, b.offsets,
-                                                             b.keys.shape[0]))
-    n_esc = comm.allgather_counts(pairs.size // 2)
+    words, escaped = keycodec.split(b.keys, keycodec.fields_of(b.n, F, b.offsets,
+                                                               b.keys.shape[0]))
     allw = comm.allgatherv(words, nnz)
-    allpairs = np.empty(0, dtype=np.int64)
-    if n_esc.sum():
-        allpairs = comm.allgatherv(pairs, 2 * n_esc).reshape(-1, 2)
-        start = np.concatenate([[0], np.cumsum(nnz)[:-1]])  # each rank's first key position
-        allpairs[:, 0] += np.repeat(start, n_esc)
-    return keycodec.join(allw, keycodec.fields_of(B, F, offsets, allw.shape[0]), allpairs)
+    bounds = np.concatenate([[0], np.cumsum(nnz)])
+    n_esc = np.array([keycodec.n_escapes(allw[bounds[j]:bounds[j + 1]])
+                      for j in range(comm.size)], dtype=np.int64)
+    allesc = comm.allgatherv(escaped, n_esc) if n_esc.sum() else escaped[:0]
+    return keycodec.join(allw, keycodec.fields_of(B, F, offsets, allw.shape[0]), allesc)
 
 
 def global_batch(comm: Comm, b: Batch, sizes: np.ndarray, replicate_input: bool,

@@ -55,10 +55,9 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
             if not c.onehot:
                 add("allgatherv", c.sizes * F, I64)  # bag lengths
             if wire.keys == "narrow":
-                add("allgather", np.ones(P), I64)  # escape counts
                 add("allgatherv", c.nnz, 4)  # 32-bit words
                 if c.escapes.sum():
-                    add("allgatherv", 2 * c.escapes, I64)  # (position, key) pairs
+                    add("allgatherv", c.escapes, I64)  # the keys that did not fit
             else:
                 add("allgatherv", c.nnz, I64)
             if c.weighted:
