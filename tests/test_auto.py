@@ -127,8 +127,12 @@ def test_trial_measures_candidates_and_the_model_stays_the_single_process_one(da
     t = s["choice"]["trial"]
     assert t is not None and t["steps"] == 2 * len(t["measured_step_time_s"])
     assert len(t["measured_step_time_s"]) == 5  # FM: one structure, every variant takes part
-    assert t["chosen"] == s["variant"] == min(t["measured_step_time_s"],
-                                              key=t["measured_step_time_s"].get)
+    meas, predicted = t["measured_step_time_s"], s["choice"]["variant"]
+    fastest = min(meas, key=meas.get)
+    assert t["chosen"] == s["variant"]
+    # the measured fastest, unless it beats the simulator's choice by no more than the margin
+    assert t["chosen"] == fastest or (t["chosen"] == predicted
+                                      and meas[fastest] > 0.95 * meas[predicted])
     assert parse(s["variant"]).name == s["variant"]
     subprocess.run([sys.executable, *args[:-1], "--out", str(tmp_path / "p1")],
                    capture_output=True, text=True, timeout=300, cwd=ROOT, check=True)
