@@ -273,3 +273,28 @@ def test_detect_library():
     assert detect_library("Open MPI v4.0.7, package") == "openmpi-4.0"
     assert detect_library("Intel(R) MPI Library 2021.10 for Linux*") == ""
     assert detect_library("MVAPICH2 Version      :\t2.3.7") == ""
+
+
+def test_every_selected_algorithm_has_exact_wire_bytes():
+    """Whatever a ported library selects, for any size and P, sim.wire counts it."""
+    import numpy as np
+
+    from sim.accounting import Collective, Layout
+    from sim.selection import LIBRARIES
+
+    for mpi in LIBRARIES:
+        for P, ppn in [(2, 1), (3, 1), (4, 2), (7, 1), (8, 4), (16, 16), (33, 1), (64, 8),
+                       (300, 4), (1024, 16)]:
+            lay = Layout(mpi, ppn)
+            for n in (1, 40, 3000, 70_000, 2_000_000):
+                per = max(1, n // P)
+                for kind, counts in [("allreduce", [n]), ("bcast", [n]),
+                                     ("reduce_scatter", np.full(P, per)),
+                                     ("allgatherv", np.full(P, per)),
+                                     ("alltoall", np.full((P, P), per)),
+                                     ("alltoallv", np.full((P, P), per))]:
+                    c = np.asarray(counts)
+                    alg = lay.algorithm(kind, c, 4, P)
+                    col = Collective(kind, 4, c, algorithm=alg, ppn=ppn)
+                    pay, wire = col.bytes_per_rank(P)
+                    assert (wire >= 0).all() and wire.shape == (P,), (mpi, P, kind, alg)
