@@ -28,6 +28,7 @@ with ``==``:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -125,11 +126,7 @@ def wire_bytes(call: Call) -> int:
     if p == 1 or k == "barrier":
         return 0
     if call.algorithm:
-        from sim import wire
-
-        if k in ("alltoall", "alltoallv"):  # one rank's row is all it takes
-            return int(wire.alltoall_row(call.algorithm, c, r, p)) * s
-        return int(wire.sent(k, call.algorithm, c, p, call.root, call.ppn, s)[r]) * s
+        return _algorithm_wire(k, call.algorithm, c, s, r, p, call.root, call.ppn)
     if k == "allreduce":
         ch = _chunks(c[0], p)
         return (2 * c[0] - ch[r] - ch[(r + 1) % p]) * s
@@ -142,6 +139,17 @@ def wire_bytes(call: Call) -> int:
     if k == "bcast":
         return c[0] * s * _binomial_children(r, call.root, p)
     raise AssertionError(k)
+
+
+@lru_cache(maxsize=4096)
+def _algorithm_wire(kind: str, alg: str, counts: tuple[int, ...], itemsize: int, rank: int,
+                    P: int, root: int, ppn: int) -> int:
+    """Bytes rank sends under ``alg`` (cached: a training run repeats the same calls)."""
+    from sim import wire
+
+    if kind in ("alltoall", "alltoallv"):  # one rank's row is all it takes
+        return int(wire.alltoall_row(alg, counts, rank, P)) * itemsize
+    return int(wire.sent(kind, alg, counts, P, root, ppn, itemsize)[rank]) * itemsize
 
 
 @dataclass(frozen=True)
@@ -226,6 +234,11 @@ class Layout:
         ranks (counts as in :class:`Call` or :class:`Collective`; alltoall: equal counts)."""
         if not self.mpi or P <= 1 or kind == "barrier":
             return ""
+        if isinstance(counts, tuple):  # a rank's Call: cached (the same calls every step)
+            return _algorithm_of(self, kind, counts, itemsize, P)
+        return self._select(kind, counts, itemsize, P)
+
+    def _select(self, kind: str, counts, itemsize: int, P: int) -> str:
         from sim.selection import select
 
         ppn = min(self.ppn, P)
@@ -246,6 +259,12 @@ class Layout:
                           itemsize=itemsize)
         return select(self.mpi, kind, P, 0, per_peer=0, nodes=nodes, ppn=ppn,
                       itemsize=itemsize)  # alltoallv: by P alone in every library ported
+
+
+@lru_cache(maxsize=4096)
+def _algorithm_of(layout: Layout, kind: str, counts: tuple[int, ...], itemsize: int,
+                  P: int) -> str:
+    return layout._select(kind, counts, itemsize, P)
 
 
 TEXTBOOK = Layout()  # no library named: the textbook ring / pairwise / binomial forms
