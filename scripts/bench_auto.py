@@ -71,6 +71,11 @@ def main() -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    write_markdown(out, rows, a)
+    return 0
+
+
+def write_markdown(out: Path, rows: list[dict], a) -> None:
     ok = sum(r["auto_vs_best"] >= 0.95 for r in rows)
     ok_sim = sum(r["predicted_vs_best"] >= 0.95 for r in rows)
     L = ["# dist.strategy = \"auto\" against every variant, measured", "",
@@ -90,7 +95,7 @@ def main() -> int:
     for r in rows:
         tr = r["trial"]
         trs = "" if not tr else ", ".join(
-            f"{k} {v * 1e3:.0f} ms" for k, v in sorted(tr["measured_step_time_s"].items(),
+            f"{k} {v * 1e3:.1f} ms" for k, v in sorted(tr["measured_step_time_s"].items(),
                                                       key=lambda kv: kv[1]))
         L.append(f"| {r['model']} | {r['P']} | {r['batch']} | {r['auto']} | "
                  f"{r['auto_samples_per_s']:.0f} | {r['best']} | {r['best_samples_per_s']:.0f}"
@@ -99,7 +104,7 @@ def main() -> int:
                  + ("" if r["choose_s"] is None else f"{r['choose_s']:.1f}") + " | "
                  + " | ".join(f"{r['variants'][v.name]:.0f}" for v in VARIANTS) + " |")
     out.write_text("\n".join(L) + "\n")
-    return 0
+
 
 
 if __name__ == "__main__":
