@@ -24,7 +24,7 @@ from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.variants import COMPARED
-from desmpi.whatif.simulate import ModelInfo, predict, profile
+from desmpi.whatif.simulate import ModelInfo, layout_of, predict, profile
 from sim.cluster import PRESETS, Level
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,8 @@ def main() -> int:
         cfg = load(ROOT / "configs" / "deepfm.toml", [f"data.train={data}"])
         info = ModelInfo.per_variant(cfg.model, 26, 13, np.float32, variants)
         t0 = time.perf_counter()
-        profs = [p for B in batches for P in ranks for p in profile(ds, info, P, B, 2, variants)]
+        profs = [p for B in batches for P in ranks  # bytes under the presets' MPICH, 16/node
+                 for p in profile(ds, info, P, B, 2, variants, layout=layout_of(base[0], P))]
         t1 = time.perf_counter()
         rows = [predict(p, cl) for p in profs for cl in clusters]
         t2 = time.perf_counter()

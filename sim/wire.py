@@ -39,6 +39,8 @@ non-power-of-two P and how they split a vector into blocks:
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from sim.selection import FAMILY, select
@@ -137,12 +139,15 @@ def _node_aware(n: int, P: int, ppn: int, itemsize: int) -> np.ndarray:
     """Reduce in each node (binomial), allreduce among the node leaders (MPICH's flat rule),
     broadcast in each node (binomial); ranks placed in blocks of ppn."""
     ppn = max(1, min(ppn, P))
-    out = np.zeros(P, dtype=np.int64)
     nodes = -(-P // ppn)
-    for node in range(nodes):
-        lo, hi = node * ppn, min(P, (node + 1) * ppn)
-        k = hi - lo
-        out[lo:hi] += np.where(np.arange(k) == 0, 0, n) + n * _binomial_children(k)
+
+    def in_node(k: int) -> np.ndarray:  # binomial reduce (n from all but the leader) + bcast
+        return np.where(np.arange(k) == 0, 0, n) + n * _binomial_children(k)
+
+    full, last = divmod(P, ppn)
+    out = np.tile(in_node(ppn), full)
+    if last:
+        out = np.concatenate([out, in_node(last)])
     if nodes > 1:
         alg = select("mpich", "allreduce", nodes, n * itemsize, nodes=nodes, ppn=1,
                      itemsize=itemsize)
@@ -190,25 +195,35 @@ def allgather(alg: str, c: np.ndarray, P: int) -> np.ndarray:
     raise ValueError(f"no wire form for allgather algorithm {alg!r}")
 
 
-def alltoall(alg: str, rows: np.ndarray, P: int) -> np.ndarray:
-    """rows: (P, P) counts, [r, j] sent by r to j."""
-    if alg == "bruck":
-        return np.array([alltoall_row(alg, rows[r], r, P) for r in range(P)], dtype=np.int64)
-    if alg in ("", "pairwise", "scattered", "linear", "linear_sync", "two_proc"):
-        return rows.sum(axis=1) - np.diagonal(rows)
-    raise ValueError(f"no wire form for alltoall algorithm {alg!r}")
+@lru_cache(maxsize=256)
+def _popcount_sum(P: int) -> int:
+    """Σ_{j<P} popcount(j): the blocks Bruck's alltoall moves per rank, over its steps."""
+    return int(sum(bin(j).count("1") for j in range(P)))
 
 
 def alltoall_row(alg: str, row, r: int, P: int) -> int:
     """Elements rank r sends in an alltoall(v) from its own P send counts."""
-    c = [int(x) for x in row]
+    c = np.asarray(row, dtype=np.int64)
     if alg in ("", "pairwise", "scattered", "linear", "linear_sync", "two_proc"):
-        return sum(c) - c[r]
+        return int(c.sum() - c[r])
     if alg == "bruck":
-        off = [x for j, x in enumerate(c) if j != r]
-        if any(x != off[0] for x in off):
+        off = np.delete(c, r)
+        if off.size and (off != off[0]).any():
             raise ValueError("bruck alltoall needs equal counts")
-        return off[0] * sum(bin(j).count("1") for j in range(P)) if off else 0
+        return int(off[0]) * _popcount_sum(P) if off.size else 0
+    raise ValueError(f"no wire form for alltoall algorithm {alg!r}")
+
+
+def alltoall(alg: str, rows: np.ndarray, P: int) -> np.ndarray:
+    """rows: (P, P) counts, [r, j] sent by r to j."""
+    if alg == "bruck":
+        off = rows[~np.eye(P, dtype=bool)]
+        if off.size and (off != off[0]).any():
+            raise ValueError("bruck alltoall needs equal counts")
+        m = int(off[0]) if off.size else 0
+        return np.full(P, m * _popcount_sum(P), dtype=np.int64)
+    if alg in ("", "pairwise", "scattered", "linear", "linear_sync", "two_proc"):
+        return rows.sum(axis=1) - np.diagonal(rows)
     raise ValueError(f"no wire form for alltoall algorithm {alg!r}")
 
 
