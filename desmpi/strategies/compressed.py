@@ -9,18 +9,18 @@ MPI has no bf16 sum, so a compressed Allreduce of n floats is composed of two co
 2. ``Allgatherv`` of the packed sums; every rank (the owner too) decodes the same words, so
    replicas stay bitwise equal.
 
-Wire bytes: 2·(P − 1)/P·n·2 against 2·(P − 1)/P·n·4 for the float32 ring: half. A compressed
+Wire bytes: 2·(P − 1)/P·n·2 per rank on average against 2·(P − 1)/P·n·4 for a float32 ring or
+Rabenseifner Allreduce: half. A compressed
 Reduce_scatter is step 1 alone (the owner keeps its float32 sum); a compressed Allgatherv sends
 the packed words. :func:`calls` is the plan of each form (the accounting records exactly
 those calls; :mod:`desmpi.strategies.plans` uses it).
 
 ``topk`` (``dist.compress_ratio`` = r) compresses the dense gradients (:attr:`Wire.dense`,
 with error feedback; the partials and their gradients go as bf16, :attr:`Wire.partials`): in
-step 1 each chunk of m floats
-travels as its ⌈r·m⌉ largest-magnitude entries, 3 words each (16-bit index halves and a bf16
-value); the receiver adds them into its float32 block; step 2 (the Allgatherv of the sums) is
-dense bf16. (:func:`allgatherv` can send each rank's block as top-k triples too.) The counts
-follow from the sizes alone, so plans stay exact.
+step 1 each chunk of m floats travels as its ⌈r·m⌉ largest-magnitude entries, 3 words each
+(16-bit index halves and a bf16 value); the receiver adds them into its float32 block; step 2
+(the Allgatherv of the sums) is dense bf16. (:func:`allgatherv` can send each rank's block as
+top-k triples too.) The counts follow from the sizes alone, so plans stay exact.
 
 Error feedback (gradient paths whose shape repeats every step: the dense gradients, a fused
 first layer's W1 gradient): what packing lost is added to the next step's vector before it is

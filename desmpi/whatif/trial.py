@@ -17,12 +17,10 @@ batch a rank reads differs).
 
 from __future__ import annotations
 
-import logging
 import statistics
 
 from desmpi.variants import Variant, parse
 
-log = logging.getLogger("desmpi.train")
 MARGIN = 0.05  # a measured winner must beat the predicted choice by this much
 
 
