@@ -94,6 +94,17 @@ def test_simulate_cluster_and_collective_cli(tmp_path):
     p = _desmpi("simulate", "collective", "--cluster", "hdr", "--kind", "alltoall",
                 "--bytes", "1024", "--ranks", "16", "--algorithm", "pairwise")
     assert p.returncode == 0 and "pairwise" in p.stdout
+    # the pessimistic bound: every step waits for its slowest rank — never faster
+    step = tmp_path / "gcp-step.toml"
+    p = _desmpi("simulate", "cluster", "--osu-latency", str(GCP / "osu_latency.csv"),
+                "--nodes", "64", "--ranks-per-node", "1", "--mpi", "openmpi-4.0", "--waits",
+                "step", "--out", str(step))
+    assert p.returncode == 0, p.stderr
+    assert load_cluster(str(step)).waits == "step"
+    p = _desmpi("simulate", "collective", "--cluster", str(step), "--kind", "allreduce",
+                "--bytes", "4,16384", "--ranks", "4,32", "--json")
+    assert all(s["time_s"] > c["time_s"] for s, c in zip(json.loads(p.stdout), rows,
+                                                        strict=True))
     p = _desmpi("simulate", "cluster", "--osu-latency", str(tmp_path / "missing.txt"),
                 "--nodes", "2", "--ranks-per-node", "1", "--out", str(tmp_path / "x.toml"))
     assert p.returncode == 2 and "missing.txt: no such file" in p.stderr
