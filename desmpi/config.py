@@ -136,9 +136,11 @@ class DistConfig:
     # a collective that takes longer aborts the job naming the step (a rank stuck, stopped
     # or gone); armed after the first step (JIT compilation); 0: never
     timeout_s: float = 600.0
-    # 16-bit packing of the DES partials, their gradients and the dense gradients (error
-    # feedback on the dense gradients): none | bf16 | fp16 (desmpi.strategies.compressed)
-    compress: str = "none"  # | topk: the largest compress_ratio of each chunk, bf16 values
+    # payload compression (desmpi.strategies.compressed): none | bf16 | fp16 (16-bit DES
+    # partials, their gradients and the dense gradients; error feedback on the dense
+    # gradients) | topk (the dense gradients' largest compress_ratio of each chunk as (index,
+    # bf16) triples with error feedback; the partials as bf16)
+    compress: str = "none"
     compress_ratio: float = 0.1
     # the DES input Allgatherv's keys: int64 | narrow (32-bit words, field implied by
     # position, lossless: desmpi.data.keycodec)
