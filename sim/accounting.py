@@ -86,22 +86,6 @@ class Call:
         return wire_bytes(self)
 
 
-def _chunks(n: int, p: int) -> list[int]:
-    q, m = divmod(n, p)
-    return [q + 1 if i < m else q for i in range(p)]
-
-
-def _binomial_children(rank: int, root: int, p: int) -> int:
-    """Children of ``rank`` in MPICH's binomial broadcast tree rooted at ``root``."""
-    vr = (rank - root) % p
-    low = vr & -vr if vr else 1 << max(p - 1, 0).bit_length()
-    n, mask = 0, 1
-    while mask < low and vr + mask < p:
-        n += 1
-        mask <<= 1
-    return n
-
-
 def payload_bytes(call: Call) -> int:
     """Bytes handed to MPI for other ranks (self-sends excluded)."""
     k, c, r, p, s = call.kind, call.counts, call.rank, call.size, call.itemsize
@@ -121,24 +105,11 @@ def payload_bytes(call: Call) -> int:
 
 
 def wire_bytes(call: Call) -> int:
-    """Bytes this rank sends under its algorithm (module docstring)."""
-    k, c, r, p, s = call.kind, call.counts, call.rank, call.size, call.itemsize
-    if p == 1 or k == "barrier":
+    """Bytes this rank sends under its algorithm (:mod:`sim.wire`; "" the textbook forms)."""
+    if call.size == 1 or call.kind == "barrier":
         return 0
-    if call.algorithm:
-        return _algorithm_wire(k, call.algorithm, c, s, r, p, call.root, call.ppn)
-    if k == "allreduce":
-        ch = _chunks(c[0], p)
-        return (2 * c[0] - ch[r] - ch[(r + 1) % p]) * s
-    if k == "reduce_scatter":
-        return (sum(c) - c[r]) * s
-    if k in ("allgather", "allgatherv"):
-        return (sum(c) - c[(r + 1) % p]) * s
-    if k in ("alltoall", "alltoallv"):
-        return (sum(c) - c[r]) * s
-    if k == "bcast":
-        return c[0] * s * _binomial_children(r, call.root, p)
-    raise AssertionError(k)
+    return _algorithm_wire(call.kind, call.algorithm, call.counts, call.itemsize, call.rank,
+                           call.size, call.root, call.ppn)
 
 
 @lru_cache(maxsize=4096)
@@ -186,30 +157,22 @@ class Collective:
         z = np.zeros(P, dtype=np.int64)
         if P == 1 or self.kind == "barrier":
             return z, z.copy()
-        if self.algorithm:
-            from sim import wire
+        from sim import wire
 
-            pay, _ = Collective(self.kind, s, c, self.root).bytes_per_rank(P)
-            return pay, wire.sent(self.kind, self.algorithm, c, P, self.root, self.ppn, s) * s
-        r = np.arange(P)
-        if self.kind == "allreduce":
-            n = int(c[0])
-            q, m = divmod(n, P)
-            ch = np.where(r < m, q + 1, q)
-            return np.full(P, n * s), (2 * n - ch - np.roll(ch, -1)) * s
-        if self.kind == "reduce_scatter":
-            x = (c.sum() - c) * s
-            return x, x.copy()
-        if self.kind in ("allgather", "allgatherv"):
-            return c * s, (c.sum() - np.roll(c, -1)) * s
-        if self.kind in ("alltoall", "alltoallv"):
-            x = (c.sum(axis=1) - c[r, r]) * s
-            return x, x.copy()
-        if self.kind == "bcast":
+        r, k = np.arange(P), self.kind
+        if k == "allreduce":
+            pay = np.full(P, int(c[0]) * s)
+        elif k == "reduce_scatter":
+            pay = (c.sum() - c) * s
+        elif k in ("allgather", "allgatherv"):
+            pay = c * s
+        elif k in ("alltoall", "alltoallv"):
+            pay = (c.sum(axis=1) - c[r, r]) * s
+        elif k == "bcast":
             pay = np.where(r == self.root, int(c[0]) * s, 0)
-            kids = np.array([_binomial_children(i, self.root, P) for i in range(P)])
-            return pay, int(c[0]) * s * kids
-        raise ValueError(self.kind)
+        else:
+            raise ValueError(k)
+        return pay, wire.sent(k, self.algorithm, c, P, self.root, self.ppn, s) * s
 
 
 @dataclass(frozen=True)

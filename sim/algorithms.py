@@ -68,6 +68,7 @@ class Net:
         self.waits = waits
         self.var = 0.0  # Σ σ² of the steps costed so far (chain form of slowest)
         self.lock = 0.0  # Σ σ·E[max of P] of the steps costed so far (step form)
+        self._emax = float(expected_max_normal(P))
 
     @staticmethod
     def of(cl: Cluster, P: int) -> Net:
@@ -81,7 +82,7 @@ class Net:
         """Accumulate the spread of ``reps`` rounds of steps of m bytes on ``lvl``."""
         sd = lvl.spread(np.asarray(m, dtype=np.float64))
         self.var += reps * float(np.sum(sd ** 2))
-        self.lock += reps * float(np.sum(sd)) * expected_max_normal(self.P)
+        self.lock += reps * float(np.sum(sd)) * self._emax
 
     def _t(self, lvl: Level, m, k=1, reps: int = 1) -> np.ndarray:
         """Steps of m bytes, k messages sharing a NIC in each (one round; ``reps`` rounds of
@@ -102,7 +103,7 @@ class Net:
         the slowest chain (√(Σ σ²)·E[max of P])."""
         if self.waits == "step":
             return self.lock
-        return float(np.sqrt(self.var) * expected_max_normal(self.P)) if self.var else 0.0
+        return float(np.sqrt(self.var) * self._emax) if self.var else 0.0
 
     def xor(self, d, m, reps: int = 1) -> float:
         """Time of steps whose partner is r XOR d (d: a distance or an array of them), done

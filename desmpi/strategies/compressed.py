@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from desmpi.comm import Comm
+from desmpi.data.slicing import split_counts
 from desmpi.kernels.compress import add_topk, pack, pack_topk, sum_packed, topk_count, unpack
 
 CODECS = ("none", "bf16", "fp16", "topk")
@@ -81,12 +82,6 @@ class Wire:
 FULL = Wire()  # everything at full width (the default)
 
 
-def chunks(n: int, P: int) -> np.ndarray:
-    """(P,) chunk sizes of an n-vector split as numpy.array_split does."""
-    q, m = divmod(n, P)
-    return np.where(np.arange(P) < m, q + 1, q).astype(np.int64)
-
-
 def words(blocks: np.ndarray, codec: str, ratio: float) -> np.ndarray:
     """16-bit words that carry blocks of these sizes: one per float, or 3 per top-k entry."""
     if codec != "topk":
@@ -100,7 +95,7 @@ def calls(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.1
     compressed ``kind`` (allreduce: ``[n]``; reduce_scatter / allgatherv: the P blocks)."""
     c = np.asarray(counts, dtype=np.int64)
     if kind == "allreduce":
-        ch = chunks(int(c[0]), P)
+        ch = split_counts(int(c[0]), P)
         return [("alltoallv", np.tile(words(ch, codec, ratio), (P, 1)), WORD),
                 ("allgatherv", ch, WORD)]
     if kind == "reduce_scatter":
@@ -159,7 +154,7 @@ def allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None
     if residual is not None:
         flat += residual.reshape(-1)
     P, r = comm.size, comm.rank
-    ch = chunks(flat.size, P)
+    ch = split_counts(flat.size, P)
     q, dec = _encode(flat, ch, codec, ratio, bufs)
     if residual is not None:
         seen = dec if dec is not None else unpack(codec, q, out=bufs.get("seen", flat.size,

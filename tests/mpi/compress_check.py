@@ -7,6 +7,7 @@ import sys
 import numpy as np
 
 from desmpi.comm import Comm, run_or_abort
+from desmpi.data.slicing import split_counts
 from desmpi.kernels.compress import pack, topk_count, unpack
 from desmpi.strategies import compressed as C
 
@@ -35,7 +36,7 @@ def main() -> None:
     rng = np.random.default_rng(7)
     n = 1001
     data = [rng.normal(size=n).astype(np.float32) * 3 for _ in range(P)]
-    ch = C.chunks(n, P)
+    ch = split_counts(n, P)
     bounds = np.concatenate([[0], np.cumsum(ch)])
     for codec in ("bf16", "fp16", "topk"):
         ratio = 0.1
