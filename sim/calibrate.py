@@ -79,21 +79,34 @@ def fit_level(samples: list[CommSample]) -> tuple[Level, Fit]:
 
 
 def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]],
-                max_contention: float = 1.0) -> tuple[ComputeRates, Fit]:
-    """Overhead, GEMM flop/s, sparse key-columns/s, per-call cost, memory rate and node
-    contention from
-    (work, seconds[, busy cores of the node]) samples.
+                max_contention: float = 1.0, key_cost: float | None = None
+                ) -> tuple[ComputeRates, Fit]:
+    """Overhead, GEMM flop/s, sparse key-columns/s, per-call cost, memory rate, key
+    operations/s and node contention from (work, seconds[, busy cores of the node]) samples.
 
     The first four enter linearly; the contention κ (compute × (1 + κ·log2 busy), see
     :func:`sim.compute.slowdown`) is found by a search over [0, max_contention] in steps of
     0.01, each step a linear fit, keeping the smallest relative RMS. Samples that all ran
     alone (busy = 1) leave κ at 0. ``Fit.values`` = (overhead, 1/GEMM rate, 1/sparse rate,
-    per-call cost, 1/memory rate, κ).
+    per-call cost, 1/memory rate, 1/key rate, κ).
+
+    ``key_cost``: the cost of one key operation in key-columns, as a micro-benchmark measures
+    it (``desmpi bench compute``: sparse_keys_per_s / keys_per_s). Given, the fit scales the
+    sparse work as one (key-columns + key_cost · key operations) instead of fitting the two
+    rates apart: samples whose models share a row width cannot tell them apart, and a model of
+    another width (LR's one column against FM's seventeen) is then predicted from the fit
+    without it.
     """
     work = [s[0] for s in samples]
     y = np.array([s[1] for s in samples])
     busy = np.array([s[2] if len(s) > 2 else 1 for s in samples], dtype=float)
-    X = np.array([(1.0, w.gemm_flops, w.sparse_keys, w.calls, w.mem_bytes) for w in work])
+    X = np.array([(1.0, w.gemm_flops, w.sparse_keys, w.calls, w.mem_bytes, w.key_ops)
+                  for w in work])
+    if key_cost is not None:
+        if not key_cost > 0:
+            raise ValueError(f"key_cost must be > 0, not {key_cost}")
+        X[:, 2] += key_cost * X[:, 5]
+        X[:, 5] = 0.0
     grid = np.arange(0.0, max_contention + 1e-9, 0.01) if (busy > 1).any() else np.zeros(1)
     best = None
     for k in grid:
@@ -103,9 +116,13 @@ def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]
         if best is None or err[0] < best[0][0] - 1e-12:
             best = (err, x, float(k))
     (rms, med), x, k = best
-    o, ig, ik, ic, im = x
-    rates = ComputeRates(gemm_flops=1 / ig if ig > 0 else float("inf"),
-                         sparse_keys_per_s=1 / ik if ik > 0 else float("inf"), overhead_s=o,
-                         per_call_s=ic, contention=k,
-                         mem_Bps=1 / im if im > 0 else float("inf"))
+    o, ig, ik, ic, im, io = x
+
+    def rate(inv: float) -> float:
+        return 1 / inv if inv > 0 else float("inf")
+
+    if key_cost is not None:
+        io = ik * key_cost
+    rates = ComputeRates(gemm_flops=rate(ig), sparse_keys_per_s=rate(ik), overhead_s=o,
+                         per_call_s=ic, contention=k, mem_Bps=rate(im), keys_per_s=rate(io))
     return rates, Fit((*x, k), rms, med)

@@ -26,6 +26,7 @@ Presets carry the source of their numbers; a TOML file can describe any cluster:
     [compute]                      # per rank, as measured by `desmpi bench compute`
     gemm_flops = 5.0e10
     sparse_keys_per_s = 5.0e7
+    keys_per_s = 2.0e7             # optional: per-key cost (hash, look-up) apart from columns
     overhead_s = 1e-4
 
 Top-level optional keys: ``mpi`` (the library whose algorithm selection applies: ``mpich``,
@@ -104,7 +105,8 @@ _NORMAL = statistics.NormalDist()
 
 @dataclass(frozen=True)
 class ComputeRates:
-    """Per-rank compute speed: dense GEMM flop/s, sparse key-columns/s, fixed per-step cost.
+    """Per-rank compute speed: dense GEMM flop/s, sparse key-columns/s, key operations/s, fixed
+    per-step cost.
 
     ``contention``: how much a rank slows when its node's other cores are busy too (shared
     caches, memory bandwidth, clock limits): compute time × (1 + contention · log2(busy ranks
@@ -117,6 +119,8 @@ class ComputeRates:
     per_call_s: float = 5.0e-5  # software cost around each collective call
     contention: float = 0.0
     mem_Bps: float = 1.0e10  # streaming memory traffic (zero, add, copy) of one rank
+    keys_per_s: float = float("inf")  # key operations (hash to owner, table look-up) per second;
+    # inf: no cost per key apart from its columns (sparse_keys_per_s)
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,7 @@ def load_cluster(spec: str) -> Cluster:
 
     comp = d.get("compute", {})
     extra = set(comp) - {"gemm_flops", "sparse_keys_per_s", "overhead_s", "per_call_s",
-                         "contention", "mem_Bps"}
+                         "contention", "mem_Bps", "keys_per_s"}
     if extra:
         raise ValueError(f"{path}: unknown keys in [compute]: {sorted(extra)}")
     for k in ("nodes", "ranks_per_node"):
@@ -267,5 +271,6 @@ def dump_cluster(cl: Cluster) -> str:
          *level("inter", cl.inter), "", "[compute]",
          f"gemm_flops = {num(c.gemm_flops)}", f"sparse_keys_per_s = {num(c.sparse_keys_per_s)}",
          f"overhead_s = {num(c.overhead_s)}", f"per_call_s = {num(c.per_call_s)}",
-         f"contention = {num(c.contention)}", f"mem_Bps = {num(c.mem_Bps)}"]
+         f"contention = {num(c.contention)}", f"mem_Bps = {num(c.mem_Bps)}",
+         *([f"keys_per_s = {num(c.keys_per_s)}"] if np.isfinite(c.keys_per_s) else [])]
     return "\n".join(L) + "\n"

@@ -11,16 +11,24 @@ from sim.cluster import ComputeRates
 @dataclass(frozen=True)
 class Work:
     """Per-rank work of one step: dense GEMM flops (forward + backward), sparse key-columns
-    (keys routed, looked up, pooled and updated, times row width)."""
+    (keys looked up, pooled and updated, times row width), and key operations (each key hashed
+    for its owner or looked up in a table, once, whatever the row width)."""
 
     gemm_flops: float
     sparse_keys: float
     calls: float = 0.0  # collective calls (each has a fixed software cost around it)
     mem_bytes: float = 0.0  # streamed over the partial matrices (zeroed, reduced, gathered)
+    key_ops: float = 0.0  # keys hashed to their owner or looked up (per key, not per column)
 
     def __add__(self, o: Work) -> Work:
         return Work(self.gemm_flops + o.gemm_flops, self.sparse_keys + o.sparse_keys,
-                    self.calls + o.calls, self.mem_bytes + o.mem_bytes)
+                    self.calls + o.calls, self.mem_bytes + o.mem_bytes,
+                    self.key_ops + o.key_ops)
+
+    def scaled(self, f: float) -> Work:
+        """This work times ``f`` (means over profiled batches)."""
+        return Work(self.gemm_flops * f, self.sparse_keys * f, self.calls * f,
+                    self.mem_bytes * f, self.key_ops * f)
 
 
 def slowdown(rates: ComputeRates, busy: int) -> float:
@@ -29,9 +37,11 @@ def slowdown(rates: ComputeRates, busy: int) -> float:
 
 
 def compute_time(w: Work, rates: ComputeRates, share: float = 1.0, busy: int = 1) -> float:
-    """Seconds: overhead + flops / GEMM rate + key-columns / sparse rate + calls × per-call
-    cost, on ``share`` of a core (oversubscribed ranks get less), slowed by :func:`slowdown`
-    when ``busy`` cores of the node compute at once."""
+    """Seconds: overhead + flops / GEMM rate + key-columns / sparse rate + key operations /
+    key rate + calls × per-call cost + streamed bytes / memory rate, on ``share`` of a core
+    (oversubscribed ranks get less), slowed by :func:`slowdown` when ``busy`` cores of the
+    node compute at once."""
     t = rates.overhead_s + w.gemm_flops / rates.gemm_flops + w.sparse_keys / \
-        rates.sparse_keys_per_s + w.calls * rates.per_call_s + w.mem_bytes / rates.mem_Bps
+        rates.sparse_keys_per_s + w.calls * rates.per_call_s + w.mem_bytes / rates.mem_Bps + \
+        w.key_ops / rates.keys_per_s
     return t * slowdown(rates, busy) / share

@@ -117,11 +117,12 @@ def test_validate_defaults_to_small_ranks(monkeypatch):
 
     seen = {}
 
-    def fake(models, variants, ranks, batch, steps, calibrate_ranks=None, repeats=1):
-        seen.update(ranks=ranks, calibrate=calibrate_ranks, batch=batch)
+    def fake(models, variants, ranks, batch, steps, calibrate_ranks=None, repeats=1,
+             network_ranks=None):
+        seen.update(ranks=ranks, calibrate=calibrate_ranks, batch=batch, network=network_ranks)
         return {"cases": [], "groups": {}, "median_abs_error": 0.0,
                 "median_abs_error_extrapolated": None}
 
     monkeypatch.setattr(desmpi.whatif.validate, "validate", fake)
     assert cli.main(["simulate", "--validate", "--out", ""]) == 0
-    assert seen == {"ranks": [1, 2, 4], "calibrate": None, "batch": 2048}
+    assert seen == {"ranks": [1, 2, 4], "calibrate": None, "batch": 2048, "network": None}

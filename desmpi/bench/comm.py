@@ -63,8 +63,8 @@ def fit_network(rows: list[dict]):
 
 
 def bench_compute(repeats: int = 5) -> dict:
-    """Per-kernel rates of this process: GEMM flop/s, sparse key-columns/s and the reduction
-    rate γ (``reduce_Bps``, :func:`reduce_rate`)."""
+    """Per-kernel rates of this process: GEMM flop/s, sparse key-columns/s (pooling and row
+    gradients), key look-ups/s and the reduction rate γ (``reduce_Bps``, :func:`reduce_rate`)."""
     from desmpi.kernels.sparse import pool, row_grads
     from desmpi.table.shard import ShardTable
 
@@ -85,16 +85,21 @@ def bench_compute(repeats: int = 5) -> dict:
     f = np.tile(np.arange(26), 4096)
     Z = np.zeros((4096, 2 + 26 * 16), np.float32)  # [L | E | Q]
     vals = np.empty(0, np.float32)
-    ts = []
+    ts, tl = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         t.lookup_or_insert(keys)
+        t1 = time.perf_counter()
         pool(s, f, rows, vals, t.weights, 1, Z, 0, -1, Z.shape[1] - 1, Z, 1)
         u, inv = t.unique_rows(rows)
         g = np.zeros((u.shape[0], R), np.float32)
         row_grads(s, f, inv, u, vals, t.weights, 1, Z, 0, -1, Z.shape[1] - 1, Z, 1, g)
-        ts.append(time.perf_counter() - t0)
+        ts.append(time.perf_counter() - t1)
+        tl.append(t1 - t0)
+    # the look-up is the per-key part (one hash probe a key), pooling and gradients the
+    # per-column part (R floats a key)
     return {"gemm_flops": gemm, "sparse_keys_per_s": n * R / statistics.median(ts),
+            "keys_per_s": n / statistics.median(tl),
             "reduce_Bps": reduce_rate(repeats), "mem_Bps": memory_rate(repeats)}
 
 

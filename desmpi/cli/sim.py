@@ -50,7 +50,8 @@ def _whatif(a, comm: Comm) -> int:
         r = r.get("calibration", {}).get("compute", r)
         rates = ComputeRates(r["gemm_flops"], r["sparse_keys_per_s"], r.get("overhead_s", 0.0),
                              r.get("per_call_s", 0.0), r.get("contention", 0.0),
-                             r.get("mem_Bps", ComputeRates.mem_Bps))
+                             r.get("mem_Bps", ComputeRates.mem_Bps),
+                             r.get("keys_per_s", ComputeRates.keys_per_s))
     batches = _ints(a.batch) if a.batch else [cfg.train.batch_size]
     t0 = time.perf_counter()
     # bytes follow each cluster's MPI library and ranks per node: one profile per layout
@@ -193,7 +194,8 @@ def _validate(a, comm: Comm) -> int:
     variants = parse_list(a.strategies)
     rep = validate(models, variants, _ints(a.ranks), a.batch_int, a.steps,
                    calibrate_ranks=_ints(a.calibrate_ranks) if a.calibrate_ranks else None,
-                   repeats=a.repeats)
+                   repeats=a.repeats,
+                   network_ranks=_ints(a.network_ranks) if a.network_ranks else None)
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "validation.json").write_text(json.dumps(rep, indent=1))
@@ -259,10 +261,11 @@ def validation_markdown(rep: dict) -> str:
     L = ["# Simulator against real runs on this machine", "",
          "Command: `desmpi " + " ".join(shlex.quote(x) for x in sys.argv[1:]) + "`", "",
          f"{rep['cores']} cores; batch {rep['batch']}, {rep['steps']} steps, "
-         f"{rep['repeats']} run(s) per case (median); network calibrated at P = "
-         f"{rep['calibrated_ranks']}, compute fitted to the measured compute time (step time "
-         "less the run's own collective time) of the runs at P = "
-         f"{rep['calibration']['compute']['fitted_on_P']}.", "",
+         f"{rep['repeats']} run(s) per case (median); network measured by `desmpi bench comm` "
+         f"at P = {rep.get('network_ranks', rep['calibrated_ranks'])} (a run at another P takes "
+         "the largest measured P below it), compute fitted to the measured compute time (step "
+         "time less the run's own collective time) of the training runs at P = "
+         f"{rep['calibration']['compute']['fitted_on_P']}; every other P is held out.", "",
          "| group | cases | median abs error | IQR | 90% interval of the median | under |",
          "|---|---:|---:|---:|---:|---:|"]
     for name, g in rep["groups"].items():
@@ -333,8 +336,12 @@ def add_commands(sub) -> None:
                    help="rank the variants dist 'auto' chooses among, for each --cluster and "
                         "--ranks (default 2,4,8), without running")
     s.add_argument("--calibrate-ranks", default=None,
-                   help="validate: rank counts whose runs calibrate network and compute "
-                        "(default: the smallest P > 1 in --ranks); the others are predictions")
+                   help="validate: rank counts whose training runs fit the compute rates "
+                        "(default: the smallest P > 1 in --ranks); the others are held out")
+    s.add_argument("--network-ranks", default=None,
+                   help="validate: rank counts at which 'bench comm' measures the network "
+                        "(default: every P > 1 in --ranks; set it to --calibrate-ranks to "
+                        "extrapolate the network too)")
     s.add_argument("--models", default="lr,fm,wdl,deepfm")
     s.add_argument("--steps", type=int, default=6)
     s.add_argument("--repeats", type=int, default=1,

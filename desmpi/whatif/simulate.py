@@ -8,7 +8,7 @@ and its compute as :class:`sim.compute.Work`; sim costs both.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -67,18 +67,21 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
     nnz = float(c.nnz.sum())
     R, W, seg = info.dims.R, info.dims.W, info.dims.seg
     own = nnz / P * R * 3  # pool, gradients, update of owned keys
+    # key operations: every key is hashed to its owner where it enters (DES: every rank hashes
+    # every key of the global batch; the others their local batch) and looked up by its owner
     if st == "des":
         rows, fused_rows = (B if agg == "allreduce" else b), B
-        keys = nnz + own  # every rank routes every key of the global batch
+        keys, key_ops = own, nnz + nnz / P
     elif st == "ps":
         rows, fused_rows = b, b
         keys = own + c.distinct.sum() / P * R * 2
+        key_ops = nnz / P + c.distinct.sum() / P
     elif st == "a2a":
         rows, fused_rows = b, b
-        keys = own + c.bags.sum() / P * seg * 2
+        keys, key_ops = own + c.bags.sum() / P * seg * 2, 2 * nnz / P
     elif st == "des-a2a":
         rows, fused_rows = b, c.samples.sum() / P
-        keys = own + c.samples.sum() / P * W * 2
+        keys, key_ops = own + c.samples.sum() / P * W * 2, 2 * nnz / P
     else:
         raise ValueError(st)
     z_rows = {"des": B, "ps": b, "a2a": b, "des-a2a": c.samples.sum() / P}[st]
@@ -88,7 +91,7 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
         packed += info.dims.partial_grad if (st, agg) == ("des", "allreduce") else info.dims.D
         mem += PACK_BYTES * packed
     return Work(6.0 * (rows * info.dense_macs + fused_rows * info.fused_macs), keys,
-                mem_bytes=mem)
+                mem_bytes=mem, key_ops=key_ops)
 
 
 @dataclass
@@ -131,10 +134,8 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
                 sent += w.mean() / len(counts)
                 total += int(w.sum())
                 pay += p.mean() / len(counts)
-            w1 = step_work(v, c, info, wire)
-            work = Work(work.gemm_flops + w1.gemm_flops / len(counts),
-                        work.sparse_keys + w1.sparse_keys / len(counts), len(cl),
-                        work.mem_bytes + w1.mem_bytes / len(counts))
+            work = work + step_work(v, c, info, wire).scaled(1.0 / len(counts))
+        work = replace(work, calls=float(len(cl)))  # collective calls of one step
         out.append(Profiled(v, P, B, colls, work, sent, pay, total))
     return out
 

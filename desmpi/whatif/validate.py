@@ -1,14 +1,16 @@
 """``desmpi simulate --validate``: predict real runs on this machine and report the error.
 
-1. the network: ``desmpi bench comm`` at each calibrated P (by default the smallest P > 1),
-   α and β fitted per P (one node: ranks share memory, and past the core count they share
-   cores too), and γ (reduction rate) from ``desmpi bench compute``;
+1. the network: ``desmpi bench comm`` at each network P (by default every P > 1 of the runs:
+   a micro-benchmark, as a cluster file or OSU numbers describe a target cluster, not a
+   training run), α and β fitted per P (one node: ranks share memory, and past the core count
+   they share cores too), and γ (reduction rate) from ``desmpi bench compute``;
 2. every (model, variant, P) case runs ``repeats`` times; its measured collective time comes
    from the run's own counters (the rank that waits least: the others add their wait for the
    slowest), its compute time is the step time less that;
 3. **communication first**: each case's predicted collective time against the measured one;
 4. compute rates and the node's contention are fitted to the *measured compute time* of the
-   runs at P = 1 and the calibrated P — never to a residual that would absorb network error;
+   training runs at P = 1 and the calibrated P — never to a residual that would absorb network
+   error; a run at any other P is held out by P;
 5. predictions, reported in four groups apart: in-sample (fitted P, fitted model), held out by
    P, held out by model (leave-one-model-out: the compute fit without that model), held out by
    both; each with its median, interquartile range and a bootstrap 90% interval of the median.
@@ -77,13 +79,15 @@ def _spread(errs: list[float], seed: int = 0) -> dict | None:
 
 def validate(models: list[str], variants: list[Variant], ranks: list[int], batch: int, steps: int,
              workdir: str | None = None, calibrate_ranks: list[int] | None = None,
-             repeats: int = 1) -> dict:
+             repeats: int = 1, network_ranks: list[int] | None = None) -> dict:
     """Predict each (model, variant, P) run and compare with the real run (module docstring).
 
-    ``calibrate_ranks``: the rank counts at which the network is measured (``bench comm``)
-    and whose runs, with those at P = 1, fit the compute rates; by default the smallest P > 1
-    in ``ranks``. A run at any other P is a prediction out of sample: its network is the one
-    fitted at ``network_source(P, calibrate_ranks)``.
+    ``calibrate_ranks``: the rank counts whose training runs, with those at P = 1, fit the
+    compute rates; by default the smallest P > 1 in ``ranks``. A run at any other P is a
+    prediction out of sample. ``network_ranks``: the rank counts at which the network is
+    measured (``bench comm``), by default every P > 1 in ``ranks``; a run's network is the
+    one fitted at ``network_source(P, network_ranks)`` (``network_ranks = calibrate_ranks``
+    extrapolates the network too, as from a smaller cluster).
     """
     if repeats < 1:
         raise ValueError("--repeats must be >= 1")
@@ -96,14 +100,18 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
     if missing:
         raise ValueError(f"--calibrate-ranks {missing} not in --ranks {ranks}: the calibration "
                          "needs the training runs at those P too")
+    net_P = sorted({P for P in (above if network_ranks is None else network_ranks) if P > 1})
     fit_P = {1, *calibrated}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         data = os.path.join(tmp, "train.h5")
         generate(SynthSpec(rows=batch * steps, seed=1, cap=100_000), data)
         ds = CtrDataset(data, in_memory=True)
-        gamma = float(_run(1, ["bench", "compute"]).get("reduce_Bps", 0.0))
+        bench = _run(1, ["bench", "compute"])
+        gamma = float(bench.get("reduce_Bps", 0.0))
+        # a key look-up's cost in key-columns, measured apart (see fit_compute)
+        key_cost = bench["sparse_keys_per_s"] / bench["keys_per_s"]
         levels, fits = {}, {}
-        for P in calibrated:
+        for P in net_P:
             rep = _run(P, ["bench", "comm"])
             levels[P], fits[P] = fit_network(rep["samples"])
             log.info("P=%d: fitted latency %.2e s, bandwidth %.3g B/s (median error %.1f%%)",
@@ -111,7 +119,7 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                      100 * fits[P].median_rel_error)
 
         def cluster_at(P: int, rates: ComputeRates) -> Cluster:
-            src = network_source(P, calibrated)
+            src = network_source(P, net_P)
             lvl = levels[src] if src is not None else Level(0.0, float("inf"))  # P = 1
             return Cluster("this machine", 1, P, lvl, lvl, cores, rates, reduce_Bps=gamma)
 
@@ -162,7 +170,7 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                 raise ValueError(f"only {len(samples)} calibration runs"
                                  f"{' without ' + exclude_model if exclude_model else ''}; the "
                                  "compute fit needs 4 (more models or variants, or other P)")
-            return fit_compute(samples)[0]
+            return fit_compute(samples, key_cost=key_cost)[0]
 
         rates = fit(None)
         per_model = {m: fit(m) for m in models} if len(models) > 1 else {}
@@ -173,8 +181,7 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
         out = []
         for c in cases:
             P = c["P"]
-            src = network_source(P, calibrated)
-            c["network_from_P"] = src
+            c["network_from_P"] = network_source(P, net_P)
             c["held_out_P"] = P not in fit_P
             c["extrapolated"] = c["held_out_P"]  # the name earlier reports used
             prof = c.pop("prof")
@@ -202,13 +209,14 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
     return {"cases": out, "groups": groups,
             "median_abs_error": groups["in_sample"]["median_abs_error"],
             "median_abs_error_extrapolated": held["median_abs_error"] if held else None,
-            "calibrated_ranks": calibrated, "repeats": repeats,
+            "calibrated_ranks": calibrated, "network_ranks": net_P, "repeats": repeats,
             "calibration": {"compute": {"gemm_flops": rates.gemm_flops,
                                         "sparse_keys_per_s": rates.sparse_keys_per_s,
                                         "overhead_s": rates.overhead_s,
                                         "per_call_s": rates.per_call_s,
                                         "contention": rates.contention,
                                         "mem_Bps": rates.mem_Bps,
+                                        "keys_per_s": rates.keys_per_s,
                                         "fitted_on_P": sorted(fit_P)},
                             "reduce_Bps": gamma,
                             "network": {str(P): {"latency_s": lv.latency_s,
