@@ -109,6 +109,7 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
         lc = tr.table.lifecycle
         if lc is not None:
             lc.step = step
+        tr.before_step()  # dist 'auto': the trial's steps start together
         c0 = comm.acct.time_s()
         t0 = time.perf_counter()
         try:

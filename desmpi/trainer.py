@@ -108,6 +108,11 @@ class Trainer:
     def trial_steps(self) -> int:
         return len(self.trial.schedule) if self.trial is not None else 0
 
+    def before_step(self) -> None:
+        """Call before timing a step: during the trial, a barrier (:meth:`Trial.sync`)."""
+        if self.trial is not None and self.trial.active:
+            self.trial.sync()
+
     def step_strategy(self):
         """The strategy that runs the next step (a trial candidate during the trial)."""
         if self.trial is not None and self.trial.active:

@@ -139,3 +139,49 @@ def test_trial_measures_candidates_and_the_model_stays_the_single_process_one(da
     p1 = np.load(tmp_path / "p1" / "eval_predictions.npy")
     p2 = np.load(tmp_path / "p2" / "eval_predictions.npy")
     assert np.max(np.abs(p2 - p1) / np.abs(p1)) < 1e-9
+
+
+def test_trial_decides_on_the_slowest_rank_of_each_step():
+    """Rank 0 alone would see candidate B fast (its peer is still working when it ends); the
+    step's time is its slowest rank's, so A wins. Every trial step starts at a barrier."""
+    import contextlib
+
+    import numpy as np
+
+    from desmpi.variants import parse
+    from desmpi.whatif.trial import Trial
+
+    A, B = parse("des/allreduce"), parse("ps")
+
+    class TwoRanks:  # rank 0's view of a 2-rank job whose other rank timed `peer`
+        rank, size = 0, 2
+
+        def __init__(self, peer):
+            self.peer, self.barriers, self.acct = peer, 0, self
+
+        def scoped(self, name):
+            assert name == "meta"  # outside the step's counted traffic
+            return contextlib.nullcontext()
+
+        def barrier(self):
+            self.barriers += 1
+
+        def allreduce(self, x, op="sum"):
+            assert op == "max"
+            return np.maximum(x, self.peer)
+
+        def bcast_object(self, obj):
+            return obj
+
+    # schedule: warm A, warm B, then rounds A B, B A, A B (the order rotates)
+    mine = [9.0, 9.0, 1.0, 0.5, 0.5, 1.0, 1.0, 0.5]   # B looks twice as fast on rank 0
+    peer = [9.0, 9.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0]   # but its other rank takes 2 s
+    comm = TwoRanks(np.array(peer))
+    t = Trial(comm, {A: "a", B: "b"}, rounds=3)
+    assert [v for v in t.schedule] == [A, B, A, B, B, A, A, B]
+    for s in mine:
+        assert t.active
+        t.sync()
+        w = t.record(s)
+    assert w == A and not t.active and comm.barriers == len(mine)
+    assert t.measured == {A.name: 1.0, B.name: 2.0}

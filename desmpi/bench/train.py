@@ -99,6 +99,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         for step in range(1, first):  # the trial: its candidates take turns, then it decides
             b, sizes = tr.local_batch(tr.train_ds, step - 1)
             s = tr.step_strategy()
+            tr.before_step()
             t0 = time.perf_counter()
             s.train_step(b, sizes, step)
             tr.after_step(time.perf_counter() - t0)

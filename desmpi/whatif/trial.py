@@ -7,10 +7,13 @@ same state (the equivalence tests hold each to the single-process run), so they 
 on the run's first real steps and nothing is wasted: one warm step each (JIT compilation, first
 touches), then ``dist.auto_trial_steps`` rounds in turn, the order rotating from round to round
 (A B C, B C A, C A B …: the first steps of a run insert the most new keys, and drift in the
-machine's speed falls on all alike); rank 0's median step time per candidate decides, and every
-rank switches to the winner — but away from the simulator's first choice only when the measured
-winner beats it by more than :data:`MARGIN` (a few timed steps cannot tell closer ones apart;
-the prediction decides those). Only variants that share the model's structure take part (the same
+machine's speed falls on all alike). Each trial step starts from a barrier (:meth:`Trial.sync`)
+and its time is the slowest rank's: otherwise a step would inherit the previous candidate's
+stragglers (the work a rank finishes after its last collective shows up in the next step's
+first wait), and a candidate that leaves its work to the end would look fast. The median of
+those times per candidate decides, and every rank switches to the winner — but away from the
+simulator's first choice only when the measured winner beats it by more than :data:`MARGIN` (a
+few timed steps cannot tell closer ones apart; the prediction decides those). Only variants that share the model's structure take part (the same
 first-layer substitution: W differs otherwise) and the same input (gather or replicate: the
 batch a rank reads differs).
 """
@@ -18,6 +21,8 @@ batch a rank reads differs).
 from __future__ import annotations
 
 import statistics
+
+import numpy as np
 
 from desmpi.variants import Variant, parse
 
@@ -54,6 +59,7 @@ class Trial:
         self.schedule = order + [order[(i + j) % k] for i in range(rounds) for j in range(k)]
         self.n_warm = len(order)
         self.times: dict[Variant, list[float]] = {v: [] for v in order}
+        self.local: list[float] = []  # this rank's time of each step so far
         self.pos = 0
         self.winner: Variant | None = None
         self.measured: dict[str, float] = {}
@@ -62,6 +68,11 @@ class Trial:
     def active(self) -> bool:
         return self.winner is None
 
+    def sync(self) -> None:
+        """Before a trial step (outside its timing): every rank starts it together."""
+        with self.comm.acct.scoped("meta"):
+            self.comm.barrier()
+
     def next(self) -> tuple[Variant, object]:
         v = self.schedule[self.pos]
         return v, self.strategies[v]
@@ -69,12 +80,14 @@ class Trial:
     def record(self, seconds: float) -> Variant | None:
         """Log the step just run; at the end of the schedule decide (all ranks) and return
         the winner."""
-        v = self.schedule[self.pos]
-        if self.pos >= self.n_warm:
-            self.times[v].append(seconds)
+        self.local.append(seconds)
         self.pos += 1
         if self.pos < len(self.schedule):
             return None
+        with self.comm.acct.scoped("meta"):  # each step's time: its slowest rank's
+            slowest = self.comm.allreduce(np.array(self.local), op="max")
+        for v, t in zip(self.schedule[self.n_warm:], slowest[self.n_warm:]):
+            self.times[v].append(float(t))
         med = {x.name: statistics.median(t) for x, t in self.times.items()}
         best = None
         if self.comm.rank == 0:
@@ -90,4 +103,4 @@ class Trial:
         ms = ", ".join(f"{k} {t * 1e3:.1f} ms" for k, t in sorted(self.measured.items(),
                                                                   key=lambda kv: kv[1]))
         return (f"auto: measured on the first {len(self.schedule)} steps (median per "
-                f"candidate): {ms}; running {self.winner}")
+                f"candidate of the slowest rank's step): {ms}; running {self.winner}")
