@@ -13,9 +13,9 @@ stragglers (the work a rank finishes after its last collective shows up in the n
 first wait), and a candidate that leaves its work to the end would look fast. The median of
 those times per candidate decides, and every rank switches to the winner — but away from the
 simulator's first choice only when the measured winner beats it by more than :data:`MARGIN` (a
-few timed steps cannot tell closer ones apart; the prediction decides those). Only variants that share the model's structure take part (the same
-first-layer substitution: W differs otherwise) and the same input (gather or replicate: the
-batch a rank reads differs).
+few timed steps cannot tell closer ones apart; the prediction decides those). Only variants
+that share the model's structure take part (the same first-layer substitution: W differs
+otherwise) and the same input (gather or replicate: the batch a rank reads differs).
 """
 
 from __future__ import annotations
