@@ -139,18 +139,22 @@ class DistConfig:
     # payload compression (desmpi.strategies.compressed): none | bf16 | fp16 (16-bit DES
     # partials, their gradients and the dense gradients; error feedback on the dense
     # gradients) | topk (the dense gradients' largest compress_ratio of each chunk as (index,
-    # bf16) triples with error feedback; the partials as bf16)
+    # bf16) triples with error feedback; the partials as bf16) | threshold (as topk, the slots
+    # filled by a hard threshold re-estimated every compress_every steps from a sample: DCT)
     compress: str = "none"
     compress_ratio: float = 0.1
+    compress_every: int = 16
     # the DES input Allgatherv's keys: int64 | narrow (32-bit words, field implied by
     # position, lossless: desmpi.data.keycodec)
     keys: str = "int64"
 
     def check(self) -> None:
         _choice("dist.strategy", self.strategy, ("auto", *STRATEGIES))
-        _choice("dist.compress", self.compress, ("none", "bf16", "fp16", "topk"))
+        _choice("dist.compress", self.compress, ("none", "bf16", "fp16", "topk", "threshold"))
         if not 0.0 < self.compress_ratio <= 1.0:
             raise ConfigError(f"dist.compress_ratio = {self.compress_ratio}: must be in (0, 1]")
+        if self.compress_every < 1:
+            raise ConfigError(f"dist.compress_every = {self.compress_every}: must be >= 1")
         _choice("dist.keys", self.keys, ("int64", "narrow"))
         _choice("dist.aggregate", self.aggregate, ("auto", *AGGREGATES))
         _choice("dist.input", self.input, ("auto", *INPUTS))
@@ -199,7 +203,7 @@ class DistConfig:
         """The payload encodings (:class:`desmpi.strategies.compressed.Wire`)."""
         from desmpi.strategies.compressed import Wire
 
-        return Wire(self.compress, self.compress_ratio, self.keys)
+        return Wire(self.compress, self.compress_ratio, self.keys, self.compress_every)
 
     @property
     def variant(self) -> Variant:

@@ -95,6 +95,7 @@ class Trainer:
                       for c in cands}
         for s in strategies.values():  # one error-feedback state and scratch for all
             s._residuals, s.bufs = self.strategy._residuals, self.strategy.bufs
+            s._thresholds = self.strategy._thresholds
         return Trial(self.comm, strategies, dc.auto_trial_steps)
 
     def _same_model(self, v) -> bool:

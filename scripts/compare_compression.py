@@ -6,7 +6,8 @@
 
 1. **Planned bytes**, P = 1 … 1,024, batch 4096, Criteo-schema synthetic data: wire bytes per
    step and rank of des/allreduce, des/allreduce+replicate and des/reduce_scatter under every
-   method (none, bf16, fp16, topk at ``--ratio``; narrow keys), against uncompressed DES and
+   method (none, bf16, fp16, topk at ``--ratio``, whose bytes threshold shares; narrow keys),
+   against uncompressed DES and
    against ps (the plan: exact, the bytes a run counts; algorithms of ``--mpi`` with
    ``--ranks-per-node``).
 2. **Real runs** (``mpiexec``) at ``--ranks`` on the real Criteo rows shipped in
@@ -64,7 +65,8 @@ def trained(ratio: float) -> dict[str, Wire]:
     """The methods the real runs train with (narrow keys change no bit: one seed shows their
     bytes)."""
     return {"none": Wire(), "bf16": Wire("bf16"), "fp16": Wire("fp16"),
-            f"topk {ratio:g}": Wire("topk", ratio), "bf16+narrow": Wire("bf16", keys="narrow")}
+            f"topk {ratio:g}": Wire("topk", ratio), f"threshold {ratio:g}":
+            Wire("threshold", ratio), "bf16+narrow": Wire("bf16", keys="narrow")}
 
 
 def planned(models, ranks, batch, ratio, layout_of) -> list[dict]:
@@ -134,7 +136,7 @@ def kernel_cost(B: int, W: int, reps: int = 15) -> dict:
     x0 = np.random.default_rng(0).normal(size=B * W).astype(np.float32)
     comm = Comm.local()
     out = {}
-    for codec in ("bf16", "fp16", "topk"):
+    for codec in ("bf16", "fp16", "topk", "threshold"):
         ts = []
         for _ in range(reps):
             x = x0.copy()
@@ -225,7 +227,10 @@ def write_markdown(path: Path, rep: dict, a) -> None:
          "an Alltoallv and an Allgatherv; error feedback on the dense gradients); "
          f"**topk {a.ratio:g}** sends the dense gradients' largest {a.ratio:.0%} of each chunk "
          "as (index, bf16) triples in the reduce-scatter step (error feedback; the sums dense "
-         "in bf16) and the partials as bf16; **narrow** keys travel as "
+         "in bf16) and the partials as bf16; "
+         f"**threshold {a.ratio:g}** sends the same slots and bytes as topk, filled by a hard "
+         "threshold re-estimated every 16 steps from a sample (DCT; one pass, no selection); "
+         "**narrow** keys travel as "
          "32-bit words with the field implied by position (lossless). Details: "
          "`desmpi/strategies/compressed.py`, `desmpi/data/keycodec.py`.", ""]
     # 1. planned bytes

@@ -53,3 +53,34 @@ def test_fp16_kernels_match_numpy_bit_for_bit():
     ok = ~np.isnan(x)
     assert np.array_equal(q[ok], want[ok])
     assert np.isnan(unpack("fp16", q[~ok])).all()
+
+
+def test_threshold_fills_a_fixed_budget_in_index_order():
+    from desmpi.kernels.compress import add_topk, estimate_threshold, pack_threshold
+
+    x = np.array([0.1, -5.0, 0.2, 3.0, 4.0, -0.3, 0.05, 6.0], np.float32)
+    bounds = np.array([0, 4, 8])
+    # tau 2.5: chunk 0 has -5, 3 (k = 2: both); chunk 1 has 4, 6 (both)
+    words, dec, passed = pack_threshold(x, bounds, 0.5, 2.5)
+    assert passed == 4 and words.size == 3 * 4
+    assert np.array_equal(dec, np.where(np.abs(x) >= 2.5, x, 0))
+    # tau 3.5: chunk 0 has only -5 (the slot left goes to the first entry below: 0.1);
+    # chunk 1 has 4, 6
+    words, dec, passed = pack_threshold(x, bounds, 0.5, 3.5)
+    assert passed == 3
+    want = np.array([0.1, -5.0, 0, 0, 4.0, 0, 0, 6.0], np.float32)
+    assert np.array_equal(dec, unpack("bf16", pack("bf16", want)))
+    # tau 0: everything passes, the budget keeps the first k of each chunk (the rest stays
+    # in the residual under error feedback)
+    words, dec, passed = pack_threshold(x, bounds, 0.5, 0.0)
+    assert passed == 8 and np.count_nonzero(dec) == 4 and dec[0] != 0 and dec[2] == 0
+    # the receiver reads the words as top-k's: per chunk, 3·k words
+    k = 2
+    acc = np.zeros(4, np.float32)
+    add_topk(words[:3 * k], acc)
+    assert np.array_equal(acc, dec[:4])
+    # the sampled estimate: about ratio of the entries reach it
+    big = np.random.default_rng(0).normal(size=200_000).astype(np.float32)
+    tau = estimate_threshold(big, 0.1, 20_000, seed=1)
+    assert abs(np.mean(np.abs(big) >= tau) - 0.1) < 0.01
+    assert estimate_threshold(x, 0.25, 100, 0) == 5.0  # all of x: 5 and 6 reach it

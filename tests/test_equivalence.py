@@ -70,11 +70,12 @@ def test_equivalent_to_single_process(runs, P):
     # W&D and DeepFM with the other substitution of the first layer for every variant
     # (pooling where auto fuses, fused where it pools)
     # + lifecycle for every strategy, + 6 compressed cases (test_compressed_close_to_full_width)
-    # + 4 with narrow keys (test_narrow_keys_change_no_bit)
-    assert len(cases) == 6 * (2 * 4 + 5) + 6 * 7 + 2 * 7 + 5 + 6 + 4
+    # + 4 with narrow keys (test_narrow_keys_change_no_bit) + 2 sparse-coded (topk, threshold:
+    # test_sparse_codecs_learn)
+    assert len(cases) == 6 * (2 * 4 + 5) + 6 * 7 + 2 * 7 + 5 + 6 + 4 + 2
     worst = {}
     for c in cases:
-        if c.endswith(("-bf16", "-fp16")):
+        if c.endswith(("-bf16", "-fp16", "-topk", "-threshold")):
             continue
         p1 = np.load(runs[1] / c / "eval_predictions.npy")
         pp = np.load(runs[P] / c / "eval_predictions.npy")
@@ -114,6 +115,28 @@ def test_compressed_close_to_full_width(runs):
                 assert "alltoallv" in kinds and kinds["alltoallv"]["wire_bytes_per_step"] > 0
                 # the partials move as 16-bit words: fewer bytes than at full width
                 assert sc["wire_bytes_per_step"] < sb["wire_bytes_per_step"], (P, c)
+
+
+def test_sparse_codecs_learn(runs):
+    """dist.compress = topk / threshold: the dense gradients travel as 10% of each chunk with
+    error feedback; at P > 1 the run's bytes follow the plan (test_planned_equals_counted), its
+    wire bytes are below the full-width run's, and it learns: train logloss within 5% of the
+    full-width run's after 20 steps."""
+    cases = [c for c in json.loads((runs[1] / "cases.json").read_text())
+             if c.endswith(("-topk", "-threshold"))]
+    assert len(cases) == 2
+    for P, o in runs.items():
+        for c in cases:
+            base = c.rsplit("-", 1)[0]
+            sc = json.loads((o / c / "summary.json").read_text())
+            sb = json.loads((o / base / "summary.json").read_text())
+            pc = np.load(o / c / "eval_predictions.npy")
+            pb = np.load(o / base / "eval_predictions.npy")
+            if P > 1:  # at P = 1 the codec still runs (its rounding), but nothing travels
+                assert sc["wire_bytes_per_step"] < sb["wire_bytes_per_step"], (P, c)
+            assert abs(sc["train_logloss"] - sb["train_logloss"]) <= 0.05 * sb["train_logloss"], \
+                (P, c, sc["train_logloss"], sb["train_logloss"])
+            assert np.max(np.abs(pc - pb)) > 0, (P, c)  # compression did change something
 
 
 def test_narrow_keys_change_no_bit(runs):

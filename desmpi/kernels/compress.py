@@ -193,3 +193,62 @@ def add_topk(words: np.ndarray, out: np.ndarray) -> None:
         return
     idx = words[:k].astype(np.int64) | (words[k:2 * k].astype(np.int64) << 16)
     out[idx] += unpack("bf16", words[2 * k:])
+
+
+@nb.njit(cache=True, nogil=True)
+def _select_threshold(c: np.ndarray, k: int, tau: np.float32, idx: np.ndarray) -> int:
+    """idx[:k] = the first k indices of chunk c with |c| >= tau, in index order, then (when
+    fewer pass) the first indices below it; returns how many passed (may exceed k)."""
+    n, passed = 0, 0
+    for i in range(c.size):
+        if abs(c[i]) >= tau:
+            passed += 1
+            if n < k:
+                idx[n] = i
+                n += 1
+    if n < k:  # fill the budget: the slots travel anyway, so they carry real values
+        for i in range(c.size):
+            if n == k:
+                break
+            if abs(c[i]) < tau:
+                idx[n] = i
+                n += 1
+    return passed
+
+
+def pack_threshold(x: np.ndarray, bounds: np.ndarray, ratio: float, tau: float
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Hard threshold (DCT, Gupta et al. 2020) in a fixed budget: each chunk [bounds[j],
+    bounds[j+1]) of x sends k = :func:`topk_count` slots, the entries with |x| >= tau in index
+    order (those past k stay in the error-feedback residual), the budget filled from the
+    entries below tau when fewer pass. The words are :func:`pack_topk`'s (3·k per chunk, read
+    by :func:`add_topk`), so the bytes are known before the values: plans stay exact. Returns
+    (words, decoded (x.size,) float32, entries that passed tau)."""
+    x32 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    parts, dec, passed = [], np.zeros(x32.size, dtype=np.float32), 0
+    for j in range(bounds.size - 1):
+        lo, hi = int(bounds[j]), int(bounds[j + 1])
+        k = topk_count(hi - lo, ratio)
+        if k == 0:
+            continue
+        c = x32[lo:hi]
+        idx = np.empty(k, dtype=np.int64)
+        passed += _select_threshold(c, k, np.float32(tau), idx)
+        i32 = idx.astype(np.uint32)
+        vals = pack("bf16", c[idx])
+        parts += [(i32 & 0xFFFF).astype(np.uint16), (i32 >> 16).astype(np.uint16), vals]
+        dec[lo + idx] = unpack("bf16", vals)
+    words = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint16)
+    return words, dec, passed
+
+
+def estimate_threshold(x: np.ndarray, ratio: float, sample: int, seed: int) -> float:
+    """The magnitude that about ``ratio`` of x's entries reach, from ``sample`` entries drawn
+    uniformly (with replacement; all of x when it is no larger): DCT's sampled estimate."""
+    a = np.abs(np.ascontiguousarray(x, dtype=np.float32).reshape(-1))
+    if a.size == 0:
+        return 0.0
+    if a.size > sample:
+        a = a[np.random.default_rng(seed).integers(0, a.size, sample)]
+    k = min(a.size - 1, int(np.floor((1.0 - ratio) * a.size)))
+    return float(np.partition(a, k)[k])

@@ -1,4 +1,4 @@
-"""Sums of compressed payloads built on MPI (``dist.compress``: bf16, fp16, topk).
+"""Sums of compressed payloads built on MPI (``dist.compress``: bf16, fp16, topk, threshold).
 
 MPI has no bf16 sum, so a compressed Allreduce of n floats is composed of two collectives on
 16-bit words, with float32 accumulation in between:
@@ -22,6 +22,13 @@ step 1 each chunk of m floats travels as its ⌈r·m⌉ largest-magnitude entrie
 (the Allgatherv of the sums) is dense bf16. (:func:`allgatherv` can send each rank's block as
 top-k triples too.) The counts follow from the sizes alone, so plans stay exact.
 
+``threshold`` (DCT: Gupta et al. 2020, arXiv 2010.08899) sends the same ⌈r·m⌉ slots a chunk
+in the same words, filled by a hard threshold instead of a selection: the entries whose
+magnitude reaches τ, in index order (those past the budget stay in the residual), the budget
+filled from the rest when fewer pass. τ is re-estimated every ``dist.compress_every`` calls
+from a uniform sample of the vector (:class:`Threshold`), so a step costs one pass over the
+vector instead of a partial sort; the bytes are top-k's, known before the values.
+
 Error feedback (gradient paths whose shape repeats every step: the dense gradients, a fused
 first layer's W1 gradient): what packing lost is added to the next step's vector before it is
 packed (Seide et al. 2014; Karimireddy et al. 2019), so the quantisation error does not
@@ -36,21 +43,33 @@ import numpy as np
 
 from desmpi.comm import Comm
 from desmpi.data.slicing import split_counts
-from desmpi.kernels.compress import add_topk, pack, pack_topk, sum_packed, topk_count, unpack
+from desmpi.kernels.compress import (
+    add_topk,
+    estimate_threshold,
+    pack,
+    pack_threshold,
+    pack_topk,
+    sum_packed,
+    topk_count,
+    unpack,
+)
 
-CODECS = ("none", "bf16", "fp16", "topk")
+CODECS = ("none", "bf16", "fp16", "topk", "threshold")
+SPARSE = ("topk", "threshold")  # (index, value) triples in a fixed budget of slots
 KEY_ENCODINGS = ("int64", "narrow")
 WORD = 2  # bytes per packed element
 
 
 @dataclass(frozen=True)
 class Wire:
-    """How a run's payloads travel (``dist.compress``, ``dist.compress_ratio``, ``dist.keys``):
-    the float payloads' codec, top-k's kept fraction, the DES input keys' encoding."""
+    """How a run's payloads travel (``dist.compress``, ``dist.compress_ratio``, ``dist.keys``,
+    ``dist.compress_every``): the float payloads' codec, the kept fraction of topk and
+    threshold, the DES input keys' encoding, and how often threshold re-estimates τ."""
 
     compress: str = "none"
     ratio: float = 0.1
     keys: str = "int64"
+    every: int = 16
 
     def __post_init__(self) -> None:
         if self.compress not in CODECS:
@@ -59,6 +78,8 @@ class Wire:
             raise ValueError(f"key encoding {self.keys!r}; known: {', '.join(KEY_ENCODINGS)}")
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"compress ratio {self.ratio} is not in (0, 1]")
+        if self.every < 1:
+            raise ValueError(f"compress_every {self.every} is not >= 1")
 
     @property
     def packed(self) -> bool:
@@ -69,8 +90,8 @@ class Wire:
         """Codec of the partials Z and their per-sample gradients gZ. Top-k has no error
         feedback there (the rows are other samples every step): it would zero most of a
         sample's logit terms forward and drop most samples' gradients backward (measured on
-        the Criteo sample: −0.02 to −0.15 AUC), so topk sends them as bf16."""
-        return "bf16" if self.compress == "topk" else self.compress
+        the Criteo sample: −0.02 to −0.15 AUC), so topk and threshold send them as bf16."""
+        return "bf16" if self.compress in SPARSE else self.compress
 
     @property
     def dense(self) -> str:
@@ -83,8 +104,9 @@ FULL = Wire()  # everything at full width (the default)
 
 
 def words(blocks: np.ndarray, codec: str, ratio: float) -> np.ndarray:
-    """16-bit words that carry blocks of these sizes: one per float, or 3 per top-k entry."""
-    if codec != "topk":
+    """16-bit words that carry blocks of these sizes: one per float, or 3 per top-k or
+    threshold slot."""
+    if codec not in SPARSE:
         return blocks
     return np.array([3 * topk_count(int(m), ratio) for m in blocks], dtype=np.int64)
 
@@ -119,11 +141,36 @@ class Buffers:
         return a[:n]
 
 
-def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: Buffers
-            ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(words, decoded or None): x's blocks as the codec sends them (decoded: topk only)."""
+@dataclass
+class Threshold:
+    """τ of one vector under ``threshold``: re-estimated on every ``every``-th call (the first
+    included) from a uniform sample of max(``sample``, 1%) of its entries."""
+
+    every: int = 16
+    sample: int = 4096
+    tau: float = 0.0
+    calls: int = 0
+    passed: float = 0.0  # fraction of the vector that reached τ at the last call
+
+    def value(self, x: np.ndarray, ratio: float) -> float:
+        if self.calls % self.every == 0:
+            self.tau = estimate_threshold(x, ratio, max(self.sample, x.size // 100), self.calls)
+        self.calls += 1
+        return self.tau
+
+
+def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: Buffers,
+            thr: Threshold | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(words, decoded or None): x's blocks as the codec sends them (decoded: topk and
+    threshold only)."""
+    bounds = np.concatenate([[0], np.cumsum(blocks)])
     if codec == "topk":
-        return pack_topk(x, np.concatenate([[0], np.cumsum(blocks)]), ratio)
+        return pack_topk(x, bounds, ratio)
+    if codec == "threshold":
+        thr = thr if thr is not None else Threshold(every=1)
+        q, dec, passed = pack_threshold(x, bounds, ratio, thr.value(x, ratio))
+        thr.passed = passed / max(1, x.size)
+        return q, dec
     return pack(codec, x, bufs.get("q", x.size, np.uint16)), None
 
 
@@ -134,7 +181,7 @@ def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec:
     w = int(wb[r])
     recv, _ = comm.alltoallv(q, wb, np.full(P, w, dtype=np.int64),
                              out=bufs.get("recv", P * w, np.uint16))
-    if codec != "topk":
+    if codec not in SPARSE:
         m = int(blocks[r])
         return sum_packed(codec, recv, P, out, bufs.get("tmp", P * m, np.float32))
     acc = np.zeros(int(blocks[r]), dtype=np.float32)
@@ -145,24 +192,26 @@ def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec:
 
 
 def allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None = None,
-              ratio: float = 0.1, bufs: Buffers | None = None) -> np.ndarray:
+              ratio: float = 0.1, bufs: Buffers | None = None, thr: Threshold | None = None
+              ) -> np.ndarray:
     """Sum x (C-contiguous floats, any shape) over ranks in place through ``codec``; with
     ``residual`` (x's shape, float32 or x's dtype), error feedback: x + residual is packed and
-    residual becomes what packing lost."""
+    residual becomes what packing lost. ``thr``: the vector's τ state under ``threshold``
+    (None: estimated at this call)."""
     bufs = bufs or Buffers()
     flat = x.reshape(-1)
     if residual is not None:
         flat += residual.reshape(-1)
     P, r = comm.size, comm.rank
     ch = split_counts(flat.size, P)
-    q, dec = _encode(flat, ch, codec, ratio, bufs)
+    q, dec = _encode(flat, ch, codec, ratio, bufs, thr)
     if residual is not None:
         seen = dec if dec is not None else unpack(codec, q, out=bufs.get("seen", flat.size,
                                                                           np.float32))
         np.subtract(flat, seen, out=residual.reshape(-1))
     mine = bufs.get("mine", int(ch[r]), np.float32)
     _reduce_scatter_packed(comm, q, ch, codec, ratio, mine, bufs)
-    wire = "bf16" if codec == "topk" else codec  # the sums travel dense
+    wire = "bf16" if codec in SPARSE else codec  # the sums travel dense
     allq = comm.allgatherv(pack(wire, mine, bufs.get("qm", mine.size, np.uint16)), ch,
                            out=bufs.get("allq", flat.size, np.uint16))
     unpack(wire, allq, flat.dtype, out=flat)
@@ -191,12 +240,12 @@ def allgatherv(comm: Comm, x: np.ndarray, counts, codec: str, out: np.ndarray,
     """Compressed Allgatherv of x (counts[rank] floats) into ``out`` (sum(counts) floats)."""
     bufs = bufs or Buffers()
     c = np.asarray(counts, dtype=np.int64)
-    if codec != "topk":
+    if codec not in SPARSE:
         allq = comm.allgatherv(pack(codec, x, bufs.get("q", x.size, np.uint16)), c,
                                out=bufs.get("allq", int(c.sum()), np.uint16))
         unpack(codec, allq, out.dtype, out=out.reshape(-1))
         return out
-    q, _ = pack_topk(x, np.array([0, x.size]), ratio)
+    q, _ = _encode(x, np.array([x.size]), codec, ratio, bufs)
     wb = words(c, codec, ratio)
     allq = comm.allgatherv(q, wb)
     acc = np.zeros(int(c.sum()), dtype=np.float32)

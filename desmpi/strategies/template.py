@@ -36,13 +36,14 @@ from sim.accounting import Call
 def allreduce_grads_and_loss(comm, params, loss_local: float,
                              wire: compressed.Wire = compressed.FULL,
                              residual: np.ndarray | None = None,
-                             bufs: compressed.Buffers | None = None) -> float:
+                             bufs: compressed.Buffers | None = None,
+                             thr: compressed.Threshold | None = None) -> float:
     """Sum the dense gradients over ranks in place, with the loss sum riding along as one more
     element (one Allreduce of D + 1); returns the global loss sum. Compressed: the gradients
     through :func:`desmpi.strategies.compressed.allreduce` with error feedback (``residual``)
     and the loss sum in a float64 Allreduce of its own (16 bits would round it)."""
     if wire.packed:
-        compressed.allreduce(comm, params.grads, wire.dense, residual, wire.ratio, bufs)
+        compressed.allreduce(comm, params.grads, wire.dense, residual, wire.ratio, bufs, thr)
         return float(comm.allreduce(np.array([loss_local], dtype=np.float64))[0])
     buf = params.scratch("grads+loss", (params.size + 1,))
     buf[:-1] = params.grads
@@ -134,6 +135,7 @@ class Strategy:
         self.wire = wire  # payload encodings (desmpi.strategies.compressed)
         self.bufs = compressed.Buffers()
         self._residuals: dict[str, np.ndarray] = {}  # error feedback, per gradient vector
+        self._thresholds: dict[str, compressed.Threshold] = {}  # τ per vector (threshold)
 
     def residual(self, name: str, like: np.ndarray) -> np.ndarray | None:
         """The error-feedback residual of gradient vector ``name`` (None when uncompressed)."""
@@ -143,6 +145,15 @@ class Strategy:
         if r is None or r.shape != like.shape:
             r = self._residuals[name] = np.zeros_like(like)
         return r
+
+    def threshold(self, name: str) -> compressed.Threshold | None:
+        """τ state of gradient vector ``name`` under ``dist.compress = "threshold"``."""
+        if self.wire.dense != "threshold":
+            return None
+        t = self._thresholds.get(name)
+        if t is None:
+            t = self._thresholds[name] = compressed.Threshold(every=self.wire.every)
+        return t
 
     def plan(self, counts: StepCounts, rank: int) -> list[Call]:
         """Collectives of one training step on ``rank``, from the batch's counts alone."""
@@ -202,7 +213,8 @@ class DataParallelStrategy(Strategy):
             self.probe.update(Z=np.array(Z), gZ=np.array(gZ))
         update = self._sparse_backward(state, gZ)
         loss = allreduce_grads_and_loss(comm, prm, loss_local, self.wire,
-                                        self.residual("dense", prm.grads), self.bufs)
+                                        self.residual("dense", prm.grads), self.bufs,
+                                        self.threshold("dense"))
         tm.lap("aggregate")
         self._check_and_update(Z, loss, t, update)
         return loss

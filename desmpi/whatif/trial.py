@@ -1,10 +1,10 @@
 """`dist.strategy = "auto"`, second stage: the close candidates measured on the run's first steps.
 
 The simulator's ranking (:mod:`desmpi.whatif.choose`) is right to within its validated error
-band (docs/validation: 10-35 % per step), so candidates predicted within ``dist.auto_band`` of
-the best are not told apart by prediction alone. Every variant trains the same model from the
-same state (the equivalence tests hold each to the single-process run), so they can take turns
-on the run's first real steps and nothing is wasted: one warm step each (JIT compilation, first
+band (docs/validation: about 10 % median per step, 25 % upper quartile), so candidates
+predicted within ``dist.auto_band`` of the best are not told apart by prediction alone. Every
+variant trains the same model from the same state (the equivalence tests hold each to the
+single-process run), so they can take turns on the run's first real steps and nothing is wasted: one warm step each (JIT compilation, first
 touches), then ``dist.auto_trial_steps`` rounds in turn, the order rotating from round to round
 (A B C, B C A, C A B …: the first steps of a run insert the most new keys, and drift in the
 machine's speed falls on all alike). Each trial step starts from a barrier (:meth:`Trial.sync`)

@@ -31,6 +31,26 @@ def topk_q(x, bounds, ratio):
     return out
 
 
+def threshold_q(x, bounds, ratio):
+    """Reference threshold: tau the exact (1 - ratio) quantile of |x| (x is smaller than the
+    sample); per chunk its k slots take the entries reaching tau in index order, then the
+    first below it; bf16 values."""
+    a = np.sort(np.abs(x.astype(np.float32)))
+    tau = a[min(a.size - 1, int(np.floor((1 - ratio) * a.size)))]
+    out = np.zeros(x.size, np.float32)
+    for j in range(len(bounds) - 1):
+        c = x[bounds[j]:bounds[j + 1]].astype(np.float32)
+        k = topk_count(c.size, ratio)
+        order = np.concatenate([np.flatnonzero(np.abs(c) >= tau), np.flatnonzero(np.abs(c) < tau)])
+        keep = order[:k]
+        out[bounds[j] + keep] = q("bf16", c[keep])
+    return out
+
+
+def sparse_q(codec, x, bounds, ratio):
+    return (topk_q if codec == "topk" else threshold_q)(x, bounds, ratio)
+
+
 def main() -> None:
     P, r = comm.size, comm.rank
     rng = np.random.default_rng(7)
@@ -38,15 +58,16 @@ def main() -> None:
     data = [rng.normal(size=n).astype(np.float32) * 3 for _ in range(P)]
     ch = split_counts(n, P)
     bounds = np.concatenate([[0], np.cumsum(ch)])
-    for codec in ("bf16", "fp16", "topk"):
+    for codec in ("bf16", "fp16", "topk", "threshold"):
+        sparse = codec in C.SPARSE
         ratio = 0.1
         # allreduce: sum in float32 in rank order of what each rank sent, then the sums
         # travel dense (bf16 for topk)
-        sent = [topk_q(d, bounds, ratio) if codec == "topk" else q(codec, d) for d in data]
+        sent = [sparse_q(codec, d, bounds, ratio) if sparse else q(codec, d) for d in data]
         acc = np.zeros(n, np.float32)
         for s in sent:
             acc += s
-        want = q("bf16" if codec == "topk" else codec, acc)
+        want = q("bf16" if sparse else codec, acc)
         got = C.allreduce(comm, data[r].copy(), codec, ratio=ratio)
         assert np.array_equal(got, want), f"allreduce {codec}"
         # error feedback: the residual is what this rank's packing lost
@@ -54,14 +75,14 @@ def main() -> None:
         x = data[r].copy()
         C.allreduce(comm, x, codec, res, ratio)
         mine = data[r] + np.float32(0.01)
-        seen = topk_q(mine, bounds, ratio) if codec == "topk" else q(codec, mine)
+        seen = sparse_q(codec, mine, bounds, ratio) if sparse else q(codec, mine)
         assert np.array_equal(res, mine - seen), f"residual {codec}"
         # reduce_scatter into unequal blocks
         blocks = np.array([(j * 37) % 101 + 1 for j in range(P)])
         blocks[-1] = n - blocks[:-1].sum() if n > blocks[:-1].sum() else blocks[-1]
         if blocks.sum() == n and (blocks > 0).all():
             bb = np.concatenate([[0], np.cumsum(blocks)])
-            sent = [topk_q(d, bb, ratio) if codec == "topk" else q(codec, d) for d in data]
+            sent = [sparse_q(codec, d, bb, ratio) if sparse else q(codec, d) for d in data]
             acc = np.zeros(n, np.float32)
             for s in sent:
                 acc += s
@@ -71,7 +92,7 @@ def main() -> None:
         # allgatherv of unequal blocks
         counts = np.array([5 + 3 * j for j in range(P)])
         parts = [data[j][:counts[j]] for j in range(P)]
-        want = np.concatenate([topk_q(p, np.array([0, p.size]), ratio) if codec == "topk"
+        want = np.concatenate([sparse_q(codec, p, np.array([0, p.size]), ratio) if sparse
                                else q(codec, p) for p in parts])
         out = np.empty(counts.sum(), np.float32)
         C.allgatherv(comm, parts[r].copy(), counts, codec, out, ratio)
@@ -96,7 +117,7 @@ def main() -> None:
     # planned calls == the recorded ones (kinds, counts, item sizes)
     log = []
     comm2 = Comm.world(keep_log=True)
-    for codec in ("bf16", "topk"):
+    for codec in ("bf16", "topk", "threshold"):
         C.allreduce(comm2, data[r].copy(), codec, ratio=0.25)
         plan = C.calls("allreduce", [n], P, codec, 0.25)
         log = [(c.kind, c.counts, c.itemsize) for _, c, _, _ in comm2.acct.log]

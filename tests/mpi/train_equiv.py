@@ -52,6 +52,12 @@ for m, n, codec in [("lr", "des/allreduce", "bf16"), ("deepfm", "des/allreduce",
                     ("wdl", "des/allreduce", "fp16"), ("deepfm", "ps", "bf16")]:
     v = parse(n)
     cases.append((f"{m}-{tag(v)}-adagrad-{codec}", m, v, "adagrad", onehot_h5, eval_h5, "auto"))
+# the sparse codecs (dense gradients as 10% of each chunk, error feedback): W&D's dense
+# gradients under threshold, DeepFM's under topk
+for m, n, codec in [("wdl", "des/allreduce", "threshold"), ("deepfm", "des/reduce_scatter",
+                                                           "topk")]:
+    v = parse(n)
+    cases.append((f"{m}-{tag(v)}-adagrad-{codec}", m, v, "adagrad", onehot_h5, eval_h5, "auto"))
 # dist.keys = narrow (lossless: the same bits as the base case f"{name without -narrow}")
 for m, n in [("deepfm", "des/allreduce"), ("dlrm", "des/reduce_scatter")]:
     v = parse(n)
@@ -64,7 +70,8 @@ def keys_of(name: str) -> str:
 
 
 def compress_of(name: str) -> str:
-    return name.rsplit("-", 1)[1] if name.endswith(("-bf16", "-fp16")) else "none"
+    return name.rsplit("-", 1)[1] if name.endswith(("-bf16", "-fp16", "-threshold", "-topk")) \
+        else "none"
 
 
 class Warnings(logging.Handler):
