@@ -1,21 +1,21 @@
 """`dist.strategy = "auto"`, second stage: the close candidates measured on the run's first steps.
 
 The simulator's ranking (:mod:`desmpi.whatif.choose`) is right to within its validated error
-band (docs/validation: about 10 % median per step, 25 % upper quartile), so candidates
-predicted within ``dist.auto_band`` of the best are not told apart by prediction alone. Every
-variant trains the same model from the same state (the equivalence tests hold each to the
-single-process run), so they can take turns on the run's first real steps and nothing is wasted: one warm step each (JIT compilation, first
-touches), then ``dist.auto_trial_steps`` rounds in turn, the order rotating from round to round
-(A B C, B C A, C A B …: the first steps of a run insert the most new keys, and drift in the
-machine's speed falls on all alike). Each trial step starts from a barrier (:meth:`Trial.sync`)
-and its time is the slowest rank's: otherwise a step would inherit the previous candidate's
-stragglers (the work a rank finishes after its last collective shows up in the next step's
-first wait), and a candidate that leaves its work to the end would look fast. The median of
-those times per candidate decides, and every rank switches to the winner — but away from the
-simulator's first choice only when the measured winner beats it by more than :data:`MARGIN` (a
-few timed steps cannot tell closer ones apart; the prediction decides those). Only variants
-that share the model's structure take part (the same first-layer substitution: W differs
-otherwise) and the same input (gather or replicate: the batch a rank reads differs).
+band (docs/validation: about 10 % median per step, 25 % upper quartile), so candidates predicted
+within ``dist.auto_band`` of the best are not told apart by prediction alone. Every variant
+trains the same model from the same state (the equivalence tests hold each to the single-process
+run), so they can take turns on the run's first real steps and nothing is wasted: one warm step
+each (JIT compilation, first touches), then ``dist.auto_trial_steps`` rounds in turn, the order
+rotating from round to round (A B C, B C A, C A B …: the first steps of a run insert the most
+new keys, and drift in the machine's speed falls on all alike). Each trial step starts from a
+barrier (:meth:`Trial.sync`) and its time is the slowest rank's: otherwise a step would inherit
+the previous candidate's stragglers (the work a rank finishes after its last collective shows up
+in the next step's first wait), and a candidate that leaves its work to the end would look fast.
+The median of those times per candidate decides, and every rank switches to the winner — but
+away from the simulator's first choice only when the measured winner beats it by more than
+:data:`MARGIN` (a few timed steps cannot tell closer ones apart; the prediction decides those).
+Only variants that share the model's structure take part (the same first-layer substitution: W
+differs otherwise) and the same input (gather or replicate: the batch a rank reads differs).
 """
 
 from __future__ import annotations
