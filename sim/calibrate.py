@@ -79,8 +79,8 @@ def fit_level(samples: list[CommSample]) -> tuple[Level, Fit]:
 
 
 def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]],
-                max_contention: float = 1.0, key_cost: float | None = None
-                ) -> tuple[ComputeRates, Fit]:
+                max_contention: float = 1.0, key_cost: float | None = None,
+                route_cost: float | None = None) -> tuple[ComputeRates, Fit]:
     """Overhead, GEMM flop/s, sparse key-columns/s, per-call cost, memory rate, key
     operations/s and node contention from (work, seconds[, busy cores of the node]) samples.
 
@@ -88,25 +88,27 @@ def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]
     :func:`sim.compute.slowdown`) is found by a search over [0, max_contention] in steps of
     0.01, each step a linear fit, keeping the smallest relative RMS. Samples that all ran
     alone (busy = 1) leave κ at 0. ``Fit.values`` = (overhead, 1/GEMM rate, 1/sparse rate,
-    per-call cost, 1/memory rate, 1/key rate, κ).
+    per-call cost, 1/memory rate, 1/key rate, 1/route rate, κ).
 
-    ``key_cost``: the cost of one key operation in key-columns, as a micro-benchmark measures
-    it (``desmpi bench compute``: sparse_keys_per_s / keys_per_s). Given, the fit scales the
-    sparse work as one (key-columns + key_cost · key operations) instead of fitting the two
-    rates apart: samples whose models share a row width cannot tell them apart, and a model of
-    another width (LR's one column against FM's seventeen) is then predicted from the fit
-    without it.
+    ``key_cost``, ``route_cost``: the cost of one key operation and of one routed key in
+    key-columns, as a micro-benchmark measures them (``desmpi bench compute``:
+    sparse_keys_per_s / keys_per_s and sparse_keys_per_s / route_keys_per_s). Given, the fit
+    scales the sparse work as one (key-columns + key_cost · key operations + route_cost ·
+    routed keys) instead of fitting the rates apart: samples whose models share a row width
+    cannot tell them apart, and a model of another width (LR's one column against FM's
+    seventeen) is then predicted from the fit without it.
     """
     work = [s[0] for s in samples]
     y = np.array([s[1] for s in samples])
     busy = np.array([s[2] if len(s) > 2 else 1 for s in samples], dtype=float)
-    X = np.array([(1.0, w.gemm_flops, w.sparse_keys, w.calls, w.mem_bytes, w.key_ops)
-                  for w in work])
-    if key_cost is not None:
-        if not key_cost > 0:
-            raise ValueError(f"key_cost must be > 0, not {key_cost}")
-        X[:, 2] += key_cost * X[:, 5]
-        X[:, 5] = 0.0
+    X = np.array([(1.0, w.gemm_flops, w.sparse_keys, w.calls, w.mem_bytes, w.key_ops,
+                   w.route_keys) for w in work])
+    for col, c in ((5, key_cost), (6, route_cost)):
+        if c is not None:
+            if not c > 0:
+                raise ValueError(f"a key cost must be > 0, not {c}")
+            X[:, 2] += c * X[:, col]
+            X[:, col] = 0.0
     grid = np.arange(0.0, max_contention + 1e-9, 0.01) if (busy > 1).any() else np.zeros(1)
     best = None
     for k in grid:
@@ -116,13 +118,16 @@ def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]
         if best is None or err[0] < best[0][0] - 1e-12:
             best = (err, x, float(k))
     (rms, med), x, k = best
-    o, ig, ik, ic, im, io = x
+    o, ig, ik, ic, im, io, ir = x
 
     def rate(inv: float) -> float:
         return 1 / inv if inv > 0 else float("inf")
 
     if key_cost is not None:
         io = ik * key_cost
+    if route_cost is not None:
+        ir = ik * route_cost
     rates = ComputeRates(gemm_flops=rate(ig), sparse_keys_per_s=rate(ik), overhead_s=o,
-                         per_call_s=ic, contention=k, mem_Bps=rate(im), keys_per_s=rate(io))
+                         per_call_s=ic, contention=k, mem_Bps=rate(im), keys_per_s=rate(io),
+                         route_keys_per_s=rate(ir))
     return rates, Fit((*x, k), rms, med)

@@ -26,7 +26,8 @@ Presets carry the source of their numbers; a TOML file can describe any cluster:
     [compute]                      # per rank, as measured by `desmpi bench compute`
     gemm_flops = 5.0e10
     sparse_keys_per_s = 5.0e7
-    keys_per_s = 2.0e7             # optional: per-key cost (hash, look-up) apart from columns
+    keys_per_s = 2.0e7             # optional: table look-ups / row updates per second
+    route_keys_per_s = 3.0e8       # optional: keys hashed to their owner per second
     overhead_s = 1e-4
 
 Top-level optional keys: ``mpi`` (the library whose algorithm selection applies: ``mpich``,
@@ -119,8 +120,9 @@ class ComputeRates:
     per_call_s: float = 5.0e-5  # software cost around each collective call
     contention: float = 0.0
     mem_Bps: float = 1.0e10  # streaming memory traffic (zero, add, copy) of one rank
-    keys_per_s: float = float("inf")  # key operations (hash to owner, table look-up) per second;
-    # inf: no cost per key apart from its columns (sparse_keys_per_s)
+    keys_per_s: float = float("inf")  # table look-ups and row updates per second; inf: no
+    # cost per key apart from its columns (sparse_keys_per_s)
+    route_keys_per_s: float = float("inf")  # keys hashed to their owner per second
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ def load_cluster(spec: str) -> Cluster:
 
     comp = d.get("compute", {})
     extra = set(comp) - {"gemm_flops", "sparse_keys_per_s", "overhead_s", "per_call_s",
-                         "contention", "mem_Bps", "keys_per_s"}
+                         "contention", "mem_Bps", "keys_per_s", "route_keys_per_s"}
     if extra:
         raise ValueError(f"{path}: unknown keys in [compute]: {sorted(extra)}")
     for k in ("nodes", "ranks_per_node"):
@@ -272,5 +274,7 @@ def dump_cluster(cl: Cluster) -> str:
          f"gemm_flops = {num(c.gemm_flops)}", f"sparse_keys_per_s = {num(c.sparse_keys_per_s)}",
          f"overhead_s = {num(c.overhead_s)}", f"per_call_s = {num(c.per_call_s)}",
          f"contention = {num(c.contention)}", f"mem_Bps = {num(c.mem_Bps)}",
-         *([f"keys_per_s = {num(c.keys_per_s)}"] if np.isfinite(c.keys_per_s) else [])]
+         *([f"keys_per_s = {num(c.keys_per_s)}"] if np.isfinite(c.keys_per_s) else []),
+         *([f"route_keys_per_s = {num(c.route_keys_per_s)}"]
+           if np.isfinite(c.route_keys_per_s) else [])]
     return "\n".join(L) + "\n"

@@ -212,18 +212,28 @@ def test_compute_fit_separates_key_operations_from_columns():
     """Narrow rows (LR: 1 column a key) and wide ones (FM: 17) cost the same per key look-up
     and differ per column: the fit recovers both rates, and a model left out is predicted."""
     true = ComputeRates(gemm_flops=3e10, sparse_keys_per_s=4e8, overhead_s=2e-4,
-                        per_call_s=2e-5, keys_per_s=3e7)
+                        per_call_s=2e-5, keys_per_s=3e7, route_keys_per_s=2e9)
     rng = np.random.default_rng(3)
     samples = []
     for width in (1, 17, 33):
         for _ in range(6):
             keys = rng.uniform(1e4, 1e6)
-            w = Work(rng.uniform(0, 1e9), keys * width, rng.integers(1, 6), key_ops=keys)
+            w = Work(rng.uniform(0, 1e9), keys * width, rng.integers(1, 6), key_ops=keys,
+                     route_keys=keys * rng.uniform(1, 4))
             samples.append((w, compute_time(w, true)))
     rates, fit = fit_compute(samples[:12])  # widths 1 and 17 only
     assert rates.keys_per_s == pytest.approx(3e7, rel=1e-6)
     assert rates.sparse_keys_per_s == pytest.approx(4e8, rel=1e-6)
+    assert rates.route_keys_per_s == pytest.approx(2e9, rel=1e-6)
     for w, t in samples[12:]:  # width 33, never seen
+        assert compute_time(w, rates) == pytest.approx(t, rel=1e-6)
+    # one width only: key-columns and key operations move together and cannot be told apart;
+    # their costs measured apart (bench compute) leave one scale to fit, and width 33 follows
+    one = [s for s in samples if s[0].sparse_keys == s[0].key_ops]
+    rates, _ = fit_compute(one, key_cost=4e8 / 3e7, route_cost=4e8 / 2e9)
+    assert rates.sparse_keys_per_s == pytest.approx(4e8, rel=1e-6)
+    assert rates.keys_per_s == pytest.approx(3e7, rel=1e-6)
+    for w, t in samples[12:]:
         assert compute_time(w, rates) == pytest.approx(t, rel=1e-6)
 
 

@@ -64,8 +64,11 @@ def fit_network(rows: list[dict]):
 
 def bench_compute(repeats: int = 5) -> dict:
     """Per-kernel rates of this process: GEMM flop/s, sparse key-columns/s (pooling and row
-    gradients), key look-ups/s and the reduction rate γ (``reduce_Bps``, :func:`reduce_rate`)."""
+    gradients), key look-ups/s, keys routed to their owner/s and the reduction rate γ
+    (``reduce_Bps``, :func:`reduce_rate`)."""
+    from desmpi.data.batch import Batch
     from desmpi.kernels.sparse import pool, row_grads
+    from desmpi.reference import route
     from desmpi.table.shard import ShardTable
 
     rng = np.random.default_rng(0)
@@ -96,10 +99,20 @@ def bench_compute(repeats: int = 5) -> dict:
         row_grads(s, f, inv, u, vals, t.weights, 1, Z, 0, -1, Z.shape[1] - 1, Z, 1, g)
         ts.append(time.perf_counter() - t1)
         tl.append(t1 - t0)
+    # routing: every key hashed to its owner (of 4), the owned positions and every key's
+    # (sample, field), as a DES rank does over the global batch
+    batch = Batch(np.zeros(4096), np.zeros((4096, 0)), keys, 26)
+    tr = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        route(batch, 0, 4)
+        batch.sample_field()
+        tr.append(time.perf_counter() - t0)
     # the look-up is the per-key part (one hash probe a key), pooling and gradients the
     # per-column part (R floats a key)
     return {"gemm_flops": gemm, "sparse_keys_per_s": n * R / statistics.median(ts),
             "keys_per_s": n / statistics.median(tl),
+            "route_keys_per_s": n / statistics.median(tr[1:]),
             "reduce_Bps": reduce_rate(repeats), "mem_Bps": memory_rate(repeats)}
 
 

@@ -51,7 +51,8 @@ def _whatif(a, comm: Comm) -> int:
         rates = ComputeRates(r["gemm_flops"], r["sparse_keys_per_s"], r.get("overhead_s", 0.0),
                              r.get("per_call_s", 0.0), r.get("contention", 0.0),
                              r.get("mem_Bps", ComputeRates.mem_Bps),
-                             r.get("keys_per_s", ComputeRates.keys_per_s))
+                             r.get("keys_per_s", ComputeRates.keys_per_s),
+                             r.get("route_keys_per_s", ComputeRates.route_keys_per_s))
     batches = _ints(a.batch) if a.batch else [cfg.train.batch_size]
     t0 = time.perf_counter()
     # bytes follow each cluster's MPI library and ranks per node: one profile per layout

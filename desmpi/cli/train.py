@@ -109,8 +109,9 @@ def _bench_compute(a, comm: Comm):
     from desmpi.bench.comm import bench_compute
 
     return bench_compute(), lambda rep: log.info(
-        "GEMM %.3g flop/s, sparse %.3g key-columns/s, %.3g key look-ups/s, reduction %.3g B/s",
-        rep["gemm_flops"], rep["sparse_keys_per_s"], rep["keys_per_s"], rep["reduce_Bps"])
+        "GEMM %.3g flop/s, sparse %.3g key-columns/s, %.3g key look-ups/s, %.3g keys routed/s, "
+        "reduction %.3g B/s", rep["gemm_flops"], rep["sparse_keys_per_s"], rep["keys_per_s"],
+        rep["route_keys_per_s"], rep["reduce_Bps"])
 
 
 def _bench_train(a, comm: Comm):

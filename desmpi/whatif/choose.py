@@ -32,7 +32,7 @@ from sim.cluster import Cluster, ComputeRates, Level, load_cluster
 log = logging.getLogger("desmpi.choose")
 PROBE_BYTES = (1024, 65536, 1 << 20)  # bench comm sizes of the start-up calibration
 CACHED = ("latency_s", "bandwidth_Bps", "gemm_flops", "sparse_keys_per_s", "reduce_Bps",
-          "mem_Bps", "keys_per_s")
+          "mem_Bps", "keys_per_s", "route_keys_per_s")
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,8 @@ def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
                       "gemm_flops": rates["gemm_flops"],
                       "sparse_keys_per_s": rates["sparse_keys_per_s"],
                       "reduce_Bps": rates["reduce_Bps"], "mem_Bps": rates["mem_Bps"],
-                      "keys_per_s": rates["keys_per_s"]}
+                      "keys_per_s": rates["keys_per_s"],
+                      "route_keys_per_s": rates["route_keys_per_s"]}
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -116,7 +117,8 @@ def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
     lvl = Level(cached["latency_s"], cached["bandwidth_Bps"])
     rates = ComputeRates(gemm_flops=cached["gemm_flops"],
                          sparse_keys_per_s=cached["sparse_keys_per_s"],
-                         mem_Bps=cached["mem_Bps"], keys_per_s=cached["keys_per_s"])
+                         mem_Bps=cached["mem_Bps"], keys_per_s=cached["keys_per_s"],
+                         route_keys_per_s=cached["route_keys_per_s"])
     return Cluster(f"at hand ({nodes} node(s) x {ppn})", nodes, ppn, lvl, lvl,
                    os.cpu_count() or 0, rates, reduce_Bps=cached["reduce_Bps"])
 

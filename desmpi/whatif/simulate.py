@@ -67,25 +67,26 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
     nnz = float(c.nnz.sum())
     R, W, seg = info.dims.R, info.dims.W, info.dims.seg
     own = nnz / P * R * 3  # pool, gradients, update of owned keys
-    # key operations: every key is hashed to its owner where it enters (DES: every rank hashes
-    # every key of the global batch; the others their local batch), looked up by its owner, and
-    # each distinct owned row updated once (an optimizer's update costs per row more than per
-    # column: a random row of the table and its slots); distinct rows per owner are bounded by
-    # the local batches' distinct keys summed over ranks
+    # routing: each key is hashed to its owner where it enters (DES: every rank hashes every
+    # key of the global batch; the others their local batch). Key operations: the owner's table
+    # look-ups (a random row) and each distinct owned row's update (an optimizer's update costs
+    # per row more than per column: the row and its slots); distinct rows per owner are bounded
+    # by the local batches' distinct keys summed over ranks
     upd = c.distinct.sum() / P
+    route = nnz if st == "des" else nnz / P
     if st == "des":
         rows, fused_rows = (B if agg == "allreduce" else b), B
-        keys, key_ops = own, nnz + nnz / P + upd
+        keys, key_ops = own, nnz / P + upd
     elif st == "ps":
         rows, fused_rows = b, b
         keys = own + c.distinct.sum() / P * R * 2
-        key_ops = nnz / P + c.distinct.sum() / P + upd
+        key_ops = c.distinct.sum() / P + upd
     elif st == "a2a":
         rows, fused_rows = b, b
-        keys, key_ops = own + c.bags.sum() / P * seg * 2, 2 * nnz / P + upd
+        keys, key_ops = own + c.bags.sum() / P * seg * 2, nnz / P + upd
     elif st == "des-a2a":
         rows, fused_rows = b, c.samples.sum() / P
-        keys, key_ops = own + c.samples.sum() / P * W * 2, 2 * nnz / P + upd
+        keys, key_ops = own + c.samples.sum() / P * W * 2, nnz / P + upd
     else:
         raise ValueError(st)
     z_rows = {"des": B, "ps": b, "a2a": b, "des-a2a": c.samples.sum() / P}[st]
@@ -95,7 +96,7 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
         packed += info.dims.partial_grad if (st, agg) == ("des", "allreduce") else info.dims.D
         mem += PACK_BYTES * packed
     return Work(6.0 * (rows * info.dense_macs + fused_rows * info.fused_macs), keys,
-                mem_bytes=mem, key_ops=key_ops)
+                mem_bytes=mem, key_ops=key_ops, route_keys=route)
 
 
 @dataclass

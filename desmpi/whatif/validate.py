@@ -108,8 +108,9 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
         ds = CtrDataset(data, in_memory=True)
         bench = _run(1, ["bench", "compute"])
         gamma = float(bench.get("reduce_Bps", 0.0))
-        # a key look-up's cost in key-columns, measured apart (see fit_compute)
+        # a key look-up's and a routed key's cost in key-columns, measured apart (fit_compute)
         key_cost = bench["sparse_keys_per_s"] / bench["keys_per_s"]
+        route_cost = bench["sparse_keys_per_s"] / bench["route_keys_per_s"]
         levels, fits = {}, {}
         for P in net_P:
             rep = _run(P, ["bench", "comm"])
@@ -170,7 +171,7 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                 raise ValueError(f"only {len(samples)} calibration runs"
                                  f"{' without ' + exclude_model if exclude_model else ''}; the "
                                  "compute fit needs 4 (more models or variants, or other P)")
-            return fit_compute(samples, key_cost=key_cost)[0]
+            return fit_compute(samples, key_cost=key_cost, route_cost=route_cost)[0]
 
         rates = fit(None)
         per_model = {m: fit(m) for m in models} if len(models) > 1 else {}
@@ -217,6 +218,7 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                                         "contention": rates.contention,
                                         "mem_Bps": rates.mem_Bps,
                                         "keys_per_s": rates.keys_per_s,
+                                        "route_keys_per_s": rates.route_keys_per_s,
                                         "fitted_on_P": sorted(fit_P)},
                             "reduce_Bps": gamma,
                             "network": {str(P): {"latency_s": lv.latency_s,
