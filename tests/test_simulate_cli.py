@@ -126,3 +126,23 @@ def test_validate_defaults_to_small_ranks(monkeypatch):
     monkeypatch.setattr(desmpi.whatif.validate, "validate", fake)
     assert cli.main(["simulate", "--validate", "--out", ""]) == 0
     assert seen == {"ranks": [1, 2, 4], "calibrate": None, "batch": 2048, "network": None}
+
+
+def test_validation_groups_keep_held_out_and_oversubscribed_cases_apart():
+    from desmpi.whatif.validate import groups_of
+
+    def case(P, held, err, comm):
+        return {"P": P, "held_out_P": held, "error": err, "error_model_held_out": 2 * err,
+                "comm_error": comm}
+
+    cases = [case(1, False, 0.10, None), case(2, False, -0.20, -0.5),
+             case(4, True, 0.30, -0.8), case(4, True, -0.40, -0.9)]
+    g = groups_of(cases, cores=2)
+    assert g["in_sample"]["cases"] == 2 and g["in_sample"]["median_abs_error"] == \
+        pytest.approx(0.15)
+    assert g["held_out_P"]["cases"] == 2 and g["held_out_P"]["under"] == 1
+    assert g["held_out_model"]["median_abs_error"] == pytest.approx(0.30)
+    assert g["held_out_model_and_P"]["median_abs_error"] == pytest.approx(0.70)
+    assert g["communication"]["cases"] == 3  # P = 1 moves nothing
+    assert g["communication_within_cores"]["cases"] == 1
+    assert g["communication_oversubscribed"]["median_abs_error"] == pytest.approx(0.85)

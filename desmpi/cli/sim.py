@@ -252,7 +252,9 @@ GROUPS = {"in_sample": "in-sample (P and model the compute fit saw)",
           "held_out_model": "held out by model (leave-one-model-out fit), fitted P",
           "held_out_model_and_P": "held out by model and by P",
           "communication": "collective time alone (network model vs the least-waiting rank's "
-                           "counters)"}
+                           "counters)",
+          "communication_within_cores": "collective time alone, at most one rank a core",
+          "communication_oversubscribed": "collective time alone, more ranks than cores"}
 
 
 def validation_markdown(rep: dict) -> str:

@@ -77,6 +77,29 @@ def _spread(errs: list[float], seed: int = 0) -> dict | None:
             "under": int(np.sum(np.asarray(errs) < 0))}
 
 
+def groups_of(cases: list[dict], cores: int) -> dict:
+    """The error groups of a validation, each with :func:`_spread`: in-sample, held out by P,
+    by model, by both, and the collective time alone — all, then the runs with at most one
+    rank a core and the oversubscribed ones apart (with more ranks than cores a rank waiting in
+    a collective spins on a core another rank needs to finish its compute: the counters then
+    hold compute of others, and the split of a step between the two is no longer the
+    network's)."""
+    comm = [c for c in cases if c.get("comm_error") is not None]
+    return {
+        "in_sample": _spread([c["error"] for c in cases if not c["held_out_P"]]),
+        "held_out_P": _spread([c["error"] for c in cases if c["held_out_P"]]),
+        "held_out_model": _spread([c["error_model_held_out"] for c in cases
+                                   if not c["held_out_P"] and "error_model_held_out" in c]),
+        "held_out_model_and_P": _spread([c["error_model_held_out"] for c in cases
+                                         if c["held_out_P"] and "error_model_held_out" in c]),
+        "communication": _spread([c["comm_error"] for c in comm]),
+        "communication_within_cores": _spread([c["comm_error"] for c in comm
+                                               if c["P"] <= cores]),
+        "communication_oversubscribed": _spread([c["comm_error"] for c in comm
+                                                 if c["P"] > cores]),
+    }
+
+
 def validate(models: list[str], variants: list[Variant], ranks: list[int], batch: int, steps: int,
              workdir: str | None = None, calibrate_ranks: list[int] | None = None,
              repeats: int = 1, network_ranks: list[int] | None = None) -> dict:
@@ -197,15 +220,7 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                     c["measured_step_time_s"]
             c["bytes_equal"] = c["counted_wire_bytes_total"] == c["planned_wire_bytes_total"]
             out.append(c)
-    groups = {
-        "in_sample": _spread([c["error"] for c in out if not c["held_out_P"]]),
-        "held_out_P": _spread([c["error"] for c in out if c["held_out_P"]]),
-        "held_out_model": _spread([c["error_model_held_out"] for c in out
-                                   if not c["held_out_P"] and "error_model_held_out" in c]),
-        "held_out_model_and_P": _spread([c["error_model_held_out"] for c in out
-                                         if c["held_out_P"] and "error_model_held_out" in c]),
-        "communication": _spread([c["comm_error"] for c in out if c["comm_error"] is not None]),
-    }
+    groups = groups_of(out, cores)
     held = groups["held_out_P"]
     return {"cases": out, "groups": groups,
             "median_abs_error": groups["in_sample"]["median_abs_error"],
