@@ -123,6 +123,8 @@ class ComputeRates:
     keys_per_s: float = float("inf")  # table look-ups and row updates per second; inf: no
     # cost per key apart from its columns (sparse_keys_per_s)
     route_keys_per_s: float = float("inf")  # keys hashed to their owner per second
+    jitter: float = 0.0  # spread of a rank's compute (its standard deviation / its mean):
+    # a bulk-synchronous step waits for the slowest of P ranks, jitter · compute · E[max of P]
 
 
 @dataclass(frozen=True)
@@ -226,7 +228,8 @@ def load_cluster(spec: str) -> Cluster:
 
     comp = d.get("compute", {})
     extra = set(comp) - {"gemm_flops", "sparse_keys_per_s", "overhead_s", "per_call_s",
-                         "contention", "mem_Bps", "keys_per_s", "route_keys_per_s"}
+                         "contention", "mem_Bps", "keys_per_s", "route_keys_per_s",
+                         "jitter"}
     if extra:
         raise ValueError(f"{path}: unknown keys in [compute]: {sorted(extra)}")
     for k in ("nodes", "ranks_per_node"):
@@ -276,5 +279,5 @@ def dump_cluster(cl: Cluster) -> str:
          f"contention = {num(c.contention)}", f"mem_Bps = {num(c.mem_Bps)}",
          *([f"keys_per_s = {num(c.keys_per_s)}"] if np.isfinite(c.keys_per_s) else []),
          *([f"route_keys_per_s = {num(c.route_keys_per_s)}"]
-           if np.isfinite(c.route_keys_per_s) else [])]
+           if np.isfinite(c.route_keys_per_s) else []), f"jitter = {num(c.jitter)}"]
     return "\n".join(L) + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sim.cluster import ComputeRates
+from sim.cluster import ComputeRates, expected_max_normal
 
 
 @dataclass(frozen=True)
@@ -48,3 +48,10 @@ def compute_time(w: Work, rates: ComputeRates, share: float = 1.0, busy: int = 1
         rates.sparse_keys_per_s + w.calls * rates.per_call_s + w.mem_bytes / rates.mem_Bps + \
         w.key_ops / rates.keys_per_s + w.route_keys / rates.route_keys_per_s
     return t * slowdown(rates, busy) / share
+
+
+def wait_time(compute_s: float, rates: ComputeRates, P: int) -> float:
+    """Seconds a bulk-synchronous step waits for its slowest rank beyond the mean one: ranks'
+    compute times spread by ``rates.jitter`` (standard deviation over mean), the step ends with
+    the slowest of P, jitter · compute · E[max of P standard normals] (0 at P = 1)."""
+    return rates.jitter * compute_s * float(expected_max_normal(P))

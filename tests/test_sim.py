@@ -327,10 +327,26 @@ def test_every_repeated_step_adds_its_spread(P):
 def test_cluster_waits_round_trips_through_toml(tmp_path):
     from sim.cluster import dump_cluster
 
-    cl = replace(PRESETS["edr"], waits="step")
+    cl = replace(PRESETS["edr"], waits="step",
+                 compute=replace(PRESETS["edr"].compute, jitter=0.07, keys_per_s=2e7,
+                                 route_keys_per_s=4e8))
     f = tmp_path / "c.toml"
     f.write_text(dump_cluster(cl))
-    assert load_cluster(str(f)).waits == "step"
+    back = load_cluster(str(f))
+    assert back.waits == "step" and back.compute == cl.compute
     f.write_text(dump_cluster(cl).replace('waits = "step"', 'waits = "late"'))
     with pytest.raises(ValueError, match="waits"):
         load_cluster(str(f))
+
+
+def test_wait_for_the_slowest_rank_grows_with_expected_max():
+    """P ranks whose compute spreads by jitter σ/μ: the step waits σ·E[max of P normals]
+    for the slowest beyond the mean; checked against a Monte Carlo of normal draws."""
+    from sim.compute import wait_time
+
+    r = ComputeRates(jitter=0.1)
+    assert wait_time(2.0, r, 1) == 0.0 and wait_time(2.0, ComputeRates(), 64) == 0.0
+    rng = np.random.default_rng(5)
+    for P in (2, 8, 64):
+        mc = float(np.mean(np.max(rng.normal(2.0, 0.2, size=(20000, P)), axis=1))) - 2.0
+        assert wait_time(2.0, r, P) == pytest.approx(mc, rel=0.03), P

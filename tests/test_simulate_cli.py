@@ -33,7 +33,7 @@ def test_whatif_table_plots_crossovers(data, tmp_path):
     assert len(rep["rows"]) == 3 * 2 * 6 * 2  # P × batch × strategies × clusters
     r = next(x for x in rep["rows"] if x["P"] == 512 and x["variant"] == "ps"
              and x["cluster"].startswith("25"))
-    assert r["step_time_s"] == pytest.approx(r["comm_s"] + r["compute_s"])
+    assert r["step_time_s"] == pytest.approx(r["comm_s"] + r["compute_s"] + r["wait_s"])
     assert 0 < r["comm_share"] < 1
     assert (tmp_path / "whatif.md").exists() and (tmp_path / "whatif.csv").exists()
     assert (tmp_path / "whatif_25gbe__tcp.png").stat().st_size > 10_000

@@ -21,7 +21,7 @@ from desmpi.variants import Variant
 from sim.accounting import TEXTBOOK, Layout
 from sim.cluster import Cluster, ComputeRates
 from sim.collectives import Sizes, sized_time, sizes
-from sim.compute import Work, compute_time
+from sim.compute import Work, compute_time, wait_time
 
 log = logging.getLogger("desmpi.whatif.simulate")
 
@@ -157,11 +157,14 @@ def predict(p: Profiled, cluster: Cluster, rates: ComputeRates | None = None,
     """Predicted step of a profiled configuration on a cluster sized for its P."""
     cl = cluster.with_ranks(p.P)
     comm_s = comm_time(p, cluster, algorithm)
-    comp_s = compute_time(p.work, rates or cl.compute, cl.compute_share, cl.busy_cores)
-    step = comm_s + comp_s
+    r = rates or cl.compute
+    comp_s = compute_time(p.work, r, cl.compute_share, cl.busy_cores)
+    wait_s = wait_time(comp_s, r, p.P)
+    step = comm_s + comp_s + wait_s
     return {"variant": p.variant.name, "P": p.P, "batch": p.batch, "cluster": cluster.name,
             "step_time_s": step, "samples_per_s": p.batch / step, "comm_s": comm_s,
-            "compute_s": comp_s, "comm_share": comm_s / step, "wire_bytes_per_step": p.wire_bytes,
+            "compute_s": comp_s, "wait_s": wait_s, "comm_share": comm_s / step,
+            "wire_bytes_per_step": p.wire_bytes,
             "wire_bytes_per_sample": p.wire_bytes * p.P / p.batch}
 
 
