@@ -145,3 +145,29 @@ def test_gemm_shapes_are_the_products_of_a_step():
     for k, o, gx in layers:
         want += [(n, k, o), (k, n, o)] + ([(n, o, k)] if gx else [])
     assert sorted(gemm_shapes(m, n, n)) == sorted(want)
+
+
+def test_compare_torch_builds_the_same_models():
+    """scripts/compare_torch.py's PyTorch DLRM and DeepFM have desmpi's dense parameters, one
+    for one (where torch is installed; it is not a desmpi dependency)."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import compare_torch
+    finally:
+        sys.path.pop(0)
+    from desmpi.bench.train import WORKLOADS
+    from desmpi.config import from_dict
+    from desmpi.models import build_model
+
+    F, Dn = 26, 13
+    for name in ("dlrm", "deepfm"):
+        m = compare_torch.build(torch, name, 100, F, Dn)
+        dense = sum(p.numel() for n, p in m.named_parameters()
+                    if not n.endswith(("emb.weight", "lin.weight")))
+        cfg = from_dict({"model": {"name": name, **WORKLOADS[name]},
+                         "data": {"train": "x.h5"}}).check()
+        ours = build_model(cfg.model, F, Dn, "float32", 0, "pooling")
+        assert dense == ours.params.size, name
+        ids = torch.randint(0, 100, (8, F))
+        assert m(ids, torch.randn(8, Dn)).shape == (8,)

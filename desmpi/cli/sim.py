@@ -254,9 +254,7 @@ GROUPS = {"in_sample": "in-sample (P and model the compute fit saw)",
           "communication": "collective time alone (network model vs the least-waiting rank's "
                            "counters)",
           "communication_within_cores": "collective time alone, at most one rank a core",
-          "communication_oversubscribed": "collective time alone, more ranks than cores",
-          "communication_with_waits": "collective time, network model + the fitted waits for "
-                                      "the slowest rank"}
+          "communication_oversubscribed": "collective time alone, more ranks than cores"}
 
 
 def validation_markdown(rep: dict) -> str:

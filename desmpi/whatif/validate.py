@@ -10,10 +10,7 @@
 3. **communication first**: each case's predicted collective time against the measured one;
 4. compute rates and the node's contention are fitted to the *measured compute time* of the
    training runs at P = 1 and the calibrated P — never to a residual that would absorb network
-   error; a run at any other P is held out by P. The waits for the slowest rank, which the
-   runs' collective counters hold beside the transfers, are a term of their own: the spread of
-   a rank's compute (``jitter``, :func:`sim.compute.wait_time`), fitted to what the calibration
-   runs' collectives took beyond the network model;
+   error; a run at any other P is held out by P;
 5. predictions, reported in four groups apart: in-sample (fitted P, fitted model), held out by
    P, held out by model (leave-one-model-out: the compute fit without that model), held out by
    both; each with its median, interquartile range and a bootstrap 90% interval of the median.
@@ -25,7 +22,6 @@ import logging
 import os
 import statistics
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +35,7 @@ from desmpi.variants import Variant
 from desmpi.whatif.simulate import ModelInfo, comm_time, predict, profile
 from sim.accounting import Layout
 from sim.calibrate import fit_compute
-from sim.cluster import Cluster, ComputeRates, Level, expected_max_normal
-from sim.compute import compute_time
+from sim.cluster import Cluster, ComputeRates, Level
 
 log = logging.getLogger("desmpi.whatif.validate")
 _NO_RATES = ComputeRates()  # comm_time does not read compute rates
@@ -102,8 +97,6 @@ def groups_of(cases: list[dict], cores: int) -> dict:
                                                if c["P"] <= cores]),
         "communication_oversubscribed": _spread([c["comm_error"] for c in comm
                                                  if c["P"] > cores]),
-        "communication_with_waits": _spread([c["comm_wait_error"] for c in comm
-                                             if c.get("comm_wait_error") is not None]),
     }
 
 
@@ -201,29 +194,14 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                 raise ValueError(f"only {len(samples)} calibration runs"
                                  f"{' without ' + exclude_model if exclude_model else ''}; the "
                                  "compute fit needs 4 (more models or variants, or other P)")
-            r = fit_compute(samples, key_cost=key_cost, route_cost=route_cost)[0]
-            return replace(r, jitter=fit_jitter(r, exclude_model))
-
-        def fit_jitter(r: ComputeRates, exclude_model: str | None) -> float:
-            """The spread of a rank's compute from the calibration runs' waits: what their
-            collectives took beyond the network model, over predicted compute · E[max of P]
-            (median of the runs at P > 1; :func:`sim.compute.wait_time`)."""
-            ratios = []
-            for c in cases:
-                if c["P"] in fit_P and c["P"] > 1 and c["model"] != exclude_model:
-                    cl = cluster_at(c["P"], r)
-                    comp = compute_time(c["prof"].work, r, cl.compute_share, cl.busy_cores)
-                    basis = comp * float(expected_max_normal(c["P"]))
-                    ratios.append((c["measured_comm_s"] - c["predicted_comm_s"]) / basis)
-            return max(0.0, statistics.median(ratios)) if ratios else 0.0
+            return fit_compute(samples, key_cost=key_cost, route_cost=route_cost)[0]
 
         rates = fit(None)
         per_model = {m: fit(m) for m in models} if len(models) > 1 else {}
         log.info("compute: %.3g flop/s GEMM, %.3g key-columns/s, %.2e s overhead, %.2e s per "
-                 "call, contention %.2f, jitter %.3f (fitted to the measured compute and waits "
-                 "of the P = %s runs)", rates.gemm_flops, rates.sparse_keys_per_s,
-                 rates.overhead_s, rates.per_call_s, rates.contention, rates.jitter,
-                 ", ".join(str(P) for P in sorted(fit_P)))
+                 "call, contention %.2f (fitted to the measured compute of the P = %s runs)",
+                 rates.gemm_flops, rates.sparse_keys_per_s, rates.overhead_s, rates.per_call_s,
+                 rates.contention, ", ".join(str(P) for P in sorted(fit_P)))
         out = []
         for c in cases:
             P = c["P"]
@@ -233,10 +211,6 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
             prof = c.pop("prof")
             pr = predict(prof, cluster_at(P, rates), rates)
             c["predicted_step_time_s"] = pr["step_time_s"]
-            c["predicted_wait_s"] = pr["wait_s"]
-            c["comm_wait_error"] = ((pr["comm_s"] + pr["wait_s"] - c["measured_comm_s"])
-                                    / c["measured_comm_s"]) if c["comm_error"] is not None \
-                else None
             c["error"] = (pr["step_time_s"] - c["measured_step_time_s"]) / \
                 c["measured_step_time_s"]
             if per_model:
@@ -260,7 +234,6 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                                         "mem_Bps": rates.mem_Bps,
                                         "keys_per_s": rates.keys_per_s,
                                         "route_keys_per_s": rates.route_keys_per_s,
-                                        "jitter": rates.jitter,
                                         "fitted_on_P": sorted(fit_P)},
                             "reduce_Bps": gamma,
                             "network": {str(P): {"latency_s": lv.latency_s,
