@@ -117,9 +117,9 @@ def _torch_worker(rank: int, P: int, port: int, args: dict, out: str) -> None:
     B, F = args["batch"], ids.shape[1]
     torch.manual_seed(0)
     model = DDP(build(torch, args["model"], int(data["n_ids"]), F, dense.shape[1]))
-    sparse = [p for n, p in model.named_parameters() if n.endswith(("emb.weight", "lin.weight"))
-              and "dense" not in n]
-    dense_p = [p for n, p in model.named_parameters() if all(p is not q for q in sparse)]
+    tables = ("module.emb.weight", "module.lin.weight")  # the sparse=True embeddings
+    sparse = [p for n, p in model.named_parameters() if n in tables]
+    dense_p = [p for n, p in model.named_parameters() if n not in tables]
     opts = [torch.optim.Adagrad(sparse, lr=0.01), torch.optim.Adagrad(dense_p, lr=0.01)]
     loss_fn = torch.nn.BCEWithLogitsLoss()
     times = []
