@@ -33,7 +33,11 @@ from desmpi.data.h5 import CtrDataset  # noqa: E402
 from desmpi.data.synth import SynthSpec, generate  # noqa: E402
 
 
-def torch_model(torch, name: str, cards: list[int], n_dense: int):
+def torch_model(torch, name: str, cards: list[int], n_dense: int, fused: bool = False):
+    """The PyTorch module of ``name``: forward(x (n, Dn) float32, idx (n, F) int64 ids within
+    each field). ``fused``: one ``nn.Embedding(sparse=True)`` table for all fields (ids offset
+    by field, as TorchRec fuses tables) instead of one ``nn.EmbeddingBag`` a field — fewer,
+    larger kernels and gradients (faster under DistributedDataParallel)."""
     nn = torch.nn
     w = WORKLOADS[name]
     d = w.get("embed_dim", 16)
@@ -53,10 +57,16 @@ def torch_model(torch, name: str, cards: list[int], n_dense: int):
             super().__init__()
             lin = name in ("lr", "fm", "wdl", "deepfm")
             emb = name != "lr"
-            self.lin = nn.ModuleList(nn.EmbeddingBag(c, 1, mode="sum", sparse=True)
-                                     for c in cards) if lin else None
-            self.emb = nn.ModuleList(nn.EmbeddingBag(c, d, mode="sum", sparse=True)
-                                     for c in cards) if emb else None
+            if fused:
+                n_ids = int(sum(cards))
+                self.register_buffer("off", torch.tensor([0, *cards[:-1]]).cumsum(0))
+                self.lin = nn.Embedding(n_ids, 1, sparse=True) if lin else None
+                self.emb = nn.Embedding(n_ids, d, sparse=True) if emb else None
+            else:
+                self.lin = nn.ModuleList(nn.EmbeddingBag(c, 1, mode="sum", sparse=True)
+                                         for c in cards) if lin else None
+                self.emb = nn.ModuleList(nn.EmbeddingBag(c, d, mode="sum", sparse=True)
+                                         for c in cards) if emb else None
             self.dense_lin = nn.Linear(n_dense, 1) if lin else None
             if name in ("wdl", "deepfm"):
                 self.deep = mlp([n_dense + F * d, *hidden, 1], False)
@@ -68,11 +78,15 @@ def torch_model(torch, name: str, cards: list[int], n_dense: int):
         def forward(self, x, idx):  # idx: (n, F) int64, one-hot bags
             n = x.shape[0]
             out = torch.zeros(n)
+            if fused:
+                idx = idx + self.off
             if self.lin is not None:
                 out = out + self.dense_lin(x)[:, 0]
-                out = out + sum(self.lin[f](idx[:, f:f + 1])[:, 0] for f in range(F))
+                out = out + (self.lin(idx).sum((1, 2)) if fused else
+                             sum(self.lin[f](idx[:, f:f + 1])[:, 0] for f in range(F)))
             if self.emb is not None:
-                E = torch.stack([self.emb[f](idx[:, f:f + 1]) for f in range(F)], 1)
+                E = self.emb(idx) if fused else \
+                    torch.stack([self.emb[f](idx[:, f:f + 1]) for f in range(F)], 1)
             if name in ("fm", "deepfm"):
                 S = E.sum(1)
                 out = out + 0.5 * ((S * S).sum(1) - (E * E).sum((1, 2)))

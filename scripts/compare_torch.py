@@ -8,16 +8,15 @@ For each model and P, in alternating rounds (``--repeats``):
 
 * desmpi: ``desmpi bench train --model M`` under ``mpiexec -n P`` with its defaults
   (``dist.strategy = auto``), median samples/s of the timed steps;
-* PyTorch: the same model (the workloads of ``desmpi.bench.train.WORKLOADS``: DeepFM d = 16,
-  DNN 400-400-400 on [dense, embeddings], FM and linear terms; DLRM d = 64, bottom 512-256-64,
-  dot interaction, top 512-256-1) in ``torch.nn`` with one shared ``nn.Embedding(sparse=True)``
-  table of the data's distinct keys (remapped once, untimed: a hash table's work given to
-  PyTorch for free), Adagrad (sparse rows for the embeddings), BCE-with-logits, wrapped in
-  ``DistributedDataParallel`` over gloo (embedding gradients allreduced as sparse tensors), P
-  processes with one thread each, on rows of the generator ``bench train`` uses (the same
-  ``SynthSpec``: seed, cardinality cap), each rank its share of every global batch; median
-  samples/s of the timed steps (global batch / rank 0's step time, each step started at a
-  barrier, after the same warm-up).
+* PyTorch: the same model as ``scripts/bench_vs_pytorch.py`` writes it, its fused form (one
+  ``nn.Embedding(sparse=True)`` table for all fields, Kaggle cardinalities capped at ``--cap``,
+  as TorchRec fuses tables: faster under DDP than one ``nn.EmbeddingBag`` a field),
+  ``nn.Linear`` layers, Adagrad, BCE-with-logits, wrapped in ``DistributedDataParallel`` over
+  gloo (embedding gradients allreduced as sparse tensors), P processes with one thread each, on
+  the rows ``bench train``'s generator makes (the same ``SynthSpec``: seed, cap), each rank its
+  share of every global batch read before the step; median samples/s of the timed steps
+  (global batch / rank 0's step time, each step started at a barrier, after the same
+  warm-up).
 
 The ratio desmpi / PyTorch is the figure; both sides' runs are listed.
 """
@@ -34,12 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from bench_vs_pytorch import torch_model
 
-from desmpi.bench.train import WORKLOADS
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.slicing import split_counts
-from desmpi.data.synth import SynthSpec, generate
+from desmpi.data.synth import KAGGLE_CARDINALITIES, SynthSpec, generate
 from desmpi.launch import run_json
 
 
@@ -54,56 +52,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _mlp(torch, dims: list[int], final_relu: bool):
-    nn = torch.nn
-    layers = []
-    for i in range(len(dims) - 1):
-        layers.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < len(dims) - 2 or final_relu:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-def build(torch, model: str, n_ids: int, F: int, Dn: int):
-    """The torch module of ``model`` (logits of a batch: ids (n, F) int64, dense (n, Dn))."""
-    nn = torch.nn
-    w = WORKLOADS[model]
-    d = w["embed_dim"]
-
-    class DLRM(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.emb = nn.Embedding(n_ids, d, sparse=True)
-            self.bottom = _mlp(torch, [Dn, *w["bottom"], d], final_relu=True)
-            self.top = _mlp(torch, [d + (F + 1) * F // 2, *w["hidden"], 1], final_relu=False)
-            li, lj = torch.tril_indices(F + 1, F + 1, offset=-1)
-            self.register_buffer("li", li)
-            self.register_buffer("lj", lj)
-
-        def forward(self, ids, x):
-            z = self.bottom(x)
-            t = torch.cat([z[:, None, :], self.emb(ids)], dim=1)  # (n, F + 1, d)
-            dots = torch.bmm(t, t.transpose(1, 2))[:, self.li, self.lj]
-            return self.top(torch.cat([z, dots], dim=1)).squeeze(1)
-
-    class DeepFM(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Embedding(n_ids, 1, sparse=True)
-            self.emb = nn.Embedding(n_ids, d, sparse=True)
-            self.dense_lin = nn.Linear(Dn, 1)
-            self.deep = _mlp(torch, [Dn + F * d, *w["hidden"], 1], final_relu=False)
-
-        def forward(self, ids, x):
-            e = self.emb(ids)  # (n, F, d)
-            s = e.sum(dim=1)
-            fm = 0.5 * (s * s - (e * e).sum(dim=1)).sum(dim=1)
-            deep = self.deep(torch.cat([x, e.flatten(1)], dim=1)).squeeze(1)
-            return self.lin(ids).sum(dim=(1, 2)) + self.dense_lin(x).squeeze(1) + fm + deep
-
-    return {"dlrm": DLRM, "deepfm": DeepFM}[model]()
-
-
 def _torch_worker(rank: int, P: int, port: int, args: dict, out: str) -> None:
     import torch
     import torch.distributed as dist
@@ -112,29 +60,28 @@ def _torch_worker(rank: int, P: int, port: int, args: dict, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=P)
-    data = np.load(args["npz"])
-    ids, dense, labels = data["ids"], data["dense"], data["labels"]
-    B, F = args["batch"], ids.shape[1]
+    ds = CtrDataset(args["h5"], in_memory=True)
+    B = args["batch"]
     torch.manual_seed(0)
-    model = DDP(build(torch, args["model"], int(data["n_ids"]), F, dense.shape[1]))
-    tables = ("module.emb.weight", "module.lin.weight")  # the sparse=True embeddings
-    sparse = [p for n, p in model.named_parameters() if n in tables]
-    dense_p = [p for n, p in model.named_parameters() if n not in tables]
+    model = DDP(torch_model(torch, args["model"], args["cards"], ds.n_dense, fused=True))
+    tables = ("module.lin.", "module.emb.")  # the sparse=True embeddings
+    sparse = [p for n, p in model.named_parameters() if n.startswith(tables)]
+    dense_p = [p for n, p in model.named_parameters() if not n.startswith(tables)]
     opts = [torch.optim.Adagrad(sparse, lr=0.01), torch.optim.Adagrad(dense_p, lr=0.01)]
     loss_fn = torch.nn.BCEWithLogitsLoss()
     times = []
     for t in range(args["steps"] + args["warmup"]):
         sizes = split_counts(B, P)
         lo = t * B + int(sizes[:rank].sum())
-        hi = lo + int(sizes[rank])
-        b_ids = torch.from_numpy(ids[lo:hi])
-        b_x = torch.from_numpy(dense[lo:hi])
-        b_y = torch.from_numpy(labels[lo:hi])
+        b = ds.read(lo, lo + int(sizes[rank]))
+        b_ids = torch.from_numpy((b.keys & ((1 << 47) - 1)).reshape(b.n, -1))
+        b_x = torch.from_numpy(b.dense)
+        b_y = torch.from_numpy(b.labels)
         dist.barrier()
         t0 = time.perf_counter()
         for o in opts:
             o.zero_grad(set_to_none=True)
-        loss = loss_fn(model(b_ids, b_x), b_y)
+        loss = loss_fn(model(b_x, b_ids), b_y)
         loss.backward()
         for o in opts:
             o.step()
@@ -146,30 +93,16 @@ def _torch_worker(rank: int, P: int, port: int, args: dict, out: str) -> None:
     dist.destroy_process_group()
 
 
-def torch_run(model: str, P: int, batch: int, steps: int, warmup: int, npz: str) -> dict:
+def torch_run(model: str, P: int, batch: int, steps: int, warmup: int, h5: str,
+              cards: list[int]) -> dict:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.json")
-        args = {"model": model, "batch": batch, "steps": steps, "warmup": warmup, "npz": npz}
+        args = {"model": model, "batch": batch, "steps": steps, "warmup": warmup, "h5": h5,
+                "cards": cards}
         mp.spawn(_torch_worker, args=(P, _free_port(), args, out), nprocs=P, join=True)
         return json.loads(Path(out).read_text())
-
-
-def prepare(tmp: str, batch: int, steps: int, warmup: int, cap: int) -> str:
-    """The rows ``bench train`` trains on (its SynthSpec), as ids remapped to 0..n-1."""
-    path = os.path.join(tmp, "bench.h5")
-    generate(SynthSpec(rows=batch * (steps + warmup), seed=1, cap=cap), path)
-    ds = CtrDataset(path, in_memory=True)
-    b = ds.read(0, ds.n)
-    if b.offsets is not None:
-        raise ValueError("compare_torch: one key per field expected")
-    uniq, inv = np.unique(b.keys, return_inverse=True)
-    npz = os.path.join(tmp, "bench.npz")
-    np.savez(npz, ids=inv.reshape(b.n, b.n_fields).astype(np.int64),
-             dense=np.ascontiguousarray(b.dense, dtype=np.float32),
-             labels=np.asarray(b.labels, dtype=np.float32), n_ids=uniq.size)
-    return npz
 
 
 def main() -> int:
@@ -187,8 +120,10 @@ def main() -> int:
     import torch
 
     rows = []
+    cards = [min(c, a.cap) for c in KAGGLE_CARDINALITIES]
     with tempfile.TemporaryDirectory() as tmp:
-        npz = prepare(tmp, a.batch, a.steps, a.warmup, a.cap)
+        h5 = os.path.join(tmp, "bench.h5")
+        generate(SynthSpec(rows=a.batch * (a.steps + a.warmup), seed=1, cap=a.cap), h5)
         for model in a.models.split(","):
             for P in [int(x) for x in a.ranks.split(",")]:
                 ours, theirs, variant = [], [], None
@@ -196,8 +131,8 @@ def main() -> int:
                     r = desmpi_run(model, P, a.batch, a.steps, a.warmup, a.cap)
                     ours.append(r["samples_per_s"])
                     variant = r.get("variant")
-                    theirs.append(torch_run(model, P, a.batch, a.steps, a.warmup,
-                                            npz)["samples_per_s"])
+                    theirs.append(torch_run(model, P, a.batch, a.steps, a.warmup, h5,
+                                            cards)["samples_per_s"])
                 row = {"model": model, "P": P, "desmpi": statistics.median(ours),
                        "torch_ddp": statistics.median(theirs), "desmpi_runs": ours,
                        "torch_runs": theirs, "desmpi_variant": variant}

@@ -148,12 +148,13 @@ def test_gemm_shapes_are_the_products_of_a_step():
 
 
 def test_compare_torch_builds_the_same_models():
-    """scripts/compare_torch.py's PyTorch DLRM and DeepFM have desmpi's dense parameters, one
-    for one (where torch is installed; it is not a desmpi dependency)."""
+    """The PyTorch DLRM and DeepFM that scripts/compare_torch.py (and bench_vs_pytorch.py)
+    train have desmpi's dense parameters, one for one (where torch is installed; it is not a
+    desmpi dependency)."""
     torch = pytest.importorskip("torch")
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        import compare_torch
+        import bench_vs_pytorch
     finally:
         sys.path.pop(0)
     from desmpi.bench.train import WORKLOADS
@@ -162,12 +163,26 @@ def test_compare_torch_builds_the_same_models():
 
     F, Dn = 26, 13
     for name in ("dlrm", "deepfm"):
-        m = compare_torch.build(torch, name, 100, F, Dn)
-        dense = sum(p.numel() for n, p in m.named_parameters()
-                    if n not in ("emb.weight", "lin.weight"))
         cfg = from_dict({"model": {"name": name, **WORKLOADS[name]},
                          "data": {"train": "x.h5"}}).check()
         ours = build_model(cfg.model, F, Dn, "float32", 0, "pooling")
-        assert dense == ours.params.size, name
-        ids = torch.randint(0, 100, (8, F))
-        assert m(ids, torch.randn(8, Dn)).shape == (8,)
+        ids, x = torch.randint(0, 100, (8, F)), torch.randn(8, Dn)
+
+        def dense_of(m):
+            return [p for n, p in m.named_parameters() if not n.startswith(("lin.", "emb."))]
+
+        per_field = bench_vs_pytorch.torch_model(torch, name, [100] * F, Dn)
+        fused = bench_vs_pytorch.torch_model(torch, name, [100] * F, Dn, fused=True)
+        for m in (per_field, fused):
+            assert sum(p.numel() for p in dense_of(m)) == ours.params.size, name
+        # the same function: the per-field tables and dense weights copied into the fused one
+        with torch.no_grad():
+            for t in ("emb", "lin"):
+                if getattr(fused, t) is not None:
+                    getattr(fused, t).weight.copy_(
+                        torch.cat([e.weight for e in getattr(per_field, t)]))
+            for a, b in zip(dense_of(per_field), dense_of(fused)):
+                b.copy_(a)
+        want = per_field(x, ids)
+        assert want.shape == (8,)
+        assert torch.allclose(fused(x, ids), want, rtol=1e-5, atol=1e-6), name
