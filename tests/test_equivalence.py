@@ -90,31 +90,38 @@ def test_equivalent_to_single_process(runs, P):
     assert not bad, f"P={P}: {bad}"
 
 
+def _with_base(runs, suffixes):
+    """(P, case, its summary, its base case's summary, their eval predictions) of every case
+    whose name ends with one of ``suffixes``; the base case is the name without the suffix."""
+    cases = [c for c in json.loads((runs[1] / "cases.json").read_text())
+             if c.endswith(suffixes)]
+    for P, o in runs.items():
+        for c in cases:
+            base = c.rsplit("-", 1)[0]
+            yield (P, c, json.loads((o / c / "summary.json").read_text()),
+                   json.loads((o / base / "summary.json").read_text()),
+                   np.load(o / c / "eval_predictions.npy"),
+                   np.load(o / base / "eval_predictions.npy"))
+
+
 def test_compressed_close_to_full_width(runs):
     """dist.compress: the same 20 steps with 16-bit partials, gradients and dense gradients
     stay close to the full-width run at every P (a bound, not equivalence: bf16 keeps 8 bits
     of mantissa, and Adagrad's first steps turn a gradient's rounding into a step of up to
     lr; the compressed sums themselves are checked exactly in test_compress.py); the wire
     bytes of the DES partials shrink."""
-    cases = [c for c in json.loads((runs[1] / "cases.json").read_text())
-             if c.endswith(("-bf16", "-fp16"))]
-    assert len(cases) == 6
-    for P, o in runs.items():
-        for c in cases:
-            base = c.rsplit("-", 1)[0]
-            sc = json.loads((o / c / "summary.json").read_text())
-            sb = json.loads((o / base / "summary.json").read_text())
-            pc = np.load(o / c / "eval_predictions.npy")
-            pb = np.load(o / base / "eval_predictions.npy")
-            assert abs(sc["train_logloss"] - sb["train_logloss"]) <= 0.01 * sb["train_logloss"], \
-                (P, c, sc["train_logloss"], sb["train_logloss"])
-            assert np.max(np.abs(pc - pb)) <= 0.1, (P, c, np.max(np.abs(pc - pb)))
-            assert np.max(np.abs(pc - pb)) > 0, (P, c)  # compression did change something
-            if P > 1 and "-des-" in f"-{c}":
-                kinds = sc["comm"]
-                assert "alltoallv" in kinds and kinds["alltoallv"]["wire_bytes_per_step"] > 0
-                # the partials move as 16-bit words: fewer bytes than at full width
-                assert sc["wire_bytes_per_step"] < sb["wire_bytes_per_step"], (P, c)
+    pairs = list(_with_base(runs, ("-bf16", "-fp16")))
+    assert len(pairs) == 6 * len(runs)
+    for P, c, sc, sb, pc, pb in pairs:
+        assert abs(sc["train_logloss"] - sb["train_logloss"]) <= 0.01 * sb["train_logloss"], \
+            (P, c, sc["train_logloss"], sb["train_logloss"])
+        assert np.max(np.abs(pc - pb)) <= 0.1, (P, c, np.max(np.abs(pc - pb)))
+        assert np.max(np.abs(pc - pb)) > 0, (P, c)  # compression did change something
+        if P > 1 and "-des-" in f"-{c}":
+            kinds = sc["comm"]
+            assert "alltoallv" in kinds and kinds["alltoallv"]["wire_bytes_per_step"] > 0
+            # the partials move as 16-bit words: fewer bytes than at full width
+            assert sc["wire_bytes_per_step"] < sb["wire_bytes_per_step"], (P, c)
 
 
 def test_sparse_codecs_learn(runs):
@@ -122,21 +129,14 @@ def test_sparse_codecs_learn(runs):
     error feedback; at P > 1 the run's bytes follow the plan (test_planned_equals_counted), its
     wire bytes are below the full-width run's, and it learns: train logloss within 5% of the
     full-width run's after 20 steps."""
-    cases = [c for c in json.loads((runs[1] / "cases.json").read_text())
-             if c.endswith(("-topk", "-threshold"))]
-    assert len(cases) == 2
-    for P, o in runs.items():
-        for c in cases:
-            base = c.rsplit("-", 1)[0]
-            sc = json.loads((o / c / "summary.json").read_text())
-            sb = json.loads((o / base / "summary.json").read_text())
-            pc = np.load(o / c / "eval_predictions.npy")
-            pb = np.load(o / base / "eval_predictions.npy")
-            if P > 1:  # at P = 1 the codec still runs (its rounding), but nothing travels
-                assert sc["wire_bytes_per_step"] < sb["wire_bytes_per_step"], (P, c)
-            assert abs(sc["train_logloss"] - sb["train_logloss"]) <= 0.05 * sb["train_logloss"], \
-                (P, c, sc["train_logloss"], sb["train_logloss"])
-            assert np.max(np.abs(pc - pb)) > 0, (P, c)  # compression did change something
+    pairs = list(_with_base(runs, ("-topk", "-threshold")))
+    assert len(pairs) == 2 * len(runs)
+    for P, c, sc, sb, pc, pb in pairs:
+        if P > 1:  # at P = 1 the codec still runs (its rounding), but nothing travels
+            assert sc["wire_bytes_per_step"] < sb["wire_bytes_per_step"], (P, c)
+        assert abs(sc["train_logloss"] - sb["train_logloss"]) <= 0.05 * sb["train_logloss"], \
+            (P, c, sc["train_logloss"], sb["train_logloss"])
+        assert np.max(np.abs(pc - pb)) > 0, (P, c)  # compression did change something
 
 
 def test_narrow_keys_change_no_bit(runs):

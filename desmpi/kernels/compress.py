@@ -163,11 +163,12 @@ def topk_count(m: int, ratio: float) -> int:
     return min(m, int(np.ceil(ratio * m - 1e-9)))
 
 
-def pack_topk(x: np.ndarray, bounds: np.ndarray, ratio: float
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by magnitude of each chunk [bounds[j], bounds[j+1]) of x (flat floats), packed as
-    3·k 16-bit words per chunk: index low words, index high words (index within the chunk),
-    bf16 values. Returns (words, decoded (x.size,) float32: what the receivers will see)."""
+def _pack_slots(x: np.ndarray, bounds: np.ndarray, ratio: float, choose
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Each chunk [bounds[j], bounds[j+1]) of x (flat floats) as k = :func:`topk_count` slots
+    that ``choose(chunk, k)`` names ((k,) distinct indices within the chunk), packed as 3·k
+    16-bit words: index low words, index high words, bf16 values. Returns (words, decoded
+    (x.size,) float32: what the receivers will see)."""
     x32 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     parts, dec = [], np.zeros(x32.size, dtype=np.float32)
     for j in range(bounds.size - 1):
@@ -176,13 +177,26 @@ def pack_topk(x: np.ndarray, bounds: np.ndarray, ratio: float
         if k == 0:
             continue
         c = x32[lo:hi]
-        idx = np.argpartition(-np.abs(c), k - 1)[:k] if k < hi - lo else np.arange(hi - lo)
-        idx = np.sort(idx).astype(np.uint32)
+        idx = np.asarray(choose(c, k), dtype=np.int64)
+        i32 = idx.astype(np.uint32)
         vals = pack("bf16", c[idx])
-        parts += [(idx & 0xFFFF).astype(np.uint16), (idx >> 16).astype(np.uint16), vals]
-        dec[lo + idx.astype(np.int64)] = unpack("bf16", vals)
+        parts += [(i32 & 0xFFFF).astype(np.uint16), (i32 >> 16).astype(np.uint16), vals]
+        dec[lo + idx] = unpack("bf16", vals)
     words = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint16)
     return words, dec
+
+
+def pack_topk(x: np.ndarray, bounds: np.ndarray, ratio: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by magnitude of each chunk [bounds[j], bounds[j+1]) of x (flat floats), packed as
+    3·k 16-bit words per chunk (:func:`_pack_slots`; indices ascending). Returns (words,
+    decoded (x.size,) float32: what the receivers will see)."""
+    def largest(c: np.ndarray, k: int) -> np.ndarray:
+        if k == c.size:
+            return np.arange(c.size)
+        return np.sort(np.argpartition(-np.abs(c), k - 1)[:k])
+
+    return _pack_slots(x, bounds, ratio, largest)
 
 
 def add_topk(words: np.ndarray, out: np.ndarray) -> None:
@@ -224,22 +238,15 @@ def pack_threshold(x: np.ndarray, bounds: np.ndarray, ratio: float, tau: float
     entries below tau when fewer pass. The words are :func:`pack_topk`'s (3·k per chunk, read
     by :func:`add_topk`), so the bytes are known before the values: plans stay exact. Returns
     (words, decoded (x.size,) float32, entries that passed tau)."""
-    x32 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    parts, dec, passed = [], np.zeros(x32.size, dtype=np.float32), 0
-    for j in range(bounds.size - 1):
-        lo, hi = int(bounds[j]), int(bounds[j + 1])
-        k = topk_count(hi - lo, ratio)
-        if k == 0:
-            continue
-        c = x32[lo:hi]
+    passed = [0]
+
+    def over(c: np.ndarray, k: int) -> np.ndarray:
         idx = np.empty(k, dtype=np.int64)
-        passed += _select_threshold(c, k, np.float32(tau), idx)
-        i32 = idx.astype(np.uint32)
-        vals = pack("bf16", c[idx])
-        parts += [(i32 & 0xFFFF).astype(np.uint16), (i32 >> 16).astype(np.uint16), vals]
-        dec[lo + idx] = unpack("bf16", vals)
-    words = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint16)
-    return words, dec, passed
+        passed[0] += _select_threshold(c, k, np.float32(tau), idx)
+        return idx
+
+    words, dec = _pack_slots(x, bounds, ratio, over)
+    return words, dec, passed[0]
 
 
 def estimate_threshold(x: np.ndarray, ratio: float, sample: int, seed: int) -> float:
