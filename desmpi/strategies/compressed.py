@@ -150,7 +150,6 @@ class Threshold:
     sample: int = 4096
     tau: float = 0.0
     calls: int = 0
-    passed: float = 0.0  # fraction of the vector that reached τ at the last call
 
     def value(self, x: np.ndarray, ratio: float) -> float:
         if self.calls % self.every == 0:
@@ -168,8 +167,7 @@ def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: B
         return pack_topk(x, bounds, ratio)
     if codec == "threshold":
         thr = thr if thr is not None else Threshold(every=1)
-        q, dec, passed = pack_threshold(x, bounds, ratio, thr.value(x, ratio))
-        thr.passed = passed / max(1, x.size)
+        q, dec, _ = pack_threshold(x, bounds, ratio, thr.value(x, ratio))
         return q, dec
     return pack(codec, x, bufs.get("q", x.size, np.uint16)), None
 
