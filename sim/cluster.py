@@ -120,9 +120,10 @@ class ComputeRates:
     per_call_s: float = 5.0e-5  # software cost around each collective call
     contention: float = 0.0
     mem_Bps: float = 1.0e10  # streaming memory traffic (zero, add, copy) of one rank
-    keys_per_s: float = float("inf")  # table look-ups and row updates per second; inf: no
-    # cost per key apart from its columns (sparse_keys_per_s)
-    route_keys_per_s: float = float("inf")  # keys hashed to their owner per second
+    # table look-ups and row updates per second, and keys hashed to their owner per second;
+    # the defaults charge each as one key-column at the default sparse rate (inf: free)
+    keys_per_s: float = 3.0e7
+    route_keys_per_s: float = 3.0e7
     jitter: float = 0.0  # spread of a rank's compute (its standard deviation / its mean):
     # a bulk-synchronous step waits for the slowest of P ranks, jitter · compute · E[max of P]
 
