@@ -10,7 +10,7 @@ For each model and P, in alternating rounds (``--repeats``):
   (``dist.strategy = auto``), median samples/s of the timed steps;
 * PyTorch: the same model as ``scripts/bench_vs_pytorch.py`` writes it, its fused form (one
   ``nn.Embedding(sparse=True)`` table for all fields, Kaggle cardinalities capped at ``--cap``,
-  as TorchRec fuses tables: faster under DDP than one ``nn.EmbeddingBag`` a field),
+  as TorchRec fuses tables; tested to compute what the per-field form does),
   ``nn.Linear`` layers, Adagrad, BCE-with-logits, wrapped in ``DistributedDataParallel`` over
   gloo (embedding gradients allreduced as sparse tensors), P processes with one thread each, on
   the rows ``bench train``'s generator makes (the same ``SynthSpec``: seed, cap), each rank its
