@@ -47,3 +47,11 @@ def test_escapes_round_trip_multi_hot():
     k = ((f + 1) << FIELD_SHIFT) | rng.integers(0, 1 << 40, f.size)  # 40-bit: many escapes
     words, esc = split(k, f)
     assert esc.size > 0 and np.array_equal(join(words, f, esc), k)
+
+
+def test_escapes_per_block_counts_each_ranks_words():
+    from desmpi.data.keycodec import ESCAPE_WORD, escapes_per_block
+
+    w = np.array([1, ESCAPE_WORD, 2, ESCAPE_WORD, ESCAPE_WORD, 3], dtype=np.uint32)
+    assert escapes_per_block(w, np.array([2, 0, 3, 1])).tolist() == [1, 0, 2, 0]
+    assert escapes_per_block(w[:0], np.array([0, 0])).tolist() == [0, 0]

@@ -35,23 +35,28 @@ def fields_of(n: int, F: int, offsets: np.ndarray | None, nnz: int) -> np.ndarra
     return bag % F
 
 
+def _base(fields: np.ndarray) -> np.ndarray:
+    """The field bits of each position's key: (field + 1) << FIELD_SHIFT."""
+    return (fields.astype(np.int64) + 1) << FIELD_SHIFT
+
+
 def _classify(keys: np.ndarray, fields: np.ndarray):
-    base = (fields.astype(np.int64) + 1) << FIELD_SHIFT
+    base = _base(fields)
     v = keys - base  # modular: exact whenever the key is base + v
     fits = (v >= 0) & (v < ESCAPE_WORD)
     missing = keys == (base | MISSING_BIT)
-    return base, v, fits, missing
+    return v, fits, missing
 
 
 def escapes(keys: np.ndarray, fields: np.ndarray) -> np.ndarray:
     """Bool (nnz,): keys that do not fit one word."""
-    _, _, fits, missing = _classify(keys, fields)
+    _, fits, missing = _classify(keys, fields)
     return ~fits & ~missing
 
 
 def split(keys: np.ndarray, fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """-> (words (nnz,) uint32, the escaped keys (e,) int64 in position order)."""
-    _, v, fits, missing = _classify(keys, fields)
+    v, fits, missing = _classify(keys, fields)
     words = np.where(fits, v, np.where(missing, MISSING_WORD, ESCAPE_WORD)).astype(WORD)
     return words, keys[~fits & ~missing]
 
@@ -60,9 +65,15 @@ def n_escapes(words: np.ndarray) -> int:
     return int(np.count_nonzero(words == ESCAPE_WORD))
 
 
+def escapes_per_block(words: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(len(counts),) int64: escape words in each consecutive block of ``counts`` words."""
+    seen = np.concatenate([[0], np.cumsum(words == ESCAPE_WORD)])
+    return np.diff(seen[np.concatenate([[0], np.cumsum(counts)])]).astype(np.int64)
+
+
 def join(words: np.ndarray, fields: np.ndarray, escaped: np.ndarray) -> np.ndarray:
     """Inverse of :func:`split` (``escaped``: the full keys of the escape words, in order)."""
-    base = (fields.astype(np.int64) + 1) << FIELD_SHIFT
+    base = _base(fields)
     w = words.astype(np.int64)
     keys = np.where(w == MISSING_WORD, base | MISSING_BIT, base + w)
     esc = np.flatnonzero(words == ESCAPE_WORD)

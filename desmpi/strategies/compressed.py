@@ -162,14 +162,14 @@ def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: B
             thr: Threshold | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(words, decoded or None): x's blocks as the codec sends them (decoded: topk and
     threshold only)."""
+    if codec not in SPARSE:
+        return pack(codec, x, bufs.get("q", x.size, np.uint16)), None
     bounds = np.concatenate([[0], np.cumsum(blocks)])
     if codec == "topk":
         return pack_topk(x, bounds, ratio)
-    if codec == "threshold":
-        thr = thr if thr is not None else Threshold(every=1)
-        q, dec, _ = pack_threshold(x, bounds, ratio, thr.value(x, ratio))
-        return q, dec
-    return pack(codec, x, bufs.get("q", x.size, np.uint16)), None
+    thr = thr if thr is not None else Threshold(every=1)  # threshold
+    q, dec, _ = pack_threshold(x, bounds, ratio, thr.value(x, ratio))
+    return q, dec
 
 
 def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec: str,

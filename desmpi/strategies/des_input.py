@@ -61,9 +61,7 @@ def _gather_narrow(comm: Comm, b: Batch, nnz: np.ndarray, B: int,
     words, escaped = keycodec.split(b.keys, keycodec.fields_of(b.n, F, b.offsets,
                                                                b.keys.shape[0]))
     allw = comm.allgatherv(words, nnz)
-    bounds = np.concatenate([[0], np.cumsum(nnz)])
-    n_esc = np.array([keycodec.n_escapes(allw[bounds[j]:bounds[j + 1]])
-                      for j in range(comm.size)], dtype=np.int64)
+    n_esc = keycodec.escapes_per_block(allw, nnz)
     allesc = comm.allgatherv(escaped, n_esc) if n_esc.sum() else escaped[:0]
     return keycodec.join(allw, keycodec.fields_of(B, F, offsets, allw.shape[0]), allesc)
 

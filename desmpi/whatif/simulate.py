@@ -72,15 +72,14 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
     # look-ups (a random row) and each distinct owned row's update (an optimizer's update costs
     # per row more than per column: the row and its slots); distinct rows per owner are bounded
     # by the local batches' distinct keys summed over ranks
-    upd = c.distinct.sum() / P
+    upd = c.distinct.sum() / P  # also the distinct keys a ps rank pulls and pushes
     route = nnz if st == "des" else nnz / P
     if st == "des":
         rows, fused_rows = (B if agg == "allreduce" else b), B
         keys, key_ops = own, nnz / P + upd
     elif st == "ps":
         rows, fused_rows = b, b
-        keys = own + c.distinct.sum() / P * R * 2
-        key_ops = c.distinct.sum() / P + upd
+        keys, key_ops = own + upd * R * 2, 2 * upd
     elif st == "a2a":
         rows, fused_rows = b, b
         keys, key_ops = own + c.bags.sum() / P * seg * 2, nnz / P + upd
