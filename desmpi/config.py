@@ -138,19 +138,26 @@ class DistConfig:
     timeout_s: float = 600.0
     # payload compression (desmpi.strategies.compressed): none | bf16 | fp16 (16-bit DES
     # partials, their gradients and the dense gradients; error feedback on the dense
-    # gradients) | topk (the dense gradients' largest compress_ratio of each chunk as (index,
-    # bf16) triples with error feedback; the partials as bf16) | threshold (as topk, the slots
-    # filled by a hard threshold re-estimated every compress_every steps from a sample: DCT)
+    # gradients) | int8 (as bf16, 8-bit values with a bf16 scale per 64) | topk (the dense
+    # gradients' largest compress_ratio of each chunk as (index, bf16) triples with error
+    # feedback; the partials as bf16) | threshold (as topk, the slots filled by a hard
+    # threshold re-estimated every compress_every steps from a sample: DCT)
     compress: str = "none"
     compress_ratio: float = 0.1
     compress_every: int = 16
+    # the DES partials' and their gradients' own codec: auto (compress's rule above) | none |
+    # bf16 | fp16 | int8 (e.g. compress = "topk" with compress_partials = "int8")
+    compress_partials: str = "auto"
     # the DES input Allgatherv's keys: int64 | narrow (32-bit words, field implied by
     # position, lossless: desmpi.data.keycodec)
     keys: str = "int64"
 
     def check(self) -> None:
         _choice("dist.strategy", self.strategy, ("auto", *STRATEGIES))
-        _choice("dist.compress", self.compress, ("none", "bf16", "fp16", "topk", "threshold"))
+        _choice("dist.compress", self.compress,
+                ("none", "bf16", "fp16", "int8", "topk", "threshold"))
+        _choice("dist.compress_partials", self.compress_partials,
+                ("auto", "none", "bf16", "fp16", "int8"))
         if not 0.0 < self.compress_ratio <= 1.0:
             raise ConfigError(f"dist.compress_ratio = {self.compress_ratio}: must be in (0, 1]")
         if self.compress_every < 1:
@@ -203,7 +210,8 @@ class DistConfig:
         """The payload encodings (:class:`desmpi.strategies.compressed.Wire`)."""
         from desmpi.strategies.compressed import Wire
 
-        return Wire(self.compress, self.compress_ratio, self.keys, self.compress_every)
+        return Wire(self.compress, self.compress_ratio, self.keys, self.compress_every,
+                    self.compress_partials)
 
     @property
     def variant(self) -> Variant:

@@ -84,3 +84,50 @@ def test_threshold_fills_a_fixed_budget_in_index_order():
     tau = estimate_threshold(big, 0.1, 20_000, seed=1)
     assert abs(np.mean(np.abs(big) >= tau) - 0.1) < 0.01
     assert estimate_threshold(x, 0.25, 100, 0) == 5.0  # all of x: 5 and 6 reach it
+
+
+def test_int8_blocks_against_numpy():
+    """int8: per chunk, blocks of 64 from the chunk's start, a bf16 scale rounded up from
+    max|x|/127, values rint(x/s) (float32); error at most s/2; a NaN or inf spoils its block
+    only (decoded NaN, caught by the step's checks); all-zero blocks stay zero; the words are
+    counted exactly."""
+    from desmpi.kernels.compress import int8_words, pack_chunks, sum_packed, unpack_chunks
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=2001) * np.exp(3 * rng.normal(size=2001))).astype(np.float32)
+    x[65:129] = 0.0  # the second block of chunk 1 (which starts at 1)
+    blocks = [1, 130, 0, 1870]
+    bounds = np.concatenate([[0], np.cumsum(blocks)])
+    q = pack_chunks("int8", x, blocks)
+    assert q.size == sum(int8_words(m) for m in blocks) == 1 + 1 + 65 + 3 + 0 + 935 + 30
+    y = unpack_chunks("int8", q, blocks)
+    # an independent reference (NumPy, block by block)
+    want = np.empty_like(x)
+    for j in range(len(blocks)):
+        for a in range(bounds[j], bounds[j + 1], 64):
+            blk = x[a:min(a + 64, bounds[j + 1])]
+            s = np.float32(np.abs(blk).max() / np.float32(127))
+            u = int(np.array([s]).view(np.uint32)[0])
+            s_b = np.array([((u >> 16) + (u & 0xFFFF > 0)) << 16], np.uint32).view(np.float32)[0]
+            assert s_b >= s
+            want[a:a + blk.size] = (np.clip(np.rint(blk * (np.float32(1) / s_b)), -127, 127)
+                                    * s_b if s_b > 0 else 0)
+            assert np.abs(y[a:a + blk.size] - blk).max() <= s_b / 2 * (1 + 1e-6)
+    assert np.array_equal(y, want)
+    assert not y[65:129].any()
+    bad = x.copy()
+    bad[200], bad[1500] = np.nan, -np.inf
+    z = unpack_chunks("int8", pack_chunks("int8", bad, blocks), blocks)
+    spoilt = np.isnan(z)
+    # the blocks holding them: chunk 3 starts at 131; 200 is in [195, 259), 1500 in [1475, 1539)
+    assert np.flatnonzero(spoilt).tolist() == [*range(195, 259), *range(1475, 1539)]
+    assert np.array_equal(z[~spoilt], y[~spoilt])
+    # the sum of P chunks decodes each and adds in rank order (float32)
+    m = 300
+    parts = [rng.normal(size=m).astype(np.float32) for _ in range(3)]
+    words = np.concatenate([pack_chunks("int8", p, [m]) for p in parts])
+    got = sum_packed("int8", words, 3, np.empty(m, np.float32))
+    acc = np.zeros(m, np.float32)
+    for p in parts:
+        acc += unpack_chunks("int8", pack_chunks("int8", p, [m]), [m])
+    assert np.array_equal(got, acc)

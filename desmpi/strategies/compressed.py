@@ -45,16 +45,18 @@ from desmpi.comm import Comm
 from desmpi.data.slicing import split_counts
 from desmpi.kernels.compress import (
     add_topk,
+    chunk_words,
     estimate_threshold,
-    pack,
+    pack_chunks,
     pack_threshold,
     pack_topk,
     sum_packed,
     topk_count,
-    unpack,
+    unpack_chunks,
 )
 
-CODECS = ("none", "bf16", "fp16", "topk", "threshold")
+CODECS = ("none", "bf16", "fp16", "int8", "topk", "threshold")
+PARTIAL_CODECS = ("auto", "none", "bf16", "fp16", "int8")  # dist.compress_partials
 SPARSE = ("topk", "threshold")  # (index, value) triples in a fixed budget of slots
 KEY_ENCODINGS = ("int64", "narrow")
 WORD = 2  # bytes per packed element
@@ -63,13 +65,15 @@ WORD = 2  # bytes per packed element
 @dataclass(frozen=True)
 class Wire:
     """How a run's payloads travel (``dist.compress``, ``dist.compress_ratio``, ``dist.keys``,
-    ``dist.compress_every``): the float payloads' codec, the kept fraction of topk and
-    threshold, the DES input keys' encoding, and how often threshold re-estimates τ."""
+    ``dist.compress_every``, ``dist.compress_partials``): the float payloads' codec, the kept
+    fraction of topk and threshold, the DES input keys' encoding, how often threshold
+    re-estimates τ, and the partials' own codec ("auto": :attr:`partials`' rule)."""
 
     compress: str = "none"
     ratio: float = 0.1
     keys: str = "int64"
     every: int = 16
+    partial: str = "auto"
 
     def __post_init__(self) -> None:
         if self.compress not in CODECS:
@@ -80,17 +84,24 @@ class Wire:
             raise ValueError(f"compress ratio {self.ratio} is not in (0, 1]")
         if self.every < 1:
             raise ValueError(f"compress_every {self.every} is not >= 1")
+        if self.partial not in PARTIAL_CODECS:
+            raise ValueError(f"partials codec {self.partial!r}; known: "
+                             f"{', '.join(PARTIAL_CODECS)}")
 
     @property
     def packed(self) -> bool:
-        return self.compress != "none"
+        """Anything compressed (the partials or the dense gradients)."""
+        return self.partials != "none" or self.dense != "none"
 
     @property
     def partials(self) -> str:
-        """Codec of the partials Z and their per-sample gradients gZ. Top-k has no error
-        feedback there (the rows are other samples every step): it would zero most of a
-        sample's logit terms forward and drop most samples' gradients backward (measured on
-        the Criteo sample: −0.02 to −0.15 AUC), so topk and threshold send them as bf16."""
+        """Codec of the partials Z and their per-sample gradients gZ: ``dist.compress_partials``
+        when set, else ``compress``'s. Top-k has no error feedback there (the rows are other
+        samples every step): it would zero most of a sample's logit terms forward and drop most
+        samples' gradients backward (measured on the Criteo sample: −0.02 to −0.15 AUC), so
+        topk and threshold send them as bf16 unless told otherwise (int8: half bf16's bytes)."""
+        if self.partial != "auto":
+            return self.partial
         return "bf16" if self.compress in SPARSE else self.compress
 
     @property
@@ -103,12 +114,21 @@ class Wire:
 FULL = Wire()  # everything at full width (the default)
 
 
-def words(blocks: np.ndarray, codec: str, ratio: float) -> np.ndarray:
-    """16-bit words that carry blocks of these sizes: one per float, or 3 per top-k or
-    threshold slot."""
-    if codec not in SPARSE:
-        return blocks
-    return np.array([3 * topk_count(int(m), ratio) for m in blocks], dtype=np.int64)
+def words(blocks: np.ndarray, codec: str, ratio: float = 0.1) -> np.ndarray:
+    """16-bit words that carry blocks of these sizes: one per float (bf16, fp16), half a word
+    per float and a scale per 64 (int8), or 3 per top-k or threshold slot."""
+    b = np.asarray(blocks, dtype=np.int64)
+    if codec in SPARSE:
+        return np.array([3 * topk_count(int(m), ratio) for m in b], dtype=np.int64)
+    if codec == "int8":
+        return np.array([chunk_words("int8", int(m)) for m in b], dtype=np.int64)
+    return b
+
+
+def gathered(codec: str) -> str:
+    """The codec of an allreduce's second step (the Allgatherv of the sums): dense, bf16 for
+    the sparse codecs."""
+    return "bf16" if codec in SPARSE else codec
 
 
 def calls(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.1
@@ -119,7 +139,7 @@ def calls(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.1
     if kind == "allreduce":
         ch = split_counts(int(c[0]), P)
         return [("alltoallv", np.tile(words(ch, codec, ratio), (P, 1)), WORD),
-                ("allgatherv", ch, WORD)]
+                ("allgatherv", words(ch, gathered(codec)), WORD)]
     if kind == "reduce_scatter":
         return [("alltoallv", np.tile(words(c, codec, ratio), (P, 1)), WORD)]
     if kind == "allgatherv":
@@ -163,7 +183,8 @@ def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: B
     """(words, decoded or None): x's blocks as the codec sends them (decoded: topk and
     threshold only)."""
     if codec not in SPARSE:
-        return pack(codec, x, bufs.get("q", x.size, np.uint16)), None
+        n = int(words(blocks, codec).sum())
+        return pack_chunks(codec, x, blocks, bufs.get("q", n, np.uint16)), None
     bounds = np.concatenate([[0], np.cumsum(blocks)])
     if codec == "topk":
         return pack_topk(x, bounds, ratio)
@@ -204,15 +225,17 @@ def allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None
     ch = split_counts(flat.size, P)
     q, dec = _encode(flat, ch, codec, ratio, bufs, thr)
     if residual is not None:
-        seen = dec if dec is not None else unpack(codec, q, out=bufs.get("seen", flat.size,
-                                                                          np.float32))
+        seen = dec if dec is not None else unpack_chunks(
+            codec, q, ch, out=bufs.get("seen", flat.size, np.float32))
         np.subtract(flat, seen, out=residual.reshape(-1))
     mine = bufs.get("mine", int(ch[r]), np.float32)
     _reduce_scatter_packed(comm, q, ch, codec, ratio, mine, bufs)
-    wire = "bf16" if codec in SPARSE else codec  # the sums travel dense
-    allq = comm.allgatherv(pack(wire, mine, bufs.get("qm", mine.size, np.uint16)), ch,
-                           out=bufs.get("allq", flat.size, np.uint16))
-    unpack(wire, allq, flat.dtype, out=flat)
+    wire = gathered(codec)  # the sums travel dense
+    wch = words(ch, wire)
+    allq = comm.allgatherv(pack_chunks(wire, mine, [mine.size],
+                                       bufs.get("qm", int(wch[r]), np.uint16)), wch,
+                           out=bufs.get("allq", int(wch.sum()), np.uint16))
+    unpack_chunks(wire, allq, ch, flat.dtype, out=flat)
     return x
 
 
@@ -239,9 +262,11 @@ def allgatherv(comm: Comm, x: np.ndarray, counts, codec: str, out: np.ndarray,
     bufs = bufs or Buffers()
     c = np.asarray(counts, dtype=np.int64)
     if codec not in SPARSE:
-        allq = comm.allgatherv(pack(codec, x, bufs.get("q", x.size, np.uint16)), c,
-                               out=bufs.get("allq", int(c.sum()), np.uint16))
-        unpack(codec, allq, out.dtype, out=out.reshape(-1))
+        wc = words(c, codec)
+        allq = comm.allgatherv(pack_chunks(codec, x, [x.size],
+                                           bufs.get("q", int(wc[comm.rank]), np.uint16)),
+                               wc, out=bufs.get("allq", int(wc.sum()), np.uint16))
+        unpack_chunks(codec, allq, c, out.dtype, out=out.reshape(-1))
         return out
     q, _ = _encode(x, np.array([x.size]), codec, ratio, bufs)
     wb = words(c, codec, ratio)

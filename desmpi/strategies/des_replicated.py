@@ -36,7 +36,7 @@ class DesReplicated(Strategy):
 
     def _aggregate(self, Zloc: np.ndarray) -> np.ndarray:
         """Σ over ranks of the partials, in place (Zloc is not needed any more)."""
-        if not self.wire.packed:
+        if self.wire.partials == "none":
             return self.comm.allreduce(Zloc, out=Zloc)
         return compressed.allreduce(self.comm, Zloc, self.wire.partials, ratio=self.wire.ratio,
                                     bufs=self.bufs)
@@ -62,7 +62,7 @@ class DesReplicated(Strategy):
         tm.lap("key_grads")
         if model.partial_grad_size:
             gw1 = prm.grads[model.partial_grad]  # a contiguous view, reduced in place
-            if not self.wire.packed:
+            if self.wire.dense == "none":
                 comm.allreduce(gw1, out=gw1)
             else:
                 compressed.allreduce(comm, gw1, self.wire.dense, self.residual("W1", gw1),

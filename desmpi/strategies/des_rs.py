@@ -32,7 +32,7 @@ class DesReduceScatter(DataParallelStrategy):
         occ, pooled, Zloc = local_partials(model, self.table, g, comm.rank, comm.size, insert,
                                            tm)
         out = model.params.scratch("Zmine", (n_mine, W))
-        if not self.wire.packed:
+        if self.wire.partials == "none":
             comm.reduce_scatter(Zloc, sizes * W, out=out)
         else:
             compressed.reduce_scatter(comm, Zloc.reshape(-1), sizes * W, self.wire.partials, out,
@@ -47,7 +47,7 @@ class DesReduceScatter(DataParallelStrategy):
         B, W = int(sizes.sum()), model.W
         out = model.params.scratch("gZall", (B, W))
         send = np.ascontiguousarray(gZ).reshape(-1)
-        if not self.wire.packed:
+        if self.wire.partials == "none":
             comm.allgatherv(send, sizes * W, out=out)
         else:
             compressed.allgatherv(comm, send, sizes * W, self.wire.partials, out,

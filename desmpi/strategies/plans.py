@@ -37,14 +37,14 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
 
     def summed(kind: str, counts, codec: str) -> None:
         """A float sum (allreduce, reduce_scatter) or gather of floats, maybe compressed."""
-        if not wire.packed:
+        if codec == "none":
             add(kind, counts, isz)
         else:
             for k, cc, item in compressed.calls(kind, counts, P, codec, wire.ratio):
                 add(k, cc, item)
 
     def dense_allreduce() -> None:
-        if not wire.packed:
+        if wire.dense == "none":
             add("allreduce", [m.D + 1], isz)  # dense gradients + the loss sum
         else:
             summed("allreduce", [m.D], wire.dense)

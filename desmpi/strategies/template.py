@@ -42,7 +42,7 @@ def allreduce_grads_and_loss(comm, params, loss_local: float,
     element (one Allreduce of D + 1); returns the global loss sum. Compressed: the gradients
     through :func:`desmpi.strategies.compressed.allreduce` with error feedback (``residual``)
     and the loss sum in a float64 Allreduce of its own (16 bits would round it)."""
-    if wire.packed:
+    if wire.dense != "none":
         compressed.allreduce(comm, params.grads, wire.dense, residual, wire.ratio, bufs, thr)
         return float(comm.allreduce(np.array([loss_local], dtype=np.float64))[0])
     buf = params.scratch("grads+loss", (params.size + 1,))
@@ -139,7 +139,7 @@ class Strategy:
 
     def residual(self, name: str, like: np.ndarray) -> np.ndarray | None:
         """The error-feedback residual of gradient vector ``name`` (None when uncompressed)."""
-        if not self.wire.packed:
+        if self.wire.dense == "none":
             return None
         r = self._residuals.get(name)
         if r is None or r.shape != like.shape:

@@ -90,10 +90,12 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
         raise ValueError(st)
     z_rows = {"des": B, "ps": b, "a2a": b, "des-a2a": c.samples.sum() / P}[st]
     mem = 4.0 * z_rows * W * info.dims.itemsize
-    if wire.packed:
-        packed = {"des": B * W * (2 if agg == "reduce_scatter" else 1)}.get(st, 0.0)
+    packed = 0.0
+    if wire.partials != "none":
+        packed += {"des": B * W * (2 if agg == "reduce_scatter" else 1)}.get(st, 0.0)
+    if wire.dense != "none":
         packed += info.dims.partial_grad if (st, agg) == ("des", "allreduce") else info.dims.D
-        mem += PACK_BYTES * packed
+    mem += PACK_BYTES * packed
     return Work(6.0 * (rows * info.dense_macs + fused_rows * info.fused_macs), keys,
                 mem_bytes=mem, key_ops=key_ops, route_keys=route)
 

@@ -19,6 +19,29 @@ def q(codec, x):
     return unpack(codec, pack(codec, np.asarray(x, np.float32)))
 
 
+def int8_q(x, bounds):
+    """Reference int8: per chunk, blocks of 64 from the chunk's start; scale = max|x| / 127
+    rounded up to bf16; values rint(x · (1/s)) in float32, clipped to ±127, read back as q·s."""
+    x = np.asarray(x, np.float32)
+    out = np.empty(x.size, np.float32)
+    for j in range(len(bounds) - 1):
+        for a in range(bounds[j], bounds[j + 1], 64):
+            blk = x[a:min(a + 64, bounds[j + 1])]
+            s32 = np.array([np.abs(blk).max() / np.float32(127)], np.float32).view(np.uint32)
+            hb = (int(s32[0]) >> 16) + (1 if int(s32[0]) & 0xFFFF else 0)
+            s = np.array([hb << 16], np.uint32).view(np.float32)[0]
+            with np.errstate(divide="ignore"):
+                inv = np.float32(1) / s if s > 0 else np.float32(0)
+            qq = np.clip(np.rint(blk * inv), -127, 127).astype(np.float32)
+            out[a:a + blk.size] = qq * s
+    return out
+
+
+def dense_q(codec, x, bounds):
+    """What a dense codec sends of x, chunked at ``bounds`` (int8's blocks restart at each)."""
+    return int8_q(x, bounds) if codec == "int8" else q(codec, x)
+
+
 def topk_q(x, bounds, ratio):
     """Reference top-k: per chunk the k largest |x| (ties broken by index), bf16 values."""
     out = np.zeros(x.size, np.float32)
@@ -58,16 +81,17 @@ def main() -> None:
     data = [rng.normal(size=n).astype(np.float32) * 3 for _ in range(P)]
     ch = split_counts(n, P)
     bounds = np.concatenate([[0], np.cumsum(ch)])
-    for codec in ("bf16", "fp16", "topk", "threshold"):
+    for codec in ("bf16", "fp16", "int8", "topk", "threshold"):
         sparse = codec in C.SPARSE
         ratio = 0.1
         # allreduce: sum in float32 in rank order of what each rank sent, then the sums
         # travel dense (bf16 for topk)
-        sent = [sparse_q(codec, d, bounds, ratio) if sparse else q(codec, d) for d in data]
+        sent = [sparse_q(codec, d, bounds, ratio) if sparse else dense_q(codec, d, bounds)
+                for d in data]
         acc = np.zeros(n, np.float32)
         for s in sent:
             acc += s
-        want = q("bf16" if sparse else codec, acc)
+        want = dense_q("bf16" if sparse else codec, acc, bounds)
         got = C.allreduce(comm, data[r].copy(), codec, ratio=ratio)
         assert np.array_equal(got, want), f"allreduce {codec}"
         # error feedback: the residual is what this rank's packing lost
@@ -75,14 +99,15 @@ def main() -> None:
         x = data[r].copy()
         C.allreduce(comm, x, codec, res, ratio)
         mine = data[r] + np.float32(0.01)
-        seen = sparse_q(codec, mine, bounds, ratio) if sparse else q(codec, mine)
+        seen = sparse_q(codec, mine, bounds, ratio) if sparse else dense_q(codec, mine, bounds)
         assert np.array_equal(res, mine - seen), f"residual {codec}"
         # reduce_scatter into unequal blocks
         blocks = np.array([(j * 37) % 101 + 1 for j in range(P)])
         blocks[-1] = n - blocks[:-1].sum() if n > blocks[:-1].sum() else blocks[-1]
         if blocks.sum() == n and (blocks > 0).all():
             bb = np.concatenate([[0], np.cumsum(blocks)])
-            sent = [sparse_q(codec, d, bb, ratio) if sparse else q(codec, d) for d in data]
+            sent = [sparse_q(codec, d, bb, ratio) if sparse else dense_q(codec, d, bb)
+                    for d in data]
             acc = np.zeros(n, np.float32)
             for s in sent:
                 acc += s
@@ -93,7 +118,7 @@ def main() -> None:
         counts = np.array([5 + 3 * j for j in range(P)])
         parts = [data[j][:counts[j]] for j in range(P)]
         want = np.concatenate([sparse_q(codec, p, np.array([0, p.size]), ratio) if sparse
-                               else q(codec, p) for p in parts])
+                               else dense_q(codec, p, [0, p.size]) for p in parts])
         out = np.empty(counts.sum(), np.float32)
         C.allgatherv(comm, parts[r].copy(), counts, codec, out, ratio)
         assert np.array_equal(out, want), f"allgatherv {codec}"
@@ -117,7 +142,7 @@ def main() -> None:
     # planned calls == the recorded ones (kinds, counts, item sizes)
     log = []
     comm2 = Comm.world(keep_log=True)
-    for codec in ("bf16", "topk", "threshold"):
+    for codec in ("bf16", "int8", "topk", "threshold"):
         C.allreduce(comm2, data[r].copy(), codec, ratio=0.25)
         plan = C.calls("allreduce", [n], P, codec, 0.25)
         log = [(c.kind, c.counts, c.itemsize) for _, c, _, _ in comm2.acct.log]
