@@ -57,17 +57,20 @@ PS = Variant("ps")
 def methods(ratio: float) -> dict[str, Wire]:
     """Every method (planned bytes)."""
     return {"none": Wire(), "none+narrow": Wire(keys="narrow"), "bf16": Wire("bf16"),
-            "fp16": Wire("fp16"), f"topk {ratio:g}": Wire("topk", ratio),
+            "fp16": Wire("fp16"), "int8": Wire("int8"), f"topk {ratio:g}": Wire("topk", ratio),
             f"topk {ratio:g}+narrow": Wire("topk", ratio, "narrow"),
-            "bf16+narrow": Wire("bf16", keys="narrow")}
+            "bf16+narrow": Wire("bf16", keys="narrow"),
+            f"topk {ratio:g}+int8 Z+narrow": Wire("topk", ratio, "narrow", partial="int8")}
 
 
 def trained(ratio: float) -> dict[str, Wire]:
     """The methods the real runs train with (narrow keys change no bit: one seed shows their
     bytes)."""
-    return {"none": Wire(), "bf16": Wire("bf16"), "fp16": Wire("fp16"),
+    return {"none": Wire(), "bf16": Wire("bf16"), "fp16": Wire("fp16"), "int8": Wire("int8"),
             f"topk {ratio:g}": Wire("topk", ratio), f"threshold {ratio:g}":
-            Wire("threshold", ratio), "bf16+narrow": Wire("bf16", keys="narrow")}
+            Wire("threshold", ratio), f"topk {ratio:g}+int8 Z": Wire("topk", ratio,
+                                                                      partial="int8"),
+            "bf16+narrow": Wire("bf16", keys="narrow")}
 
 
 def planned(models, ranks, batch, ratio, layout_of) -> list[dict]:
@@ -125,6 +128,7 @@ def run(model: str, P: int, data: tuple[str, str], w: Wire, seed: int, batch: in
                      "--set", "train.steps=0", "--set", f"train.seed={seed}",
                      "--set", f"dist.compress={w.compress}",
                      "--set", f"dist.compress_ratio={w.ratio}", "--set", f"dist.keys={w.keys}",
+                     "--set", f"dist.compress_partials={w.partial}",
                      "--set", "train.log_every=1000", *variant.overrides()])
     return {k: s[k] for k in ("eval_auc", "eval_logloss", "wire_bytes_per_step",
                               "step_time_s", "samples_per_s")}
@@ -138,7 +142,7 @@ def kernel_cost(B: int, W: int, reps: int = 15) -> dict:
     x0 = np.random.default_rng(0).normal(size=B * W).astype(np.float32)
     comm = Comm.local()
     out = {}
-    for codec in ("bf16", "fp16", "topk", "threshold"):
+    for codec in ("bf16", "fp16", "int8", "topk", "threshold"):
         ts = []
         thr = compressed.Threshold(every=Wire().every) if codec == "threshold" else None
         for _ in range(reps):
@@ -155,7 +159,8 @@ def bench_step(wire: Wire, reps: int = 3) -> float:
     return statistics.median(run_json(2, [
         "bench", "train", "--model", "deepfm", "--batch", "4096", "--steps", "8", "--warmup",
         "2", "--json", "--strategy", "des", "--aggregate", "reduce_scatter",
-        "--set", f"dist.compress={wire.compress}", "--set", f"dist.keys={wire.keys}"]
+        "--set", f"dist.compress={wire.compress}", "--set", f"dist.keys={wire.keys}",
+        "--set", f"dist.compress_partials={wire.partial}"]
     )["step_time_s"] for _ in range(reps))
 
 
@@ -220,7 +225,8 @@ def main() -> int:
                                       np.float32, 0, "auto"))
         kern = kernel_cost(4096, dm.W)
         steps = {} if a.quick else {m: bench_step(w) for m, w in
-                                    (("none", Wire()), ("bf16", Wire("bf16")))}
+                                    (("none", Wire()), ("bf16", Wire("bf16")),
+                                     ("int8", Wire("int8")))}
     rep = {"args": vars(a), "oracle_auc_synthetic": oracle, "planned": plan_rows,
            "real": real, "kernel_s": kern, "deepfm_b4096_step_s": steps, "deepfm_W": dm.W}
     (out / "compression.json").write_text(json.dumps(rep, indent=1))
@@ -243,6 +249,10 @@ def write_markdown(path: Path, rep: dict, a) -> None:
          "in bf16) and the partials as bf16; "
          f"**threshold {a.ratio:g}** sends the same slots and bytes as topk, filled by a hard "
          "threshold re-estimated every 16 steps from a sample (DCT; one pass, no selection); "
+         "**int8** sends every float as 8 bits with a bf16 scale per 64 (block-wise absmax, "
+         "as ZeRO++ and TorchRec's INT8 comms; error feedback on the dense gradients); "
+         "**+int8 Z** (`dist.compress_partials = \"int8\"`) sends the DES partials and their "
+         "gradients so whatever the other payloads' codec; "
          "**narrow** keys travel as "
          "32-bit words with the field implied by position (lossless). Details: "
          "`desmpi/strategies/compressed.py`, `desmpi/data/keycodec.py`.", ""]
@@ -269,17 +279,17 @@ def write_markdown(path: Path, rep: dict, a) -> None:
                 L.append(f"| {P} | {ps / 1e6:.3f} | " + " | ".join(cells) + " |")
             L.append("")
     # the ps target: topk DES <= ps for deepfm and wdl at P 4..64
-    tk = f"topk {a.ratio:g}+narrow"
-    chk = [r for r in pr if r["method"] == tk and r["model"] in ("deepfm", "wdl")
-           and 4 <= r["P"] <= 64]
-    if chk:
-        def ok(rs):
-            return f"{sum(r['wire_bytes_per_step'] <= r['ps_bytes_per_step'] for r in rs)}" \
-                f"/{len(rs)}"
-        by = "; ".join(f"{v}: {ok([r for r in chk if r['variant'] == v])}"
-                       for v in dict.fromkeys(r["variant"] for r in chk))
-        L += [f"Target check ({tk}, DeepFM and W&D, P = 4-64): DES at most ps's bytes in "
-              f"{ok(chk)} (model, variant, P) cells; by variant: {by}.", ""]
+    def ok(rs):
+        return f"{sum(r['wire_bytes_per_step'] <= r['ps_bytes_per_step'] for r in rs)}" \
+            f"/{len(rs)}"
+    for tk in (f"topk {a.ratio:g}+narrow", f"topk {a.ratio:g}+int8 Z+narrow"):
+        chk = [r for r in pr if r["method"] == tk and r["model"] in ("deepfm", "wdl")
+               and 4 <= r["P"] <= 64]
+        if chk:
+            by = "; ".join(f"{v}: {ok([r for r in chk if r['variant'] == v])}"
+                           for v in dict.fromkeys(r["variant"] for r in chk))
+            L += [f"Target check ({tk}, DeepFM and W&D, P = 4-64): DES at most ps's bytes in "
+                  f"{ok(chk)} (model, variant, P) cells; by variant: {by}.", ""]
     # 2. real runs
     real = rep["real"]
     L += [f"## Real runs: {a.variant}, batch {a.batch}, {a.epochs} epoch(s), "
@@ -325,8 +335,9 @@ def write_markdown(path: Path, rep: dict, a) -> None:
           "P = 2): " + ", ".join(f"{c} {t * 1e3:.2f} ms" for c, t in k.items()) + "."]
     if st:
         L += ["", f"DeepFM des/reduce_scatter at batch 4096 on 2 ranks (`desmpi bench train`, "
-              f"median of 3 runs of 8 steps, same session): none {st['none'] * 1e3:.1f} ms, "
-              f"bf16 {st['bf16'] * 1e3:.1f} ms per step ({st['bf16'] / st['none'] - 1:+.1%}); "
+              f"median of 3 runs of 8 steps, same session): none {st['none'] * 1e3:.1f} ms"
+              + "".join(f", {c} {t * 1e3:.1f} ms ({t / st['none'] - 1:+.1%})"
+                        for c, t in st.items() if c != "none") + " per step; "
               "the codec's upper bound above is "
               + ", ".join(f"{c} {t / st['none']:.1%}" for c, t in k.items())
               + " of the uncompressed step (a step compresses Z once, its gradient once, and "

@@ -161,6 +161,13 @@ def test_config_errors_name_the_key(tmp_path):
         load(None, ["data.train=x.h5", "trian.lr=1"])
     with pytest.raises(ConfigError, match="data.train"):
         load(None, [])
+    with pytest.raises(ConfigError, match="dist.compress_partials = 'topk'"):
+        load(None, ["data.train=x.h5", "dist.compress_partials=topk"])
+    w = load(None, ["data.train=x.h5", "dist.compress=topk",
+                    "dist.compress_partials=int8"]).dist.wire
+    assert (w.partials, w.dense) == ("int8", "topk")
+    w = load(None, ["data.train=x.h5", "dist.compress=threshold"]).dist.wire
+    assert (w.partials, w.dense) == ("bf16", "threshold")
     f = tmp_path / "c.toml"
     f.write_text("[model]\nname = 'dcn'\nhidden = [8, 4]\n[data]\ntrain = 'a.h5'\n")
     cfg = load(f, ["model.embed_dim=4", "train.lr=0.5"])

@@ -92,7 +92,8 @@ def test_compressed_plans_per_rank_and_vectorised_agree(P):
     for v in ALL:
         full = traffic(v, c, dims, lay)[1]
         for w in (Wire("bf16"), Wire("fp16"), Wire("topk", 0.1), Wire(keys="narrow"),
-                  Wire("topk", 0.25, "narrow"), Wire("threshold", 0.1, every=3)):
+                  Wire("topk", 0.25, "narrow"), Wire("threshold", 0.1, every=3),
+                  Wire("int8"), Wire("topk", 0.1, partial="int8"), Wire(partial="bf16")):
             pay, wire = traffic(v, c, dims, lay, w)
             for r in range(P):
                 calls = plan(v, c, dims, r, lay, w)

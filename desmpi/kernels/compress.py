@@ -7,7 +7,8 @@
 * int8: block-wise absmax quantisation (blocks of :data:`INT8_BLOCK` floats, as ZeRO++'s
   quantised communication and TorchRec's row-wise INT8 comms do): each block travels as one
   bf16 scale s (max|x| / 127, rounded *up* to bf16 so that |x| / s <= 127) and one int8
-  q = rint(x · (1/s)) per float (float32 arithmetic), two to a 16-bit word; the receiver reads q·s (error <= s / 2).
+  q = rint(x · (1/s)) per float (float32 arithmetic), two to a 16-bit word; the receiver
+  reads q·s (error <= s / 2).
   A block holding NaN or inf gets a NaN scale: it decodes to NaN and the step's checks stop
   the run. Blocks restart at every chunk (each chunk of a collective decodes on its own), so
   a chunk of m floats is :func:`int8_words` (m) words.

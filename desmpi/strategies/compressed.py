@@ -3,9 +3,9 @@
 MPI has no bf16 sum, so a compressed Allreduce of n floats is composed of two collectives on
 16-bit words, with float32 accumulation in between:
 
-1. reduce-scatter by ``Alltoallv``: the packed vector is split in P chunks as
-   ``numpy.array_split`` does; chunk j goes to rank j, which decodes the P chunks it receives
-   and sums them in float32, in rank order;
+1. reduce-scatter by ``Alltoallv``: the vector is split in P chunks as ``numpy.array_split``
+   does, each packed on its own; chunk j goes to rank j, which decodes the P chunks it
+   receives and sums them in float32, in rank order;
 2. ``Allgatherv`` of the packed sums; every rank (the owner too) decodes the same words, so
    replicas stay bitwise equal.
 
@@ -21,6 +21,12 @@ step 1 each chunk of m floats travels as its ⌈r·m⌉ largest-magnitude entrie
 (16-bit index halves and a bf16 value); the receiver adds them into its float32 block; step 2
 (the Allgatherv of the sums) is dense bf16. (:func:`allgatherv` can send each rank's block as
 top-k triples too.) The counts follow from the sizes alone, so plans stay exact.
+
+``int8`` sends each chunk as blocks of 64 floats, a bf16 scale and 8-bit values each
+(:func:`desmpi.kernels.compress.pack_chunks`): about half bf16's words, and the chunk of the
+sums travels the same way. ``dist.compress_partials`` (:attr:`Wire.partial`) gives the partials
+and their gradients a codec of their own, so that e.g. topk's dense gradients go with int8
+partials.
 
 ``threshold`` (DCT: Gupta et al. 2020, arXiv 2010.08899) sends the same ⌈r·m⌉ slots a chunk
 in the same words, filled by a hard threshold instead of a selection: the entries whose

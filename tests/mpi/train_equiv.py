@@ -49,13 +49,16 @@ for n in ("des/allreduce", "des/reduce_scatter", "ps", "a2a", "des-a2a"):
 for m, n, codec in [("lr", "des/allreduce", "bf16"), ("deepfm", "des/allreduce", "bf16"),
                     ("deepfm", "des/reduce_scatter", "bf16"), ("dlrm", "des/reduce_scatter",
                                                                "bf16"),
-                    ("wdl", "des/allreduce", "fp16"), ("deepfm", "ps", "bf16")]:
+                    ("wdl", "des/allreduce", "fp16"), ("deepfm", "ps", "bf16"),
+                    ("deepfm", "des/allreduce", "int8")]:
     v = parse(n)
     cases.append((f"{m}-{tag(v)}-adagrad-{codec}", m, v, "adagrad", onehot_h5, eval_h5, "auto"))
 # the sparse codecs (dense gradients as 10% of each chunk, error feedback): W&D's dense
-# gradients under threshold, DeepFM's under topk
+# gradients under threshold, DeepFM's under topk; W&D's under topk with int8 partials and
+# partial gradients (topkq8)
 for m, n, codec in [("wdl", "des/allreduce", "threshold"), ("deepfm", "des/reduce_scatter",
-                                                           "topk")]:
+                                                           "topk"),
+                    ("wdl", "des/reduce_scatter", "topkq8")]:
     v = parse(n)
     cases.append((f"{m}-{tag(v)}-adagrad-{codec}", m, v, "adagrad", onehot_h5, eval_h5, "auto"))
 # dist.keys = narrow (lossless: the same bits as the base case f"{name without -narrow}")
@@ -69,9 +72,13 @@ def keys_of(name: str) -> str:
     return "narrow" if name.endswith("-narrow") else "int64"
 
 
-def compress_of(name: str) -> str:
-    return name.rsplit("-", 1)[1] if name.endswith(("-bf16", "-fp16", "-threshold", "-topk")) \
-        else "none"
+CODECS = {"bf16": ("bf16", "auto"), "fp16": ("fp16", "auto"), "int8": ("int8", "auto"),
+          "threshold": ("threshold", "auto"), "topk": ("topk", "auto"),
+          "topkq8": ("topk", "int8")}  # case suffix: (dist.compress, dist.compress_partials)
+
+
+def compress_of(name: str) -> tuple[str, str]:
+    return CODECS.get(name.rsplit("-", 1)[1], ("none", "auto"))
 
 
 class Warnings(logging.Handler):
@@ -104,8 +111,8 @@ def main() -> None:
             "features": ({"min_count": 2, "ttl_steps": 4, "evict_every": 3}
                          if name.endswith("lifecycle") else {}),
             "dist": {"strategy": v.strategy, "aggregate": v.aggregate or "allreduce",
-                     "input": v.input, "check_every": 5, "compress": compress_of(name),
-                     "keys": keys_of(name)},
+                     "input": v.input, "check_every": 5, "compress": compress_of(name)[0],
+                     "compress_partials": compress_of(name)[1], "keys": keys_of(name)},
         }).check()
         comm.acct.log.clear()
         comm.acct.totals.clear()  # each case's summary counts its own traffic
