@@ -129,8 +129,10 @@ class DistConfig:
     cluster: str = "auto"
     # auto, second stage (desmpi.whatif.trial): candidates predicted within auto_band of the
     # best (at most auto_trial_max, same model structure and input) take turns on the first
-    # steps, auto_trial_steps timed steps each after one warm step; 0 steps: prediction only
+    # steps, after one warm step each at least auto_trial_steps timed rounds, more (up to 16)
+    # where they fit in auto_trial_s seconds; 0 steps: prediction only
     auto_trial_steps: int = 3
+    auto_trial_s: float = 1.0
     auto_band: float = 0.5
     auto_trial_max: int = 3
     # a collective that takes longer aborts the job naming the step (a rank stuck, stopped
@@ -177,9 +179,10 @@ class DistConfig:
             raise ConfigError("dist.check_every must be >= 0")
         if not self.cluster:
             raise ConfigError("dist.cluster: 'auto', a preset or a cluster TOML")
-        if self.auto_trial_steps < 0 or self.auto_trial_max < 1 or not self.auto_band >= 0:
-            raise ConfigError("dist.auto_trial_steps must be >= 0, dist.auto_trial_max >= 1 "
-                              "and dist.auto_band >= 0")
+        if self.auto_trial_steps < 0 or self.auto_trial_max < 1 or not self.auto_band >= 0 \
+                or not self.auto_trial_s >= 0:
+            raise ConfigError("dist.auto_trial_steps must be >= 0, dist.auto_trial_max >= 1, "
+                              "dist.auto_band >= 0 and dist.auto_trial_s >= 0")
         if self.timeout_s < 0:
             raise ConfigError("dist.timeout_s must be >= 0 (0: no timeout)")
 

@@ -20,7 +20,7 @@ from desmpi.table.lifecycle import Lifecycle
 from desmpi.table.shard import ShardTable
 from desmpi.timer import Timer
 from desmpi.whatif.choose import resolve
-from desmpi.whatif.trial import Trial, trial_candidates
+from desmpi.whatif.trial import MAX_ROUNDS, Trial, trial_candidates
 from desmpi.workspace import Workspace
 
 log = logging.getLogger("desmpi.train")
@@ -96,7 +96,9 @@ class Trainer:
         for s in strategies.values():  # one error-feedback state and scratch for all
             s._residuals, s.bufs = self.strategy._residuals, self.strategy.bufs
             s._thresholds = self.strategy._thresholds
-        return Trial(self.comm, strategies, dc.auto_trial_steps)
+        k = len(cands)  # at most half the run's steps: k warm steps and k a round
+        return Trial(self.comm, strategies, dc.auto_trial_steps, dc.auto_trial_s,
+                     min(MAX_ROUNDS, self.total_steps // (2 * k) - 1))
 
     def _same_model(self, v) -> bool:
         """Does variant v build this run's model (the same first-layer substitution)?"""

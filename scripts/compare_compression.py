@@ -15,8 +15,9 @@
    with a known oracle, for every model × method × seed: eval AUC and logloss, counted wire
    bytes, step time. ΔAUC is paired by seed (same initialisation, same data order) against
    ``none``; its spread over seeds is the noise band.
-3. **Pack/unpack cost**: the codec kernels timed on one DeepFM step's partials (B × W floats)
-   against that step's measured time.
+3. **Pack/unpack cost**: each method's codec work in one DeepFM des/reduce_scatter step at
+   batch 4096 (the partials under their codec, the dense gradients under theirs) against the
+   uncompressed step, and the step time measured with each method at 2 ranks.
 """
 
 from __future__ import annotations
@@ -134,23 +135,36 @@ def run(model: str, P: int, data: tuple[str, str], w: Wire, seed: int, batch: in
                               "step_time_s", "samples_per_s")}
 
 
-def kernel_cost(B: int, W: int, reps: int = 15) -> dict:
-    """Median seconds of one compressed Allreduce of B × W float32 on a size-1 communicator:
-    the codec work alone (pack, decode and sum of the chunks, pack of the sums, decode), an
-    upper bound of what one rank does at P = 2 (where half the sums are another rank's).
-    threshold keeps its τ from call to call as a run does (re-estimated every 16th call)."""
-    x0 = np.random.default_rng(0).normal(size=B * W).astype(np.float32)
+def codec_cost(B: int, dims: ModelDims, methods: dict[str, Wire], reps: int = 15) -> dict:
+    """Median seconds of one des/reduce_scatter step's codec work under each method, on a
+    size-1 communicator: the partials' compressed Reduce_scatter (B × W floats) and their
+    gradients' Allgatherv under ``wire.partials``, and the dense gradients' Allreduce (D
+    floats, error feedback; threshold keeps its τ from call to call, re-estimated every 16th)
+    under ``wire.dense`` — what one rank packs and decodes in a step, an upper bound of its
+    share at P = 2 (where half the sums are another rank's)."""
+    rng = np.random.default_rng(0)
+    z0 = rng.normal(size=B * dims.W).astype(np.float32)
+    g0 = rng.normal(size=dims.D).astype(np.float32) * 1e-3
     comm = Comm.local()
+    n = np.array([B * dims.W])
     out = {}
-    for codec in ("bf16", "fp16", "int8", "topk", "threshold"):
+    for name, w in methods.items():
+        if not w.packed:
+            continue
         ts = []
-        thr = compressed.Threshold(every=Wire().every) if codec == "threshold" else None
+        thr = compressed.Threshold(every=w.every) if w.dense == "threshold" else None
+        res = np.zeros_like(g0)
+        zout = np.empty(B * dims.W, np.float32)
         for _ in range(reps):
-            x = x0.copy()
+            z, g = z0.copy(), g0.copy()
             t0 = time.perf_counter()
-            compressed.allreduce(comm, x, codec, ratio=0.1, thr=thr)
+            if w.partials != "none":
+                compressed.reduce_scatter(comm, z, n, w.partials, zout, w.ratio)
+                compressed.allgatherv(comm, z, n, w.partials, zout, w.ratio)
+            if w.dense != "none":
+                compressed.allreduce(comm, g, w.dense, res, w.ratio, thr=thr)
             ts.append(time.perf_counter() - t0)
-        out[codec] = statistics.median(ts)
+        out[name] = statistics.median(ts)
     return out
 
 
@@ -223,12 +237,12 @@ def main() -> int:
         dm = ModelDims.of(build_model(load(ROOT / "configs" / "deepfm.toml",
                                            [f"data.train={syn_tr}"]).model, 26, 13,
                                       np.float32, 0, "auto"))
-        kern = kernel_cost(4096, dm.W)
-        steps = {} if a.quick else {m: bench_step(w) for m, w in
-                                    (("none", Wire()), ("bf16", Wire("bf16")),
-                                     ("int8", Wire("int8")))}
+        kern = codec_cost(4096, dm, methods_run)
+        steps = {} if a.quick else {m: bench_step(w) for m, w in methods_run.items()
+                                    if w.keys == "int64"}
     rep = {"args": vars(a), "oracle_auc_synthetic": oracle, "planned": plan_rows,
-           "real": real, "kernel_s": kern, "deepfm_b4096_step_s": steps, "deepfm_W": dm.W}
+           "real": real, "codec_s": kern, "deepfm_b4096_step_s": steps, "deepfm_W": dm.W,
+           "deepfm_D": dm.D}
     (out / "compression.json").write_text(json.dumps(rep, indent=1))
     write_markdown(out / "compression.md", rep, a)
     return 0
@@ -325,23 +339,26 @@ def write_markdown(path: Path, rep: dict, a) -> None:
     L += ["", "Noise band: the spread of `none`'s own AUC over seeds, per (data, model, P): "
           + "; ".join(
               f"{g[0]} {g[1]} P={g[2]}: {_spread(real, g)}" for g in groups) + ".", ""]
-    # 3. kernel cost
-    k, st = rep["kernel_s"], rep["deepfm_b4096_step_s"]
+    # 3. codec cost
+    k, st = rep["codec_s"], rep["deepfm_b4096_step_s"]
     L += ["## Pack/unpack cost", "",
-          f"Codec work of one compressed Allreduce of the DeepFM partials at batch 4096 "
-          f"(4096 × {rep['deepfm_W']} floats on a size-1 communicator: pack, decode and sum, "
-          "pack of the sums, decode; median of 15, threshold re-estimating τ every 16th; "
-          "an upper bound of one rank's share at "
-          "P = 2): " + ", ".join(f"{c} {t * 1e3:.2f} ms" for c, t in k.items()) + "."]
-    if st:
-        L += ["", f"DeepFM des/reduce_scatter at batch 4096 on 2 ranks (`desmpi bench train`, "
-              f"median of 3 runs of 8 steps, same session): none {st['none'] * 1e3:.1f} ms"
-              + "".join(f", {c} {t * 1e3:.1f} ms ({t / st['none'] - 1:+.1%})"
-                        for c, t in st.items() if c != "none") + " per step; "
-              "the codec's upper bound above is "
-              + ", ".join(f"{c} {t / st['none']:.1%}" for c, t in k.items())
-              + " of the uncompressed step (a step compresses Z once, its gradient once, and "
-              "the dense gradients)."]
+          "Codec work of one DeepFM des/reduce_scatter step at batch 4096 under each method, "
+          f"on a size-1 communicator (median of 15): the partials' Reduce_scatter (4096 × "
+          f"{rep['deepfm_W']} floats) and their gradients' Allgatherv under the partials' "
+          f"codec, and the dense gradients' Allreduce ({rep['deepfm_D']} floats, error "
+          "feedback) under the dense codec — an upper bound of one rank's share at P = 2.", "",
+          "| method | codec ms per step | share of the uncompressed step | measured step ms "
+          "(2 ranks) | step / none |", "|---|---:|---:|---:|---:|"]
+    none = st.get("none")
+    for m, t in k.items():
+        s_m = st.get(m)
+        L.append(f"| {m} | {t * 1e3:.2f} | " + (f"{t / none:.1%}" if none else "") + " | "
+                 + (f"{s_m * 1e3:.1f}" if s_m else "") + " | "
+                 + (f"{s_m / none:.2f}" if s_m and none else "") + " |")
+    if none:
+        L += ["", f"Measured steps: `desmpi bench train --ranks 2 --model deepfm --batch 4096 "
+              f"--strategy des --aggregate reduce_scatter` with each method, median of 3 runs of "
+              f"8 steps in the same session; none {none * 1e3:.1f} ms per step."]
     L.append("")
     path.write_text("\n".join(L) + "\n")
 

@@ -185,3 +185,53 @@ def test_trial_decides_on_the_slowest_rank_of_each_step():
         w = t.record(s)
     assert w == A and not t.active and comm.barriers == len(mine)
     assert t.measured == {A.name: 1.0, B.name: 2.0}
+
+
+def test_trial_extends_short_rounds_and_trusts_a_consistent_small_lead():
+    """Short steps: after the first timed round the trial runs as many rounds as fit in its
+    budget (capped); a candidate 2% faster in every one of them beats the prediction by the
+    sign test, while three rounds alone (no budget) leave the prediction in place (2% is
+    inside the margin)."""
+    import contextlib
+
+    import numpy as np
+
+    from desmpi.variants import parse
+    from desmpi.whatif.trial import Trial, sign_test
+
+    A, B = parse("des/allreduce"), parse("ps")
+
+    class OneRank:
+        rank, size = 0, 1
+
+        def __init__(self):
+            self.acct = self
+
+        def scoped(self, name):
+            return contextlib.nullcontext()
+
+        def barrier(self):
+            pass
+
+        def allreduce(self, x, op="sum"):
+            return np.asarray(x)
+
+        def bcast_object(self, obj):
+            return obj
+
+    assert sign_test(5, 5) == 1 / 32 and sign_test(0, 3) == 1.0 and sign_test(3, 3) == 0.125
+
+    def run(budget):
+        t = Trial(OneRank(), {A: "a", B: "b"}, rounds=3, budget_s=budget, max_rounds=10)
+        w = None
+        while t.active:
+            v, _ = t.next()
+            w = t.record(0.010 if v == A else 0.0098)
+        return t, w
+
+    t, w = run(1.0)  # 20 ms a round: 50 would fit, 10 at most
+    assert len(t.schedule) == 2 + 2 * 10 and len(t.times[A]) == 10 and w == B
+    t, w = run(0.0)
+    assert len(t.schedule) == 2 + 2 * 3 and w == A
+    t, w = run(0.05)  # 2 rounds fit, 3 at least
+    assert len(t.schedule) == 2 + 2 * 3

@@ -46,6 +46,13 @@ def test_compare_compression_quick(tmp_path):
     full = plan[64, "des/allreduce+replicate", "none"]  # the partials alone
     half = plan[64, "des/allreduce+replicate", "bf16"]
     assert 0.45 < half["wire_bytes_per_step"] / full["wire_bytes_per_step"] < 0.6
+    # int8: half a word a float and a scale per 64 (the loss sum stays float64)
+    q8 = plan[64, "des/allreduce+replicate", "int8"]
+    assert 0.25 < q8["wire_bytes_per_step"] / full["wire_bytes_per_step"] < 0.3
+    for data in ("criteo", "synthetic"):
+        assert real[data, 2, "int8"]["wire_bytes_per_step"] < \
+            real[data, 2, "bf16"]["wire_bytes_per_step"]
+    assert set(rep["codec_s"]) >= {"bf16", "int8", "topk 0.1", "threshold 0.1"}
     assert "ΔAUC" in (tmp_path / "compression.md").read_text()
 
 

@@ -23,6 +23,7 @@ from desmpi.config import from_dict
 from desmpi.data.slicing import split_counts
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.train import Trainer
+from desmpi.whatif.trial import MAX_ROUNDS
 
 # the workloads of the PyTorch comparison (issue text): DeepFM d = 16, DNN 400-400-400; DLRM
 # d = 64, bottom 512-256-64, top 512-256-1; the others as their default configs
@@ -86,10 +87,13 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
             conf.setdefault(sec, {}).update(kv)
         cfg = from_dict(conf).check()
         dc = cfg.dist
-        # dist 'auto': room for its trial steps before the warm-up (untimed)
+        # dist 'auto': batches of its own for the trial steps before the warm-up (untimed;
+        # a longer trial repeats them)
         extra = dc.auto_trial_max * (1 + dc.auto_trial_steps) if dc.is_auto else 0
-        # (the trainer spends at most half of a run's steps on a trial)
-        cfg = replace(cfg, train=replace(cfg.train, steps=2 * (steps + warmup + extra)))
+        # (the trainer spends at most half of a run's steps on a trial: room for its longest)
+        longest = dc.auto_trial_max * (1 + max(MAX_ROUNDS, dc.auto_trial_steps)) \
+            if dc.is_auto else 0
+        cfg = replace(cfg, train=replace(cfg.train, steps=2 * (steps + warmup + longest)))
         rows = batch * (steps + warmup + extra)
         if comm.rank == 0:
             generate(SynthSpec(rows=rows, seed=1, cap=cap), path)
@@ -97,7 +101,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         tr = Trainer(cfg, comm)
         first = 1 + tr.trial_steps
         for step in range(1, first):  # the trial: its candidates take turns, then it decides
-            b, sizes = tr.local_batch(tr.train_ds, step - 1)
+            b, sizes = tr.local_batch(tr.train_ds, (step - 1) % max(extra, 1))
             s = tr.step_strategy()
             tr.before_step()
             t0 = time.perf_counter()
@@ -118,6 +122,15 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         clock.timing = True
         coll0: dict[str, float] = {}
         faults = 0
+        while tr.trial is not None and tr.trial.active:  # a trial longer than planned
+            step = first
+            b, sizes = tr.local_batch(tr.train_ds, (step - 1) % max(extra, 1))
+            s = tr.step_strategy()
+            tr.before_step()
+            t0 = time.perf_counter()
+            s.train_step(b, sizes, step)
+            tr.after_step(time.perf_counter() - t0)
+            first += 1
         for step in range(first, first + steps + warmup):
             if step == first + warmup:
                 tr.timer.phases.clear()
@@ -125,7 +138,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             clock.times.clear()
             t0 = time.perf_counter()
-            b, sizes = tr.local_batch(tr.train_ds, step - 1)
+            b, sizes = tr.local_batch(tr.train_ds, extra + step - first)
             t1 = time.perf_counter()
             tr.strategy.train_step(b, sizes, step)
             t2 = time.perf_counter()
