@@ -195,6 +195,9 @@ def main() -> int:
     ap.add_argument("--methods", default=None,
                     help="real runs: only these methods (comma-separated names as in the "
                          "report, e.g. 'none,topk 0.1,threshold 0.1'); none is always run")
+    ap.add_argument("--real-from", default=None,
+                    help="take the real runs from an earlier report's JSON (same methods and "
+                         "code of the runs); plans and codec costs are measured again")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     a.argv = [shlex.quote(x) for x in sys.argv[1:]]
@@ -220,10 +223,17 @@ def main() -> int:
                         lambda P: Layout(a.mpi, min(a.ranks_per_node, P)))
     print(f"planned {len(plan_rows)} rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     real = []
+    earlier = json.loads(Path(a.real_from).read_text()) if a.real_from else None
     with tempfile.TemporaryDirectory() as tmp:
         crit = real_data(tmp)
         syn_tr, syn_ev, oracle = synth_data(tmp, 12000 if not a.quick else 4000)
+        if earlier is not None:
+            real = [r for r in earlier["real"] if r["model"] in models and r["P"] in ranks
+                    and r["method"] in methods_run]
+            oracle = earlier["oracle_auc_synthetic"]
         for dname, data in (("criteo", crit), ("synthetic", (syn_tr, syn_ev))):
+            if earlier is not None:
+                break
             for model in models:
                 for P in ranks:
                     for m, w in methods_run.items():

@@ -324,3 +324,37 @@ def test_add_segments_matches_a_numpy_reference(d):
         ref[s, cQ] += seg[k, 1 + d]
         ref[s, cE + f * d: cE + (f + 1) * d] += seg[k, 1:1 + d]
     np.testing.assert_allclose(Z, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_gather_segments_is_the_transpose_of_add_segments():
+    """<add_segments(seg), G> == <seg, gather_segments(G)> for random pools: the a2a backward's
+    per-segment gradients are exactly the adjoint of its forward sum (NumPy reference)."""
+    import numpy as np
+
+    from desmpi.kernels.sparse import add_segments, gather_segments
+
+    rng = np.random.default_rng(5)
+    n, F, d, m = 7, 3, 4, 20
+    seg_s, seg_f = rng.integers(0, n, m), rng.integers(0, F, m)
+    w = 1 + d + 1  # [L | v | Q]
+    for cE, cS in ((1, -1), (-1, 1), (1, 1 + F * d), (-1, -1)):
+        Wz = 1 + F * d + d + 1
+        seg = rng.normal(size=(m, w))
+        Z, EZ = np.zeros((n, Wz)), np.zeros((n, Wz))
+        cQ = Wz - 1
+        add_segments(seg_s, seg_f, seg, 0, 1, w - 1, d, Z, 0, cS, cQ, EZ, cE)
+        G, GE = rng.normal(size=(n, Wz)), rng.normal(size=(n, Wz))
+        out = np.full((m, w), np.nan)
+        gather_segments(seg_s, seg_f, out, 0, 1, w - 1, d, G, 0, cS, cQ, GE, cE)
+        # reference, row by row
+        want = np.zeros((m, w))
+        for k in range(m):
+            s, f = seg_s[k], seg_f[k]
+            want[k, 0], want[k, -1] = G[s, 0], G[s, cQ]
+            if cE >= 0:
+                want[k, 1:1 + d] += GE[s, cE + f * d:cE + (f + 1) * d]
+            if cS >= 0:
+                want[k, 1:1 + d] += G[s, cS:cS + d]
+        assert np.allclose(out, want, rtol=1e-15, atol=0)
+        lhs = np.sum(Z * G) + np.sum(EZ * GE)
+        assert np.isclose(lhs, np.sum(seg * out), rtol=1e-12)

@@ -132,6 +132,34 @@ def add_segments(seg_s, seg_f, seg, sL, sv, sQ, d, Z, cL, cS, cQ, EZ, cE):
 
 
 @njit(cache=True)
+def gather_segments(seg_s, seg_f, seg, sL, sv, sQ, d, Z, cL, cS, cQ, EZ, cE):
+    """The transpose of :func:`add_segments`: seg (m, w) row k = the (sample seg_s[k], field
+    seg_f[k]) part of the pools' gradients, [L | v (d) | Q] at columns sL, sv, sQ (-1: absent),
+    v = E[s, f] + S[s] (either may be absent: cE, cS = -1). Every present column is written."""
+    zero = seg.dtype.type(0.0)
+    for k in range(seg_s.shape[0]):
+        s = seg_s[k]
+        if sL >= 0:
+            seg[k, sL] = Z[s, cL] if cL >= 0 else zero
+        if sv >= 0:
+            if cE >= 0:
+                o = cE + seg_f[k] * d
+                for c in range(d):
+                    seg[k, sv + c] = EZ[s, o + c]
+                if cS >= 0:
+                    for c in range(d):
+                        seg[k, sv + c] += Z[s, cS + c]
+            elif cS >= 0:
+                for c in range(d):
+                    seg[k, sv + c] = Z[s, cS + c]
+            else:
+                for c in range(d):
+                    seg[k, sv + c] = zero
+        if sQ >= 0:
+            seg[k, sQ] = Z[s, cQ] if cQ >= 0 else zero
+
+
+@njit(cache=True)
 def add_rows(grad, inv, g):
     """grad[inv[i]] += g[i] for every i in order (inv < 0: skipped). grad (nu, R), g (m, R)."""
     for i in range(inv.shape[0]):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from desmpi.data.batch import Batch
-from desmpi.kernels.sparse import add_segments, pool
+from desmpi.kernels.sparse import add_segments, gather_segments, pool
 from desmpi.ops.base import Pools
 from desmpi.reference import Occurrences, sparse_update
 from desmpi.strategies.counts import ModelDims
@@ -54,32 +54,15 @@ class A2AStrategy(ExchangeStrategy):
         occ = Occurrences(seg_of_key, zf, rows, vals_in)
         return Z, (pooled, seg_s, seg_f, scnt, rs, occ, nseg_in, w)
 
-    @staticmethod
-    def _pack(Lp, Ep, Qp, n):
-        cols = []
-        if Lp.shape[0]:
-            cols.append(Lp[:, None])
-        if Ep.shape[0]:
-            cols.append(Ep[:, 0, :])
-        if Qp.shape[0]:
-            cols.append(Qp[:, None])
-        return np.ascontiguousarray(np.concatenate(cols, axis=1) if cols else
-                                    np.zeros((n, 0), Lp.dtype))
-
     def _sparse_backward(self, state, gZ: np.ndarray):
         comm, table, model, tm = self.comm, self.table, self.model, self.timer
         pooled, seg_s, seg_f, scnt, rs, occ, nseg_in, w = state
         kg = model.key_grads(gZ, pooled)
         L, E, Q = model.needs()
-        gv = kg.E
-        if E:
-            gv = np.zeros((seg_s.shape[0], 1, model.d), dtype=table.dtype)
-            if kg.cE >= 0:
-                gv[:, 0] += kg.E[seg_s, seg_f]
-            if kg.cS >= 0:
-                gv[:, 0] += kg.S[seg_s]
-        gseg = self._pack(kg.L[seg_s] if L else kg.L, gv, kg.Q[seg_s] if Q else kg.Q,
-                          seg_s.shape[0])
+        # each segment's gradient [L | v (d) | Q]: v = E[s, f] + S[s]
+        gseg = np.empty((seg_s.shape[0], w), dtype=table.dtype)
+        gather_segments(seg_s, seg_f, gseg, 0 if L else -1, int(L) if E else -1,
+                        w - 1 if Q else -1, model.d, *kg.kernel_args)
         tm.lap("key_grads")
         g_in, _ = comm.alltoallv(gseg.reshape(-1), scnt * w, rs * w)
         g_in = g_in.reshape(-1, w)
