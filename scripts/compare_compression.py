@@ -253,6 +253,8 @@ def main() -> int:
     rep = {"args": vars(a), "oracle_auc_synthetic": oracle, "planned": plan_rows,
            "real": real, "codec_s": kern, "deepfm_b4096_step_s": steps, "deepfm_W": dm.W,
            "deepfm_D": dm.D}
+    if earlier is not None:  # the command of the run that made the real runs
+        rep["real_args"] = earlier.get("real_args") or earlier["args"]
     (out / "compression.json").write_text(json.dumps(rep, indent=1))
     write_markdown(out / "compression.md", rep, a)
     return 0
@@ -325,7 +327,11 @@ def write_markdown(path: Path, rep: dict, a) -> None:
           "no bit, so they repeat that seed of the method without them). Wire: counted MB per "
           "step and rank. Step: median step time relative to none (same P) — batch-512 steps "
           "of a few milliseconds on a shared 2-vCPU machine, indicative only; the measured "
-          "codec cost is in the last section.", "",
+          "codec cost is in the last section."
+          + (" These runs come from an earlier run of this script: `python "
+             "scripts/compare_compression.py " + " ".join(rep["real_args"]["argv"]) + "`."
+             if rep.get("real_args") else ""),
+          "",
           "| data | model | P | method | AUC | ΔAUC mean [min, max] | logloss | wire MB | "
           "step / none |", "|---|---|---:|---|---:|---|---:|---:|---:|"]
     key = ("data", "model", "P")
