@@ -318,8 +318,9 @@ def write_markdown(path: Path, rep: dict, a) -> None:
                   f"{ok(chk)} (model, variant, P) cells; by variant: {by}.", ""]
     # 2. real runs
     real = rep["real"]
-    L += [f"## Real runs: {a.variant}, batch {a.batch}, {a.epochs} epoch(s), "
-          f"{a.seeds} seed(s)", "",
+    ra = rep.get("real_args") or vars(a)  # how the real runs ran (maybe an earlier run)
+    L += [f"## Real runs: {ra['variant']}, batch {ra['batch']}, {ra['epochs']} epoch(s), "
+          f"{ra['seeds']} seed(s)", "",
           "Criteo: the first 12,000 shipped rows train, the last 3,000 evaluate. Synthetic: "
           f"Criteo-schema data with a hidden model (eval oracle AUC "
           f"{rep['oracle_auc_synthetic']:.4f}). ΔAUC = AUC(method) − AUC(none), paired by "

@@ -89,7 +89,6 @@ def _f16_to_f32(q: np.ndarray, out: np.ndarray) -> None:
 
 
 INT8_BLOCK = 64  # floats per int8 scale: 1 scale word per 32 data words (3% on the bytes)
-DENSE = ("bf16", "fp16", "int8")  # codecs that send every float (no index)
 
 
 def int8_words(m: int) -> int:
@@ -110,9 +109,10 @@ def _pack_int8(x: np.ndarray, xu: np.ndarray, bounds: np.ndarray, out: np.ndarra
                out8: np.ndarray) -> None:
     """Chunks [bounds[j], bounds[j+1]) of x (float32) into out (uint16 words; out8: the same
     memory as int8), chunk after chunk: the chunk's bf16 scales (one a block), then its int8
-    values (two to a word, in memory order). xu: x's bits as uint32. Three passes a chunk
-    (block maxima, scales, values) so that the per-element loops vectorise."""
-    G = 64
+    values (two to a word in memory order: ranks of one byte order, as MPI jobs are). xu: x's
+    bits as uint32. Three passes a chunk (block maxima, scales, values) so that the
+    per-element loops vectorise."""
+    G = INT8_BLOCK
     nmax = 0
     for j in range(bounds.size - 1):
         nmax = max(nmax, (bounds[j + 1] - bounds[j] + G - 1) // G)
@@ -161,7 +161,7 @@ def _unpack_int8(q: np.ndarray, q8: np.ndarray, bounds: np.ndarray, out: np.ndar
                  add: bool) -> None:
     """out[bounds[j]:bounds[j+1]] (=, or += when ``add``) the decoded chunk j of q (q8: the
     same memory as int8)."""
-    G = 64
+    G = INT8_BLOCK
     sb = np.empty(1, dtype=np.uint32)
     sf = sb.view(np.float32)
     w = 0
