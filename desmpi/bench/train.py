@@ -99,14 +99,17 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
             generate(SynthSpec(rows=rows, seed=1, cap=cap), path)
         comm.barrier()
         tr = Trainer(cfg, comm)
-        first = 1 + tr.trial_steps
-        for step in range(1, first):  # the trial: its candidates take turns, then it decides
-            b, sizes = tr.local_batch(tr.train_ds, (step - 1) % max(extra, 1))
+        first = 1
+        # the trial: its candidates take turns (on its own batches, repeated when it runs
+        # longer than planned), then it decides
+        while tr.trial is not None and tr.trial.active:
+            b, sizes = tr.local_batch(tr.train_ds, (first - 1) % max(extra, 1))
             s = tr.step_strategy()
             tr.before_step()
             t0 = time.perf_counter()
-            s.train_step(b, sizes, step)
+            s.train_step(b, sizes, first)
             tr.after_step(time.perf_counter() - t0)
+            first += 1
         P = comm.size
         b_local = int(split_counts(batch, P)[comm.rank])
         v = tr.variant
@@ -122,15 +125,6 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         clock.timing = True
         coll0: dict[str, float] = {}
         faults = 0
-        while tr.trial is not None and tr.trial.active:  # a trial longer than planned
-            step = first
-            b, sizes = tr.local_batch(tr.train_ds, (step - 1) % max(extra, 1))
-            s = tr.step_strategy()
-            tr.before_step()
-            t0 = time.perf_counter()
-            s.train_step(b, sizes, step)
-            tr.after_step(time.perf_counter() - t0)
-            first += 1
         for step in range(first, first + steps + warmup):
             if step == first + warmup:
                 tr.timer.phases.clear()
