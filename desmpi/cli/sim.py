@@ -193,10 +193,24 @@ def _validate(a, comm: Comm) -> int:
         raise ValueError("run 'desmpi simulate --validate' without mpiexec: it launches runs")
     models = a.models.split(",")
     variants = parse_list(a.strategies)
+    reuse = None
+    if a.reuse:
+        try:
+            reuse = json.loads(Path(a.reuse).read_text())["measurements"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"--reuse {a.reuse}: not a validation.json with its measurements "
+                             f"({e})") from e
     rep = validate(models, variants, _ints(a.ranks), a.batch_int, a.steps,
                    calibrate_ranks=_ints(a.calibrate_ranks) if a.calibrate_ranks else None,
                    repeats=a.repeats,
-                   network_ranks=_ints(a.network_ranks) if a.network_ranks else None)
+                   network_ranks=_ints(a.network_ranks) if a.network_ranks else None,
+                   reuse=reuse)
+    if reuse is None:  # the command that made the runs, for a later --reuse's report
+        import shlex
+        import sys
+
+        rep["measurements"]["command"] = "desmpi " + " ".join(shlex.quote(x)
+                                                               for x in sys.argv[1:])
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "validation.json").write_text(json.dumps(rep, indent=1))
@@ -261,8 +275,10 @@ def validation_markdown(rep: dict) -> str:
     import shlex
     import sys
 
+    cmd = "desmpi " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    runs = rep.get("measurements", {}).get("command", cmd)
     L = ["# Simulator against real runs on this machine", "",
-         "Command: `desmpi " + " ".join(shlex.quote(x) for x in sys.argv[1:]) + "`", "",
+         f"Command: `{cmd}`" + ("" if runs == cmd else f" (the runs: `{runs}`)"), "",
          f"{rep['cores']} cores; batch {rep['batch']}, {rep['steps']} steps, "
          f"{rep['repeats']} run(s) per case (median); network measured by `desmpi bench comm` "
          f"at P = {rep.get('network_ranks', rep['calibrated_ranks'])} (a run at another P takes "
@@ -345,6 +361,9 @@ def add_commands(sub) -> None:
                    help="validate: rank counts at which 'bench comm' measures the network "
                         "(default: every P > 1 in --ranks; set it to --calibrate-ranks to "
                         "extrapolate the network too)")
+    s.add_argument("--reuse", default=None, metavar="JSON",
+                   help="validate: analyse again the runs of an earlier validation.json "
+                        "(its models, variants, ranks, batch and repeats) instead of running")
     s.add_argument("--models", default="lr,fm,wdl,deepfm")
     s.add_argument("--steps", type=int, default=6)
     s.add_argument("--repeats", type=int, default=1,

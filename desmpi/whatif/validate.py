@@ -100,9 +100,62 @@ def groups_of(cases: list[dict], cores: int) -> dict:
     }
 
 
+def measure(models: list[str], variants: list[Variant], ranks: list[int], batch: int,
+            steps: int, repeats: int = 1, network_ranks: list[int] | None = None,
+            workdir: str | None = None) -> dict:
+    """Every measurement a validation predicts (no fitting): ``bench compute`` once, ``bench
+    comm`` at each network P, and ``repeats`` training runs of each (model, variant, P) with
+    their step time and collective time (the least-waiting rank's and the mean rank's).
+
+    The result is plain JSON, kept in the report (``measurements``) so that the analysis can be
+    run again on the same runs (``simulate --validate --reuse FILE``)."""
+    if repeats < 1:
+        raise ValueError("--repeats must be >= 1")
+    above = sorted(P for P in ranks if P > 1)
+    net_P = sorted({P for P in (above if network_ranks is None else network_ranks) if P > 1})
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        data = _data(tmp, batch, steps)
+        bench = _run(1, ["bench", "compute"])
+        comm = {str(P): _run(P, ["bench", "comm"])["samples"] for P in net_P}
+        runs = []
+        for m in models:
+            cfgp = _config_path(m)
+            for v in variants:
+                for P in ranks:
+                    got = []
+                    for _ in range(repeats):
+                        s = _run(P, ["train", str(cfgp), "--set", f"data.train={data}", "--set",
+                                     "data.eval=", "--set", f"train.batch_size={batch}",
+                                     "--set", f"train.steps={steps}", *v.overrides(),
+                                     "--set", f"train.log_every={steps}"])
+                        got.append({k: s.get(k) for k in _RUN_KEYS})
+                    log.info("%s %s P=%d: %.4f s/step (%d run(s)), collectives %.4f s", m, v, P,
+                             statistics.median(g["step_time_s"] for g in got), repeats,
+                             statistics.median(g["comm_time_s_per_step_min"] for g in got))
+                    runs.append({"model": m, "variant": v.name, "P": P, "runs": got})
+    return {"models": models, "variants": [v.name for v in variants], "ranks": ranks,
+            "batch": batch, "steps": steps, "repeats": repeats, "network_ranks": net_P,
+            "cores": os.cpu_count() or 1, "bench_compute": bench, "bench_comm": comm,
+            "runs": runs}
+
+
+# what a validation keeps of each training run's summary
+_RUN_KEYS = ("step_time_s", "comm_time_s_per_step_min", "comm_time_s_per_step",
+             "wire_bytes_per_step", "wire_bytes_total", "mpi", "ranks_per_node")
+
+
+def _data(tmp: str, batch: int, steps: int) -> str:
+    """The synthetic training file every validation run reads (seeded: the same rows again
+    when a validation is analysed anew)."""
+    data = os.path.join(tmp, "train.h5")
+    generate(SynthSpec(rows=batch * steps, seed=1, cap=100_000), data)
+    return data
+
+
 def validate(models: list[str], variants: list[Variant], ranks: list[int], batch: int, steps: int,
              workdir: str | None = None, calibrate_ranks: list[int] | None = None,
-             repeats: int = 1, network_ranks: list[int] | None = None) -> dict:
+             repeats: int = 1, network_ranks: list[int] | None = None,
+             reuse: dict | None = None) -> dict:
     """Predict each (model, variant, P) run and compare with the real run (module docstring).
 
     ``calibrate_ranks``: the rank counts whose training runs, with those at P = 1, fit the
@@ -110,11 +163,28 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
     prediction out of sample. ``network_ranks``: the rank counts at which the network is
     measured (``bench comm``), by default every P > 1 in ``ranks``; a run's network is the
     one fitted at ``network_source(P, network_ranks)`` (``network_ranks = calibrate_ranks``
-    extrapolates the network too, as from a smaller cluster).
+    extrapolates the network too, as from a smaller cluster). ``reuse``: the ``measurements``
+    of an earlier report (:func:`measure`): its runs are analysed again instead of new ones
+    (models, variants, ranks, batch, steps and repeats are then the report's).
     """
-    if repeats < 1:
-        raise ValueError("--repeats must be >= 1")
-    cores = os.cpu_count() or 1
+    if reuse is None:
+        if calibrate_ranks is not None:
+            missing = [P for P in calibrate_ranks if P > 1 and P not in ranks]
+            if missing:
+                raise ValueError(f"--calibrate-ranks {missing} not in --ranks {ranks}: the "
+                                 "calibration needs the training runs at those P too")
+        reuse = measure(models, variants, ranks, batch, steps, repeats, network_ranks, workdir)
+    return analyse(reuse, calibrate_ranks, workdir)
+
+
+def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
+            workdir: str | None = None) -> dict:
+    """Fit and predict the runs of :func:`measure` (module docstring, steps 3-5)."""
+    from desmpi.variants import parse_list
+
+    models, ranks = meas["models"], meas["ranks"]
+    variants = parse_list(",".join(meas["variants"]))
+    batch, steps, cores = meas["batch"], meas["steps"], meas["cores"]
     above = sorted(P for P in ranks if P > 1)
     if calibrate_ranks is None:
         calibrate_ranks = above[:1]
@@ -123,45 +193,36 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
     if missing:
         raise ValueError(f"--calibrate-ranks {missing} not in --ranks {ranks}: the calibration "
                          "needs the training runs at those P too")
-    net_P = sorted({P for P in (above if network_ranks is None else network_ranks) if P > 1})
+    net_P = meas["network_ranks"]
     fit_P = {1, *calibrated}
+    bench = meas["bench_compute"]
+    gamma = float(bench.get("reduce_Bps", 0.0))
+    # a key look-up's and a routed key's cost in key-columns, measured apart (fit_compute)
+    key_cost = bench["sparse_keys_per_s"] / bench["keys_per_s"]
+    route_cost = bench["sparse_keys_per_s"] / bench["route_keys_per_s"]
+    levels, fits = {}, {}
+    for P in net_P:
+        levels[P], fits[P] = fit_network(meas["bench_comm"][str(P)])
+        log.info("P=%d: fitted latency %.2e s, bandwidth %.3g B/s (median error %.1f%%)",
+                 P, levels[P].latency_s, levels[P].bandwidth_Bps, 100 * fits[P].median_rel_error)
+
+    def cluster_at(P: int, rates: ComputeRates) -> Cluster:
+        src = network_source(P, net_P)
+        lvl = levels[src] if src is not None else Level(0.0, float("inf"))  # P = 1
+        return Cluster("this machine", 1, P, lvl, lvl, cores, rates, reduce_Bps=gamma)
+
+    by_case = {(r["model"], r["variant"], r["P"]): r["runs"] for r in meas["runs"]}
+    cases = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        data = os.path.join(tmp, "train.h5")
-        generate(SynthSpec(rows=batch * steps, seed=1, cap=100_000), data)
-        ds = CtrDataset(data, in_memory=True)
-        bench = _run(1, ["bench", "compute"])
-        gamma = float(bench.get("reduce_Bps", 0.0))
-        # a key look-up's and a routed key's cost in key-columns, measured apart (fit_compute)
-        key_cost = bench["sparse_keys_per_s"] / bench["keys_per_s"]
-        route_cost = bench["sparse_keys_per_s"] / bench["route_keys_per_s"]
-        levels, fits = {}, {}
-        for P in net_P:
-            rep = _run(P, ["bench", "comm"])
-            levels[P], fits[P] = fit_network(rep["samples"])
-            log.info("P=%d: fitted latency %.2e s, bandwidth %.3g B/s (median error %.1f%%)",
-                     P, levels[P].latency_s, levels[P].bandwidth_Bps,
-                     100 * fits[P].median_rel_error)
-
-        def cluster_at(P: int, rates: ComputeRates) -> Cluster:
-            src = network_source(P, net_P)
-            lvl = levels[src] if src is not None else Level(0.0, float("inf"))  # P = 1
-            return Cluster("this machine", 1, P, lvl, lvl, cores, rates, reduce_Bps=gamma)
-
-        cases = []
+        ds = CtrDataset(_data(tmp, batch, steps), in_memory=True)
         for m in models:
-            cfgp = _config_path(m)
-            cfg = load(cfgp, [f"data.train={data}"])
+            cfg = load(_config_path(m), [f"data.train={ds.path}"])
             info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, "float32",
                                          variants)
             for v in variants:
                 for P in ranks:
-                    runs = [_run(P, ["train", str(cfgp), "--set", f"data.train={data}", "--set",
-                                     "data.eval=", "--set", f"train.batch_size={batch}",
-                                     "--set", f"train.steps={steps}", *v.overrides(),
-                                     "--set", f"train.log_every={steps}"])
-                            for _ in range(repeats)]
+                    runs = by_case[(m, v.name, P)]
                     steps_s = [s["step_time_s"] for s in runs]
-                    comm_s = [s["comm_time_s_per_step_min"] for s in runs]
                     s = runs[0]  # planned with the library and layout the run counted under
                     prof = profile(ds, info, P, batch, steps, [v],
                                    layout=Layout(s.get("mpi", ""), s.get("ranks_per_node", 1)))[0]
@@ -169,14 +230,12 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                         "model": m, "variant": v.name, "P": P, "prof": prof,
                         "measured_step_time_s": statistics.median(steps_s),
                         "measured_step_time_range_s": [min(steps_s), max(steps_s)],
-                        "measured_comm_s": statistics.median(comm_s),
+                        "measured_comm_s": statistics.median(
+                            s["comm_time_s_per_step_min"] for s in runs),
                         "counted_wire_bytes_per_step": s["wire_bytes_per_step"],
                         "planned_wire_bytes_per_step": prof.wire_bytes,
                         "counted_wire_bytes_total": s["wire_bytes_total"],
                         "planned_wire_bytes_total": prof.wire_total})
-                    log.info("%s %s P=%d: measured %.4f s/step (%d run(s)), collectives %.4f s",
-                             m, v, P, cases[-1]["measured_step_time_s"], repeats,
-                             cases[-1]["measured_comm_s"])
         # communication first: the network model against the runs' own collective time
         for c in cases:
             c["predicted_comm_s"] = comm_time(c["prof"], cluster_at(c["P"], _NO_RATES))
@@ -225,7 +284,8 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
     return {"cases": out, "groups": groups,
             "median_abs_error": groups["in_sample"]["median_abs_error"],
             "median_abs_error_extrapolated": held["median_abs_error"] if held else None,
-            "calibrated_ranks": calibrated, "network_ranks": net_P, "repeats": repeats,
+            "calibrated_ranks": calibrated, "network_ranks": net_P,
+            "repeats": meas["repeats"],
             "calibration": {"compute": {"gemm_flops": rates.gemm_flops,
                                         "sparse_keys_per_s": rates.sparse_keys_per_s,
                                         "overhead_s": rates.overhead_s,
@@ -240,4 +300,4 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
                                                  "bandwidth_Bps": lv.bandwidth_Bps,
                                                  "median_rel_error": fits[P].median_rel_error}
                                         for P, lv in levels.items()}},
-            "batch": batch, "steps": steps, "cores": cores}
+            "batch": batch, "steps": steps, "cores": cores, "measurements": meas}
