@@ -78,32 +78,43 @@ def fit_level(samples: list[CommSample]) -> tuple[Level, Fit]:
     return lvl, Fit((alpha, beta), *_errors(X @ x, y))
 
 
+# the per-key work of a step beside its key-columns, and the rate each is charged at
+KEY_TERMS = (("key_ops", "keys_per_s"), ("route_keys", "route_keys_per_s"),
+             ("bucket_keys", "bucket_keys_per_s"), ("sort_keys", "sort_keys_per_s"))
+
+
 def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]],
-                max_contention: float = 1.0, key_cost: float | None = None,
-                route_cost: float | None = None) -> tuple[ComputeRates, Fit]:
-    """Overhead, GEMM flop/s, sparse key-columns/s, per-call cost, memory rate, key
-    operations/s and node contention from (work, seconds[, busy cores of the node]) samples.
+                max_contention: float = 1.0, costs: dict[str, float] | None = None
+                ) -> tuple[ComputeRates, Fit]:
+    """Overhead, GEMM flop/s, sparse key-columns/s, per-call cost, memory rate, the per-key
+    rates (:data:`KEY_TERMS`: key operations, routed, bucketed and sorted keys per second) and
+    node contention from (work, seconds[, busy cores of the node]) samples.
 
-    The first four enter linearly; the contention κ (compute × (1 + κ·log2 busy), see
-    :func:`sim.compute.slowdown`) is found by a search over [0, max_contention] in steps of
-    0.01, each step a linear fit, keeping the smallest relative RMS. Samples that all ran
+    The linear unknowns are fitted together; the contention κ (compute × (1 + κ·log2 busy),
+    see :func:`sim.compute.slowdown`) is found by a search over [0, max_contention] in steps
+    of 0.01, each step a linear fit, keeping the smallest relative RMS. Samples that all ran
     alone (busy = 1) leave κ at 0. ``Fit.values`` = (overhead, 1/GEMM rate, 1/sparse rate,
-    per-call cost, 1/memory rate, 1/key rate, 1/route rate, κ).
+    per-call cost, 1/memory rate, 1/key rate, 1/route rate, 1/bucket rate, 1/sort rate, κ).
 
-    ``key_cost``, ``route_cost``: the cost of one key operation and of one routed key in
-    key-columns, as a micro-benchmark measures them (``desmpi bench compute``:
-    sparse_keys_per_s / keys_per_s and sparse_keys_per_s / route_keys_per_s). Given, the fit
-    scales the sparse work as one (key-columns + key_cost · key operations + route_cost ·
-    routed keys) instead of fitting the rates apart: samples whose models share a row width
-    cannot tell them apart, and a model of another width (LR's one column against FM's
-    seventeen) is then predicted from the fit without it.
+    ``costs``: {per-key term of :data:`KEY_TERMS` (``key_ops``, ``route_keys``, ...): the cost
+    of one in key-columns}, as a micro-benchmark measures them (``desmpi bench compute``:
+    sparse_keys_per_s over the term's rate). Given, the fit scales that work with the
+    key-columns as one instead of fitting its rate apart: samples
+    whose models share a row width cannot tell them apart, and a model of another width (LR's
+    one column against FM's seventeen) is then predicted from the fit without it.
     """
     work = [s[0] for s in samples]
     y = np.array([s[1] for s in samples])
     busy = np.array([s[2] if len(s) > 2 else 1 for s in samples], dtype=float)
-    X = np.array([(1.0, w.gemm_flops, w.sparse_keys, w.calls, w.mem_bytes, w.key_ops,
-                   w.route_keys) for w in work])
-    for col, c in ((5, key_cost), (6, route_cost)):
+    X = np.array([(1.0, w.gemm_flops, w.sparse_keys, w.calls, w.mem_bytes,
+                   *(getattr(w, t) for t, _ in KEY_TERMS)) for w in work])
+    costs = costs or {}
+    unknown = set(costs) - {t for t, _ in KEY_TERMS}
+    if unknown:
+        raise ValueError(f"no per-key term {sorted(unknown)}; known: "
+                         f"{', '.join(t for t, _ in KEY_TERMS)}")
+    cost = [costs.get(t) for t, _ in KEY_TERMS]
+    for col, c in enumerate(cost, start=5):
         if c is not None:
             if not c > 0:
                 raise ValueError(f"a key cost must be > 0, not {c}")
@@ -118,16 +129,13 @@ def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]
         if best is None or err[0] < best[0][0] - 1e-12:
             best = (err, x, float(k))
     (rms, med), x, k = best
-    o, ig, ik, ic, im, io, ir = x
+    o, ig, ik, ic, im = x[:5]
+    inv = [ik * c if c is not None else v for c, v in zip(cost, x[5:])]
 
-    def rate(inv: float) -> float:
-        return 1 / inv if inv > 0 else float("inf")
+    def rate(v: float) -> float:
+        return 1 / v if v > 0 else float("inf")
 
-    if key_cost is not None:
-        io = ik * key_cost
-    if route_cost is not None:
-        ir = ik * route_cost
     rates = ComputeRates(gemm_flops=rate(ig), sparse_keys_per_s=rate(ik), overhead_s=o,
-                         per_call_s=ic, contention=k, mem_Bps=rate(im), keys_per_s=rate(io),
-                         route_keys_per_s=rate(ir))
+                         per_call_s=ic, contention=k, mem_Bps=rate(im),
+                         **{r: rate(v) for (_, r), v in zip(KEY_TERMS, inv)})
     return rates, Fit((*x, k), rms, med)

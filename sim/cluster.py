@@ -28,6 +28,8 @@ Presets carry the source of their numbers; a TOML file can describe any cluster:
     sparse_keys_per_s = 5.0e7
     keys_per_s = 2.0e7             # optional: table look-ups / row updates per second
     route_keys_per_s = 3.0e8       # optional: keys hashed to their owner per second
+    bucket_keys_per_s = 1.0e8      # optional: keys grouped by owner and bag (a2a) per second
+    sort_keys_per_s = 6.0e7        # optional: keys deduplicated and grouped (ps) per second
     overhead_s = 1e-4
 
 Top-level optional keys: ``mpi`` (the library whose algorithm selection applies: ``mpich``,
@@ -124,6 +126,8 @@ class ComputeRates:
     # the defaults charge each as one key-column at the default sparse rate (inf: free)
     keys_per_s: float = 3.0e7
     route_keys_per_s: float = 3.0e7
+    bucket_keys_per_s: float = 3.0e7  # keys grouped by owner and bag or sample (a2a, des-a2a)
+    sort_keys_per_s: float = 3.0e7  # keys deduplicated by a sort, grouped by owner (ps)
     jitter: float = 0.0  # spread of a rank's compute (its standard deviation / its mean):
     # a bulk-synchronous step waits for the slowest of P ranks, jitter · compute · E[max of P]
 
@@ -230,7 +234,7 @@ def load_cluster(spec: str) -> Cluster:
     comp = d.get("compute", {})
     extra = set(comp) - {"gemm_flops", "sparse_keys_per_s", "overhead_s", "per_call_s",
                          "contention", "mem_Bps", "keys_per_s", "route_keys_per_s",
-                         "jitter"}
+                         "bucket_keys_per_s", "sort_keys_per_s", "jitter"}
     if extra:
         raise ValueError(f"{path}: unknown keys in [compute]: {sorted(extra)}")
     for k in ("nodes", "ranks_per_node"):
@@ -278,7 +282,7 @@ def dump_cluster(cl: Cluster) -> str:
          f"gemm_flops = {num(c.gemm_flops)}", f"sparse_keys_per_s = {num(c.sparse_keys_per_s)}",
          f"overhead_s = {num(c.overhead_s)}", f"per_call_s = {num(c.per_call_s)}",
          f"contention = {num(c.contention)}", f"mem_Bps = {num(c.mem_Bps)}",
-         *([f"keys_per_s = {num(c.keys_per_s)}"] if np.isfinite(c.keys_per_s) else []),
-         *([f"route_keys_per_s = {num(c.route_keys_per_s)}"]
-           if np.isfinite(c.route_keys_per_s) else []), f"jitter = {num(c.jitter)}"]
+         *[f"{k} = {num(getattr(c, k))}" for k in ("keys_per_s", "route_keys_per_s",
+                                                    "bucket_keys_per_s", "sort_keys_per_s")
+           if np.isfinite(getattr(c, k))], f"jitter = {num(c.jitter)}"]
     return "\n".join(L) + "\n"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from sim.cluster import ComputeRates, expected_max_normal
 
@@ -12,8 +12,10 @@ from sim.cluster import ComputeRates, expected_max_normal
 class Work:
     """Per-rank work of one step: dense GEMM flops (forward + backward), sparse key-columns
     (keys pooled, their gradients and updates, times row width), key operations (a table
-    look-up or a row's update: a random row, once, whatever its width) and routed keys (each
-    key hashed to its owner where it enters)."""
+    look-up or a row's update: a random row, once, whatever its width), routed keys (each
+    key hashed to its owner where it enters: DES), bucketed keys (each key hashed and grouped
+    by owner and bag or sample for an Alltoallv: a2a, des-a2a) and sorted keys (the batch's
+    keys deduplicated by a sort, then grouped by owner: ps)."""
 
     gemm_flops: float
     sparse_keys: float
@@ -21,16 +23,15 @@ class Work:
     mem_bytes: float = 0.0  # streamed over the partial matrices (zeroed, reduced, gathered)
     key_ops: float = 0.0  # table look-ups and row updates (per key, not per column)
     route_keys: float = 0.0  # keys hashed to their owner (a vectorised pass)
+    bucket_keys: float = 0.0  # keys grouped by owner and segment (a stable sort by owner)
+    sort_keys: float = 0.0  # keys deduplicated (np.unique: a sort) and grouped by owner
 
     def __add__(self, o: Work) -> Work:
-        return Work(self.gemm_flops + o.gemm_flops, self.sparse_keys + o.sparse_keys,
-                    self.calls + o.calls, self.mem_bytes + o.mem_bytes,
-                    self.key_ops + o.key_ops, self.route_keys + o.route_keys)
+        return Work(*(getattr(self, f.name) + getattr(o, f.name) for f in fields(Work)))
 
     def scaled(self, f: float) -> Work:
         """This work times ``f`` (means over profiled batches)."""
-        return Work(self.gemm_flops * f, self.sparse_keys * f, self.calls * f,
-                    self.mem_bytes * f, self.key_ops * f, self.route_keys * f)
+        return Work(*(getattr(self, x.name) * f for x in fields(Work)))
 
 
 def slowdown(rates: ComputeRates, busy: int) -> float:
@@ -40,13 +41,14 @@ def slowdown(rates: ComputeRates, busy: int) -> float:
 
 def compute_time(w: Work, rates: ComputeRates, share: float = 1.0, busy: int = 1) -> float:
     """Seconds: overhead + flops / GEMM rate + key-columns / sparse rate + key operations /
-    key rate + routed keys / route rate + calls × per-call cost + streamed bytes / memory
-    rate, on ``share`` of a core
+    key rate + routed, bucketed and sorted keys / their rates + calls × per-call cost +
+    streamed bytes / memory rate, on ``share`` of a core
     (oversubscribed ranks get less), slowed by :func:`slowdown` when ``busy`` cores of the
     node compute at once."""
     t = rates.overhead_s + w.gemm_flops / rates.gemm_flops + w.sparse_keys / \
         rates.sparse_keys_per_s + w.calls * rates.per_call_s + w.mem_bytes / rates.mem_Bps + \
-        w.key_ops / rates.keys_per_s + w.route_keys / rates.route_keys_per_s
+        w.key_ops / rates.keys_per_s + w.route_keys / rates.route_keys_per_s + \
+        w.bucket_keys / rates.bucket_keys_per_s + w.sort_keys / rates.sort_keys_per_s
     return t * slowdown(rates, busy) / share
 
 

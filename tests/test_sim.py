@@ -230,7 +230,7 @@ def test_compute_fit_separates_key_operations_from_columns():
     # one width only: key-columns and key operations move together and cannot be told apart;
     # their costs measured apart (bench compute) leave one scale to fit, and width 33 follows
     one = [s for s in samples if s[0].sparse_keys == s[0].key_ops]
-    rates, _ = fit_compute(one, key_cost=4e8 / 3e7, route_cost=4e8 / 2e9)
+    rates, _ = fit_compute(one, costs={"key_ops": 4e8 / 3e7, "route_keys": 4e8 / 2e9})
     assert rates.sparse_keys_per_s == pytest.approx(4e8, rel=1e-6)
     assert rates.keys_per_s == pytest.approx(3e7, rel=1e-6)
     for w, t in samples[12:]:

@@ -118,10 +118,10 @@ def test_validate_defaults_to_small_ranks(monkeypatch):
     seen = {}
 
     def fake(models, variants, ranks, batch, steps, calibrate_ranks=None, repeats=1,
-             network_ranks=None):
+             network_ranks=None, reuse=None):
         seen.update(ranks=ranks, calibrate=calibrate_ranks, batch=batch, network=network_ranks)
         return {"cases": [], "groups": {}, "median_abs_error": 0.0,
-                "median_abs_error_extrapolated": None}
+                "median_abs_error_extrapolated": None, "measurements": {}}
 
     monkeypatch.setattr(desmpi.whatif.validate, "validate", fake)
     assert cli.main(["simulate", "--validate", "--out", ""]) == 0

@@ -62,13 +62,21 @@ def fit_network(rows: list[dict]):
                       for r in rows])
 
 
-def bench_compute(repeats: int = 5) -> dict:
+def bench_compute(repeats: int = 5, batch=None) -> dict:
     """Per-kernel rates of this process: GEMM flop/s, sparse key-columns/s (pooling and row
-    gradients), key look-ups/s, keys routed to their owner/s and the reduction rate γ
-    (``reduce_Bps``, :func:`reduce_rate`)."""
+    gradients), key look-ups/s, keys routed to their owner/s (DES), keys bucketed by owner
+    and bag/s (a2a, des-a2a), keys deduplicated and grouped by owner/s (ps) and the reduction
+    rate γ (``reduce_Bps``, :func:`reduce_rate`).
+
+    ``batch`` (a :class:`desmpi.data.batch.Batch`, e.g. a data file's first rows): the sparse
+    rates are measured on its keys, so that the table's size and the keys' repeats (cache hits)
+    are those of the data at hand; by default 4096 samples of 26 one-hot fields of distinct
+    random keys (every row a miss: a lower bound)."""
     from desmpi.data.batch import Batch
+    from desmpi.kernels.hashing import owners
     from desmpi.kernels.sparse import pool, row_grads
     from desmpi.reference import route
+    from desmpi.strategies.exchange import group_by_owner, segments_by_owner
     from desmpi.table.shard import ShardTable
 
     rng = np.random.default_rng(0)
@@ -80,14 +88,17 @@ def bench_compute(repeats: int = 5) -> dict:
         a @ w
         ts.append(time.perf_counter() - t0)
     gemm = 2 * 4096 * 429 * 400 / statistics.median(ts)
-    R, n = 17, 4096 * 26
+    if batch is None:
+        batch = Batch(np.zeros(4096), np.zeros((4096, 0)),
+                      rng.integers(1, 1 << 40, size=4096 * 26), 26)
+    R, d, F, B = 17, 16, batch.n_fields, batch.n
+    keys, n = batch.keys, batch.keys.shape[0]
     t = ShardTable(R, 1, 0, np.float32, 0, 0.01)
-    keys = rng.integers(1, 1 << 40, size=n)
     rows = t.lookup_or_insert(keys)
-    s = np.repeat(np.arange(4096), 26)
-    f = np.tile(np.arange(26), 4096)
-    Z = np.zeros((4096, 2 + 26 * 16), np.float32)  # [L | E | Q]
-    vals = np.empty(0, np.float32)
+    s, f = batch.sample_field()
+    Z = np.zeros((B, 2 + F * d), np.float32)  # [L | E | Q]
+    vals = np.empty(0, np.float32) if batch.values is None else \
+        np.asarray(batch.values, np.float32)
     ts, tl = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -101,18 +112,34 @@ def bench_compute(repeats: int = 5) -> dict:
         tl.append(t1 - t0)
     # routing: every key hashed to its owner (of 4), the owned positions and every key's
     # (sample, field), as a DES rank does over the global batch
-    batch = Batch(np.zeros(4096), np.zeros((4096, 0)), keys, 26)
     tr = []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
         route(batch, 0, 4)
         batch.sample_field()
         tr.append(time.perf_counter() - t0)
+    # the exchange strategies' routing, over the keys of a rank's batch: a2a and des-a2a
+    # group them by owner and bag (a stable sort by owner, then runs), ps deduplicates them
+    # (np.unique: a sort) and groups the distinct ones by owner
+    tb, tu = [], []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        s_, f_ = batch.sample_field()
+        segments_by_owner(owners(keys, 4), s_ * F + f_, 4)
+        t1 = time.perf_counter()
+        batch.sample_field()
+        U = np.unique(keys, return_inverse=True)[0]
+        group_by_owner(owners(U, 4), 4)
+        tb.append(t1 - t0)
+        tu.append(time.perf_counter() - t1)
     # the look-up is the per-key part (one hash probe a key), pooling and gradients the
-    # per-column part (R floats a key)
-    return {"gemm_flops": gemm, "sparse_keys_per_s": n * R / statistics.median(ts),
+    # per-column part: two passes of R floats a key, counted as the cost model counts them
+    # (desmpi.whatif.simulate.step_work: pool, gradients and update, R key-columns each)
+    return {"gemm_flops": gemm, "sparse_keys_per_s": 2 * n * R / statistics.median(ts),
             "keys_per_s": n / statistics.median(tl),
             "route_keys_per_s": n / statistics.median(tr[1:]),
+            "bucket_keys_per_s": n / statistics.median(tb[1:]),
+            "sort_keys_per_s": n / statistics.median(tu[1:]),
             "reduce_Bps": reduce_rate(repeats), "mem_Bps": memory_rate(repeats)}
 
 

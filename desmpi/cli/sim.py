@@ -48,11 +48,14 @@ def _whatif(a, comm: Comm) -> int:
     if a.rates:
         r = json.loads(Path(a.rates).read_text())
         r = r.get("calibration", {}).get("compute", r)
-        rates = ComputeRates(r["gemm_flops"], r["sparse_keys_per_s"], r.get("overhead_s", 0.0),
-                             r.get("per_call_s", 0.0), r.get("contention", 0.0),
-                             r.get("mem_Bps", ComputeRates.mem_Bps),
-                             r.get("keys_per_s", ComputeRates.keys_per_s),
-                             r.get("route_keys_per_s", ComputeRates.route_keys_per_s))
+        from dataclasses import fields
+
+        missing = {"gemm_flops", "sparse_keys_per_s"} - set(r)
+        if missing:
+            raise ValueError(f"--rates {a.rates}: no {', '.join(sorted(missing))}")
+        known = {f.name for f in fields(ComputeRates)}
+        rates = ComputeRates(**{"overhead_s": 0.0, "per_call_s": 0.0,
+                                **{k: float(v) for k, v in r.items() if k in known}})
     batches = _ints(a.batch) if a.batch else [cfg.train.batch_size]
     t0 = time.perf_counter()
     # bytes follow each cluster's MPI library and ranks per node: one profile per layout
@@ -285,6 +288,10 @@ def validation_markdown(rep: dict) -> str:
          "the largest measured P below it), compute fitted to the measured compute time (step "
          "time less the run's own collective time) of the training runs at P = "
          f"{rep['calibration']['compute']['fitted_on_P']}; every other P is held out.", "",
+         *([f"Run-to-run spread (the floor under any error here): a run's step time lies "
+            f"{rep['run_spread']['median_abs_dev_from_case_median']:.1%} from its case's "
+            f"median (median over the runs other than the median one; 90th percentile "
+            f"{rep['run_spread']['p90']:.1%}).", ""] if "run_spread" in rep else []),
          "| group | cases | median abs error | IQR | 90% interval of the median | under |",
          "|---|---:|---:|---:|---:|---:|"]
     for name, g in rep["groups"].items():

@@ -108,10 +108,16 @@ def _bench_comm(a, comm: Comm):
 def _bench_compute(a, comm: Comm):
     from desmpi.bench.comm import bench_compute
 
-    return bench_compute(), lambda rep: log.info(
-        "GEMM %.3g flop/s, sparse %.3g key-columns/s, %.3g key look-ups/s, %.3g keys routed/s, "
-        "reduction %.3g B/s", rep["gemm_flops"], rep["sparse_keys_per_s"], rep["keys_per_s"],
-        rep["route_keys_per_s"], rep["reduce_Bps"])
+    batch = None
+    if a.data:  # the sparse rates on the keys of the data at hand
+        from desmpi.data.h5 import CtrDataset
+
+        batch = CtrDataset(a.data, in_memory=False).read(0, a.batch)
+    return bench_compute(batch=batch), lambda rep: log.info(
+        "GEMM %.3g flop/s, sparse %.3g key-columns/s, %.3g key look-ups/s, keys routed %.3g/s "
+        "(DES), bucketed %.3g/s (a2a), deduplicated %.3g/s (ps), reduction %.3g B/s",
+        rep["gemm_flops"], rep["sparse_keys_per_s"], rep["keys_per_s"], rep["route_keys_per_s"],
+        rep["bucket_keys_per_s"], rep["sort_keys_per_s"], rep["reduce_Bps"])
 
 
 def _bench_train(a, comm: Comm):
@@ -251,5 +257,8 @@ def add_commands(sub) -> None:
     b.add_argument("--rows", type=int, default=1_000_000)
     b.add_argument("--batch", type=int, default=4096, help="data: read batch; train: B")
     b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--data", default=None, metavar="H5",
+                   help="compute: measure the sparse rates on the first --batch rows of this "
+                        "file (default: distinct random keys)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench)

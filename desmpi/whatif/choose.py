@@ -31,8 +31,9 @@ from sim.cluster import Cluster, ComputeRates, Level, load_cluster
 
 log = logging.getLogger("desmpi.choose")
 PROBE_BYTES = (1024, 65536, 1 << 20)  # bench comm sizes of the start-up calibration
-CACHED = ("latency_s", "bandwidth_Bps", "gemm_flops", "sparse_keys_per_s", "reduce_Bps",
-          "mem_Bps", "keys_per_s", "route_keys_per_s")
+RATES = ("gemm_flops", "sparse_keys_per_s", "mem_Bps", "keys_per_s", "route_keys_per_s",
+         "bucket_keys_per_s", "sort_keys_per_s")  # of bench compute, kept in ComputeRates
+CACHED = ("latency_s", "bandwidth_Bps", "reduce_Bps", *RATES)
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,7 @@ def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
         if comm.rank == 0:
             lvl = fit_network(samples)[0] if samples else Level(0.0, float("inf"))
             cached = {"latency_s": lvl.latency_s, "bandwidth_Bps": lvl.bandwidth_Bps,
-                      "gemm_flops": rates["gemm_flops"],
-                      "sparse_keys_per_s": rates["sparse_keys_per_s"],
-                      "reduce_Bps": rates["reduce_Bps"], "mem_Bps": rates["mem_Bps"],
-                      "keys_per_s": rates["keys_per_s"],
-                      "route_keys_per_s": rates["route_keys_per_s"]}
+                      "reduce_Bps": rates["reduce_Bps"], **{k: rates[k] for k in RATES}}
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -115,10 +112,7 @@ def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
                 log.warning("could not cache the cluster calibration in %s: %s", path, e)
         cached = comm.bcast_object(cached)
     lvl = Level(cached["latency_s"], cached["bandwidth_Bps"])
-    rates = ComputeRates(gemm_flops=cached["gemm_flops"],
-                         sparse_keys_per_s=cached["sparse_keys_per_s"],
-                         mem_Bps=cached["mem_Bps"], keys_per_s=cached["keys_per_s"],
-                         route_keys_per_s=cached["route_keys_per_s"])
+    rates = ComputeRates(**{k: cached[k] for k in RATES})
     return Cluster(f"at hand ({nodes} node(s) x {ppn})", nodes, ppn, lvl, lvl,
                    os.cpu_count() or 0, rates, reduce_Bps=cached["reduce_Bps"])
 

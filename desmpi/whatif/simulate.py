@@ -67,13 +67,16 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
     nnz = float(c.nnz.sum())
     R, W, seg = info.dims.R, info.dims.W, info.dims.seg
     own = nnz / P * R * 3  # pool, gradients, update of owned keys
-    # routing: each key is hashed to its owner where it enters (DES: every rank hashes every
-    # key of the global batch; the others their local batch). Key operations: the owner's table
+    # routing (below). Key operations: the owner's table
     # look-ups (a random row) and each distinct owned row's update (an optimizer's update costs
     # per row more than per column: the row and its slots); distinct rows per owner are bounded
     # by the local batches' distinct keys summed over ranks
     upd = c.distinct.sum() / P  # also the distinct keys a ps rank pulls and pushes
-    route = nnz if st == "des" else nnz / P
+    # where keys enter, DES hashes each to its owner (a mask); a2a and des-a2a group the local
+    # batch's keys by owner and bag or sample for their Alltoallv, ps deduplicates them first
+    route = nnz if st == "des" else 0.0
+    bucket = nnz / P if st in ("a2a", "des-a2a") else 0.0
+    srt = nnz / P if st == "ps" else 0.0
     if st == "des":
         rows, fused_rows = (B if agg == "allreduce" else b), B
         keys, key_ops = own, nnz / P + upd
@@ -97,7 +100,8 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
         packed += info.dims.partial_grad if (st, agg) == ("des", "allreduce") else info.dims.D
     mem += PACK_BYTES * packed
     return Work(6.0 * (rows * info.dense_macs + fused_rows * info.fused_macs), keys,
-                mem_bytes=mem, key_ops=key_ops, route_keys=route)
+                mem_bytes=mem, key_ops=key_ops, route_keys=route, bucket_keys=bucket,
+                sort_keys=srt)
 
 
 @dataclass
@@ -135,12 +139,16 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
         for c in counts:
             cl = collectives(v, c, info.dims, layout, wire)
             colls.append([sizes(x, P) for x in cl])
+            local = 0.0  # a rank's own block of an Alltoallv: MPI copies it in memory
             for x in cl:
                 p, w = x.bytes_per_rank(P)
                 sent += w.mean() / len(counts)
                 total += int(w.sum())
                 pay += p.mean() / len(counts)
-            work = work + step_work(v, c, info, wire).scaled(1.0 / len(counts))
+                if x.kind in ("alltoall", "alltoallv"):
+                    local += float(np.diagonal(np.asarray(x.counts)).mean()) * x.itemsize
+            work = work + (step_work(v, c, info, wire) + Work(0.0, 0.0, mem_bytes=local)
+                           ).scaled(1.0 / len(counts))
         work = replace(work, calls=float(len(cl)))  # collective calls of one step
         out.append(Profiled(v, P, B, colls, work, sent, pay, total))
     return out

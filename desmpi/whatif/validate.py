@@ -34,7 +34,7 @@ from desmpi.launch import ROOT, run_json
 from desmpi.variants import Variant
 from desmpi.whatif.simulate import ModelInfo, comm_time, predict, profile
 from sim.accounting import Layout
-from sim.calibrate import fit_compute
+from sim.calibrate import KEY_TERMS, fit_compute
 from sim.cluster import Cluster, ComputeRates, Level
 
 log = logging.getLogger("desmpi.whatif.validate")
@@ -115,24 +115,25 @@ def measure(models: list[str], variants: list[Variant], ranks: list[int], batch:
     net_P = sorted({P for P in (above if network_ranks is None else network_ranks) if P > 1})
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         data = _data(tmp, batch, steps)
-        bench = _run(1, ["bench", "compute"])
+        # the sparse rates on the runs' own keys (their repeats decide the cache hits)
+        bench = _run(1, ["bench", "compute", "--data", data, "--batch", str(batch)])
         comm = {str(P): _run(P, ["bench", "comm"])["samples"] for P in net_P}
-        runs = []
-        for m in models:
-            cfgp = _config_path(m)
-            for v in variants:
-                for P in ranks:
-                    got = []
-                    for _ in range(repeats):
-                        s = _run(P, ["train", str(cfgp), "--set", f"data.train={data}", "--set",
-                                     "data.eval=", "--set", f"train.batch_size={batch}",
-                                     "--set", f"train.steps={steps}", *v.overrides(),
-                                     "--set", f"train.log_every={steps}"])
-                        got.append({k: s.get(k) for k in _RUN_KEYS})
-                    log.info("%s %s P=%d: %.4f s/step (%d run(s)), collectives %.4f s", m, v, P,
-                             statistics.median(g["step_time_s"] for g in got), repeats,
-                             statistics.median(g["comm_time_s_per_step_min"] for g in got))
-                    runs.append({"model": m, "variant": v.name, "P": P, "runs": got})
+        cases = [(m, v, P) for m in models for v in variants for P in ranks]
+        got: dict = {c: [] for c in cases}
+        # repeat after repeat over all cases (not a case's repeats back to back): a slow spell
+        # of the machine then falls on one run of many cases, which their medians discard,
+        # instead of on every run of one case
+        for rep in range(repeats):
+            for m, v, P in cases:
+                s = _run(P, ["train", str(_config_path(m)), "--set", f"data.train={data}",
+                             "--set", "data.eval=", "--set", f"train.batch_size={batch}",
+                             "--set", f"train.steps={steps}", *v.overrides(),
+                             "--set", f"train.log_every={steps}"])
+                got[(m, v, P)].append({k: s.get(k) for k in _RUN_KEYS})
+                log.info("%s %s P=%d, run %d of %d: %.4f s/step, collectives %.4f s", m, v, P,
+                         rep + 1, repeats, s["step_time_s"], s["comm_time_s_per_step_min"])
+        runs = [{"model": m, "variant": v.name, "P": P, "runs": got[(m, v, P)]}
+                for m, v, P in cases]
     return {"models": models, "variants": [v.name for v in variants], "ranks": ranks,
             "batch": batch, "steps": steps, "repeats": repeats, "network_ranks": net_P,
             "cores": os.cpu_count() or 1, "bench_compute": bench, "bench_comm": comm,
@@ -197,9 +198,9 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
     fit_P = {1, *calibrated}
     bench = meas["bench_compute"]
     gamma = float(bench.get("reduce_Bps", 0.0))
-    # a key look-up's and a routed key's cost in key-columns, measured apart (fit_compute)
-    key_cost = bench["sparse_keys_per_s"] / bench["keys_per_s"]
-    route_cost = bench["sparse_keys_per_s"] / bench["route_keys_per_s"]
+    # a key look-up's and a routed, bucketed or sorted key's cost in key-columns, measured
+    # apart (fit_compute; a report from before a rate was measured leaves that one fitted)
+    costs = {t: bench["sparse_keys_per_s"] / bench[r] for t, r in KEY_TERMS if r in bench}
     levels, fits = {}, {}
     for P in net_P:
         levels[P], fits[P] = fit_network(meas["bench_comm"][str(P)])
@@ -253,7 +254,7 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
                 raise ValueError(f"only {len(samples)} calibration runs"
                                  f"{' without ' + exclude_model if exclude_model else ''}; the "
                                  "compute fit needs 4 (more models or variants, or other P)")
-            return fit_compute(samples, key_cost=key_cost, route_cost=route_cost)[0]
+            return fit_compute(samples, costs=costs)[0]
 
         rates = fit(None)
         per_model = {m: fit(m) for m in models} if len(models) > 1 else {}
@@ -281,6 +282,11 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
             out.append(c)
     groups = groups_of(out, cores)
     held = groups["held_out_P"]
+    # how far one run lands from its case's median (the median run itself left out): the
+    # floor under any prediction's error
+    dev = [d for c in out for d in sorted(
+        abs(r["step_time_s"] - c["measured_step_time_s"]) / c["measured_step_time_s"]
+        for r in by_case[(c["model"], c["variant"], c["P"])])[1:]] or [0.0]
     return {"cases": out, "groups": groups,
             "median_abs_error": groups["in_sample"]["median_abs_error"],
             "median_abs_error_extrapolated": held["median_abs_error"] if held else None,
@@ -292,12 +298,14 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
                                         "per_call_s": rates.per_call_s,
                                         "contention": rates.contention,
                                         "mem_Bps": rates.mem_Bps,
-                                        "keys_per_s": rates.keys_per_s,
-                                        "route_keys_per_s": rates.route_keys_per_s,
+                                        **{r: getattr(rates, r) for _, r in KEY_TERMS},
                                         "fitted_on_P": sorted(fit_P)},
                             "reduce_Bps": gamma,
                             "network": {str(P): {"latency_s": lv.latency_s,
                                                  "bandwidth_Bps": lv.bandwidth_Bps,
                                                  "median_rel_error": fits[P].median_rel_error}
                                         for P, lv in levels.items()}},
-            "batch": batch, "steps": steps, "cores": cores, "measurements": meas}
+            "batch": batch, "steps": steps, "cores": cores,
+            "run_spread": {"median_abs_dev_from_case_median": float(np.median(dev)),
+                           "p90": float(np.percentile(dev, 90))},
+            "measurements": meas}
