@@ -235,3 +235,40 @@ def test_trial_extends_short_rounds_and_trusts_a_consistent_small_lead():
     assert len(t.schedule) == 2 + 2 * 3 and w == A
     t, w = run(0.05)  # 2 rounds fit, 3 at least
     assert len(t.schedule) == 2 + 2 * 3
+
+
+def test_routing_work_follows_each_strategy(data):
+    """Where keys enter: DES hashes every key of the global batch (routed keys), a2a and
+    des-a2a group their local keys by owner and bag (bucketed), ps deduplicates and groups
+    them (sorted); an Alltoallv's own block is a memory copy (MPI copies it locally), so a
+    one-rank a2a streams exactly its self-sends' bytes more than its partial matrices."""
+    from desmpi.strategies.counts import count_step
+    from desmpi.strategies.plans import collectives
+    from desmpi.variants import parse
+    from desmpi.whatif.simulate import step_work
+    from sim.accounting import TEXTBOOK
+
+    cfg = from_dict({"model": {"name": "fm", "embed_dim": 8},
+                     "data": {"train": str(data / "t.h5")}}).check()
+    ds = CtrDataset(cfg.data.train)
+    names = ["des/allreduce", "a2a", "des-a2a", "ps"]
+    vs = [parse(n) for n in names]
+    info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, "float32", vs)
+    B, P = 1024, 4
+    c = count_step(ds.read(0, B), P, ds.onehot, ds.has("values"))
+    nnz = float(c.nnz.sum())
+    w = {n: step_work(v, c, info[v]) for n, v in zip(names, vs)}
+    assert (w["des/allreduce"].route_keys, w["des/allreduce"].bucket_keys,
+            w["des/allreduce"].sort_keys) == (nnz, 0.0, 0.0)
+    for n in ("a2a", "des-a2a"):
+        assert (w[n].route_keys, w[n].bucket_keys, w[n].sort_keys) == (0.0, nnz / P, 0.0)
+    assert (w["ps"].route_keys, w["ps"].bucket_keys, w["ps"].sort_keys) == (0.0, 0.0, nnz / P)
+    # one rank: every byte an Alltoallv moves is its own block, copied in memory
+    a2a = parse("a2a")
+    one = count_step(ds.read(0, B), 1, ds.onehot, ds.has("values"))
+    own = sum(float(x.counts[0][0]) * x.itemsize
+              for x in collectives(a2a, one, info[a2a].dims, TEXTBOOK)
+              if x.kind in ("alltoall", "alltoallv"))
+    prof = profile(ds, info, 1, B, 1, [a2a])[0]
+    assert own > 0
+    assert prof.work.mem_bytes == pytest.approx(step_work(a2a, one, info[a2a]).mem_bytes + own)

@@ -70,6 +70,22 @@ def test_bench_data_and_compute():
     p = _run(["-m", "desmpi", "bench", "compute", "--json"])
     rep = json.loads(p.stdout.strip().splitlines()[-1])
     assert rep["gemm_flops"] > 1e8 and rep["sparse_keys_per_s"] > 1e5
+    assert rep["bucket_keys_per_s"] > 0 and rep["sort_keys_per_s"] > 0
+
+
+def test_bench_compute_on_a_data_file(tmp_path):
+    from desmpi.data.synth import SynthSpec, generate
+
+    generate(SynthSpec(rows=1024, seed=1, cap=5_000), tmp_path / "t.h5")
+    p = _run(["-m", "desmpi", "bench", "compute", "--data", str(tmp_path / "t.h5"), "--batch",
+              "512", "--repeats", "1", "--json"])
+    rep = json.loads(p.stdout.strip().splitlines()[-1])
+    assert all(rep[k] > 0 for k in ("sparse_keys_per_s", "keys_per_s", "route_keys_per_s",
+                                    "bucket_keys_per_s", "sort_keys_per_s"))
+    p = subprocess.run([sys.executable, "-m", "desmpi", "bench", "compute", "--data",
+                        str(tmp_path / "none.h5")], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert p.returncode != 0 and "none.h5" in p.stderr
 
 
 def test_bench_checkpoint_small(tmp_path):

@@ -237,6 +237,30 @@ def test_compute_fit_separates_key_operations_from_columns():
         assert compute_time(w, rates) == pytest.approx(t, rel=1e-6)
 
 
+def test_compute_fit_recovers_the_routing_rates_and_checks_its_costs():
+    """Routed (DES), bucketed (a2a) and sorted (ps) keys each have a rate: the fit recovers
+    the three from samples that mix them, a cost given for one ties it to the key-columns,
+    and a cost for a term that does not exist is an error naming it."""
+    true = ComputeRates(gemm_flops=3e10, sparse_keys_per_s=4e8, overhead_s=2e-4,
+                        per_call_s=2e-5, keys_per_s=3e7, route_keys_per_s=2e8,
+                        bucket_keys_per_s=5e7, sort_keys_per_s=3e7)
+    rng = np.random.default_rng(5)
+    samples = []
+    for kind in ("route_keys", "bucket_keys", "sort_keys"):
+        for _ in range(6):
+            keys = rng.uniform(1e4, 1e6)
+            w = Work(rng.uniform(0, 1e9), keys * rng.choice([1, 17]), rng.integers(1, 6),
+                     key_ops=keys * rng.uniform(1, 2), **{kind: keys * rng.uniform(0.5, 4)})
+            samples.append((w, compute_time(w, true)))
+    rates, _ = fit_compute(samples)
+    for r in ("route_keys_per_s", "bucket_keys_per_s", "sort_keys_per_s"):
+        assert getattr(rates, r) == pytest.approx(getattr(true, r), rel=1e-6)
+    rates, _ = fit_compute(samples, costs={"bucket_keys": 4e8 / 5e7})
+    assert rates.bucket_keys_per_s == pytest.approx(5e7, rel=1e-6)
+    with pytest.raises(ValueError, match="no per-key term \\['buckets'\\]"):
+        fit_compute(samples, costs={"buckets": 1.0})
+
+
 def test_compute_fit_recovers_node_contention():
     true = ComputeRates(gemm_flops=5e10, sparse_keys_per_s=1e8, overhead_s=2e-4,
                         per_call_s=1e-5, contention=0.3)
