@@ -20,7 +20,7 @@ class Work:
     gemm_flops: float
     sparse_keys: float
     calls: float = 0.0  # collective calls (each has a fixed software cost around it)
-    mem_bytes: float = 0.0  # streamed over the partial matrices (zeroed, reduced, gathered)
+    mem_bytes: float = 0.0  # streamed: partial matrices (zeroed, reduced, gathered), own blocks
     key_ops: float = 0.0  # table look-ups and row updates (per key, not per column)
     route_keys: float = 0.0  # keys hashed to their owner (a vectorised pass)
     bucket_keys: float = 0.0  # keys grouped by owner and segment (a stable sort by owner)

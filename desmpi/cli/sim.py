@@ -370,7 +370,8 @@ def add_commands(sub) -> None:
                         "extrapolate the network too)")
     s.add_argument("--reuse", default=None, metavar="JSON",
                    help="validate: analyse again the runs of an earlier validation.json "
-                        "(its models, variants, ranks, batch and repeats) instead of running")
+                        "(its models, variants, ranks, batch, repeats and network ranks) "
+                        "instead of running")
     s.add_argument("--models", default="lr,fm,wdl,deepfm")
     s.add_argument("--steps", type=int, default=6)
     s.add_argument("--repeats", type=int, default=1,

@@ -67,10 +67,10 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
     nnz = float(c.nnz.sum())
     R, W, seg = info.dims.R, info.dims.W, info.dims.seg
     own = nnz / P * R * 3  # pool, gradients, update of owned keys
-    # routing (below). Key operations: the owner's table
-    # look-ups (a random row) and each distinct owned row's update (an optimizer's update costs
-    # per row more than per column: the row and its slots); distinct rows per owner are bounded
-    # by the local batches' distinct keys summed over ranks
+    # key operations: the owner's table look-ups (a random row) and each distinct owned row's
+    # update (an optimizer's update costs per row more than per column: the row and its
+    # slots); distinct rows per owner are bounded by the local batches' distinct keys summed
+    # over ranks
     upd = c.distinct.sum() / P  # also the distinct keys a ps rank pulls and pushes
     # where keys enter, DES hashes each to its owner (a mask); a2a and des-a2a group the local
     # batch's keys by owner and bag or sample for their Alltoallv, ps deduplicates them first

@@ -3,10 +3,13 @@
 1. the network: ``desmpi bench comm`` at each network P (by default every P > 1 of the runs:
    a micro-benchmark, as a cluster file or OSU numbers describe a target cluster, not a
    training run), α and β fitted per P (one node: ranks share memory, and past the core count
-   they share cores too), and γ (reduction rate) from ``desmpi bench compute``;
-2. every (model, variant, P) case runs ``repeats`` times; its measured collective time comes
-   from the run's own counters (the rank that waits least: the others add their wait for the
-   slowest), its compute time is the step time less that;
+   they share cores too), and γ (reduction rate) and the sparse rates' ratios from ``desmpi
+   bench compute`` on the runs' own keys;
+2. every (model, variant, P) case runs ``repeats`` times, repeat after repeat over all cases;
+   its measured collective time comes from the run's own counters (the rank that waits least:
+   the others add their wait for the slowest), its compute time is the step time less that.
+   Steps 1-2 are :func:`measure`, kept in the report; ``--reuse`` runs 3-5 (:func:`analyse`)
+   again on them;
 3. **communication first**: each case's predicted collective time against the measured one;
 4. compute rates and the node's contention are fitted to the *measured compute time* of the
    training runs at P = 1 and the calibrated P — never to a residual that would absorb network
@@ -166,7 +169,7 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
     one fitted at ``network_source(P, network_ranks)`` (``network_ranks = calibrate_ranks``
     extrapolates the network too, as from a smaller cluster). ``reuse``: the ``measurements``
     of an earlier report (:func:`measure`): its runs are analysed again instead of new ones
-    (models, variants, ranks, batch, steps and repeats are then the report's).
+    (models, variants, ranks, batch, steps, repeats and network ranks are then the report's).
     """
     if reuse is None:
         if calibrate_ranks is not None:
@@ -282,8 +285,8 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
             out.append(c)
     groups = groups_of(out, cores)
     held = groups["held_out_P"]
-    # how far one run lands from its case's median (the median run itself left out): the
-    # floor under any prediction's error
+    # how far one run lands from its case's median (the closest run left out: with an odd
+    # count, the median run itself): the floor under any prediction's error
     dev = [d for c in out for d in sorted(
         abs(r["step_time_s"] - c["measured_step_time_s"]) / c["measured_step_time_s"]
         for r in by_case[(c["model"], c["variant"], c["P"])])[1:]] or [0.0]
