@@ -80,6 +80,8 @@ class Net:
 
     def _acc(self, lvl: Level, m, reps: int = 1) -> None:
         """Accumulate the spread of ``reps`` rounds of steps of m bytes on ``lvl``."""
+        if not lvl.curve_sd_s:  # no measured spread: nothing to accumulate
+            return
         sd = lvl.spread(np.asarray(m, dtype=np.float64))
         self.var += reps * float(np.sum(sd ** 2))
         self.lock += reps * float(np.sum(sd)) * self._emax
