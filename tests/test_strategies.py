@@ -74,6 +74,17 @@ def test_distinct_counts_both_paths_agree():
     fast = _distinct(a, b, kr, b, P)
     slow = _distinct(a + (1 << 61), b, kr, b, P)  # too large for the one-code path
     assert np.array_equal(fast, slow) and fast.sum() == len(set(zip(a.tolist(), b.tolist())))
+    # b ascending (a rank's keys in batch order): one stable sort by a, the same counts, each
+    # pair counted at its first item's (rank, owner)
+    bs, own = np.sort(b), rng.integers(0, P, 500)
+    want = np.zeros((P, P), np.int64)
+    seen = set()
+    for i, (x, y) in enumerate(zip(a.tolist(), bs.tolist())):
+        if (x, y) not in seen:
+            seen.add((x, y))
+            want[kr[i], own[i]] += 1
+    for shift in (0, 1 << 61):
+        assert np.array_equal(_distinct(a + shift, bs, kr, own, P), want)
 
 
 @pytest.mark.parametrize("P", [2, 3, 8])

@@ -71,7 +71,10 @@ def _distinct(a: np.ndarray, b: np.ndarray, kr: np.ndarray, own: np.ndarray, P: 
     if amax >= 0 and int(a.min()) >= 0 and amax < (1 << 62) // P:  # one sortable int64 code
         _, idx = np.unique(a * P + b, return_index=True)
         return np.bincount(kr[idx] * P + own[idx], minlength=P * P).reshape(P, P)
-    order = np.lexsort((b, a))
+    # sorted by (a, b); where b already ascends in batch order (a rank's keys: ranks hold
+    # consecutive samples), one stable sort by a keeps it ascending within equal a
+    order = np.argsort(a, kind="stable") if bool(np.all(b[1:] >= b[:-1])) else \
+        np.lexsort((b, a))
     sa, sb = a[order], b[order]
     first = np.ones(sa.shape[0], dtype=bool)
     first[1:] = (sa[1:] != sa[:-1]) | (sb[1:] != sb[:-1])
