@@ -96,16 +96,21 @@ def _whatif(a, comm: Comm) -> int:
     return 0
 
 
+def _command() -> str:
+    """This process's command line, as a report names it."""
+    import shlex
+    import sys
+
+    return "desmpi " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+
+
 def _write_tables(out: Path, rows, cfg, a, xs, rec) -> None:
     with open(out / "whatif.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    import shlex
-    import sys
-
     L = [f"# What-if: {cfg.model.name} ({a.config})", "",
-         "Command: `desmpi " + " ".join(shlex.quote(x) for x in sys.argv[1:]) + "`", "",
+         f"Command: `{_command()}`", "",
          f"Ranks {a.ranks}; batch {a.batch or cfg.train.batch_size}; clusters "
          f"{', '.join(a.cluster)}; algorithms: {a.algorithm}. Step time = modelled "
          "collectives + compute (no overlap).", "",
@@ -209,11 +214,7 @@ def _validate(a, comm: Comm) -> int:
                    network_ranks=_ints(a.network_ranks) if a.network_ranks else None,
                    reuse=reuse)
     if reuse is None:  # the command that made the runs, for a later --reuse's report
-        import shlex
-        import sys
-
-        rep["measurements"]["command"] = "desmpi " + " ".join(shlex.quote(x)
-                                                               for x in sys.argv[1:])
+        rep["measurements"]["command"] = _command()
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "validation.json").write_text(json.dumps(rep, indent=1))
@@ -275,10 +276,7 @@ GROUPS = {"in_sample": "in-sample (P and model the compute fit saw)",
 
 
 def validation_markdown(rep: dict) -> str:
-    import shlex
-    import sys
-
-    cmd = "desmpi " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    cmd = _command()
     runs = rep.get("measurements", {}).get("command", cmd)
     L = ["# Simulator against real runs on this machine", "",
          f"Command: `{cmd}`" + ("" if runs == cmd else f" (the runs: `{runs}`)"), "",

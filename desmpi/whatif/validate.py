@@ -172,13 +172,22 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
     (models, variants, ranks, batch, steps, repeats and network ranks are then the report's).
     """
     if reuse is None:
-        if calibrate_ranks is not None:
-            missing = [P for P in calibrate_ranks if P > 1 and P not in ranks]
-            if missing:
-                raise ValueError(f"--calibrate-ranks {missing} not in --ranks {ranks}: the "
-                                 "calibration needs the training runs at those P too")
+        _calibrated(calibrate_ranks, ranks)  # a bad choice fails before any run
         reuse = measure(models, variants, ranks, batch, steps, repeats, network_ranks, workdir)
     return analyse(reuse, calibrate_ranks, workdir)
+
+
+def _calibrated(calibrate_ranks: list[int] | None, ranks: list[int]) -> list[int]:
+    """The rank counts > 1 whose runs fit the compute (by default the smallest P > 1 of
+    ``ranks``); each must be among ``ranks``."""
+    if calibrate_ranks is None:
+        calibrate_ranks = sorted(P for P in ranks if P > 1)[:1]
+    calibrated = sorted({P for P in calibrate_ranks if P > 1})
+    missing = [P for P in calibrated if P not in ranks]
+    if missing:
+        raise ValueError(f"--calibrate-ranks {missing} not in --ranks {ranks}: the calibration "
+                         "needs the training runs at those P too")
+    return calibrated
 
 
 def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
@@ -189,14 +198,7 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
     models, ranks = meas["models"], meas["ranks"]
     variants = parse_list(",".join(meas["variants"]))
     batch, steps, cores = meas["batch"], meas["steps"], meas["cores"]
-    above = sorted(P for P in ranks if P > 1)
-    if calibrate_ranks is None:
-        calibrate_ranks = above[:1]
-    calibrated = sorted({P for P in calibrate_ranks if P > 1})
-    missing = [P for P in calibrated if P not in ranks]
-    if missing:
-        raise ValueError(f"--calibrate-ranks {missing} not in --ranks {ranks}: the calibration "
-                         "needs the training runs at those P too")
+    calibrated = _calibrated(calibrate_ranks, ranks)
     net_P = meas["network_ranks"]
     fit_P = {1, *calibrated}
     bench = meas["bench_compute"]
