@@ -45,6 +45,55 @@ def normal01(seed, key, j):
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
+@njit(cache=True)
+def distinct_pair_counts(a, b, r, c, p):
+    """(p, p) count of the distinct (a[i], b[i]) pairs, each counted once at [r[i], c[i]] of
+    its first occurrence i. a, b: (n,) int64, any values; r, c: (n,) int64 in [0, p).
+
+    One pass over an open-addressing hash table (linear probing, load <= 1/2): O(n), where a
+    sort-based count (``np.unique``) is O(n log n). Where ``a`` is grouped (non-decreasing)
+    and b small, :func:`grouped_pair_counts` needs no table.
+    """
+    n = a.shape[0]
+    cap = 2
+    while cap < 2 * n:
+        cap *= 2
+    mask = _U64(cap - 1)
+    ta = np.empty(cap, dtype=np.int64)
+    tb = np.empty(cap, dtype=np.int64)
+    used = np.zeros(cap, dtype=np.bool_)
+    out = np.zeros((p, p), dtype=np.int64)
+    for i in range(n):
+        x = a[i]
+        y = b[i]
+        h = np.int64(mix64(_U64(x) ^ mix64(_U64(y) + _U64(0x9E3779B97F4A7C15))) & mask)
+        while used[h] and not (ta[h] == x and tb[h] == y):
+            h = np.int64(_U64(h + 1) & mask)
+        if not used[h]:
+            used[h] = True
+            ta[h] = x
+            tb[h] = y
+            out[r[i], c[i]] += 1
+    return out
+
+
+@njit(cache=True)
+def grouped_pair_counts(a, b, r, c, p, nb):
+    """:func:`distinct_pair_counts` for non-decreasing ``a`` and b in [0, nb): a pair is new
+    when b was not yet seen in the current run of equal a (one (nb,) array of the run each b
+    was last seen in; one sequential pass)."""
+    last = np.full(nb, -1, dtype=np.int64)
+    out = np.zeros((p, p), dtype=np.int64)
+    g = -1
+    for i in range(a.shape[0]):
+        if i == 0 or a[i] != a[i - 1]:
+            g = i
+        if last[b[i]] != g:
+            last[b[i]] = g
+            out[r[i], c[i]] += 1
+    return out
+
+
 @njit(cache=True, inline="always")
 def key_stream(seed, key):
     """A 64-bit state of (seed, key) from which :func:`approx_normal` draws a row's values."""

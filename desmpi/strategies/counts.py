@@ -14,7 +14,7 @@ import numpy as np
 from desmpi.data import keycodec
 from desmpi.data.batch import Batch
 from desmpi.data.slicing import split_counts
-from desmpi.kernels.hashing import owners
+from desmpi.kernels.hashing import distinct_pair_counts, grouped_pair_counts, owners
 
 
 @dataclass(frozen=True)
@@ -64,22 +64,15 @@ def count_step(b: Batch, P: int, onehot: bool | None = None, weighted: bool | No
 
 def _distinct(a: np.ndarray, b: np.ndarray, kr: np.ndarray, own: np.ndarray, P: int
               ) -> np.ndarray:
-    """(P, P) count of distinct (a, b) pairs, by (rank kr, owner own) of their first item."""
+    """(P, P) count of distinct (a, b) pairs, by (rank kr, owner own) of their first item.
+    b: (n,) in [0, P) (a rank or an owner)."""
     if a.shape[0] == 0:
         return np.zeros((P, P), dtype=np.int64)
-    amax = int(a.max())
-    if amax >= 0 and int(a.min()) >= 0 and amax < (1 << 62) // P:  # one sortable int64 code
-        _, idx = np.unique(a * P + b, return_index=True)
-        return np.bincount(kr[idx] * P + own[idx], minlength=P * P).reshape(P, P)
-    # sorted by (a, b); where b already ascends in batch order (a rank's keys: ranks hold
-    # consecutive samples), one stable sort by a keeps it ascending within equal a
-    order = np.argsort(a, kind="stable") if bool(np.all(b[1:] >= b[:-1])) else \
-        np.lexsort((b, a))
-    sa, sb = a[order], b[order]
-    first = np.ones(sa.shape[0], dtype=bool)
-    first[1:] = (sa[1:] != sa[:-1]) | (sb[1:] != sb[:-1])
-    idx = order[first]
-    return np.bincount(kr[idx] * P + own[idx], minlength=P * P).reshape(P, P)
+    if int(b.min()) < 0 or int(b.max()) >= P:
+        raise ValueError(f"b must lie in [0, {P})")
+    if bool(np.all(a[1:] >= a[:-1])):  # bags and samples: grouped in batch order
+        return grouped_pair_counts(a, b, kr, own, P, P)
+    return distinct_pair_counts(a, b, kr, own, P)
 
 
 @dataclass(frozen=True)
