@@ -153,16 +153,17 @@ def codec_cost(B: int, dims: ModelDims, methods: dict[str, Wire], reps: int = 15
             continue
         ts = []
         thr = compressed.Threshold(every=w.every) if w.dense == "threshold" else None
+        bufs = compressed.Buffers()  # reused from step to step, as a strategy keeps one
         res = np.zeros_like(g0)
         zout = np.empty(B * dims.W, np.float32)
         for _ in range(reps):
             z, g = z0.copy(), g0.copy()
             t0 = time.perf_counter()
             if w.partials != "none":
-                compressed.reduce_scatter(comm, z, n, w.partials, zout, w.ratio)
-                compressed.allgatherv(comm, z, n, w.partials, zout, w.ratio)
+                compressed.reduce_scatter(comm, z, n, w.partials, zout, w.ratio, bufs)
+                compressed.allgatherv(comm, z, n, w.partials, zout, w.ratio, bufs)
             if w.dense != "none":
-                compressed.allreduce(comm, g, w.dense, res, w.ratio, thr=thr)
+                compressed.allreduce(comm, g, w.dense, res, w.ratio, bufs, thr)
             ts.append(time.perf_counter() - t0)
         out[name] = statistics.median(ts)
     return out

@@ -34,6 +34,29 @@ def test_topk_keeps_the_largest():
     assert topk_count(10, 0.1) == 1 and topk_count(0, 0.5) == 0 and topk_count(3, 1.0) == 3
 
 
+def test_topk_selection_matches_a_sort_with_ties_by_index():
+    """The radix selection keeps, per chunk, what a full sort by (-|x|, index) keeps: chunks
+    of any size, many tied magnitudes (±0 and rounded values), ratios up to 1."""
+    rng = np.random.default_rng(3)
+    for trial in range(120):
+        n = int(rng.integers(1, 400))
+        x = rng.normal(size=n).astype(np.float32) * np.float32(10.0 ** rng.integers(-6, 6))
+        if trial % 2:
+            x = np.round(x).astype(np.float32)  # many ties, zeros of both signs
+            x[: n // 3] *= -1
+        bounds = np.unique(np.concatenate([[0, n], rng.integers(0, n, int(rng.integers(0, 4)))]))
+        ratio = float(rng.choice([0.01, 0.1, 0.37, 1.0]))
+        words, _ = pack_topk(x, bounds, ratio)
+        got, want, off = [], [], 0
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            k = topk_count(int(hi - lo), ratio)
+            w = words[off:off + 3 * k]
+            off += 3 * k
+            got += (lo + (w[:k].astype(np.int64) | (w[k:2 * k].astype(np.int64) << 16))).tolist()
+            want += sorted((lo + np.lexsort((np.arange(hi - lo), -np.abs(x[lo:hi])))[:k]).tolist())
+        assert off == words.size and got == want, trial
+
+
 def test_fp16_kernels_match_numpy_bit_for_bit():
     """Every half decodes as NumPy decodes it; float32 bit patterns (normals, subnormals, ties,
     overflow, inf) encode to NumPy's half (NaN: any NaN)."""
