@@ -108,6 +108,12 @@ def test_a_damaged_calibration_cache_is_measured_again(data, tmp_path):
         assert p.returncode == 0, p.stderr[-2000:]
         files = list((tmp_path / "cache").glob("cluster-*.json"))
         assert len(files) == 1 and set(CACHED) <= set(json.loads(files[0].read_text()))
+    # the sparse rates were measured on this data's first batch: another batch is measured anew
+    assert json.loads(files[0].read_text())["data"].endswith(":512")
+    p = subprocess.run([*cmd[:-1], "train.steps=1", "--set", "train.batch_size=256"],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert len(list((tmp_path / "cache").glob("cluster-*.json"))) == 2
 
 
 def test_trial_measures_candidates_and_the_model_stays_the_single_process_one(data, tmp_path):

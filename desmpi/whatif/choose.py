@@ -8,9 +8,10 @@ run of that variant (equivalence and exact byte plans hold as for any other).
 
 The cluster at hand (``dist.cluster = "auto"``): ranks per node from MPI (shared-memory
 split), α and β fitted to a short ``bench comm`` over the run's own ranks, γ and compute rates
-from ``bench compute`` on rank 0; cached per (host set, P) under ``$DESMPI_CACHE`` (default
-``~/.cache/desmpi``) so later runs start at once. A preset or cluster TOML skips the
-measurement (compute rates are then the file's).
+from ``bench compute`` on rank 0, its sparse rates on the run's first batch (the table's size
+and the keys' repeats set their cache hits); cached per (host set, P, data file, batch) under
+``$DESMPI_CACHE`` (default ``~/.cache/desmpi``) so later runs start at once. A preset or
+cluster TOML skips the measurement (compute rates are then the file's).
 """
 
 from __future__ import annotations
@@ -69,22 +70,31 @@ class Choice:
         return d
 
 
-def _cache_path(comm: Comm) -> Path:
+def _cache_path(comm: Comm, data: str = "") -> Path:
     hosts = sorted(set(comm.allgather_object(socket.gethostname())))
-    key = hashlib.sha256(json.dumps([hosts, comm.size]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([hosts, comm.size, data]).encode()).hexdigest()[:16]
     root = Path(os.environ.get("DESMPI_CACHE", Path.home() / ".cache" / "desmpi"))
     return root / f"cluster-{key}.json"
 
 
-def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
-    """The cluster the run is on (module docstring); collective over ``comm``."""
+def data_id(ds: CtrDataset, B: int) -> str:
+    """What the sparse rates depend on: the data file (path, size, modification time) and the
+    batch of the rows they are measured on."""
+    st = os.stat(ds.path)
+    return f"{os.path.realpath(ds.path)}:{st.st_size}:{st.st_mtime_ns}:{B}"
+
+
+def cluster_at_hand(comm: Comm, spec: str = "auto", batch=None, data: str = "") -> Cluster:
+    """The cluster the run is on (module docstring); collective over ``comm``. ``batch``: the
+    rows bench compute measures the sparse rates on (rank 0; None: random keys); ``data``:
+    their :func:`data_id`, part of the cache key."""
     nodes, ppn = comm.node_layout()
     if spec != "auto":
         cl = load_cluster(spec)
         return replace(cl, nodes=nodes, ranks_per_node=ppn)
     from desmpi.bench.comm import bench_comm, bench_compute, fit_network
 
-    path = _cache_path(comm)
+    path = _cache_path(comm, data)
     cached = None
     if comm.rank == 0 and path.exists():
         try:
@@ -97,12 +107,13 @@ def cluster_at_hand(comm: Comm, spec: str = "auto") -> Cluster:
     cached = comm.bcast_object(cached)
     if cached is None:
         samples = bench_comm(comm, list(PROBE_BYTES), repeats=3) if comm.size > 1 else []
-        rates = bench_compute(repeats=3) if comm.rank == 0 else None
+        rates = bench_compute(repeats=3, batch=batch) if comm.rank == 0 else None
         cached = None
         if comm.rank == 0:
             lvl = fit_network(samples)[0] if samples else Level(0.0, float("inf"))
             cached = {"latency_s": lvl.latency_s, "bandwidth_Bps": lvl.bandwidth_Bps,
-                      "reduce_Bps": rates["reduce_Bps"], **{k: rates[k] for k in RATES}}
+                      "reduce_Bps": rates["reduce_Bps"], **{k: rates[k] for k in RATES},
+                      "data": data}
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -139,7 +150,11 @@ def choose(cfg, comm: Comm, ds: CtrDataset) -> Choice:
     if comm.size == 1 or len(cands) == 1:
         # one rank: every variant is the single-process model with no traffic
         return Choice(cands[0].name, None, None, [], "one rank" if comm.size == 1 else "", 0.0)
-    cluster = cluster_at_hand(comm, cfg.dist.cluster)
+    B = min(cfg.train.batch_size, ds.n)
+    auto = cfg.dist.cluster == "auto"
+    cluster = cluster_at_hand(comm, cfg.dist.cluster,
+                              ds.read(0, B) if auto and comm.rank == 0 else None,
+                              data_id(ds, B) if auto else "")
     ranking = rank_variants(ds, cfg, comm.size, cluster, cands) if comm.rank == 0 else None
     ranking = comm.bcast_object(ranking)
     best = ranking[0]
