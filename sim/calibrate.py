@@ -84,8 +84,8 @@ KEY_TERMS = (("key_ops", "keys_per_s"), ("route_keys", "route_keys_per_s"),
 
 
 def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]],
-                max_contention: float = 1.0, costs: dict[str, float] | None = None
-                ) -> tuple[ComputeRates, Fit]:
+                max_contention: float = 1.0, costs: dict[str, float] | None = None,
+                per_call_s: float | None = None) -> tuple[ComputeRates, Fit]:
     """Overhead, GEMM flop/s, sparse key-columns/s, per-call cost, memory rate, the per-key
     rates (:data:`KEY_TERMS`: key operations, routed, bucketed and sorted keys per second) and
     node contention from (work, seconds[, busy cores of the node]) samples.
@@ -102,6 +102,9 @@ def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]
     key-columns as one instead of fitting its rate apart: samples
     whose models share a row width cannot tell them apart, and a model of another width (LR's
     one column against FM's seventeen) is then predicted from the fit without it.
+
+    ``per_call_s``: the software cost of a collective call, measured apart (e.g. where no
+    network is crossed); the samples' times include it, and it is not fitted.
     """
     work = [s[0] for s in samples]
     y = np.array([s[1] for s in samples])
@@ -120,15 +123,22 @@ def fit_compute(samples: list[tuple[Work, float]] | list[tuple[Work, float, int]
                 raise ValueError(f"a key cost must be > 0, not {c}")
             X[:, 2] += c * X[:, col]
             X[:, col] = 0.0
+    known = np.zeros(len(y))
+    if per_call_s is not None:
+        if not per_call_s >= 0:
+            raise ValueError(f"per_call_s must be >= 0, not {per_call_s}")
+        known, X[:, 3] = X[:, 3] * per_call_s, 0.0
     grid = np.arange(0.0, max_contention + 1e-9, 0.01) if (busy > 1).any() else np.zeros(1)
     best = None
     for k in grid:
         f = 1.0 + k * np.log2(busy)
-        x = _nnls(X, y / f, f / y)  # relative errors of the slowed time
-        err = _errors((X @ x) * f, y)
+        x = _nnls(X, y / f - known, f / y)  # relative errors of the slowed time
+        err = _errors((X @ x + known) * f, y)
         if best is None or err[0] < best[0][0] - 1e-12:
             best = (err, x, float(k))
     (rms, med), x, k = best
+    if per_call_s is not None:
+        x[3] = per_call_s
     o, ig, ik, ic, im = x[:5]
     inv = [ik * c if c is not None else v for c, v in zip(cost, x[5:])]
 

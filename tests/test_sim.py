@@ -280,6 +280,29 @@ def test_compute_fit_recovers_node_contention():
         pytest.approx(1 + 0.3 * 4)
 
 
+def test_compute_fit_with_a_measured_per_call_cost():
+    """A per-call cost measured apart (validate: a P = 1 run's collective time a call) is kept
+    as given, not fitted, and the other rates and the contention are recovered around it;
+    samples that cannot tell calls from overhead (two calls a step each) still predict."""
+    true = ComputeRates(gemm_flops=5e10, sparse_keys_per_s=1e8, overhead_s=2e-4,
+                        per_call_s=9e-5, contention=0.2)
+    rng = np.random.default_rng(4)
+    samples = []
+    for busy in (1, 2, 4):
+        for _ in range(8):
+            w = Work(rng.uniform(1e8, 1e10), rng.uniform(1e5, 1e7), 2.0)
+            samples.append((w, compute_time(w, true, busy=busy), busy))
+    rates, fit = fit_compute(samples, per_call_s=9e-5)
+    assert rates.per_call_s == 9e-5 and rates.overhead_s == pytest.approx(2e-4, rel=1e-6)
+    assert rates.contention == pytest.approx(0.2, abs=1e-9) and fit.rel_rms < 1e-9
+    assert rates.gemm_flops == pytest.approx(5e10, rel=1e-6)
+    # fitted instead, the per-call cost and the overhead trade off (calls never vary)
+    free, _ = fit_compute(samples)
+    assert free.overhead_s + 2 * free.per_call_s == pytest.approx(2e-4 + 2 * 9e-5, rel=1e-6)
+    with pytest.raises(ValueError, match="per_call_s must be >= 0"):
+        fit_compute(samples, per_call_s=-1e-6)
+
+
 def test_cluster_busy_cores_and_contention_key(tmp_path):
     cl = Cluster("c", 2, 8, Level(1e-6, 1e10), Level(1e-6, 1e9))
     assert cl.busy_cores == 8

@@ -269,8 +269,8 @@ GROUPS = {"in_sample": "in-sample (P and model the compute fit saw)",
           "held_out_P": "held out by P (the fit never saw this P)",
           "held_out_model": "held out by model (leave-one-model-out fit), fitted P",
           "held_out_model_and_P": "held out by model and by P",
-          "communication": "collective time alone (network model vs the least-waiting rank's "
-                           "counters)",
+          "communication": "collective time alone (network model + each call's software "
+                           "cost vs the least-waiting rank's counters)",
           "communication_within_cores": "collective time alone, at most one rank a core",
           "communication_oversubscribed": "collective time alone, more ranks than cores"}
 
@@ -285,7 +285,13 @@ def validation_markdown(rep: dict) -> str:
          f"at P = {rep.get('network_ranks', rep['calibrated_ranks'])} (a run at another P takes "
          "the largest measured P below it), compute fitted to the measured compute time (step "
          "time less the run's own collective time) of the training runs at P = "
-         f"{rep['calibration']['compute']['fitted_on_P']}; every other P is held out.", "",
+         f"{rep['calibration']['compute']['fitted_on_P']}; every other P is held out."
+         + (f" Each collective call's software cost (desmpi.comm's wrapper, mpi4py, buffers), "
+            f"{rep['calibration']['compute']['per_call_s'] * 1e6:.0f} µs, is measured where no "
+            "network is crossed (a P = 1 run's collective time per call, median over the "
+            "P = 1 cases) and added to every predicted collective time (the step charges it "
+            "as the compute model's per-call cost, not fitted)."
+            if rep["calibration"]["compute"].get("per_call_measured") else ""), "",
          *([f"Run-to-run spread (the floor under any error here): a run's step time lies "
             f"{rep['run_spread']['median_abs_dev_from_case_median']:.1%} from its case's "
             f"median (median over the runs other than the median one; 90th percentile "

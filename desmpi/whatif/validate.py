@@ -10,7 +10,11 @@
    the others add their wait for the slowest), its compute time is the step time less that.
    Steps 1-2 are :func:`measure`, kept in the report; ``--reuse`` runs 3-5 (:func:`analyse`)
    again on them;
-3. **communication first**: each case's predicted collective time against the measured one;
+3. **communication first**: each case's predicted collective time against the measured one.
+   The counters hold each call's software cost (desmpi.comm's wrapper, mpi4py, buffers) beside
+   the network's: measured where no network is crossed — a P = 1 run's collective time per
+   call, median over the P = 1 cases — it is added to every prediction's collectives (and
+   charged in the step as the compute model's per-call cost, not fitted);
 4. compute rates and the node's contention are fitted to the *measured compute time* of the
    training runs at P = 1 and the calibrated P — never to a residual that would absorb network
    error; a run at any other P is held out by P;
@@ -242,9 +246,19 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
                         "planned_wire_bytes_per_step": prof.wire_bytes,
                         "counted_wire_bytes_total": s["wire_bytes_total"],
                         "planned_wire_bytes_total": prof.wire_total})
-        # communication first: the network model against the runs' own collective time
+        # each call's software cost: a P = 1 run's collective time crosses no network
+        sw = [c["measured_comm_s"] / c["prof"].work.calls for c in cases
+              if c["P"] == 1 and c["prof"].work.calls > 0]
+        per_call = statistics.median(sw) if sw else None
+        if per_call is not None:
+            log.info("collectives' software cost %.1f us a call (median of %d P = 1 cases)",
+                     per_call * 1e6, len(sw))
+        # communication first: the network model (and the software cost) against the runs'
+        # own collective time
         for c in cases:
-            c["predicted_comm_s"] = comm_time(c["prof"], cluster_at(c["P"], _NO_RATES))
+            c["predicted_network_s"] = comm_time(c["prof"], cluster_at(c["P"], _NO_RATES))
+            c["predicted_comm_s"] = c["predicted_network_s"] + \
+                (per_call or 0.0) * c["prof"].work.calls
             c["comm_error"] = ((c["predicted_comm_s"] - c["measured_comm_s"])
                                / c["measured_comm_s"]) \
                 if c["P"] > 1 and c["measured_comm_s"] > 0 else None  # P = 1: local copies
@@ -252,14 +266,16 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
                                           1e-9)
 
         def fit(exclude_model: str | None) -> ComputeRates:
-            samples = [(c["prof"].work, c["measured_compute_s"],
+            # the compute model's time includes the per-call software cost the counters hold
+            samples = [(c["prof"].work,
+                        c["measured_compute_s"] + (per_call or 0.0) * c["prof"].work.calls,
                         cluster_at(c["P"], _NO_RATES).busy_cores)
                        for c in cases if c["P"] in fit_P and c["model"] != exclude_model]
             if len(samples) < 4:
                 raise ValueError(f"only {len(samples)} calibration runs"
                                  f"{' without ' + exclude_model if exclude_model else ''}; the "
                                  "compute fit needs 4 (more models or variants, or other P)")
-            return fit_compute(samples, costs=costs)[0]
+            return fit_compute(samples, costs=costs, per_call_s=per_call)[0]
 
         rates = fit(None)
         per_model = {m: fit(m) for m in models} if len(models) > 1 else {}
@@ -301,6 +317,7 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
                                         "sparse_keys_per_s": rates.sparse_keys_per_s,
                                         "overhead_s": rates.overhead_s,
                                         "per_call_s": rates.per_call_s,
+                                        "per_call_measured": per_call is not None,
                                         "contention": rates.contention,
                                         "mem_Bps": rates.mem_Bps,
                                         **{r: getattr(rates, r) for _, r in KEY_TERMS},
