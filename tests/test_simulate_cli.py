@@ -146,3 +146,67 @@ def test_validation_groups_keep_held_out_and_oversubscribed_cases_apart():
     assert g["communication"]["cases"] == 3  # P = 1 moves nothing
     assert g["communication_within_cores"]["cases"] == 1
     assert g["communication_oversubscribed"]["median_abs_error"] == pytest.approx(0.85)
+
+
+def test_analyse_predicts_runs_of_a_known_machine_back(tmp_path):
+    """Runs made up from a known machine — one network level, compute rates, and a software
+    cost on every collective call that the run's counters hold beside the network's — are
+    predicted back exactly: the per-call cost comes from the P = 1 runs' counters, the rates
+    from the compute fit, and the P = 4 runs (held out) follow."""
+    from desmpi.config import load
+    from desmpi.data.h5 import CtrDataset
+    from desmpi.variants import parse_list
+    from desmpi.whatif.simulate import ModelInfo, comm_time, profile
+    from desmpi.whatif.validate import _config_path, _data, analyse
+    from sim.accounting import Layout
+    from sim.cluster import Cluster, ComputeRates, Level
+    from sim.collectives import cost
+    from sim.compute import compute_time
+    from sim.selection import select
+
+    lvl, sw = Level(2e-5, 2e9), 9e-5
+    true = ComputeRates(gemm_flops=3e10, sparse_keys_per_s=4e8, overhead_s=3e-4,
+                        per_call_s=sw, mem_Bps=5e9, keys_per_s=4e7, route_keys_per_s=2e8,
+                        bucket_keys_per_s=6e7, sort_keys_per_s=3e7)
+    models, variants, ranks, batch, steps, cores = ["lr", "fm"], "des,des-rs,ps", [1, 2, 4], \
+        256, 2, 4
+    bench_comm = {}
+    for P in (2, 4):
+        rows = []
+        for n in (1024, 65536, 1 << 20):
+            alg = select("mpich", "allreduce", P, n, nodes=1, ppn=P)
+            t = cost("allreduce", alg, P, n, lvl.latency_s, 1 / lvl.bandwidth_Bps)
+            rows.append({"kind": "allreduce", "P": P, "n": n, "time_s": t})
+        bench_comm[str(P)] = rows
+    ds = CtrDataset(_data(str(tmp_path), batch, steps), in_memory=True)
+    runs = []
+    for m in models:
+        cfg = load(_config_path(m), [f"data.train={ds.path}"])
+        info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, "float32",
+                                     parse_list(variants))
+        for v in parse_list(variants):
+            for P in ranks:
+                p = profile(ds, info, P, batch, steps, [v], layout=Layout("mpich", 1))[0]
+                cl = Cluster("made up", 1, P, lvl, lvl, cores, true)
+                net = comm_time(p, cl) if P > 1 else 0.0
+                step = net + compute_time(p.work, true, busy=P)
+                runs.append({"model": m, "variant": v.name, "P": P, "runs": [{
+                    "step_time_s": step, "comm_time_s_per_step_min": net + sw * p.work.calls,
+                    "comm_time_s_per_step": net + sw * p.work.calls,
+                    "wire_bytes_per_step": p.wire_bytes, "wire_bytes_total": p.wire_total,
+                    "mpi": "mpich", "ranks_per_node": 1}]})
+    meas = {"models": models, "variants": [v.name for v in parse_list(variants)],
+            "ranks": ranks, "batch": batch, "steps": steps, "repeats": 1, "network_ranks": [2, 4],
+            "cores": cores, "bench_comm": bench_comm, "runs": runs,
+            "bench_compute": {"sparse_keys_per_s": 4e8, "keys_per_s": 4e7,
+                              "route_keys_per_s": 2e8, "bucket_keys_per_s": 6e7,
+                              "sort_keys_per_s": 3e7, "reduce_Bps": 0.0}}
+    rep = analyse(meas, workdir=str(tmp_path))
+    assert rep["calibration"]["compute"]["per_call_s"] == pytest.approx(sw, rel=1e-9)
+    assert rep["calibration"]["compute"]["per_call_measured"]
+    for c in rep["cases"]:
+        assert abs(c["error"]) < 1e-6, c
+        assert c["bytes_equal"]
+        if c["P"] > 1:  # the counters: the network and each call's software cost
+            assert abs(c["comm_error"]) < 1e-6, c
+    assert rep["groups"]["held_out_P"]["cases"] == 6
