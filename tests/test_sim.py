@@ -261,16 +261,23 @@ def test_compute_fit_recovers_the_routing_rates_and_checks_its_costs():
         fit_compute(samples, costs={"buckets": 1.0})
 
 
-def test_compute_fit_recovers_node_contention():
-    true = ComputeRates(gemm_flops=5e10, sparse_keys_per_s=1e8, overhead_s=2e-4,
-                        per_call_s=1e-5, contention=0.3)
-    rng = np.random.default_rng(2)
+def _on_busy_nodes(true: ComputeRates, seed: int, calls: float | None = None) -> list:
+    """(work, seconds, busy cores) samples of ``true`` on nodes with 1, 2 and 4 busy cores;
+    ``calls`` a step (None: 1-5 at random)."""
+    rng = np.random.default_rng(seed)
     samples = []
     for busy in (1, 2, 4):
         for _ in range(8):
-            w = Work(rng.uniform(1e8, 1e10), rng.uniform(1e5, 1e7), rng.integers(1, 6))
+            w = Work(rng.uniform(1e8, 1e10), rng.uniform(1e5, 1e7),
+                     rng.integers(1, 6) if calls is None else calls)
             samples.append((w, compute_time(w, true, busy=busy), busy))
-    rates, fit = fit_compute(samples)
+    return samples
+
+
+def test_compute_fit_recovers_node_contention():
+    true = ComputeRates(gemm_flops=5e10, sparse_keys_per_s=1e8, overhead_s=2e-4,
+                        per_call_s=1e-5, contention=0.3)
+    rates, fit = fit_compute(_on_busy_nodes(true, 2))
     assert rates.contention == pytest.approx(0.3, abs=1e-9)
     assert rates.gemm_flops == pytest.approx(5e10, rel=1e-6)
     assert rates.sparse_keys_per_s == pytest.approx(1e8, rel=1e-6)
@@ -286,12 +293,7 @@ def test_compute_fit_with_a_measured_per_call_cost():
     samples that cannot tell calls from overhead (two calls a step each) still predict."""
     true = ComputeRates(gemm_flops=5e10, sparse_keys_per_s=1e8, overhead_s=2e-4,
                         per_call_s=9e-5, contention=0.2)
-    rng = np.random.default_rng(4)
-    samples = []
-    for busy in (1, 2, 4):
-        for _ in range(8):
-            w = Work(rng.uniform(1e8, 1e10), rng.uniform(1e5, 1e7), 2.0)
-            samples.append((w, compute_time(w, true, busy=busy), busy))
+    samples = _on_busy_nodes(true, 4, calls=2.0)
     rates, fit = fit_compute(samples, per_call_s=9e-5)
     assert rates.per_call_s == 9e-5 and rates.overhead_s == pytest.approx(2e-4, rel=1e-6)
     assert rates.contention == pytest.approx(0.2, abs=1e-9) and fit.rel_rms < 1e-9
