@@ -33,59 +33,49 @@ def _bf16_bits(u: np.ndarray, out: np.ndarray) -> None:
             out[i] = np.uint16((b + 0x7FFF + ((b >> 16) & 1)) >> 16)
 
 
+_U32 = np.uint32
+_RINT = np.float32(12582912.0)  # 1.5·2^23: x + it − it rounds |x| < 2^22 to nearest even
+_SUB = np.float32(2.0 ** 24)  # a half subnormal's unit is 2**-24
+_SUB_INV = np.float32(2.0 ** -24)
+
+
 @nb.njit(cache=True, nogil=True)
-def _f16_bits(u: np.ndarray, out: np.ndarray) -> None:
+def _f16_bits(x: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
+    """x (float32) -> IEEE half bits, round to nearest even (u: x's bits). Branch-free so that
+    the loop vectorises: every element computes the three cases and keeps its own —
+    normal halves rebias the exponent and round the mantissa with an integer add (F. Giesen,
+    "float->half variants", 2016); subnormal ones are rint(|x| · 2**24) (exact in float32 for
+    |x| < 2**-14); |x| >= 65520 rounds to inf, NaN stays a quiet NaN."""
     for i in range(u.size):
         b = u[i]
-        sign = (b >> 16) & 0x8000
-        e = np.int64((b >> 23) & 0xFF)
-        m = b & 0x7FFFFF
-        if e == 0xFF:  # inf, NaN (kept quiet)
-            h = 0x7C00 | (0x200 | (m >> 13) if m else 0)
-        else:
-            e16 = e - 112  # rebias 127 -> 15
-            if e16 >= 0x1F:
-                h = 0x7C00
-            elif e16 <= 0:  # subnormal half (or zero)
-                if e16 < -10:
-                    h = 0
-                else:
-                    mm = m | 0x800000
-                    shift = np.uint32(14 - e16)
-                    h = mm >> shift
-                    rem = mm & ((np.uint32(1) << shift) - 1)
-                    halfway = np.uint32(1) << (shift - 1)
-                    if rem > halfway or (rem == halfway and (h & 1)):
-                        h += 1
-            else:
-                h = (np.uint32(e16) << 10) | (m >> 13)
-                rem = m & 0x1FFF
-                if rem > 0x1000 or (rem == 0x1000 and (h & 1)):
-                    h += 1  # a carry into the exponent is right (up to inf)
+        a = b & _U32(0x7FFFFFFF)
+        sign = (b >> _U32(16)) & _U32(0x8000)
+        # (15 - 127) << 23 as a wrapping uint32 add, plus the rounding bias 0xFFF (+1 if odd)
+        h_norm = (a + _U32(0xC8000FFF) + ((a >> _U32(13)) & _U32(1))) >> _U32(13)
+        r = (abs(x[i]) * _SUB + _RINT) - _RINT  # rint, ties to even
+        h_sub = _U32(r) if a < _U32(0x38800000) else _U32(0)
+        h_inf = _U32(0x7C00) | ((_U32(0x200) | ((a & _U32(0x7FFFFF)) >> _U32(13)))
+                                if a > _U32(0x7F800000) else _U32(0))
+        h = h_sub if a < _U32(0x38800000) else (h_norm if a < _U32(0x47800000) else h_inf)
         out[i] = np.uint16(sign | h)
 
 
 @nb.njit(cache=True, nogil=True)
 def _f16_to_f32(q: np.ndarray, out: np.ndarray) -> None:
+    """IEEE half bits -> float32, two branch-free passes that vectorise: the bits of normal,
+    inf and NaN halves, then subnormals and zeros as ±m · 2**-24 (exact)."""
     u = out.view(np.uint32)
     for i in range(q.size):
-        h = np.uint32(q[i])
-        sign = (h & 0x8000) << 16
-        e = (h >> 10) & 0x1F
-        m = h & 0x3FF
-        if e == 0:
-            if m == 0:
-                u[i] = sign
-            else:  # subnormal: normalise
-                ee = np.uint32(113)
-                while not (m & 0x400):
-                    m <<= 1
-                    ee -= 1
-                u[i] = sign | (ee << 23) | ((m & 0x3FF) << 13)
-        elif e == 31:
-            u[i] = sign | 0x7F800000 | (m << 13)
-        else:
-            u[i] = sign | ((e + 112) << 23) | (m << 13)
+        h = _U32(q[i])
+        e = (h >> _U32(10)) & _U32(0x1F)
+        m = (h & _U32(0x3FF)) << _U32(13)
+        sign = (h & _U32(0x8000)) << _U32(16)
+        u[i] = sign | (_U32(0x7F800000) | m if e == _U32(31) else ((e + _U32(112)) << _U32(23)) | m)
+    for i in range(q.size):
+        h = q[i]
+        v = np.float32(h & 0x3FF) * _SUB_INV
+        v = -v if h & 0x8000 else v
+        out[i] = v if (h & 0x7C00) == 0 else out[i]
 
 
 INT8_BLOCK = 64  # floats per int8 scale: 1 scale word per 32 data words (3% on the bytes)
@@ -100,8 +90,6 @@ def chunk_words(codec: str, m: int) -> int:
     """16-bit words of a chunk of m floats under a dense codec (bf16, fp16: one a float)."""
     return int8_words(m) if codec == "int8" else m
 
-
-_RINT = np.float32(12582912.0)  # 1.5·2^23: x + it − it rounds |x| < 2^22 to nearest even
 
 
 @nb.njit(cache=True, nogil=True)
@@ -232,7 +220,7 @@ def pack(codec: str, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray
     if codec == "bf16":
         _bf16_bits(x32.view(np.uint32), out)
     elif codec == "fp16":  # overflow is inf, caught by the step's checks
-        _f16_bits(x32.view(np.uint32), out)
+        _f16_bits(x32, x32.view(np.uint32), out)
     else:
         raise ValueError(f"unknown codec {codec!r}")
     return out
