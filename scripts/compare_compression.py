@@ -330,8 +330,7 @@ def write_markdown(path: Path, rep: dict, a) -> None:
           "step and rank. Step: median step time relative to none (same P) — batch-512 steps "
           "of a few milliseconds on a shared 2-vCPU machine, indicative only; the measured "
           "codec cost is in the last section."
-          + (" These runs come from an earlier run of this script: `python "
-             "scripts/compare_compression.py " + " ".join(rep["real_args"]["argv"]) + "`."
+          + (" These runs come from an earlier run of this script: " + _earlier(rep["real_args"])
              if rep.get("real_args") else ""),
           "",
           "| data | model | P | method | AUC | ΔAUC mean [min, max] | logloss | wire MB | "
@@ -379,6 +378,15 @@ def write_markdown(path: Path, rep: dict, a) -> None:
               f"8 steps in the same session; none {none * 1e3:.1f} ms per step."]
     L.append("")
     path.write_text("\n".join(L) + "\n")
+
+
+def _earlier(args: dict) -> str:
+    """The command of the run that made the real runs (its arguments where a report from
+    before the command line was kept has only them)."""
+    if "argv" in args:
+        return "`python scripts/compare_compression.py " + " ".join(args["argv"]) + "`."
+    keep = ("models", "ranks", "seeds", "batch", "epochs", "ratio", "variant")
+    return "its arguments " + ", ".join(f"{k} = {args[k]}" for k in keep if k in args) + "."
 
 
 def _spread(real, g) -> str:

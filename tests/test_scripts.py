@@ -30,6 +30,20 @@ def test_compare_strategies_quick(tmp_path):
     assert "Crossover" in md and "saving vs ps" in md
 
 
+def test_compare_compression_names_the_run_its_real_runs_came_from():
+    """--real-from: the report names the earlier command, or its arguments where a report from
+    before the command line was kept has only them."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from compare_compression import _earlier
+    finally:
+        sys.path.pop(0)
+    assert _earlier({"argv": ["--out", "d", "--models", "lr"]}) == \
+        "`python scripts/compare_compression.py --out d --models lr`."
+    assert _earlier({"models": "lr,fm", "ranks": "1,2", "seeds": 3, "out": "d"}) == \
+        "its arguments models = lr,fm, ranks = 1,2, seeds = 3."
+
+
 def test_compare_compression_quick(tmp_path):
     _run(["scripts/compare_compression.py", "--quick", "--models", "lr", "--out",
           str(tmp_path)], timeout=900)
