@@ -286,9 +286,9 @@ def validation_markdown(rep: dict) -> str:
          "the largest measured P below it), compute fitted to the measured compute time (step "
          "time less the run's own collective time) of the training runs at P = "
          f"{rep['calibration']['compute']['fitted_on_P']}; every other P is held out."
-         + (f" Each collective call's software cost (desmpi.comm's wrapper, mpi4py, buffers), "
-            f"{rep['calibration']['compute']['per_call_s'] * 1e6:.0f} µs, is measured where no "
-            "network is crossed (a P = 1 run's collective time per call, median over the "
+         + (" Each collective call's software cost (desmpi.comm's wrapper, the MPI binding, "
+            f"buffers), {rep['calibration']['compute']['per_call_s'] * 1e6:.0f} µs, is measured "
+            "where no network is crossed (a P = 1 run's collective time per call, median over the "
             "P = 1 cases) and added to every predicted collective time (the step charges it "
             "as the compute model's per-call cost, not fitted)."
             if rep["calibration"]["compute"].get("per_call_measured") else ""), "",

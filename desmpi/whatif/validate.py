@@ -11,10 +11,10 @@
    Steps 1-2 are :func:`measure`, kept in the report; ``--reuse`` runs 3-5 (:func:`analyse`)
    again on them;
 3. **communication first**: each case's predicted collective time against the measured one.
-   The counters hold each call's software cost (desmpi.comm's wrapper, mpi4py, buffers) beside
-   the network's: measured where no network is crossed — a P = 1 run's collective time per
-   call, median over the P = 1 cases — it is added to every prediction's collectives (and
-   charged in the step as the compute model's per-call cost, not fitted);
+   The counters hold each call's software cost (desmpi.comm's wrapper, the MPI binding,
+   buffers) beside the network's: measured where no network is crossed — a P = 1 run's
+   collective time per call, median over the P = 1 cases — it is added to every prediction's
+   collectives (and charged in the step as the compute model's per-call cost, not fitted);
 4. compute rates and the node's contention are fitted to the *measured compute time* of the
    training runs at P = 1 and the calibrated P — never to a residual that would absorb network
    error; a run at any other P is held out by P;
