@@ -84,16 +84,18 @@ def data_id(ds: CtrDataset, B: int) -> str:
     return f"{os.path.realpath(ds.path)}:{st.st_size}:{st.st_mtime_ns}:{B}"
 
 
-def cluster_at_hand(comm: Comm, spec: str = "auto", batch=None, data: str = "") -> Cluster:
-    """The cluster the run is on (module docstring); collective over ``comm``. ``batch``: the
-    rows bench compute measures the sparse rates on (rank 0; None: random keys); ``data``:
-    their :func:`data_id`, part of the cache key."""
+def cluster_at_hand(comm: Comm, spec: str = "auto", ds: CtrDataset | None = None,
+                    B: int = 0) -> Cluster:
+    """The cluster the run is on (module docstring); collective over ``comm``. ``ds``, ``B``:
+    bench compute measures the sparse rates on the first B rows of ``ds`` (read on rank 0 only
+    when measuring; None: random keys), and :func:`data_id` is part of the cache key."""
     nodes, ppn = comm.node_layout()
     if spec != "auto":
         cl = load_cluster(spec)
         return replace(cl, nodes=nodes, ranks_per_node=ppn)
     from desmpi.bench.comm import bench_comm, bench_compute, fit_network
 
+    data = data_id(ds, B) if ds is not None else ""
     path = _cache_path(comm, data)
     cached = None
     if comm.rank == 0 and path.exists():
@@ -107,7 +109,8 @@ def cluster_at_hand(comm: Comm, spec: str = "auto", batch=None, data: str = "") 
     cached = comm.bcast_object(cached)
     if cached is None:
         samples = bench_comm(comm, list(PROBE_BYTES), repeats=3) if comm.size > 1 else []
-        rates = bench_compute(repeats=3, batch=batch) if comm.rank == 0 else None
+        rates = bench_compute(repeats=3, batch=ds.read(0, B) if ds is not None else None) \
+            if comm.rank == 0 else None
         cached = None
         if comm.rank == 0:
             lvl = fit_network(samples)[0] if samples else Level(0.0, float("inf"))
@@ -128,12 +131,17 @@ def cluster_at_hand(comm: Comm, spec: str = "auto", batch=None, data: str = "") 
                    os.cpu_count() or 0, rates, reduce_Bps=cached["reduce_Bps"])
 
 
+def _batch(cfg, ds: CtrDataset) -> int:
+    """The global batch the choice profiles and calibrates on (the data may be smaller)."""
+    return min(cfg.train.batch_size, ds.n)
+
+
 def rank_variants(ds: CtrDataset, cfg, P: int, cluster: Cluster,
                   candidates: list[Variant], n_batches: int = 2) -> list[dict]:
     """Predicted step of each candidate at P ranks on ``cluster``, fastest first."""
     from desmpi.whatif.simulate import ModelInfo, layout_of, predict, profile
 
-    B = min(cfg.train.batch_size, ds.n)
+    B = _batch(cfg, ds)
     nb = max(1, min(n_batches, ds.n // B))
     info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, cfg.train.dtype,
                                  candidates)
@@ -150,11 +158,7 @@ def choose(cfg, comm: Comm, ds: CtrDataset) -> Choice:
     if comm.size == 1 or len(cands) == 1:
         # one rank: every variant is the single-process model with no traffic
         return Choice(cands[0].name, None, None, [], "one rank" if comm.size == 1 else "", 0.0)
-    B = min(cfg.train.batch_size, ds.n)
-    auto = cfg.dist.cluster == "auto"
-    cluster = cluster_at_hand(comm, cfg.dist.cluster,
-                              ds.read(0, B) if auto and comm.rank == 0 else None,
-                              data_id(ds, B) if auto else "")
+    cluster = cluster_at_hand(comm, cfg.dist.cluster, ds, _batch(cfg, ds))
     ranking = rank_variants(ds, cfg, comm.size, cluster, cands) if comm.rank == 0 else None
     ranking = comm.bcast_object(ranking)
     best = ranking[0]

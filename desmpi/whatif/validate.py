@@ -249,7 +249,8 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
         # each call's software cost: a P = 1 run's collective time crosses no network
         sw = [c["measured_comm_s"] / c["prof"].work.calls for c in cases
               if c["P"] == 1 and c["prof"].work.calls > 0]
-        per_call = statistics.median(sw) if sw else None
+        per_call = statistics.median(sw) if sw else None  # None: fitted with the compute
+        call_s = per_call or 0.0
         if per_call is not None:
             log.info("collectives' software cost %.1f us a call (median of %d P = 1 cases)",
                      per_call * 1e6, len(sw))
@@ -257,8 +258,7 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
         # own collective time
         for c in cases:
             c["predicted_network_s"] = comm_time(c["prof"], cluster_at(c["P"], _NO_RATES))
-            c["predicted_comm_s"] = c["predicted_network_s"] + \
-                (per_call or 0.0) * c["prof"].work.calls
+            c["predicted_comm_s"] = c["predicted_network_s"] + call_s * c["prof"].work.calls
             c["comm_error"] = ((c["predicted_comm_s"] - c["measured_comm_s"])
                                / c["measured_comm_s"]) \
                 if c["P"] > 1 and c["measured_comm_s"] > 0 else None  # P = 1: local copies
@@ -267,8 +267,7 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
 
         def fit(exclude_model: str | None) -> ComputeRates:
             # the compute model's time includes the per-call software cost the counters hold
-            samples = [(c["prof"].work,
-                        c["measured_compute_s"] + (per_call or 0.0) * c["prof"].work.calls,
+            samples = [(c["prof"].work, c["measured_compute_s"] + call_s * c["prof"].work.calls,
                         cluster_at(c["P"], _NO_RATES).busy_cores)
                        for c in cases if c["P"] in fit_P and c["model"] != exclude_model]
             if len(samples) < 4:
