@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from desmpi.kernels.compress import pack, pack_topk, topk_count, unpack
+from desmpi.kernels.compress import pack, pack_topk, sum_packed, topk_count, unpack
 from tests.conftest import run_mpi
 
 
@@ -36,16 +36,24 @@ def test_topk_keeps_the_largest():
 
 def test_topk_selection_matches_a_sort_with_ties_by_index():
     """The radix selection keeps, per chunk, what a full sort by (-|x|, index) keeps: chunks
-    of any size, many tied magnitudes (±0 and rounded values), ratios up to 1."""
+    of any size (past 2**16 entries too, and past the 8192 from which a sample bounds the
+    candidates), many tied magnitudes (±0 and rounded values), ratios up to 1, and inputs
+    whose strided sample misleads the bound both ways (the large entries exactly at, or
+    never at, the sampled positions)."""
     rng = np.random.default_rng(3)
-    for trial in range(120):
-        n = int(rng.integers(1, 400))
+    for trial in range(150):
+        n = int(rng.integers(1, 400)) if trial < 120 else int(rng.integers(8192, 140_000))
         x = rng.normal(size=n).astype(np.float32) * np.float32(10.0 ** rng.integers(-6, 6))
         if trial % 2:
             x = np.round(x).astype(np.float32)  # many ties, zeros of both signs
             x[: n // 3] *= -1
-        bounds = np.unique(np.concatenate([[0, n], rng.integers(0, n, int(rng.integers(0, 4)))]))
-        ratio = float(rng.choice([0.01, 0.1, 0.37, 1.0]))
+        if trial >= 140:  # one chunk, k > 2048: the sample reads every (n // 2048)-th entry
+            on = np.zeros(n, bool)
+            on[::n // 2048] = True
+            x = np.where(on if trial % 2 else ~on, np.float32(1e3), x).astype(np.float32)
+        cuts = rng.integers(0, n, int(rng.integers(0, 4))) if trial < 140 else []
+        bounds = np.unique(np.concatenate([[0, n], cuts])).astype(np.int64)
+        ratio = float(rng.choice([0.01, 0.1, 0.37, 1.0])) if trial < 140 else 0.37
         words, _ = pack_topk(x, bounds, ratio)
         got, want, off = [], [], 0
         for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -57,25 +65,42 @@ def test_topk_selection_matches_a_sort_with_ties_by_index():
         assert off == words.size and got == want, trial
 
 
-def test_fp16_kernels_match_numpy_bit_for_bit():
-    """Every half decodes as NumPy decodes it; float32 bit patterns (normals, subnormals, ties,
-    overflow, inf) encode to NumPy's half (NaN: any NaN)."""
+@pytest.mark.parametrize("hardware", [False, True])
+def test_fp16_kernels_match_numpy_bit_for_bit(hardware):
+    """Both fp16 kernels (the CPU's conversions, and the portable branch-free ones): every half
+    decodes to NumPy's float32 bits (a NaN made quiet, its payload kept); float32 bit
+    patterns (normals, subnormals, ties, overflow, inf, NaN) encode to NumPy's half (NaN:
+    quiet, as NumPy leaves the quiet ones)."""
+    from desmpi.kernels import compress as K
+
+    if hardware and not K.hardware_f16():
+        pytest.skip("no half conversion instructions here: the portable kernels run")
+    enc = K._f16_pack_hw if hardware else (lambda x, o: K._f16_bits(x, x.view(np.uint32), o))
+    dec = K._f16_unpack_hw if hardware else K._f16_to_f32
     rng = np.random.default_rng(1)
-    h = np.arange(1 << 16, dtype=np.uint16)
-    ref = h.view(np.float16).astype(np.float32)
-    got = unpack("fp16", h)
-    nan = np.isnan(ref)
-    assert np.array_equal(got[~nan], ref[~nan]) and np.isnan(got[nan]).all()
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    ref = h.view(np.float16).astype(np.float32).view(np.uint32)
+    ref = np.where(np.isnan(h.view(np.float16)), ref | np.uint32(0x400000), ref)
+    got = np.empty(h.size, np.float32)
+    dec(h, got)
+    assert np.array_equal(got.view(np.uint32), ref)
     x = np.concatenate([
         rng.integers(0, 1 << 32, 500_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
         (rng.normal(size=50_000) * 1e-6).astype(np.float32),  # half subnormals
         np.array([65504, 65519.99, 65520, -65520, 2.98e-8, 2.99e-8, -0.0], np.float32)])
     with np.errstate(all="ignore"):
         want = x.astype(np.float16).view(np.uint16)
-    q = pack("fp16", x)
-    ok = ~np.isnan(x)
-    assert np.array_equal(q[ok], want[ok])
-    assert np.isnan(unpack("fp16", q[~ok])).all()
+    q = np.empty(x.size, np.uint16)
+    enc(x, q)
+    nan = np.isnan(x)
+    assert np.array_equal(q[~nan], want[~nan])
+    quiet = (x.view(np.uint32) & 0x400000) != 0
+    assert np.array_equal(q[nan & quiet], want[nan & quiet])
+    assert ((q[nan] & 0x7E00) == 0x7E00).all()
+    if hardware:  # the two kernels give the same bits: ranks on other CPUs agree
+        q2 = np.empty_like(q)
+        K._f16_bits(x, x.view(np.uint32), q2)
+        assert np.array_equal(q, q2)
 
 
 def test_threshold_fills_a_fixed_budget_in_index_order():
@@ -114,7 +139,7 @@ def test_int8_blocks_against_numpy():
     max|x|/127, values rint(x/s) (float32); error at most s/2; a NaN or inf spoils its block
     only (decoded NaN, caught by the step's checks); all-zero blocks stay zero; the words are
     counted exactly."""
-    from desmpi.kernels.compress import int8_words, pack_chunks, sum_packed, unpack_chunks
+    from desmpi.kernels.compress import int8_words, pack_chunks, unpack_chunks
 
     rng = np.random.default_rng(3)
     x = (rng.normal(size=2001) * np.exp(3 * rng.normal(size=2001))).astype(np.float32)
@@ -154,3 +179,19 @@ def test_int8_blocks_against_numpy():
     for p in parts:
         acc += unpack_chunks("int8", pack_chunks("int8", p, [m]), [m])
     assert np.array_equal(got, acc)
+
+
+def test_sum_packed_decodes_each_chunk_and_adds_in_rank_order():
+    """bf16 and fp16 sums of P chunks (m past the fp16 kernel's 2048-float blocks, halves of
+    every kind among the values) are the float32 sums, in rank order, of each chunk decoded."""
+    rng = np.random.default_rng(3)
+    m, P = 5000, 3
+    for codec in ("bf16", "fp16"):
+        parts = [(rng.normal(size=m) * 10.0 ** rng.integers(-8, 4, m)).astype(np.float32)
+                 for _ in range(P)]
+        words = np.concatenate([pack(codec, p) for p in parts])
+        want = np.zeros(m, np.float32)
+        for p in parts:
+            want += unpack(codec, pack(codec, p))
+        got = sum_packed(codec, words, P, np.empty(m, np.float32))
+        assert np.array_equal(got, want), codec  # (a sum may be ±0 by where it starts)

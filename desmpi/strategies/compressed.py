@@ -192,10 +192,12 @@ def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: B
         n = int(words(blocks, codec).sum())
         return pack_chunks(codec, x, blocks, bufs.get("q", n, np.uint16)), None
     bounds = np.concatenate([[0], np.cumsum(blocks)])
+    dec = bufs.get("dec", x.size, np.float32)
+    q = bufs.get("sq", int(words(blocks, codec, ratio).sum()), np.uint16)
     if codec == "topk":
-        return pack_topk(x, bounds, ratio)
+        return pack_topk(x, bounds, ratio, dec, q)
     thr = thr if thr is not None else Threshold(every=1)  # threshold
-    q, dec, _ = pack_threshold(x, bounds, ratio, thr.value(x, ratio))
+    q, dec, _ = pack_threshold(x, bounds, ratio, thr.value(x, ratio), dec, q)
     return q, dec
 
 
@@ -207,12 +209,13 @@ def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec:
     recv, _ = comm.alltoallv(q, wb, np.full(P, w, dtype=np.int64),
                              out=bufs.get("recv", P * w, np.uint16))
     if codec not in SPARSE:
-        m = int(blocks[r])
-        return sum_packed(codec, recv, P, out, bufs.get("tmp", P * m, np.float32))
-    acc = np.zeros(int(blocks[r]), dtype=np.float32)
+        return sum_packed(codec, recv, P, out)
+    acc = out.reshape(-1) if out.dtype == np.float32 else bufs.get("acc", out.size, np.float32)
+    acc.fill(0.0)
     for j in range(P):  # rank order: the same bits on every rank that sums these chunks
         add_topk(recv[j * w:(j + 1) * w], acc)
-    out.reshape(-1)[:] = acc
+    if acc is not out:
+        out.reshape(-1)[:] = acc
     return out
 
 
@@ -276,11 +279,14 @@ def allgatherv(comm: Comm, x: np.ndarray, counts, codec: str, out: np.ndarray,
         return out
     q, _ = _encode(x, np.array([x.size]), codec, ratio, bufs)
     wb = words(c, codec, ratio)
-    allq = comm.allgatherv(q, wb)
-    acc = np.zeros(int(c.sum()), dtype=np.float32)
+    allq = comm.allgatherv(q, wb, out=bufs.get("allq", int(wb.sum()), np.uint16))
+    flat = out.reshape(-1)
+    acc = flat if flat.dtype == np.float32 else bufs.get("acc", flat.size, np.float32)
+    acc.fill(0.0)
     lo, wlo = 0, 0
     for j in range(comm.size):
         add_topk(allq[wlo:wlo + wb[j]], acc[lo:lo + c[j]])
         lo, wlo = lo + int(c[j]), wlo + int(wb[j])
-    out.reshape(-1)[:] = acc
+    if acc is not flat:
+        flat[:] = acc
     return out
