@@ -455,11 +455,10 @@ _MAG = np.uint32(0x7FFFFFFF)
 
 
 @nb.njit(cache=True, nogil=True)
-def _kth_magnitude(v: np.ndarray, sel: np.ndarray, k: int) -> tuple[np.uint32, int]:
-    """The k-th largest magnitude T among the floats whose bits are v[sel] (0 < k <=
-    sel.size), and how many equal to T are among the k largest. Radix select on the magnitude
-    bits (non-negative floats order as their bits): three histogram passes (11, 11, 10 bits)
-    each decide a digit of T."""
+def _kth_magnitude(v: np.ndarray, k: int) -> tuple[np.uint32, int]:
+    """The k-th largest of the magnitudes v (float32 bits, sign cleared; 0 < k <= v.size),
+    and how many equal to it are among the k largest. Radix select (non-negative floats order
+    as their bits): three histogram passes (11, 11, 10 bits) each decide a digit."""
     hist = np.zeros(2048, dtype=np.int64)
     prefix = np.uint32(0)
     known = np.uint32(0)  # the bits of T decided so far
@@ -468,10 +467,9 @@ def _kth_magnitude(v: np.ndarray, sel: np.ndarray, k: int) -> tuple[np.uint32, i
         sh = np.uint32(21 - 11 * d) if d < 2 else np.uint32(0)
         top = 2047 if d < 2 else 1023
         hist[:] = 0
-        for j in range(sel.size):
-            m = v[sel[j]] & _MAG
-            if (m & known) == prefix:
-                hist[(m >> sh) & np.uint32(top)] += 1
+        for j in range(v.size):
+            if (v[j] & known) == prefix:
+                hist[(v[j] >> sh) & np.uint32(top)] += 1
         above = 0
         b = top
         while above + hist[b] < need:  # the digit of the need-th largest: from the top down
@@ -490,14 +488,15 @@ def _select_largest(xu: np.ndarray, k: int, idx: np.ndarray) -> None:
     stop the run). xu: (n,) the float32 bits of x, 0 < k <= n.
 
     A strided sample of 2048 magnitudes gives a bound L below the k-th largest with a margin;
-    one branch-free pass lists the candidates |x| >= L (ascending indices). When at least k
-    are listed, the k-th largest T is >= L, so every entry that can be kept is a candidate:
-    :func:`_kth_magnitude` finds T among them and a pass over them collects the k. Otherwise
-    (the sample misled) the same select runs over all n. Exact either way; about 2 passes
-    over x instead of 4."""
+    one branch-free pass lists the candidates |x| >= L (indices ascending, magnitudes beside
+    them). When at least k are listed, the k-th largest T is >= L, so every entry that can be
+    kept is a candidate: :func:`_kth_magnitude` finds T among them and a pass over them
+    collects the k. Otherwise (the sample misled) the same runs over all n. Exact either
+    way; about 2 passes over x where a radix select over all of it makes 4."""
     n = xu.size
-    cand = np.empty(n + 1, dtype=np.int64)
-    c = n
+    ci = np.empty(n + 1, dtype=np.int32)
+    cm = np.empty(n + 1, dtype=np.uint32)
+    c = -1
     s = 2048
     if n >= 4 * s:
         stride = n // s
@@ -511,26 +510,24 @@ def _select_largest(xu: np.ndarray, k: int, idx: np.ndarray) -> None:
             lo = smp[s - 1 - r]
             c = 0
             for i in range(n):  # branch-free: the slot is overwritten unless i is kept
-                cand[c] = i
-                c += (xu[i] & _MAG) >= lo
+                m = xu[i] & _MAG
+                ci[c] = i
+                cm[c] = m
+                c += m >= lo
     if c < k:
         c = n
-    if c == n:
         for i in range(n):
-            cand[i] = i
-    sel = cand[:c]
-    T, need = _kth_magnitude(xu, sel, k)
+            ci[i] = i
+            cm[i] = xu[i] & _MAG
+    T, need = _kth_magnitude(cm[:c], k)
     j = 0
-    for t in range(c):
-        i = sel[t]
-        m = xu[i] & _MAG
-        if m > T:
-            idx[j] = i
-            j += 1
-        elif m == T and need > 0:
-            need -= 1
-            idx[j] = i
-            j += 1
+    for t in range(c):  # branch-free, compacting in place (j <= t)
+        m = cm[t]
+        tie = (m == T) & (need > 0)
+        ci[j] = ci[t]
+        j += (m > T) | tie
+        need -= tie
+    idx[:k] = ci[:k]
 
 
 def pack_topk(x: np.ndarray, bounds: np.ndarray, ratio: float, dec: np.ndarray | None = None,
