@@ -44,6 +44,26 @@ def test_compare_compression_names_the_run_its_real_runs_came_from():
         "its arguments models = lr,fm, ranks = 1,2, seeds = 3."
 
 
+def test_compression_order_band_pairs_none_by_seed():
+    """The summation-order band: none(P) − none(1) paired by seed, and bf16's ΔAUC at P."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from compare_compression import _order_band
+    finally:
+        sys.path.pop(0)
+
+    def row(P, seed, method, auc):
+        return {"data": "criteo", "model": "wdl", "P": P, "seed": seed, "method": method,
+                "eval_auc": auc}
+    real = [row(1, 1, "none", 0.70), row(1, 2, "none", 0.72), row(2, 1, "none", 0.71),
+            row(2, 2, "none", 0.70), row(2, 1, "bf16", 0.715), row(2, 2, "bf16", 0.69),
+            row(4, 3, "none", 0.5)]  # no P = 1 run of seed 3: no pair, no row
+    lines = _order_band(real)
+    body = [x for x in lines if x.startswith("| criteo")]
+    assert body == ["| criteo | wdl | 2 | -0.0050 [-0.0200, +0.0100] | 0.0200 | -0.0025 |"]
+    assert _order_band([row(1, 1, "none", 0.7)]) == []
+
+
 def test_compare_compression_quick(tmp_path):
     _run(["scripts/compare_compression.py", "--quick", "--models", "lr", "--out",
           str(tmp_path)], timeout=900)
