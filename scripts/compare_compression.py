@@ -14,10 +14,12 @@
    ``tests/data/criteo`` (first 12,000 rows train, last 3,000 evaluate) and on synthetic data
    with a known oracle, for every model × method × seed: eval AUC and logloss, counted wire
    bytes, step time. ΔAUC is paired by seed (same initialisation, same data order) against
-   ``none``; its spread over seeds is the noise band.
+   ``none``; its spread over seeds is the noise band, and ``none`` at P against ``none`` at
+   P = 1 (the same model up to the order of float32 sums) the summation-order band.
 3. **Pack/unpack cost**: each method's codec work in one DeepFM des/reduce_scatter step at
-   batch 4096 (the partials under their codec, the dense gradients under theirs) against the
-   uncompressed step, and the step time measured with each method at 2 ranks.
+   batch 4096 (the partials under their codec, the dense gradients under theirs), measured
+   inside 2-rank steps (``bench train``'s ``codec_s``) and alone on one rank, and the step
+   time measured with each method at 2 ranks.
 """
 
 from __future__ import annotations
@@ -169,14 +171,16 @@ def codec_cost(B: int, dims: ModelDims, methods: dict[str, Wire], reps: int = 15
     return out
 
 
-def bench_step(wire: Wire, reps: int = 3) -> float:
-    """Median step time of DeepFM des/reduce_scatter at batch 4096 on 2 ranks."""
-    return statistics.median(run_json(2, [
+def bench_step(wire: Wire, reps: int = 3) -> tuple[float, float]:
+    """DeepFM des/reduce_scatter at batch 4096 on 2 ranks: the median over ``reps`` runs of
+    the step time and of the codec's own work inside it (``bench train``'s ``codec_s``)."""
+    runs = [run_json(2, [
         "bench", "train", "--model", "deepfm", "--batch", "4096", "--steps", "8", "--warmup",
         "2", "--json", "--strategy", "des", "--aggregate", "reduce_scatter",
         "--set", f"dist.compress={wire.compress}", "--set", f"dist.keys={wire.keys}",
-        "--set", f"dist.compress_partials={wire.partial}"]
-    )["step_time_s"] for _ in range(reps))
+        "--set", f"dist.compress_partials={wire.partial}"]) for _ in range(reps)]
+    return (statistics.median(r["step_time_s"] for r in runs),
+            statistics.median(r["codec_s"] for r in runs))
 
 
 def main() -> int:
@@ -249,10 +253,13 @@ def main() -> int:
                                            [f"data.train={syn_tr}"]).model, 26, 13,
                                       np.float32, 0, "auto"))
         kern = codec_cost(4096, dm, methods_run)
-        steps = {} if a.quick else {m: bench_step(w) for m, w in methods_run.items()
-                                    if w.keys == "int64"}
+        both = {} if a.quick else {m: bench_step(w) for m, w in methods_run.items()
+                                   if w.keys == "int64"}
+        steps = {m: v[0] for m, v in both.items()}
+        in_step = {m: v[1] for m, v in both.items()}
     rep = {"args": vars(a), "oracle_auc_synthetic": oracle, "planned": plan_rows,
-           "real": real, "codec_s": kern, "deepfm_b4096_step_s": steps, "deepfm_W": dm.W,
+           "real": real, "codec_s": kern, "deepfm_b4096_step_s": steps,
+           "deepfm_b4096_codec_in_step_s": in_step, "deepfm_W": dm.W,
            "deepfm_D": dm.D}
     if earlier is not None:  # the command of the run that made the real runs
         rep["real_args"] = earlier.get("real_args") or earlier["args"]
@@ -359,18 +366,25 @@ def write_markdown(path: Path, rep: dict, a) -> None:
     L += _order_band(real)
     # 3. codec cost
     k, st = rep["codec_s"], rep["deepfm_b4096_step_s"]
+    ins = rep.get("deepfm_b4096_codec_in_step_s", {})
     L += ["## Pack/unpack cost", "",
           "Codec work of one DeepFM des/reduce_scatter step at batch 4096 under each method, "
-          f"on a size-1 communicator (median of 15): the partials' Reduce_scatter (4096 × "
-          f"{rep['deepfm_W']} floats) and their gradients' Allgatherv under the partials' "
-          f"codec, and the dense gradients' Allreduce ({rep['deepfm_D']} floats, error "
-          "feedback) under the dense codec — an upper bound of one rank's share at P = 2.", "",
-          "| method | codec ms per step | share of the uncompressed step | measured step ms "
-          "(2 ranks) | step / none |", "|---|---:|---:|---:|---:|"]
+          "two ways. *In the 2-rank step*: measured inside the real runs below — the time of "
+          "the compressed calls less that of the collectives inside them (`bench train`'s "
+          "`codec_s`: median per step, the most of either rank), and its share of that step. "
+          f"*Alone*: on a size-1 communicator (median of 15), the partials' Reduce_scatter "
+          f"(4096 × {rep['deepfm_W']} floats) and their gradients' Allgatherv under the "
+          f"partials' codec, and the dense gradients' Allreduce ({rep['deepfm_D']} floats, "
+          "error feedback) under the dense codec, with cold caches — an upper bound of one "
+          "rank's work at P = 2, as a share of the uncompressed step.", "",
+          "| method | in the 2-rank step: ms | share of that step | alone: ms | share of the "
+          "uncompressed step | measured step ms (2 ranks) | step / none |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
     none = st.get("none")
     for m, t in k.items():
-        s_m = st.get(m)
-        L.append(f"| {m} | {t * 1e3:.2f} | " + (f"{t / none:.1%}" if none else "") + " | "
+        s_m, c_m = st.get(m), ins.get(m)
+        L.append(f"| {m} | " + (f"{c_m * 1e3:.2f} | {c_m / s_m:.1%}" if c_m and s_m else " | ")
+                 + f" | {t * 1e3:.2f} | " + (f"{t / none:.1%}" if none else "") + " | "
                  + (f"{s_m * 1e3:.1f}" if s_m else "") + " | "
                  + (f"{s_m / none:.2f}" if s_m and none else "") + " |")
     if none:

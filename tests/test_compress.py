@@ -195,3 +195,25 @@ def test_sum_packed_decodes_each_chunk_and_adds_in_rank_order():
             want += unpack(codec, pack(codec, p))
         got = sum_packed(codec, words, P, np.empty(m, np.float32))
         assert np.array_equal(got, want), codec  # (a sum may be ±0 by where it starts)
+
+
+def test_codec_time_leaves_out_the_collectives_inside():
+    """Buffers.timing adds the enclosed time less what the accounting recorded for the
+    collectives in it (here one that "took" as long as the whole block: no codec time)."""
+    import time
+
+    from desmpi.comm import Comm
+    from desmpi.strategies.compressed import Buffers
+    from sim.accounting import Call
+
+    comm, bufs = Comm.local(), Buffers()
+    with bufs.timing(comm):
+        time.sleep(0.05)
+    assert bufs.codec_s >= 0.05
+    before = bufs.codec_s
+    with bufs.timing(comm):
+        t0 = time.perf_counter()
+        time.sleep(0.05)
+        comm.acct.record(Call("allgatherv", (1,), 2, 0, 1),
+                         time.perf_counter() - t0)
+    assert 0.0 <= bufs.codec_s - before < 0.01

@@ -160,6 +160,13 @@ def test_bench_train_launches_its_ranks():
     rep = json.loads(p.stdout.strip().splitlines()[-1])
     assert rep["ranks"] == 2 and len(rep["step_time_s_by_rank"]) == 2
     assert set(rep["collectives_s_by_rank"][0]) >= {"allreduce"}
+    assert rep["codec_s"] == 0.0  # nothing compressed
+    p = _run(["-m", "desmpi", "bench", "train", "--ranks", "2", "--model", "fm", "--batch",
+              "256", "--steps", "2", "--warmup", "1", "--cap", "1000", "--json", "--set",
+              "dist.compress=bf16"])
+    rep = json.loads(p.stdout.strip().splitlines()[-1])
+    assert 0.0 < rep["codec_s"] < rep["step_time_s"]
+    assert rep["codec_share"] == pytest.approx(rep["codec_s"] / rep["step_time_s"])
 
 
 def test_bench_scaling_small():

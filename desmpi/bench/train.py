@@ -121,6 +121,8 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         inter = tr.model.interaction_timer(rows_dense)
         times, data_s, t_gemms, t_inters = [], [], [], []
         in_gemm, in_inter = [], []  # seconds of each step inside its GEMMs / the interaction
+        codec: list[float] = []  # seconds of each step in dist.compress's own work
+        bufs = getattr(tr.strategy, "bufs", None)
         clock = tr.model.params
         clock.timing = True
         coll0: dict[str, float] = {}
@@ -131,6 +133,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
                 coll0 = {k: v.time_s for k, v in comm.acct.counters("train").items()}
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             clock.times.clear()
+            c0 = bufs.codec_s if bufs is not None else 0.0
             t0 = time.perf_counter()
             b, sizes = tr.local_batch(tr.train_ds, extra + step - first)
             t1 = time.perf_counter()
@@ -143,6 +146,7 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
                 data_s.append(t1 - t0)
                 in_gemm.append(clock.times["gemm"])
                 in_inter.append(clock.times["interaction"])
+                codec.append(bufs.codec_s - c0 if bufs is not None else 0.0)
         clock.timing = False
         faults /= steps
         # the share of each step outside its own GEMMs (and DLRM's interaction), median
@@ -165,7 +169,8 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         everyone = comm.allgather_object((med, t_gemm, phases, tr.table.n,
                                           tr.table.bytes_per_key(), t_inter, coll, faults,
                                           (statistics.median(in_gemm), statistics.median(in_inter),
-                                           out_g, out_gi), tr.model.params.ws.nbytes))
+                                           out_g, out_gi), tr.model.params.ws.nbytes,
+                                          statistics.median(codec)))
         comm.barrier()
     finally:
         if comm.rank == 0:
@@ -206,4 +211,9 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
             "bytes_per_key": everyone[0][4],
             # the step's scratch arrays kept across steps (rank 0)
             "workspace_bytes": everyone[0][9],
+            # dist.compress's own work (packing, selecting, decoding, summing: its calls' time
+            # less their collectives'), median seconds per step, the most of any rank, and
+            # its share of the step
+            "codec_s": max(e[10] for e in everyone),
+            "codec_share": max(e[10] for e in everyone) / med,
             "bytes_per_key_payload": weight_bytes + slot_bytes}

@@ -43,6 +43,8 @@ accumulate in the weights.
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,10 +157,25 @@ def calls(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.1
 
 class Buffers:
     """Scratch arrays reused from call to call (a strategy keeps one): fresh multi-megabyte
-    arrays every step would cost their page faults again each time."""
+    arrays every step would cost their page faults again each time. ``codec_s``: the seconds
+    the calls given these buffers spent on their own work — packing, selecting, decoding,
+    summing — that is their time less that of the collectives inside them (as the
+    accounting records those), so that a run measures its codec cost where it is paid."""
 
     def __init__(self) -> None:
         self._a: dict[str, np.ndarray] = {}
+        self.codec_s = 0.0
+
+    @contextmanager
+    def timing(self, comm: Comm):
+        """Add the enclosed work's time, less its collectives', to :attr:`codec_s`."""
+        acct = comm.acct
+        scope = acct.scope
+        t0, c0 = time.perf_counter(), acct.time_s(scope)
+        try:
+            yield
+        finally:
+            self.codec_s += time.perf_counter() - t0 - (acct.time_s(scope) - c0)
 
     def get(self, name: str, n: int, dtype) -> np.ndarray:
         a = self._a.get(name)
@@ -219,14 +236,8 @@ def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec:
     return out
 
 
-def allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None = None,
-              ratio: float = 0.1, bufs: Buffers | None = None, thr: Threshold | None = None
-              ) -> np.ndarray:
-    """Sum x (C-contiguous floats, any shape) over ranks in place through ``codec``; with
-    ``residual`` (x's shape, float32 or x's dtype), error feedback: x + residual is packed and
-    residual becomes what packing lost. ``thr``: the vector's τ state under ``threshold``
-    (None: estimated at this call)."""
-    bufs = bufs or Buffers()
+def _allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None,
+               ratio: float, bufs: Buffers, thr: Threshold | None) -> np.ndarray:
     flat = x.reshape(-1)
     if residual is not None:
         flat += residual.reshape(-1)
@@ -248,11 +259,8 @@ def allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None
     return x
 
 
-def reduce_scatter(comm: Comm, x: np.ndarray, recvcounts, codec: str, out: np.ndarray,
-                   ratio: float = 0.1, bufs: Buffers | None = None) -> np.ndarray:
-    """Compressed Reduce_scatter of x (flat floats) into ``out`` (recvcounts[rank] float32
-    or the model's floats)."""
-    bufs = bufs or Buffers()
+def _reduce_scatter(comm: Comm, x: np.ndarray, recvcounts, codec: str, out: np.ndarray,
+                    ratio: float, bufs: Buffers) -> np.ndarray:
     blocks = np.asarray(recvcounts, dtype=np.int64)
     if blocks.sum() != x.size:
         raise ValueError(f"recvcounts {blocks.tolist()} do not split {x.size} elements")
@@ -265,10 +273,8 @@ def reduce_scatter(comm: Comm, x: np.ndarray, recvcounts, codec: str, out: np.nd
     return out
 
 
-def allgatherv(comm: Comm, x: np.ndarray, counts, codec: str, out: np.ndarray,
-               ratio: float = 0.1, bufs: Buffers | None = None) -> np.ndarray:
-    """Compressed Allgatherv of x (counts[rank] floats) into ``out`` (sum(counts) floats)."""
-    bufs = bufs or Buffers()
+def _allgatherv(comm: Comm, x: np.ndarray, counts, codec: str, out: np.ndarray,
+                ratio: float, bufs: Buffers) -> np.ndarray:
     c = np.asarray(counts, dtype=np.int64)
     if codec not in SPARSE:
         wc = words(c, codec)
@@ -290,3 +296,32 @@ def allgatherv(comm: Comm, x: np.ndarray, counts, codec: str, out: np.ndarray,
     if acc is not flat:
         flat[:] = acc
     return out
+
+
+def allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None = None,
+              ratio: float = 0.1, bufs: Buffers | None = None, thr: Threshold | None = None
+              ) -> np.ndarray:
+    """Sum x (C-contiguous floats, any shape) over ranks in place through ``codec``; with
+    ``residual`` (x's shape, float32 or x's dtype), error feedback: x + residual is packed and
+    residual becomes what packing lost. ``thr``: the vector's τ state under ``threshold``
+    (None: estimated at this call). ``bufs``: scratch, and where the codec time adds up."""
+    bufs = bufs or Buffers()
+    with bufs.timing(comm):
+        return _allreduce(comm, x, codec, residual, ratio, bufs, thr)
+
+
+def reduce_scatter(comm: Comm, x: np.ndarray, recvcounts, codec: str, out: np.ndarray,
+                   ratio: float = 0.1, bufs: Buffers | None = None) -> np.ndarray:
+    """Compressed Reduce_scatter of x (flat floats) into ``out`` (recvcounts[rank] float32
+    or the model's floats)."""
+    bufs = bufs or Buffers()
+    with bufs.timing(comm):
+        return _reduce_scatter(comm, x, recvcounts, codec, out, ratio, bufs)
+
+
+def allgatherv(comm: Comm, x: np.ndarray, counts, codec: str, out: np.ndarray,
+               ratio: float = 0.1, bufs: Buffers | None = None) -> np.ndarray:
+    """Compressed Allgatherv of x (counts[rank] floats) into ``out`` (sum(counts) floats)."""
+    bufs = bufs or Buffers()
+    with bufs.timing(comm):
+        return _allgatherv(comm, x, counts, codec, out, ratio, bufs)
