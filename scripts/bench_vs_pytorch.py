@@ -33,11 +33,14 @@ from desmpi.data.h5 import CtrDataset  # noqa: E402
 from desmpi.data.synth import SynthSpec, generate  # noqa: E402
 
 
-def torch_model(torch, name: str, cards: list[int], n_dense: int, fused: bool = False):
+def torch_model(torch, name: str, cards: list[int], n_dense: int, fused: bool = False,
+                tables: bool = True):
     """The PyTorch module of ``name``: forward(x (n, Dn) float32, idx (n, F) int64 ids within
     each field). ``fused``: one ``nn.Embedding(sparse=True)`` table for all fields (ids offset
     by field, as TorchRec fuses tables) instead of one ``nn.EmbeddingBag`` a field — fewer,
-    larger kernels and gradients (faster under DistributedDataParallel)."""
+    larger kernels and gradients (faster under DistributedDataParallel). ``tables=False``: no
+    embedding tables, the dense part only, called as ``head(x, E, L)`` with the pooled
+    embeddings E (n, F, d) and the linear weights' sum L (n,) from elsewhere (TorchRec)."""
     nn = torch.nn
     w = WORKLOADS[name]
     d = w.get("embed_dim", 16)
@@ -57,12 +60,14 @@ def torch_model(torch, name: str, cards: list[int], n_dense: int, fused: bool = 
             super().__init__()
             lin = name in ("lr", "fm", "wdl", "deepfm")
             emb = name != "lr"
-            if fused:
+            self.has_lin, self.has_emb, self.dim = lin, emb, d
+            self.lin = self.emb = None
+            if fused and tables:
                 n_ids = int(sum(cards))
                 self.register_buffer("off", torch.tensor([0, *cards[:-1]]).cumsum(0))
                 self.lin = nn.Embedding(n_ids, 1, sparse=True) if lin else None
                 self.emb = nn.Embedding(n_ids, d, sparse=True) if emb else None
-            else:
+            elif tables:
                 self.lin = nn.ModuleList(nn.EmbeddingBag(c, 1, mode="sum", sparse=True)
                                          for c in cards) if lin else None
                 self.emb = nn.ModuleList(nn.EmbeddingBag(c, d, mode="sum", sparse=True)
@@ -76,17 +81,23 @@ def torch_model(torch, name: str, cards: list[int], n_dense: int, fused: bool = 
                 self.li, self.lj = torch.tril_indices(F + 1, F + 1, -1)
 
         def forward(self, x, idx):  # idx: (n, F) int64, one-hot bags
-            n = x.shape[0]
-            out = torch.zeros(n)
             if fused:
                 idx = idx + self.off
+            L = E = None
             if self.lin is not None:
-                out = out + self.dense_lin(x)[:, 0]
-                out = out + (self.lin(idx).sum((1, 2)) if fused else
-                             sum(self.lin[f](idx[:, f:f + 1])[:, 0] for f in range(F)))
+                L = self.lin(idx).sum((1, 2)) if fused else \
+                    sum(self.lin[f](idx[:, f:f + 1])[:, 0] for f in range(F))
             if self.emb is not None:
                 E = self.emb(idx) if fused else \
                     torch.stack([self.emb[f](idx[:, f:f + 1]) for f in range(F)], 1)
+            return self.head(x, E, L)
+
+        def head(self, x, E, L):  # E: (n, F, d) pooled embeddings, L: (n,) linear weights' sum
+            n = x.shape[0]
+            out = torch.zeros(n)
+            if self.has_lin:
+                out = out + self.dense_lin(x)[:, 0]
+                out = out + L
             if name in ("fm", "deepfm"):
                 S = E.sum(1)
                 out = out + 0.5 * ((S * S).sum(1) - (E * E).sum((1, 2)))

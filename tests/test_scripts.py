@@ -250,3 +250,37 @@ def test_compare_torch_builds_the_same_models():
         want = per_field(x, ids)
         assert want.shape == (8,)
         assert torch.allclose(fused(x, ids), want, rtol=1e-5, atol=1e-6), name
+
+
+def test_compare_torch_torchrec_model_computes_the_same_function():
+    """The TorchRec form (tables in EmbeddingBagCollections, the dense part torch_model's
+    head) with the per-field model's weights copied in gives the same outputs (where torchrec
+    is installed; it is not a desmpi dependency)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchrec")
+    from torchrec import KeyedJaggedTensor
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_vs_pytorch
+        import compare_torch
+    finally:
+        sys.path.pop(0)
+    F, Dn, n = 26, 13, 8
+    for name in ("dlrm", "deepfm"):
+        ref = bench_vs_pytorch.torch_model(torch, name, [100] * F, Dn)
+        tr = compare_torch._torchrec_model(torch, name, [100] * F, Dn, device="cpu")
+        with torch.no_grad():
+            for t in ("emb", "lin"):
+                if getattr(ref, t) is not None:
+                    for f, e in enumerate(getattr(ref, t)):
+                        getattr(tr, t).embedding_bags[f"{t[0]}{f}"].weight.copy_(e.weight)
+            head = dict(tr.head.named_parameters())
+            for k, p in ref.named_parameters():
+                if not k.startswith(("lin.", "emb.")):
+                    head[k].copy_(p)
+        ids, x = torch.randint(0, 100, (n, F)), torch.randn(n, Dn)
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=[f"f{f}" for f in range(F)], values=ids.t().reshape(-1),
+            lengths=torch.ones(F * n, dtype=torch.int32))
+        assert torch.allclose(tr(x, kjt), ref(x, ids), rtol=1e-5, atol=1e-6), name
