@@ -195,6 +195,11 @@ def test_sum_packed_decodes_each_chunk_and_adds_in_rank_order():
             want += unpack(codec, pack(codec, p))
         got = sum_packed(codec, words, P, np.empty(m, np.float32))
         assert np.array_equal(got, want), codec  # (a sum may be ±0 by where it starts)
+    from desmpi.kernels import compress as K
+
+    portable = np.empty(m, np.float32)
+    K._sum_f16(words, P, m, portable)  # the fp16 words of the last loop
+    assert np.array_equal(portable.view(np.uint32), got.view(np.uint32))
 
 
 def test_codec_time_leaves_out_the_collectives_inside():

@@ -22,6 +22,7 @@ every rank that sums the same chunks gets the same bits).
 from __future__ import annotations
 
 import functools
+import platform
 
 import numba as nb
 import numpy as np
@@ -138,12 +139,35 @@ def _f16_sum_hw(q: np.ndarray, P: int, m: int, out: np.ndarray) -> None:
             out[i] += _f32_of_half(qj[i])
 
 
+def _targets_half_instructions() -> bool:
+    """Does the code Numba generates here have half <-> float instructions? On x86 only with
+    F16C among the target's features (the host's, or ``NUMBA_CPU_FEATURES``; a named
+    ``NUMBA_CPU_NAME`` alone gives no feature list: no); elsewhere (ARMv8 has them in its base
+    set) yes. Without them LLVM would call a runtime routine the JIT cannot resolve, and that
+    failure aborts the process rather than raising."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    from numba.core import config
+
+    if config.CPU_FEATURES is not None:
+        feats = config.CPU_FEATURES
+    elif config.CPU_NAME not in (None, "host"):
+        return False
+    else:
+        from llvmlite import binding
+
+        feats = binding.get_host_cpu_features().flatten()
+    return "+f16c" in feats.split(",")
+
+
 @functools.cache
 def hardware_f16() -> bool:
     """Whether the half conversions compile to instructions (F16C and the like) and give the
     portable kernels' bits (checked once a process, over special values and every half); where
-    they do not (no such instructions, LLVM would call a runtime the JIT lacks), the portable
-    branch-free kernels run — the same bits, 3-6x slower."""
+    they do not (:func:`_targets_half_instructions`, or any failure to build or agree), the
+    portable branch-free kernels run — the same bits, 3-6x slower."""
+    if not _targets_half_instructions():
+        return False
     try:
         h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
         a, b = np.empty(h.size, np.float32), np.empty(h.size, np.float32)
