@@ -59,45 +59,61 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torch_worker(rank: int, P: int, port: int, args: dict, out: str) -> None:
+def _setup(rank: int, P: int, port: int, args: dict):
+    """A worker's torch (one thread), its gloo process group, and the rows."""
     import torch
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=P)
-    ds = CtrDataset(args["h5"], in_memory=True)
-    B = args["batch"]
     torch.manual_seed(0)
+    return torch, dist, CtrDataset(args["h5"], in_memory=True)
+
+
+def _time_steps(torch, dist, ds, rank: int, P: int, args: dict, out: str, prepare, step,
+                extra=dict) -> None:
+    """Every step: this rank's share of the global batch read and ``prepare``d (untimed), a
+    barrier, then ``step(*prepared)`` timed; rank 0 writes the median after the warm-up (and
+    ``extra()``) to ``out``."""
+    B = args["batch"]
+    sizes = split_counts(B, P)
+    times = []
+    for t in range(args["steps"] + args["warmup"]):
+        lo = t * B + int(sizes[:rank].sum())
+        b = ds.read(lo, lo + int(sizes[rank]))
+        ids = torch.from_numpy((b.keys & ((1 << 47) - 1)).reshape(b.n, -1))
+        inputs = prepare(ids, torch.from_numpy(b.dense), torch.from_numpy(b.labels))
+        dist.barrier()
+        t0 = time.perf_counter()
+        step(*inputs)
+        times.append(time.perf_counter() - t0)
+    if rank == 0:
+        med = statistics.median(times[args["warmup"]:])
+        Path(out).write_text(json.dumps({"samples_per_s": B / med, "step_time_s": med,
+                                         "torch": torch.__version__, **extra()}))
+    dist.destroy_process_group()
+
+
+def _torch_worker(rank: int, P: int, port: int, args: dict, out: str) -> None:
+    torch, dist, ds = _setup(rank, P, port, args)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
     model = DDP(torch_model(torch, args["model"], args["cards"], ds.n_dense, fused=True))
     tables = ("module.lin.", "module.emb.")  # the sparse=True embeddings
     sparse = [p for n, p in model.named_parameters() if n.startswith(tables)]
     dense_p = [p for n, p in model.named_parameters() if not n.startswith(tables)]
     opts = [torch.optim.Adagrad(sparse, lr=0.01), torch.optim.Adagrad(dense_p, lr=0.01)]
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    times = []
-    for t in range(args["steps"] + args["warmup"]):
-        sizes = split_counts(B, P)
-        lo = t * B + int(sizes[:rank].sum())
-        b = ds.read(lo, lo + int(sizes[rank]))
-        b_ids = torch.from_numpy((b.keys & ((1 << 47) - 1)).reshape(b.n, -1))
-        b_x = torch.from_numpy(b.dense)
-        b_y = torch.from_numpy(b.labels)
-        dist.barrier()
-        t0 = time.perf_counter()
+
+    def step(x, ids, y):
         for o in opts:
             o.zero_grad(set_to_none=True)
-        loss = loss_fn(model(b_x, b_ids), b_y)
-        loss.backward()
+        loss_fn(model(x, ids), y).backward()
         for o in opts:
             o.step()
-        times.append(time.perf_counter() - t0)
-    if rank == 0:
-        step = statistics.median(times[args["warmup"]:])
-        Path(out).write_text(json.dumps({"samples_per_s": B / step, "step_time_s": step,
-                                         "torch": torch.__version__}))
-    dist.destroy_process_group()
+
+    _time_steps(torch, dist, ds, rank, P, args, out, lambda ids, x, y: (x, ids, y), step)
 
 
 def _torchrec_model(torch, name: str, cards: list[int], n_dense: int, device: str = "meta"):
@@ -136,20 +152,13 @@ def _torchrec_worker(rank: int, P: int, port: int, args: dict, out: str) -> None
     """TorchRec DistributedModelParallel as its users run it: the default planner shards the
     tables over the P processes (its own cost estimates), the tables' Adagrad fused into the
     backward pass (FBGEMM's kernels), the dense part under DDP, gloo."""
-    import torch
-    import torch.distributed as dist
+    torch, dist, ds = _setup(rank, P, port, args)
     from torchrec import KeyedJaggedTensor
     from torchrec.distributed import DistributedModelParallel
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.keyed import KeyedOptimizerWrapper
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=P)
-    ds = CtrDataset(args["h5"], in_memory=True)
-    B = args["batch"]
-    torch.manual_seed(0)
     m = _torchrec_model(torch, args["model"], args["cards"], ds.n_dense)
     for t in (m.emb, m.lin):
         if t is not None:
@@ -173,28 +182,19 @@ def _torchrec_worker(rank: int, P: int, port: int, args: dict, out: str) -> None
     loss_fn = torch.nn.BCEWithLogitsLoss()
     F = len(args["cards"])
     keys = [f"f{f}" for f in range(F)]
-    times = []
-    for t in range(args["steps"] + args["warmup"]):
-        sizes = split_counts(B, P)
-        lo = t * B + int(sizes[:rank].sum())
-        b = ds.read(lo, lo + int(sizes[rank]))
-        ids = torch.from_numpy((b.keys & ((1 << 47) - 1)).reshape(b.n, -1))
-        kjt = KeyedJaggedTensor.from_lengths_sync(  # key-major: field 0's ids, field 1's, …
-            keys=keys, values=ids.t().reshape(-1), lengths=torch.ones(F * b.n, dtype=torch.int32))
-        b_x = torch.from_numpy(b.dense)
-        b_y = torch.from_numpy(b.labels)
-        dist.barrier()
-        t0 = time.perf_counter()
+
+    def prepare(ids, x, y):  # key-major ids: field 0's, field 1's, …, one id a bag
+        return x, KeyedJaggedTensor.from_lengths_sync(
+            keys=keys, values=ids.t().reshape(-1),
+            lengths=torch.ones(ids.numel(), dtype=torch.int32)), y
+
+    def step(x, kjt, y):
         dense_opt.zero_grad()
-        loss = loss_fn(model(b_x, kjt), b_y)
-        loss.backward()  # the tables' Adagrad runs here
+        loss_fn(model(x, kjt), y).backward()  # the tables' Adagrad runs here
         dense_opt.step()
-        times.append(time.perf_counter() - t0)
-    if rank == 0:
-        step = statistics.median(times[args["warmup"]:])
-        Path(out).write_text(json.dumps({"samples_per_s": B / step, "step_time_s": step,
-                                         "plan": str(model.plan)}))
-    dist.destroy_process_group()
+
+    _time_steps(torch, dist, ds, rank, P, args, out, prepare, step,
+                lambda: {"plan": str(model.plan)})
 
 
 def torch_run(model: str, P: int, batch: int, steps: int, warmup: int, h5: str,
