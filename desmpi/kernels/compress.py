@@ -516,7 +516,8 @@ def _select_largest(xu: np.ndarray, k: int, idx: np.ndarray) -> None:
     them). When at least k are listed, the k-th largest T is >= L, so every entry that can be
     kept is a candidate: :func:`_kth_magnitude` finds T among them and a pass over them
     collects the k. Otherwise (the sample misled) the same runs over all n. Exact either
-    way; about 2 passes over x where a radix select over all of it makes 4."""
+    way; about 2 passes over x where a radix select over all of it makes 4. n < 2**31 (the
+    candidates' indices are int32; slot indices travel as 32 bits anyway)."""
     n = xu.size
     ci = np.empty(n + 1, dtype=np.int32)
     cm = np.empty(n + 1, dtype=np.uint32)

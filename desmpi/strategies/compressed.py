@@ -227,12 +227,13 @@ def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec:
                              out=bufs.get("recv", P * w, np.uint16))
     if codec not in SPARSE:
         return sum_packed(codec, recv, P, out)
-    acc = out.reshape(-1) if out.dtype == np.float32 else bufs.get("acc", out.size, np.float32)
+    flat = out.reshape(-1)
+    acc = flat if flat.dtype == np.float32 else bufs.get("acc", flat.size, np.float32)
     acc.fill(0.0)
     for j in range(P):  # rank order: the same bits on every rank that sums these chunks
         add_topk(recv[j * w:(j + 1) * w], acc)
-    if acc is not out:
-        out.reshape(-1)[:] = acc
+    if acc is not flat:
+        flat[:] = acc
     return out
 
 
