@@ -144,6 +144,9 @@ def _log_bench_train(rep: dict) -> None:
                  rep["interaction_s"], 100 * rep["outside_gemm_and_interaction_share"])
     for k, v in sorted(rep["phases_s"].items(), key=lambda kv: -kv[1]):
         log.info("  %-14s %.4f s/step", k, v)
+    if rep["codec_s"]:
+        log.info("  dist.compress's own work %.4f s/step, %.1f%% of the step (packing, "
+                 "selecting, decoding, summing)", rep["codec_s"], 100 * rep["codec_share"])
     log.info("  memory: %.0f bytes/key (weights + slots: %d); step workspace %.0f MB",
              rep["bytes_per_key"], rep["bytes_per_key_payload"], rep["workspace_bytes"] / 1e6)
 
