@@ -117,6 +117,49 @@ def _f32_of_half(typingctx, h):
     return types.float32(types.uint16), codegen
 
 
+@intrinsic
+def _bits_of(typingctx, x):
+    """float32 -> its bits as uint32 (a register bitcast: the loop stays vectorisable)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _float_of(typingctx, u):
+    """uint32 bits -> the float32 they make (a register bitcast)."""
+    if u != types.uint32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+@nb.njit(cache=True, nogil=True)
+def _ef_bf16(x: np.ndarray, r: np.ndarray, q: np.ndarray) -> None:
+    """Error feedback and bf16 packing in one pass: v = x + r, q = bf16(v), r = v − q's value
+    (float32 throughout: the bits of add, pack, decode and subtract done one after another)."""
+    for i in range(x.size):
+        v = x[i] + r[i]
+        h = _bf16_of(_bits_of(v))
+        q[i] = h
+        r[i] = v - _float_of(np.uint32(np.uint32(h) << np.uint32(16)))
+
+
+@nb.njit(cache=True, nogil=True)
+def _ef_f16_hw(x: np.ndarray, r: np.ndarray, q: np.ndarray) -> None:
+    """:func:`_ef_bf16` for fp16, by the CPU's half conversions."""
+    for i in range(x.size):
+        v = x[i] + r[i]
+        h = _f16_of(v)
+        q[i] = h
+        r[i] = v - _f32_of_half(h)
+
+
 @nb.njit(cache=True, nogil=True)
 def _f16_pack_hw(x: np.ndarray, out: np.ndarray) -> None:
     for i in range(x.size):
@@ -318,6 +361,23 @@ def unpack_chunks(codec: str, q: np.ndarray, blocks, dtype=np.float32,
         return f.astype(dtype)
     out.reshape(-1)[:] = f
     return out
+
+
+def pack_feedback(codec: str, x: np.ndarray, residual: np.ndarray, out: np.ndarray
+                  ) -> bool:
+    """One pass of error feedback and packing where a kernel does it (x and residual flat
+    float32; bf16, or fp16 with :func:`hardware_f16`): out = the codec's words of x +
+    residual, residual = what they lost; x is left as it was. Returns False (nothing done)
+    otherwise: the caller adds, packs, decodes and subtracts."""
+    if x.dtype != np.float32 or residual.dtype != np.float32:
+        return False
+    if codec == "bf16":
+        _ef_bf16(x, residual, out)
+    elif codec == "fp16" and hardware_f16():
+        _ef_f16_hw(x, residual, out)
+    else:
+        return False
+    return True
 
 
 def pack(codec: str, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -56,6 +56,7 @@ from desmpi.kernels.compress import (
     chunk_words,
     estimate_threshold,
     pack_chunks,
+    pack_feedback,
     pack_threshold,
     pack_topk,
     sum_packed,
@@ -240,15 +241,19 @@ def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec:
 def _allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None,
                ratio: float, bufs: Buffers, thr: Threshold | None) -> np.ndarray:
     flat = x.reshape(-1)
-    if residual is not None:
-        flat += residual.reshape(-1)
     P, r = comm.size, comm.rank
     ch = split_counts(flat.size, P)
-    q, dec = _encode(flat, ch, codec, ratio, bufs, thr)
-    if residual is not None:
-        seen = dec if dec is not None else unpack_chunks(
-            codec, q, ch, out=bufs.get("seen", flat.size, np.float32))
-        np.subtract(flat, seen, out=residual.reshape(-1))
+    q = bufs.get("q", flat.size, np.uint16) if codec in ("bf16", "fp16") else None
+    if residual is None or q is None or not pack_feedback(codec, flat, residual.reshape(-1),
+                                                          q):
+        # (the one-pass kernel above where there is one: bf16 and fp16 see no chunks)
+        if residual is not None:
+            flat += residual.reshape(-1)
+        q, dec = _encode(flat, ch, codec, ratio, bufs, thr)
+        if residual is not None:
+            seen = dec if dec is not None else unpack_chunks(
+                codec, q, ch, out=bufs.get("seen", flat.size, np.float32))
+            np.subtract(flat, seen, out=residual.reshape(-1))
     mine = bufs.get("mine", int(ch[r]), np.float32)
     _reduce_scatter_packed(comm, q, ch, codec, ratio, mine, bufs)
     wire = gathered(codec)  # the sums travel dense

@@ -101,6 +101,14 @@ def main() -> None:
         mine = data[r] + np.float32(0.01)
         seen = sparse_q(codec, mine, bounds, ratio) if sparse else dense_q(codec, mine, bounds)
         assert np.array_equal(res, mine - seen), f"residual {codec}"
+        # ... and the sum is that of what every rank packed from its x + residual
+        sent = [sparse_q(codec, d + np.float32(0.01), bounds, ratio) if sparse
+                else dense_q(codec, d + np.float32(0.01), bounds) for d in data]
+        acc = np.zeros(n, np.float32)
+        for s in sent:
+            acc += s
+        assert np.array_equal(x, dense_q("bf16" if sparse else codec, acc, bounds)), \
+            f"allreduce with error feedback {codec}"
         # reduce_scatter into unequal blocks
         blocks = np.array([(j * 37) % 101 + 1 for j in range(P)])
         blocks[-1] = n - blocks[:-1].sum() if n > blocks[:-1].sum() else blocks[-1]
