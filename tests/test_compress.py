@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from desmpi.kernels.compress import pack, pack_topk, sum_packed, topk_count, unpack
+from desmpi.kernels.compress import pack, sum_packed, unpack
+from desmpi.kernels.slots import pack_topk, topk_count
 from tests.conftest import run_mpi
 
 
@@ -104,7 +105,7 @@ def test_fp16_kernels_match_numpy_bit_for_bit(hardware):
 
 
 def test_threshold_fills_a_fixed_budget_in_index_order():
-    from desmpi.kernels.compress import add_topk, estimate_threshold, pack_threshold
+    from desmpi.kernels.slots import add_topk, estimate_threshold, pack_threshold
 
     x = np.array([0.1, -5.0, 0.2, 3.0, 4.0, -0.3, 0.05, 6.0], np.float32)
     bounds = np.array([0, 4, 8])

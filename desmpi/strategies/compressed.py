@@ -52,16 +52,18 @@ import numpy as np
 from desmpi.comm import Comm
 from desmpi.data.slicing import split_counts
 from desmpi.kernels.compress import (
-    add_topk,
     chunk_words,
-    estimate_threshold,
     pack_chunks,
     pack_feedback,
+    sum_packed,
+    unpack_chunks,
+)
+from desmpi.kernels.slots import (
+    add_topk,
+    estimate_threshold,
     pack_threshold,
     pack_topk,
-    sum_packed,
     topk_count,
-    unpack_chunks,
 )
 
 CODECS = ("none", "bf16", "fp16", "int8", "topk", "threshold")

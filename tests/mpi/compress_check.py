@@ -8,7 +8,8 @@ import numpy as np
 
 from desmpi.comm import Comm, run_or_abort
 from desmpi.data.slicing import split_counts
-from desmpi.kernels.compress import pack, topk_count, unpack
+from desmpi.kernels.compress import pack, unpack
+from desmpi.kernels.slots import topk_count
 from desmpi.strategies import compressed as C
 
 comm = Comm.world()
