@@ -96,9 +96,8 @@ class Trainer:
         for s in strategies.values():  # one error-feedback state and scratch for all
             s._residuals, s.bufs = self.strategy._residuals, self.strategy.bufs
             s._thresholds = self.strategy._thresholds
-        k = len(cands)  # at most half the run's steps: k warm steps and k a round
         return Trial(self.comm, strategies, dc.auto_trial_steps, dc.auto_trial_s,
-                     min(MAX_ROUNDS, self.total_steps // (2 * k) - 1))
+                     MAX_ROUNDS, max_steps=self.total_steps // 2)  # at most half the run
 
     def _same_model(self, v) -> bool:
         """Does variant v build this run's model (the same first-layer substitution)?"""

@@ -4,22 +4,24 @@
     python scripts/bench_auto.py --models lr,fm,wdl,deepfm,dcn,dlrm --ranks 2,4 \
         --batch 512,4096 --out docs/auto.md
 
-For each (model, P, batch): ``desmpi bench train`` of every variant auto chooses among,
-``--repeats`` times each in alternating rounds (single runs on a shared 2-vCPU machine vary by
-tens of percent), and of ``auto`` once to learn its choice and how long choosing took. The
-figure is the median samples/s of the chosen variant against the best median (target: within
-5%).
+For each (model, P, batch): ``desmpi bench train`` with ``auto`` once, to learn its choice, how
+long choosing took and the step's length; then ``desmpi bench variants``: every variant auto
+chooses among, side by side in one job (each its own model and shard, the same batches, blocks
+of steps in turns, ``--rounds`` rounds): separate runs of one variant differ by 10-30 % on a
+shared machine, more than the 5 % the target asks to resolve. A block lasts about ``--block-s``
+seconds (at least ``--steps`` steps). The figure is the median samples/s of the chosen variant
+against the best median (target: within 5%).
 
-``--variants-from JSON`` takes every variant's runs from an earlier report's JSON and runs only
-``auto``: a change to how auto chooses is then judged against the same measured variants (the
-variants' own code unchanged since that report).
+``--variants-from JSON`` takes every variant's measurement from an earlier report's JSON and runs
+only ``auto``: a change to how auto chooses is then judged against the same measured variants
+(the variants' own code unchanged since that report).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import math
 import sys
 from pathlib import Path
 
@@ -28,12 +30,19 @@ from desmpi.variants import Variant
 
 VARIANTS = [Variant("des", "allreduce"), Variant("des", "reduce_scatter"), Variant("des-a2a"),
             Variant("a2a"), Variant("ps")]
+MAX_BLOCK_STEPS = 200
 
 
-def bench(model: str, P: int, batch: int, steps: int, strategy: str, aggregate: str) -> dict:
+def bench_auto(model: str, P: int, batch: int, steps: int) -> dict:
     return run_json(P, ["bench", "train", "--model", model, "--batch", str(batch), "--steps",
-                        str(steps), "--warmup", "2", "--strategy", strategy, "--aggregate",
-                        aggregate], timeout=1800)
+                        str(steps), "--warmup", "2", "--strategy", "auto", "--aggregate",
+                        "auto"], timeout=1800)
+
+
+def bench_variants(model: str, P: int, batch: int, steps: int, rounds: int) -> dict:
+    return run_json(P, ["bench", "variants", "--model", model, "--batch", str(batch),
+                        "--steps", str(steps), "--rounds", str(rounds), "--warmup", "2",
+                        "--variants", ",".join(v.name for v in VARIANTS)], timeout=3600)
 
 
 def main() -> int:
@@ -41,42 +50,42 @@ def main() -> int:
     ap.add_argument("--models", default="lr,fm,wdl,deepfm,dcn,dlrm")
     ap.add_argument("--ranks", default="2,4")
     ap.add_argument("--batch", default="512,4096")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=4, help="steps of a block at least")
+    ap.add_argument("--block-s", type=float, default=0.1,
+                    help="seconds a block lasts (more steps where steps are short)")
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", default="docs/auto.md")
     ap.add_argument("--variants-from", default=None,
-                    help="JSON of an earlier run: reuse its variant runs, run only auto")
+                    help="JSON of an earlier run: reuse its variant measurements, run only auto")
     a = ap.parse_args()
     earlier = {}
     if a.variants_from:
         for r in json.loads(Path(a.variants_from).read_text()):
-            earlier[(r["model"], r["P"], r["batch"])] = r["runs"]
+            earlier[(r["model"], r["P"], r["batch"])] = r["paired"]
     rows = []
     for model in a.models.split(","):
         for P in [int(x) for x in a.ranks.split(",")]:
             for B in [int(x) for x in a.batch.split(",")]:
-                runs: dict[str, list[float]] = {v.name: [] for v in VARIANTS}
+                r = bench_auto(model, P, B, 8)
                 if a.variants_from:
                     if (model, P, B) not in earlier:
                         raise SystemExit(f"{a.variants_from}: no runs of {model} P={P} B={B}")
-                    runs = earlier[(model, P, B)]
-                for _ in range(0 if a.variants_from else a.repeats):
-                    for v in VARIANTS:
-                        r = bench(model, P, B, a.steps, v.strategy, v.aggregate or "allreduce")
-                        runs[v.name].append(r["samples_per_s"])
-                got = {k: statistics.median(x) for k, x in runs.items()}
-                r = bench(model, P, B, a.steps, "auto", "auto")
-                best = max(got, key=got.get)
+                    paired = earlier[(model, P, B)]
+                else:
+                    k = min(MAX_BLOCK_STEPS,
+                            max(a.steps, math.ceil(a.block_s / r["step_time_s"])))
+                    paired = bench_variants(model, P, B, k, a.rounds)
+                got = paired["samples_per_s"]
+                best = paired["fastest"]
                 chosen = r["variant"]
                 ch = r.get("choice") or {}
                 predicted = ch["ranking"][0]["variant"] if ch.get("ranking") else chosen
-                trial = ch.get("trial")
                 row = {"model": model, "P": P, "batch": B, "auto": chosen,
                        "auto_samples_per_s": got[chosen], "best": best,
-                       "best_samples_per_s": got[best], "variants": got, "runs": runs,
+                       "best_samples_per_s": got[best], "variants": got, "paired": paired,
                        "auto_vs_best": got[chosen] / got[best],
                        "predicted": predicted, "predicted_vs_best": got[predicted] / got[best],
-                       "trial": trial, "auto_run_samples_per_s": r["samples_per_s"],
+                       "trial": ch.get("trial"), "auto_run_samples_per_s": r["samples_per_s"],
                        "choose_s": ch.get("seconds")}
                 rows.append(row)
                 print(f"{model} P={P} B={B}: auto chose {chosen} "
@@ -95,21 +104,23 @@ def write_markdown(out: Path, rows: list[dict], a) -> None:
     src = f" --variants-from {a.variants_from}" if a.variants_from else ""
     L = ["# dist.strategy = \"auto\" against every variant, measured", "",
          f"Generated by `python scripts/bench_auto.py --models {a.models} --ranks {a.ranks} "
-         f"--batch {a.batch} --steps {a.steps} --repeats {a.repeats} --out {a.out}{src}` "
-         "(`desmpi bench train`, one thread per rank, Criteo-schema synthetic data). Every "
-         f"variant ran {a.repeats} times in alternating rounds"
-         + (f" (those runs taken from {a.variants_from}, an earlier run of this script; only "
-            "auto ran again)" if a.variants_from else "")
-         + "; samples/s are medians. auto / best = the "
+         f"--batch {a.batch} --steps {a.steps} --block-s {a.block_s} --rounds {a.rounds} "
+         f"--out {a.out}{src}` (one thread per rank, Criteo-schema synthetic data). auto's "
+         "choice from one `desmpi bench train` run with `auto`; the variants measured side by "
+         "side in one `desmpi bench variants` job per case (each its own model, the same "
+         f"batches, blocks of steps in turns, {a.rounds} rounds; *steps* = a block's)"
+         + (f" (those measurements taken from {a.variants_from}, an earlier run of this "
+            "script; only auto ran again)" if a.variants_from else "")
+         + "; samples/s are medians over the rounds. auto / best = the "
          "median of the variant auto chose over the best median; target >= 0.95. *Simulator "
          "alone*: the variant the prediction ranked first, before the trial of the close "
          "candidates on the first steps (`desmpi/whatif/trial.py`) measured them.", "",
          f"**auto within 5% of the fastest in {ok} of {len(rows)} cases** (the simulator's "
          f"ranking alone: {ok_sim} of {len(rows)}).", "",
          "| model | P | batch | auto chose | its samples/s | fastest | its samples/s | auto / "
-         "best | simulator alone (/ best) | trial | s to choose | "
+         "best | simulator alone (/ best) | trial | s to choose | steps | "
          + " | ".join(v.name for v in VARIANTS) + " |",
-         "|---|---:|---:|---|---:|---|---:|---:|---|---|---:|" + "---:|" * len(VARIANTS)]
+         "|---|---:|---:|---|---:|---|---:|---:|---|---|---:|---:|" + "---:|" * len(VARIANTS)]
     for r in rows:
         tr = r["trial"]
         trs = "" if not tr else ", ".join(
@@ -119,7 +130,8 @@ def write_markdown(out: Path, rows: list[dict], a) -> None:
                  f"{r['auto_samples_per_s']:.0f} | {r['best']} | {r['best_samples_per_s']:.0f}"
                  f" | {r['auto_vs_best']:.2f} | {r['predicted']} ({r['predicted_vs_best']:.2f})"
                  f" | {trs} | "
-                 + ("" if r["choose_s"] is None else f"{r['choose_s']:.1f}") + " | "
+                 + ("" if r["choose_s"] is None else f"{r['choose_s']:.1f}")
+                 + f" | {r['paired']['steps']} | "
                  + " | ".join(f"{r['variants'][v.name]:.0f}" for v in VARIANTS) + " |")
     out.write_text("\n".join(L) + "\n")
 

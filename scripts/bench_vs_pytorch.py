@@ -27,7 +27,8 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from desmpi.bench.train import WORKLOADS, bench_train  # noqa: E402
+from desmpi.bench.train import bench_train  # noqa: E402
+from desmpi.bench.workloads import WORKLOADS  # noqa: E402
 from desmpi.comm import Comm  # noqa: E402
 from desmpi.data.h5 import CtrDataset  # noqa: E402
 from desmpi.data.synth import SynthSpec, generate  # noqa: E402

@@ -195,9 +195,10 @@ def test_trial_decides_on_the_slowest_rank_of_each_step():
 
 def test_trial_extends_short_rounds_and_trusts_a_consistent_small_lead():
     """Short steps: after the first timed round the trial runs as many rounds as fit in its
-    budget (capped); a candidate 2% faster in every one of them beats the prediction by the
-    sign test, while three rounds alone (no budget) leave the prediction in place (2% is
-    inside the margin)."""
+    budget (capped), and past the cap blocks of several steps (each block one barrier, its
+    time the mean step); a candidate 2% faster in every one of them beats the prediction by
+    the sign test, while three rounds alone (no budget) leave the prediction in place (2% is
+    inside the margin). A step cap (half the run) bounds it all."""
     import contextlib
 
     import numpy as np
@@ -211,13 +212,13 @@ def test_trial_extends_short_rounds_and_trusts_a_consistent_small_lead():
         rank, size = 0, 1
 
         def __init__(self):
-            self.acct = self
+            self.acct, self.barriers = self, 0
 
         def scoped(self, name):
             return contextlib.nullcontext()
 
         def barrier(self):
-            pass
+            self.barriers += 1
 
         def allreduce(self, x, op="sum"):
             return np.asarray(x)
@@ -227,16 +228,26 @@ def test_trial_extends_short_rounds_and_trusts_a_consistent_small_lead():
 
     assert sign_test(5, 5) == 1 / 32 and sign_test(0, 3) == 1.0 and sign_test(3, 3) == 0.125
 
-    def run(budget):
-        t = Trial(OneRank(), {A: "a", B: "b"}, rounds=3, budget_s=budget, max_rounds=10)
+    def run(budget, max_steps=None):
+        t = Trial(OneRank(), {A: "a", B: "b"}, rounds=3, budget_s=budget, max_rounds=10,
+                  max_steps=max_steps)
         w = None
         while t.active:
+            t.sync()
             v, _ = t.next()
             w = t.record(0.010 if v == A else 0.0098)
         return t, w
 
-    t, w = run(1.0)  # 20 ms a round: 50 would fit, 10 at most
-    assert len(t.schedule) == 2 + 2 * 10 and len(t.times[A]) == 10 and w == B
+    # 20 ms a round: 50 would fit, 10 at most, so rounds 4-10 run blocks of 5 steps
+    t, w = run(1.0)
+    assert t.block_steps == 5 and len(t.schedule) == 2 + 2 * 3 + 2 * 7 * 5
+    assert t.comm.barriers == 2 + 2 * 10  # one a block
+    assert len(t.times[A]) == 10 and w == B
+    assert np.allclose(t.times[A], 0.010)  # the mean step of each block
+    t, w = run(1.0, max_steps=40)  # 40 steps at most: 10 rounds of one step
+    assert t.block_steps == 1 and len(t.schedule) == 2 + 2 * 10 <= 40
+    t, w = run(1.0, max_steps=60)  # room for blocks of 2 in rounds 4-10
+    assert t.block_steps == 2 and len(t.schedule) == 2 + 2 * 3 + 2 * 7 * 2 <= 60
     t, w = run(0.0)
     assert len(t.schedule) == 2 + 2 * 3 and w == A
     t, w = run(0.05)  # 2 rounds fit, 3 at least

@@ -169,6 +169,27 @@ def test_bench_train_launches_its_ranks():
     assert rep["codec_share"] == pytest.approx(rep["codec_s"] / rep["step_time_s"])
 
 
+def test_bench_variants_runs_them_side_by_side_on_the_same_batches():
+    """Three variants in one 2-rank job: each its own model and shard, the same batches in
+    blocks in turns; afterwards their predictions agree as the equivalence demands (a variant
+    fed other batches, or a block skipped, would differ by far more)."""
+    p = _run(["-m", "desmpi", "bench", "variants", "--ranks", "2", "--model", "wdl", "--batch",
+              "256", "--steps", "2", "--rounds", "3", "--warmup", "1", "--cap", "1000",
+              "--variants", "des/allreduce,des-rs,ps", "--json"])
+    rep = json.loads(p.stdout.strip().splitlines()[-1])
+    names = ["des/allreduce", "des/reduce_scatter", "ps"]
+    assert rep["variants"] == names and rep["ranks"] == 2
+    assert rep["max_prediction_gap"] < 1e-4
+    for n in names:
+        rounds = rep["samples_per_s_by_round"][n]
+        assert len(rounds) == 3 and min(rounds) > 0
+        assert sorted(rounds)[1] == pytest.approx(rep["samples_per_s"][n])  # the median
+    assert rep["relative"][rep["fastest"]] == 1.0 and max(rep["relative"].values()) == 1.0
+    bad = subprocess.run([sys.executable, "-m", "desmpi", "bench", "variants", "--variants",
+                          "des-x,ps"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode != 0 and "unknown variant 'des-x'" in bad.stderr
+
+
 def test_bench_scaling_small():
     p = _run(["scripts/bench_scaling.py", "--model", "wdl", "--repeats", "2", "--json", "--",
               "--batch", "256", "--steps", "2", "--warmup", "1", "--cap", "1000"])
@@ -221,7 +242,7 @@ def test_compare_torch_builds_the_same_models():
         import bench_vs_pytorch
     finally:
         sys.path.pop(0)
-    from desmpi.bench.train import WORKLOADS
+    from desmpi.bench.workloads import WORKLOADS
     from desmpi.config import from_dict
     from desmpi.models import build_model
 

@@ -18,19 +18,13 @@ from dataclasses import replace
 
 import numpy as np
 
+from desmpi.bench.workloads import bench_config
 from desmpi.comm import Comm
-from desmpi.config import from_dict
 from desmpi.data.slicing import split_counts
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.train import Trainer
-from desmpi.whatif.trial import MAX_ROUNDS
 
-# the workloads of the PyTorch comparison (issue text): DeepFM d = 16, DNN 400-400-400; DLRM
-# d = 64, bottom 512-256-64, top 512-256-1; the others as their default configs
-WORKLOADS = {"lr": {}, "fm": {"embed_dim": 16}, "wdl": {"embed_dim": 16, "hidden": [400, 400, 400]},
-             "deepfm": {"embed_dim": 16, "hidden": [400, 400, 400]},
-             "dcn": {"embed_dim": 16, "hidden": [400, 400], "cross_layers": 3},
-             "dlrm": {"embed_dim": 64, "bottom": [512, 256], "hidden": [512, 256]}}
+LONG_RUN = 1_000_000  # the steps of the run a benchmark stands for (the trial's step cap)
 
 
 def gemm_shapes(model, rows_dense: int, rows_fused: int) -> list[tuple[int, int, int]]:
@@ -77,23 +71,15 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
     tmp = comm.bcast_object(tempfile.mkdtemp(dir=workdir) if comm.rank == 0 else None)
     try:
         path = os.path.join(tmp, "bench.h5")
-        conf = {"model": {"name": model, **WORKLOADS.get(model, {})}, "data": {"train": path},
-                "train": {"batch_size": batch, "steps": steps + warmup, "optimizer": optimizer,
-                          "lr": 0.01},
-                "dist": {"strategy": strategy, "aggregate": aggregate, "check_every": 0}}
-        if dim:
-            conf["model"]["embed_dim"] = dim
-        for sec, kv in (sets or {}).items():
-            conf.setdefault(sec, {}).update(kv)
-        cfg = from_dict(conf).check()
+        cfg = bench_config(model, path, batch, steps + warmup, dim, strategy, aggregate,
+                           optimizer, sets)
         dc = cfg.dist
         # dist 'auto': batches of its own for the trial steps before the warm-up (untimed;
         # a longer trial repeats them)
         extra = dc.auto_trial_max * (1 + dc.auto_trial_steps) if dc.is_auto else 0
-        # (the trainer spends at most half of a run's steps on a trial: room for its longest)
-        longest = dc.auto_trial_max * (1 + max(MAX_ROUNDS, dc.auto_trial_steps)) \
-            if dc.is_auto else 0
-        cfg = replace(cfg, train=replace(cfg.train, steps=2 * (steps + warmup + longest)))
+        # the trial as in a long run (the trainer spends at most half of a run's steps on
+        # it): its time budget, dist.auto_trial_s, bounds it
+        cfg = replace(cfg, train=replace(cfg.train, steps=LONG_RUN))
         rows = batch * (steps + warmup + extra)
         if comm.rank == 0:
             generate(SynthSpec(rows=rows, seed=1, cap=cap), path)

@@ -151,6 +151,24 @@ def _log_bench_train(rep: dict) -> None:
              rep["bytes_per_key"], rep["bytes_per_key_payload"], rep["workspace_bytes"] / 1e6)
 
 
+def _bench_variants(a, comm: Comm):
+    from desmpi.bench.paired import bench_variants
+    from desmpi.config import parse_set
+    from desmpi.variants import parse_list
+
+    rep = bench_variants(comm, a.model, a.batch, parse_list(a.variants), a.steps, a.rounds,
+                         a.warmup, a.cap, a.dim, a.optimizer, sets=parse_set(a.set))
+
+    def describe(rep):
+        log.info("%s P=%d batch %d: %d rounds of %d steps a variant, in turns (median "
+                 "samples/s; predictions agree to %.1e)", rep["model"], rep["ranks"],
+                 rep["batch"], rep["rounds"], rep["steps"], rep["max_prediction_gap"])
+        for n, m in sorted(rep["samples_per_s"].items(), key=lambda kv: -kv[1]):
+            log.info("  %-30s %12.0f samples/s  %.3f of the fastest", n, m, rep["relative"][n])
+
+    return rep, describe
+
+
 def _bench_data(a, comm: Comm):
     from desmpi.bench.data import bench_data
     from desmpi.samples import criteo_sample
@@ -163,7 +181,7 @@ def _bench_data(a, comm: Comm):
 
 
 _BENCHES = {"comm": _bench_comm, "compute": _bench_compute, "train": _bench_train,
-            "data": _bench_data}
+            "variants": _bench_variants, "data": _bench_data}
 
 
 def _train(a, comm: Comm) -> int:
@@ -237,10 +255,10 @@ def add_commands(sub) -> None:
     s.set_defaults(fn=_smoke)
 
     b = sub.add_parser("bench", help="benchmarks")
-    b.add_argument("what", choices=["data", "comm", "compute", "train"])
+    b.add_argument("what", choices=["data", "comm", "compute", "train", "variants"])
     b.add_argument("--ranks", type=int, default=None,
                    help="launch mpiexec -n RANKS itself (or run under mpiexec)")
-    b.add_argument("--model", default="deepfm", help="bench train: model")
+    b.add_argument("--model", default="deepfm", help="bench train/variants: model")
     b.add_argument("--steps", type=int, default=20, help="bench train: timed steps")
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--cap", type=int, default=1_000_000, help="bench train: cardinality cap")
@@ -249,6 +267,10 @@ def add_commands(sub) -> None:
                    help="bench train: des, des-a2a, a2a, ps or auto (the simulator chooses)")
     b.add_argument("--aggregate", default="auto", help="bench train: allreduce, "
                    "reduce_scatter or auto")
+    b.add_argument("--variants", default="des/allreduce,des/reduce_scatter,des-a2a,a2a,ps",
+                   help="bench variants: the variants to run side by side")
+    b.add_argument("--rounds", type=int, default=5,
+                   help="bench variants: blocks of --steps steps per variant, in turns")
     b.add_argument("--optimizer", default="adagrad")
     b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="bench train: config override (e.g. model.deep_input=fused)")
