@@ -129,10 +129,13 @@ class DistConfig:
     cluster: str = "auto"
     # auto, second stage (desmpi.whatif.trial): candidates predicted within auto_band of the
     # best (at most auto_trial_max, same model structure and input) take turns on the first
-    # steps, after one warm step each at least auto_trial_steps timed rounds, more (up to 16)
-    # where they fit in auto_trial_s seconds; 0 steps: prediction only
+    # steps, after one warm step each at least auto_trial_steps timed rounds, more (up to 16,
+    # then blocks of several steps) where they fit in auto_trial_s seconds; 0 steps:
+    # prediction only. The trial's steps train the model: its cost is only the slower
+    # candidates' extra time (3 s: about 10 rounds of three 100 ms candidates, enough to tell
+    # 5% apart on a shared machine, where 1 s, 3 rounds, was not: docs/auto.md)
     auto_trial_steps: int = 3
-    auto_trial_s: float = 1.0
+    auto_trial_s: float = 3.0
     auto_band: float = 0.5
     auto_trial_max: int = 3
     # a collective that takes longer aborts the job naming the step (a rank stuck, stopped

@@ -190,6 +190,28 @@ def test_bench_variants_runs_them_side_by_side_on_the_same_batches():
     assert bad.returncode != 0 and "unknown variant 'des-x'" in bad.stderr
 
 
+def test_bench_auto_pools_the_jobs_rounds():
+    """Two jobs whose own fastest differ: the pooled figure is the median of all six rounds,
+    and the report keeps each job's fastest (the order did not reproduce)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from bench_auto import pooled
+    finally:
+        sys.path.pop(0)
+
+    def job(a, b):
+        med = {"A": sorted(a)[1], "B": sorted(b)[1]}
+        best = max(med, key=med.get)
+        return {"variants": ["A", "B"], "samples_per_s_by_round": {"A": a, "B": b},
+                "fastest": best, "relative": {k: v / med[best] for k, v in med.items()},
+                "steps": 5, "rounds": 3}
+
+    p = pooled([job([10, 11, 12], [9, 9.5, 13]), job([8, 8.5, 9], [9, 10, 11])])
+    assert p["fastest_by_job"] == ["A", "B"] and p["rounds"] == 6 and p["steps"] == 5
+    # A: 8 8.5 9 10 11 12 -> 9.5; B: 9 9 9.5 10 11 13 -> 9.75
+    assert p["samples_per_s"] == {"A": 9.5, "B": 9.75} and p["fastest"] == "B"
+
+
 def test_bench_scaling_small():
     p = _run(["scripts/bench_scaling.py", "--model", "wdl", "--repeats", "2", "--json", "--",
               "--batch", "256", "--steps", "2", "--warmup", "1", "--cap", "1000"])

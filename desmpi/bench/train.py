@@ -25,6 +25,7 @@ from desmpi.data.synth import SynthSpec, generate
 from desmpi.train import Trainer
 
 LONG_RUN = 1_000_000  # the steps of the run a benchmark stands for (the trial's step cap)
+TRIAL_ROWS = 1 << 18  # rows generated for dist 'auto''s trial steps, at least
 
 
 def gemm_shapes(model, rows_dense: int, rows_fused: int) -> list[tuple[int, int, int]]:
@@ -74,9 +75,12 @@ def bench_train(comm: Comm, model: str, batch: int, steps: int, warmup: int, cap
         cfg = bench_config(model, path, batch, steps + warmup, dim, strategy, aggregate,
                            optimizer, sets)
         dc = cfg.dist
-        # dist 'auto': batches of its own for the trial steps before the warm-up (untimed;
-        # a longer trial repeats them)
-        extra = dc.auto_trial_max * (1 + dc.auto_trial_steps) if dc.is_auto else 0
+        # dist 'auto': batches of its own for the trial steps before the warm-up (untimed),
+        # fresh keys as in a run's first steps: TRIAL_ROWS rows at least (a longer trial
+        # repeats them)
+        extra = 0
+        if dc.is_auto and comm.size > 1:
+            extra = max(dc.auto_trial_max * (1 + dc.auto_trial_steps), -(-TRIAL_ROWS // batch))
         # the trial as in a long run (the trainer spends at most half of a run's steps on
         # it): its time budget, dist.auto_trial_s, bounds it
         cfg = replace(cfg, train=replace(cfg.train, steps=LONG_RUN))
