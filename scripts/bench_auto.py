@@ -54,6 +54,16 @@ def _predicted(r: dict) -> str:
     return ranking[0]["variant"] if ranking else r["variant"]
 
 
+def trial_overhead(trial: dict | None) -> float:
+    """Seconds a trial's steps cost beyond running its winner throughout (about: each
+    candidate ran steps / candidates of them at its median)."""
+    if not trial:
+        return 0.0
+    med = trial["measured_step_time_s"]
+    fastest = min(med.values())
+    return trial["steps"] / len(med) * sum(t - fastest for t in med.values())
+
+
 def pooled(jobs: list[dict]) -> dict:
     """The variants' figures over several ``bench variants`` jobs: the median of every round
     of every job, the fastest by it, and each job's own fastest."""
@@ -149,10 +159,14 @@ def write_markdown(out: Path, rows: list[dict], a) -> None:
          f"within 5% in {ok_case} of {len(rows)} cases** (the simulator's ranking alone: "
          f"{ok_sim} of {len(runs)} runs). The fastest variant was the same in every job in "
          f"{same} of {len(rows)} cases.", "",
+         "*s to choose*: the simulator's ranking with the start-up calibration; *trial "
+         "overhead*: what the trial's steps cost beyond running the winner throughout, about "
+         "(its steps / candidates) × the sum of the others' median steps less the winner's "
+         "(the trial's steps train the model; only that excess is lost).", "",
          "| model | P | batch | auto chose | auto / best | simulator alone (/ best) | fastest "
-         "| fastest by job | s to choose | steps | "
+         "| fastest by job | s to choose | trial overhead s | steps | "
          + " | ".join(v.name for v in VARIANTS) + " |",
-         "|---|---:|---:|---|---|---|---|---|---|---:|" + "---:|" * len(VARIANTS)]
+         "|---|---:|---:|---|---|---|---|---|---|---|---:|" + "---:|" * len(VARIANTS)]
     for r in rows:
         pool = r["pooled"]
         L.append(f"| {r['model']} | {r['P']} | {r['batch']} | {', '.join(r['auto'])} | "
@@ -160,7 +174,8 @@ def write_markdown(out: Path, rows: list[dict], a) -> None:
                  + ", ".join(f"{p} ({x:.2f})" for p, x in zip(r["predicted"],
                                                               r["predicted_vs_best"]))
                  + f" | {r['best']} | {', '.join(pool['fastest_by_job'])} | "
-                 + ", ".join("" if s is None else f"{s:.1f}" for s in r["choose_s"])
+                 + ", ".join("" if s is None else f"{s:.1f}" for s in r["choose_s"]) + " | "
+                 + ", ".join(f"{trial_overhead(t):.2f}" for t in r["trials"])
                  + f" | {pool['steps']} | "
                  + " | ".join(f"{r['variants'][v.name]:.0f}" for v in VARIANTS) + " |")
     out.write_text("\n".join(L) + "\n")
