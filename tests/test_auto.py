@@ -250,6 +250,11 @@ def test_trial_extends_short_rounds_and_trusts_a_consistent_small_lead():
     assert t.block_steps == 2 and len(t.schedule) == 2 + 2 * 3 + 2 * 7 * 2 <= 60
     t, w = run(0.0)
     assert len(t.schedule) == 2 + 2 * 3 and w == A
+    t = Trial(OneRank(), {A: "a", B: "b"}, rounds=3, budget_s=1.0, max_rounds=10)
+    while t.active:  # steps too short for the clock: the most rounds, one step each
+        t.sync()
+        t.record(0.0)
+    assert len(t.schedule) == 2 + 2 * 10 and t.block_steps == 1
     t, w = run(0.05)  # 2 rounds fit, 3 at least
     assert len(t.schedule) == 2 + 2 * 3
 

@@ -136,7 +136,9 @@ class Trial:
         if self.max_steps is not None:  # one-step rounds the step cap leaves room for
             fit = min(fit, have + (self.max_steps - used) / k)
         steps = 1
-        if fit >= 2 * self.max_rounds:
+        if math.isinf(fit):  # rounds took no measurable time: the most rounds, one step each
+            want = self.max_rounds
+        elif fit >= 2 * self.max_rounds:
             steps = int(fit // self.max_rounds)
             want = self.max_rounds
         else:
