@@ -132,8 +132,9 @@ class DistConfig:
     # steps, after one warm step each at least auto_trial_steps timed rounds, more (up to 16,
     # then blocks of several steps) where they fit in auto_trial_s seconds; 0 steps:
     # prediction only. The trial's steps train the model: its cost is only the slower
-    # candidates' extra time (3 s: about 10 rounds of three 100 ms candidates, enough to tell
-    # 5% apart on a shared machine, where 1 s, 3 rounds, was not: docs/auto.md)
+    # candidates' extra time. 3 s: about 10 rounds of three 100 ms candidates; 1 s gave 3, and
+    # DeepFM at P = 4, batch 4096 then ran a variant 6-9% slower in two of three runs, none
+    # at 3 s (docs/auto_trial_1s.md, docs/auto.md)
     auto_trial_steps: int = 3
     auto_trial_s: float = 3.0
     auto_band: float = 0.5
