@@ -193,5 +193,5 @@ class Trial:
                                                                    key=lambda kv: kv[1]))
         rounds = len(self.times[self.predicted])
         return (f"auto: measured on the first {len(self.schedule)} steps ({rounds} rounds, "
-                f"blocks of up to {self.block_steps} steps; median per candidate of the "
+                f"blocks of up to {self.block_steps} step(s); median per candidate of the "
                 f"slowest rank's mean step): {ms}; running {self.winner}")
