@@ -140,7 +140,8 @@ def test_int8_blocks_against_numpy():
     max|x|/127, values rint(x/s) (float32); error at most s/2; a NaN or inf spoils its block
     only (decoded NaN, caught by the step's checks); all-zero blocks stay zero; the words are
     counted exactly."""
-    from desmpi.kernels.compress import int8_words, pack_chunks, unpack_chunks
+    from desmpi.kernels.compress import pack_chunks, unpack_chunks
+    from desmpi.kernels.int8 import int8_words
 
     rng = np.random.default_rng(3)
     x = (rng.normal(size=2001) * np.exp(3 * rng.normal(size=2001))).astype(np.float32)

@@ -48,11 +48,16 @@ def bench_variants(comm: Comm, model: str, batch: int, variants: list[Variant], 
         if comm.rank == 0:
             generate(SynthSpec(rows=batch * total, seed=1, cap=cap), path)
         comm.barrier()
-        trainers = [Trainer(bench_config(model, path, batch, total, dim, v.strategy,
-                                         v.aggregate or "allreduce", optimizer,
-                                         {**(sets or {}), "dist": {**(sets or {}).get(
-                                             "dist", {}), "input": v.input}}), comm)
-                    for v in variants]
+        trainers = []
+        for v in variants:
+            over = {**(sets or {}), "dist": {**(sets or {}).get("dist", {}), "input": v.input}}
+            if trainers:  # one copy of the rows in memory: the first trainer's, shared
+                over["data"] = {**over.get("data", {}), "in_memory": "false"}
+            tr = Trainer(bench_config(model, path, batch, total, dim, v.strategy,
+                                      v.aggregate or "allreduce", optimizer, over), comm)
+            if trainers:
+                tr.train_ds = trainers[0].train_ds
+            trainers.append(tr)
         for tr in trainers:  # JIT compilation, first touches
             for t in range(warmup):
                 tr.strategy.train_step(*tr.local_batch(tr.train_ds, t), t + 1)
