@@ -72,7 +72,7 @@ def test_fp16_kernels_match_numpy_bit_for_bit(hardware):
     decodes to NumPy's float32 bits (a NaN made quiet, its payload kept); float32 bit
     patterns (normals, subnormals, ties, overflow, inf, NaN) encode to NumPy's half (NaN:
     quiet, as NumPy leaves the quiet ones)."""
-    from desmpi.kernels import compress as K
+    from desmpi.kernels import f16 as K
 
     if hardware and not K.hardware_f16():
         pytest.skip("no half conversion instructions here: the portable kernels run")
@@ -183,25 +183,87 @@ def test_int8_blocks_against_numpy():
     assert np.array_equal(got, acc)
 
 
-def test_sum_packed_decodes_each_chunk_and_adds_in_rank_order():
-    """bf16 and fp16 sums of P chunks (m past the fp16 kernel's 2048-float blocks, halves of
-    every kind among the values) are the float32 sums, in rank order, of each chunk decoded."""
+def test_sum_packed_decodes_each_chunk_and_adds_in_rank_order(monkeypatch):
+    """bf16 and fp16 sums of P chunks (values over twelve decades) are the float32 sums, in rank
+    order, of each chunk decoded; fp16's portable kernels give the same bits."""
+    from desmpi.kernels import f16
+    from desmpi.kernels.compress import pack_chunks, unpack_chunks
+
     rng = np.random.default_rng(3)
     m, P = 5000, 3
     for codec in ("bf16", "fp16"):
         parts = [(rng.normal(size=m) * 10.0 ** rng.integers(-8, 4, m)).astype(np.float32)
                  for _ in range(P)]
-        words = np.concatenate([pack(codec, p) for p in parts])
+        words = np.concatenate([pack_chunks(codec, p, [m]) for p in parts])
         want = np.zeros(m, np.float32)
         for p in parts:
-            want += unpack(codec, pack(codec, p))
+            want += unpack_chunks(codec, pack_chunks(codec, p, [m]), [m])
         got = sum_packed(codec, words, P, np.empty(m, np.float32))
         assert np.array_equal(got, want), codec  # (a sum may be ±0 by where it starts)
-    from desmpi.kernels import compress as K
-
+    monkeypatch.setattr(f16, "hardware_f16", lambda: False)
     portable = np.empty(m, np.float32)
-    K._sum_f16(words, P, m, portable)  # the fp16 words of the last loop
+    f16.sum_chunks(words, P, m, portable)  # the fp16 words of the last loop
     assert np.array_equal(portable.view(np.uint32), got.view(np.uint32))
+
+
+def _scaled_f16_reference(x: np.ndarray, bounds) -> np.ndarray:
+    """NumPy: per chunk k = 15 − e with max|x| = f·2^e (f in [0.5, 1)), |k| <= 112, 0 for an
+    all-zero chunk; the value sent is float16(x·2^k)·2^-k."""
+    out = np.empty(x.size, np.float32)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        c = x[lo:hi]
+        amax = float(np.abs(c).max()) if c.size else 0.0
+        k = 0 if amax == 0.0 else int(np.clip(15 - np.frexp(amax)[1], -112, 112))
+        with np.errstate(over="ignore"):
+            h = (c * np.float32(2.0 ** k)).astype(np.float16)
+        out[lo:hi] = h.astype(np.float32) * np.float32(2.0 ** -k)
+    return out
+
+
+@pytest.mark.parametrize("hardware", [False, True])
+def test_fp16_chunks_scale_each_chunk_by_a_power_of_two(hardware, monkeypatch):
+    """fp16 on the wire: each chunk's halves carry x·2^k (its largest magnitude in [2^14,
+    2^15)), one exponent word more a chunk; equal to the NumPy reference bit for bit, with both
+    kernels, and 11 significant bits at scales where plain halves are subnormal or overflow
+    (the per-sample gradients at batch 4096 are ~1e-6); error feedback leaves the residual
+    x + r − sent."""
+    from desmpi.kernels import f16
+    from desmpi.kernels.compress import chunk_words, pack_chunks, pack_feedback, unpack_chunks
+
+    if hardware and not f16.hardware_f16():
+        pytest.skip("no half conversion instructions here: the portable kernels run")
+    if not hardware:
+        monkeypatch.setattr(f16, "hardware_f16", lambda: False)
+    rng = np.random.default_rng(5)
+    sizes = [700, 0, 300, 5, 1000, 64]
+    scales = [1e-6, 1.0, 3e-9, 1e5, 2e-40, 1.0]
+    x = np.concatenate([rng.normal(size=n) * s for n, s in zip(sizes, scales)]).astype(np.float32)
+    x[700 + 300:700 + 300 + 5] = 0.0  # an all-zero chunk: k = 0
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    q = pack_chunks("fp16", x, sizes)
+    assert q.size == sum(chunk_words("fp16", n) for n in sizes) == sum(sizes) + 5
+    got = unpack_chunks("fp16", q, sizes)
+    want = _scaled_f16_reference(x, bounds)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    big = np.abs(x) >= np.float32(2.0 ** -100)  # all but the 2e-40 chunk (k clamped there)
+    rel = np.abs(got - x)[big] / np.abs(x)[big]
+    top = np.repeat([np.abs(x[a:b]).max() if b > a else 0 for a, b in
+                     zip(bounds[:-1], bounds[1:])], sizes)[big]
+    # 2^-11 relative, or half a unit of the chunk's smallest normal half below 2^-14 of it
+    assert (np.abs(got - x)[big] <= np.maximum(np.abs(x)[big] * 2.0 ** -11,
+                                                top * 2.0 ** -39)).all()
+    assert np.median(rel) < 2.0 ** -12
+    plain = np.abs(x[:700].astype(np.float16).astype(np.float32) - x[:700]) / np.abs(x[:700])
+    assert np.median(plain) > 50 * np.median(rel)  # 1e-6: subnormal halves as plain fp16
+    # error feedback, one pass or (portable) the caller's add, pack, decode, subtract
+    r = (rng.normal(size=x.size) * 1e-7).astype(np.float32)
+    r2, q2 = r.copy(), np.empty(q.size, np.uint16)
+    if pack_feedback("fp16", x, r2, sizes, q2):
+        v = x + r
+        assert np.array_equal(q2, pack_chunks("fp16", v, sizes))
+        assert np.array_equal(r2, v - unpack_chunks("fp16", q2, sizes))
+    else:
+        assert not hardware
 
 
 def test_codec_time_leaves_out_the_collectives_inside():

@@ -22,11 +22,13 @@ step 1 each chunk of m floats travels as its ⌈r·m⌉ largest-magnitude entrie
 (the Allgatherv of the sums) is dense bf16. (:func:`allgatherv` can send each rank's block as
 top-k triples too.) The counts follow from the sizes alone, so plans stay exact.
 
-``int8`` sends each chunk as blocks of 64 floats, a bf16 scale and 8-bit values each
-(:func:`desmpi.kernels.compress.pack_chunks`): about half bf16's words, and the chunk of the
-sums travels the same way. ``dist.compress_partials`` (:attr:`Wire.partial`) gives the partials
-and their gradients a codec of their own, so that e.g. topk's dense gradients go with int8
-partials.
+``fp16`` sends each chunk as its halves scaled by a power of two of the chunk's own (one more
+word: :mod:`desmpi.kernels.f16`), so that gradients carrying the loss's 1/B keep 11 significant
+bits at any batch size. ``int8`` sends each chunk as blocks of 64 floats, a bf16 scale and
+8-bit values each (:func:`desmpi.kernels.compress.pack_chunks`): about half bf16's words, and
+the chunk of the sums travels the same way. ``dist.compress_partials`` (:attr:`Wire.partial`)
+gives the partials and their gradients a codec of their own, so that e.g. topk's dense
+gradients go with int8 partials.
 
 ``threshold`` (DCT: Gupta et al. 2020, arXiv 2010.08899) sends the same ⌈r·m⌉ slots a chunk
 in the same words, filled by a hard threshold instead of a selection: the entries whose
@@ -126,13 +128,14 @@ FULL = Wire()  # everything at full width (the default)
 
 
 def words(blocks: np.ndarray, codec: str, ratio: float = 0.1) -> np.ndarray:
-    """16-bit words that carry blocks of these sizes: one per float (bf16, fp16), half a word
-    per float and a scale per 64 (int8), or 3 per top-k or threshold slot."""
+    """16-bit words that carry blocks of these sizes: one per float (bf16), one per float and
+    the block's exponent (fp16), half a word per float and a scale per 64 (int8), or 3 per
+    top-k or threshold slot."""
     b = np.asarray(blocks, dtype=np.int64)
     if codec in SPARSE:
         return np.array([3 * topk_count(int(m), ratio) for m in b], dtype=np.int64)
-    if codec == "int8":
-        return np.array([chunk_words("int8", int(m)) for m in b], dtype=np.int64)
+    if codec in ("int8", "fp16"):
+        return np.array([chunk_words(codec, int(m)) for m in b], dtype=np.int64)
     return b
 
 
@@ -245,10 +248,11 @@ def _allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | Non
     flat = x.reshape(-1)
     P, r = comm.size, comm.rank
     ch = split_counts(flat.size, P)
-    q = bufs.get("q", flat.size, np.uint16) if codec in ("bf16", "fp16") else None
+    q = bufs.get("q", int(words(ch, codec).sum()), np.uint16) \
+        if codec in ("bf16", "fp16") else None
     if residual is None or q is None or not pack_feedback(codec, flat, residual.reshape(-1),
-                                                          q):
-        # (the one-pass kernel above where there is one: bf16 and fp16 see no chunks)
+                                                          ch, q):
+        # (the one-pass kernel above where there is one)
         if residual is not None:
             flat += residual.reshape(-1)
         q, dec = _encode(flat, ch, codec, ratio, bufs, thr)

@@ -38,9 +38,26 @@ def int8_q(x, bounds):
     return out
 
 
+def fp16_q(x, bounds):
+    """Reference fp16 on the wire: per chunk k = 15 − e with max|x| = f·2^e (f in [0.5, 1)),
+    0 for an all-zero chunk; float16(x·2^k)·2^-k."""
+    x = np.asarray(x, np.float32)
+    out = np.empty(x.size, np.float32)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        c = x[lo:hi]
+        amax = float(np.abs(c).max()) if c.size else 0.0
+        k = 0 if amax == 0.0 else int(np.clip(15 - np.frexp(amax)[1], -112, 112))
+        out[lo:hi] = (c * np.float32(2.0 ** k)).astype(np.float16).astype(np.float32) \
+            * np.float32(2.0 ** -k)
+    return out
+
+
 def dense_q(codec, x, bounds):
-    """What a dense codec sends of x, chunked at ``bounds`` (int8's blocks restart at each)."""
-    return int8_q(x, bounds) if codec == "int8" else q(codec, x)
+    """What a dense codec sends of x, chunked at ``bounds`` (int8's blocks and fp16's scales
+    restart at each)."""
+    if codec == "int8":
+        return int8_q(x, bounds)
+    return fp16_q(x, bounds) if codec == "fp16" else q(codec, x)
 
 
 def topk_q(x, bounds, ratio):
@@ -151,7 +168,7 @@ def main() -> None:
     # planned calls == the recorded ones (kinds, counts, item sizes)
     log = []
     comm2 = Comm.world(keep_log=True)
-    for codec in ("bf16", "int8", "topk", "threshold"):
+    for codec in ("bf16", "fp16", "int8", "topk", "threshold"):
         C.allreduce(comm2, data[r].copy(), codec, ratio=0.25)
         plan = C.calls("allreduce", [n], P, codec, 0.25)
         log = [(c.kind, c.counts, c.itemsize) for _, c, _, _ in comm2.acct.log]
