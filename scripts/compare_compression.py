@@ -179,6 +179,44 @@ def codec_cost(B: int, dims: ModelDims, methods: dict[str, Wire], reps: int = 15
     return out
 
 
+def payload_precision(train: str, models=("wdl", "deepfm"), batches=(256, 4096),
+                      steps: int = 3) -> list[dict]:
+    """Each dense codec's relative error ‖decode(encode(x)) − x‖ / ‖x‖ on the payloads a real
+    step sends: the partials Z and their per-sample gradients gZ of the ``steps``-th
+    single-process des/reduce_scatter step on the Criteo rows (one chunk each), with the
+    share of gZ's non-zero entries below 2^-14 (subnormal as plain IEEE halves). fp16 plain:
+    :func:`desmpi.kernels.compress.pack`; fp16: the scaled chunks the collectives send."""
+    from desmpi.kernels.compress import pack, pack_chunks, unpack, unpack_chunks
+    from desmpi.trainer import Trainer
+
+    def err(x, y):
+        return float(np.linalg.norm(y - x) / np.linalg.norm(x))
+
+    rows = []
+    for model in models:
+        for B in batches:
+            cfg = load(ROOT / "configs" / f"{model}.toml",
+                       [f"data.train={train}", "data.eval=", f"train.batch_size={B}",
+                        "dist.strategy=des", "dist.aggregate=reduce_scatter"])
+            tr = Trainer(cfg, Comm.local())
+            tr.strategy.probe = {}
+            for t in range(steps):
+                b, sizes = tr.local_batch(tr.train_ds, t)
+                tr.strategy.train_step(b, sizes, t + 1)
+            row = {"model": model, "batch": B, "step": steps}
+            for name in ("Z", "gZ"):
+                x = np.ascontiguousarray(tr.strategy.probe[name], np.float32).reshape(-1)
+                n = [x.size]
+                row[name] = {"bf16": err(x, unpack("bf16", pack("bf16", x))),
+                             "fp16 plain": err(x, unpack("fp16", pack("fp16", x))),
+                             "fp16": err(x, unpack_chunks("fp16", pack_chunks("fp16", x, n), n)),
+                             "int8": err(x, unpack_chunks("int8", pack_chunks("int8", x, n), n))}
+                nz = np.abs(x[x != 0])
+                row[name]["subnormal_share"] = float(np.mean(nz < 2.0 ** -14)) if nz.size else 0.0
+            rows.append(row)
+    return rows
+
+
 def bench_step(wire: Wire, reps: int = 3) -> tuple[float, float]:
     """DeepFM des/reduce_scatter at batch 4096 on 2 ranks: the median over ``reps`` runs of
     the step time and of the codec's own work inside it (``bench train``'s ``codec_s``)."""
@@ -266,12 +304,14 @@ def main() -> int:
                                            [f"data.train={syn_tr}"]).model, 26, 13,
                                       np.float32, 0, "auto"))
         kern = codec_cost(4096, dm, methods_run)
+        precision = payload_precision(crit[0], batches=(256,) if a.quick else (256, 4096))
         both = {} if a.quick else {m: bench_step(w) for m, w in methods_run.items()
                                    if w.keys == "int64"}
         steps = {m: v[0] for m, v in both.items()}
         in_step = {m: v[1] for m, v in both.items()}
     rep = {"args": vars(a), "oracle_auc_synthetic": oracle, "planned": plan_rows,
-           "real": real, "codec_s": kern, "deepfm_b4096_step_s": steps,
+           "real": real, "codec_s": kern, "payload_precision": precision,
+           "deepfm_b4096_step_s": steps,
            "deepfm_b4096_codec_in_step_s": in_step, "deepfm_W": dm.W,
            "deepfm_D": dm.D}
     if earlier is not None:  # the command of the run that made the real runs
@@ -384,7 +424,28 @@ def write_markdown(path: Path, rep: dict, a) -> None:
               f"{g[0]} {g[1]} P={g[2]}: {_spread(real, g)}" for g in groups) + ".", ""]
     L += _order_band(real)
     L += _auc_targets(real)
-    # 3. codec cost
+    # 3. precision on the real payloads
+    prec = rep.get("payload_precision") or []
+    if prec:
+        cods = ("bf16", "fp16 plain", "fp16", "int8")
+        L += ["## Codec precision on the real payloads", "",
+              "Relative error ‖decode(encode(x)) − x‖ / ‖x‖ of each codec on what a step sends: "
+              "the partials Z and their per-sample gradients gZ of step "
+              f"{prec[0]['step']} of a single-process des/reduce_scatter run on the Criteo rows "
+              "(one chunk each). *fp16 plain*: IEEE halves as they are; *fp16*: the chunks the "
+              "collectives send, scaled by a power of two of their own. gZ carries the loss's "
+              "1/B: *subnormal* is the share of its non-zero entries below 2^-14, which plain "
+              "halves keep with fewer than 11 significant bits.", "",
+              "| model | batch | payload | " + " | ".join(cods) + " | subnormal as plain fp16 |",
+              "|---|---:|---|" + "---:|" * (len(cods) + 1)]
+        for r in prec:
+            for name in ("Z", "gZ"):
+                e = r[name]
+                L.append(f"| {r['model']} | {r['batch']} | {name} | "
+                         + " | ".join(f"{e[c]:.1e}" for c in cods)
+                         + f" | {e['subnormal_share']:.1%} |")
+        L.append("")
+    # 4. codec cost
     k, st = rep["codec_s"], rep["deepfm_b4096_step_s"]
     ins = rep.get("deepfm_b4096_codec_in_step_s", {})
     L += ["## Pack/unpack cost", "",
