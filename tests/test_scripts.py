@@ -64,6 +64,33 @@ def test_compression_order_band_pairs_none_by_seed():
     assert _order_band([row(1, 1, "none", 0.7)]) == []
 
 
+def test_compression_auc_targets_check_each_cell():
+    """The report's target lines: bf16 |mean ΔAUC| <= 0.0005 per (model, P > 1) on Criteo,
+    paired by seed, misses named with their standard error; top-k one-sided at 0.001."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from compare_compression import _auc_targets
+    finally:
+        sys.path.pop(0)
+
+    def row(model, P, seed, method, auc, data="criteo"):
+        return {"data": data, "model": model, "P": P, "seed": seed, "method": method,
+                "eval_auc": auc}
+    real = [row(m, P, s, "none", 0.74) for m in ("wdl", "deepfm") for P in (1, 2)
+            for s in (1, 2)]
+    real += [row("wdl", 2, 1, "bf16", 0.7390), row("wdl", 2, 2, "bf16", 0.7392),  # -0.0009
+             row("deepfm", 2, 1, "bf16", 0.7403), row("deepfm", 2, 2, "bf16", 0.7399),
+             row("wdl", 1, 1, "bf16", 0.70),  # P = 1 is not a cell
+             row("wdl", 2, 1, "topk 0.1", 0.7395), row("wdl", 2, 2, "topk 0.1", 0.7415),
+             row("wdl", 2, 1, "bf16", 0.5, data="synthetic")]  # synthetic is not judged
+    lines = _auc_targets(real)
+    assert lines[0] == ("Target check (bf16, Criteo): |mean ΔAUC| ≤ 0.0005 in 1/2 (model, P) "
+                        "cells; missed: wdl P=2 -0.0009 ± 0.0001.")
+    assert lines[1] == ("Target check (topk 0.1, Criteo): mean ΔAUC ≥ −0.001 in 1/1 (model, P) "
+                        "cells.")
+    assert _auc_targets([row("wdl", 2, 1, "none", 0.7)]) == []
+
+
 def test_compare_compression_quick(tmp_path):
     _run(["scripts/compare_compression.py", "--quick", "--models", "lr", "--out",
           str(tmp_path)], timeout=900)
@@ -87,6 +114,13 @@ def test_compare_compression_quick(tmp_path):
         assert real[data, 2, "int8"]["wire_bytes_per_step"] < \
             real[data, 2, "bf16"]["wire_bytes_per_step"]
     assert set(rep["codec_s"]) >= {"bf16", "int8", "topk 0.1", "threshold 0.1"}
+    # on the real payloads, fp16's scaled chunks keep 11 significant bits (RMS ~2^-12), ahead
+    # of bf16's 8 and never behind plain halves
+    for r in rep["payload_precision"]:
+        for name in ("Z", "gZ"):
+            e = r[name]
+            assert e["fp16"] < 3e-4 and e["fp16"] < e["bf16"] / 4, (r["model"], name, e)
+            assert e["fp16"] <= e["fp16 plain"] * 1.001, (r["model"], name, e)
     assert "ΔAUC" in (tmp_path / "compression.md").read_text()
 
 
