@@ -144,10 +144,11 @@ class DistConfig:
     timeout_s: float = 600.0
     # payload compression (desmpi.strategies.compressed): none | bf16 | fp16 (16-bit DES
     # partials, their gradients and the dense gradients; error feedback on the dense
-    # gradients; fp16 chunks scaled by a power of two each) | int8 (as bf16, 8-bit values with a bf16 scale per 64) | topk (the dense
-    # gradients' largest compress_ratio of each chunk as (index, bf16) triples with error
-    # feedback; the partials as bf16) | threshold (as topk, the slots filled by a hard
-    # threshold re-estimated every compress_every steps from a sample: DCT)
+    # gradients; fp16 chunks scaled by a power of two each) | int8 (as bf16, 8-bit values
+    # with a bf16 scale per 64) | topk (the dense gradients' largest compress_ratio of each
+    # chunk as (index, bf16) triples with error feedback; the partials as bf16) | threshold
+    # (as topk, the slots filled by a hard threshold re-estimated every compress_every steps
+    # from a sample: DCT)
     compress: str = "none"
     compress_ratio: float = 0.1
     compress_every: int = 16
