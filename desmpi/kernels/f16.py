@@ -174,7 +174,7 @@ def unpack(q: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-K_MAX = 112  # |k| at most: 2^±112 and the decoded values stay normal float32 numbers
+K_MAX = 112  # |k| at most: the scales 2^±k stay normal float32 numbers
 
 
 def f16_words(m: int) -> int:
