@@ -70,6 +70,9 @@ def _ef_bf16(x: np.ndarray, r: np.ndarray, q: np.ndarray) -> None:
         r[i] = v - _float_of(np.uint32(np.uint32(h) << np.uint32(16)))
 
 
+CHUNKED = ("int8", "fp16")  # dense codecs whose words depend on the chunks (scales per chunk)
+
+
 def chunk_words(codec: str, m: int) -> int:
     """16-bit words of a chunk of m floats under a dense codec (bf16: one a float; fp16: one
     a float and the chunk's exponent; int8: :func:`desmpi.kernels.int8.int8_words`)."""
@@ -86,7 +89,7 @@ def pack_chunks(codec: str, x: np.ndarray, blocks, out: np.ndarray | None = None
                 ) -> np.ndarray:
     """x (flat floats) split in chunks of ``blocks`` floats -> the dense codec's words, chunk
     after chunk (Σ :func:`chunk_words` words; bf16 does not see the chunks)."""
-    if codec not in ("int8", "fp16"):
+    if codec not in CHUNKED:
         return pack(codec, x, out)
     x32 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     b = _bounds(blocks)
@@ -103,7 +106,7 @@ def pack_chunks(codec: str, x: np.ndarray, blocks, out: np.ndarray | None = None
 def unpack_chunks(codec: str, q: np.ndarray, blocks, dtype=np.float32,
                   out: np.ndarray | None = None) -> np.ndarray:
     """The inverse of :func:`pack_chunks`: (Σ blocks,) floats of ``dtype`` (into ``out``)."""
-    if codec not in ("int8", "fp16"):
+    if codec not in CHUNKED:
         return unpack(codec, q, dtype, out)
     b = _bounds(blocks)
     f32 = np.dtype(dtype) == np.float32

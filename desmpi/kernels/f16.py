@@ -28,7 +28,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.core.extending import intrinsic
 
-from desmpi.kernels.int8 import RINT
+from desmpi.kernels.int8 import RINT, abs_max_bits
 
 _U32 = np.uint32
 _SUB = np.float32(2.0 ** 24)  # a half subnormal's unit is 2**-24
@@ -185,12 +185,9 @@ def f16_words(m: int) -> int:
 @nb.njit(cache=True, nogil=True)
 def chunk_exponent(u: np.ndarray) -> int:
     """k such that max|v| · 2^k is in [2^14, 2^15) (|k| <= K_MAX), for the float32 values v
-    whose bits are u; 0 when they are all zeros or hold inf or NaN (which decode as such
-    whatever k is). The largest magnitude is the largest of the bits with the sign cleared:
-    an integer maximum, which vectorises (a float one, bound to NaN's rules, does not)."""
-    m = np.uint32(0)
-    for i in range(u.size):
-        m = max(m, u[i] & np.uint32(0x7FFFFFFF))
+    whose bits are u (:func:`desmpi.kernels.int8.abs_max_bits`); 0 when they are all zeros or
+    hold inf or NaN (which decode as such whatever k is)."""
+    m = abs_max_bits(u)
     if m == 0 or m >= np.uint32(0x7F800000):
         return 0
     E = int(m >> np.uint32(23))

@@ -24,6 +24,17 @@ def int8_words(m: int) -> int:
     return (m + 1) // 2 + (m + INT8_BLOCK - 1) // INT8_BLOCK
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def abs_max_bits(u: np.ndarray) -> np.uint32:
+    """The bits of max |x| over the float32 values whose bits are u: non-negative floats order
+    as their bits, so an integer maximum of the sign-cleared bits (which vectorises; a float
+    maximum, bound to NaN's rules, does not). inf or NaN give 0x7F800000 or more."""
+    m = np.uint32(0)
+    for i in range(u.size):
+        m = max(m, u[i] & np.uint32(0x7FFFFFFF))
+    return m
+
+
 @nb.njit(cache=True, nogil=True)
 def pack_int8(x: np.ndarray, xu: np.ndarray, bounds: np.ndarray, out: np.ndarray,
                out8: np.ndarray) -> None:
@@ -49,12 +60,8 @@ def pack_int8(x: np.ndarray, xu: np.ndarray, bounds: np.ndarray, out: np.ndarray
         nblk = (m + G - 1) // G
         xc, uc = x[lo:hi], xu[lo:hi]
         oc = out8[2 * (w + nblk):2 * (w + nblk) + m]
-        for k in range(nblk):  # the bits of max |x|: non-negative floats order as their bits
-            t = np.uint32(0)
-            ub = uc[k * G:min(m, (k + 1) * G)]  # a block's slice: indices from 0 vectorise
-            for i in range(ub.size):
-                t = max(t, ub[i] & np.uint32(0x7FFFFFFF))
-            top[k] = t
+        for k in range(nblk):  # a block's slice: indices from 0 vectorise
+            top[k] = abs_max_bits(uc[k * G:min(m, (k + 1) * G)])
         for k in range(nblk):
             if top[k] >= 0x7F800000:  # inf or NaN: a NaN scale, the block decodes to NaN
                 out[w + k] = np.uint16(0x7FC0)

@@ -54,6 +54,7 @@ import numpy as np
 from desmpi.comm import Comm
 from desmpi.data.slicing import split_counts
 from desmpi.kernels.compress import (
+    CHUNKED,
     chunk_words,
     pack_chunks,
     pack_feedback,
@@ -134,7 +135,7 @@ def words(blocks: np.ndarray, codec: str, ratio: float = 0.1) -> np.ndarray:
     b = np.asarray(blocks, dtype=np.int64)
     if codec in SPARSE:
         return np.array([3 * topk_count(int(m), ratio) for m in b], dtype=np.int64)
-    if codec in ("int8", "fp16"):
+    if codec in CHUNKED:
         return np.array([chunk_words(codec, int(m)) for m in b], dtype=np.int64)
     return b
 
