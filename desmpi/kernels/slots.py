@@ -18,9 +18,12 @@ def topk_count(m: int, ratio: float) -> int:
 
 
 @nb.njit(cache=True, nogil=True)
-def _fill_slots(cu: np.ndarray, idx: np.ndarray, w: np.ndarray, dec: np.ndarray) -> None:
+def _fill_slots(cu: np.ndarray, idx: np.ndarray, w: np.ndarray, dst: np.ndarray, sub: bool
+                ) -> None:
     """A chunk's slots: w (3k,) = the k indices' low and high 16 bits, then the bf16 of the
-    chunk's values there (cu: the chunk's float32 bits); dec[idx] = those values decoded."""
+    chunk's values there (cu: the chunk's float32 bits); at each kept i, dst[i] = the value
+    sent (dst: the decoded chunk), or with ``sub`` dst[i] −= it (dst: the chunk itself, which
+    becomes what the slots left out: error feedback's x − decoded without a decoded copy)."""
     k = idx.size
     t = np.empty(1, dtype=np.uint32)
     tf = t.view(np.float32)
@@ -31,7 +34,10 @@ def _fill_slots(cu: np.ndarray, idx: np.ndarray, w: np.ndarray, dec: np.ndarray)
         h = _bf16_of(cu[i])
         w[2 * k + j] = h
         t[0] = np.uint32(h) << 16
-        dec[i] = tf[0]
+        if sub:
+            dst[i] = dst[i] - tf[0]
+        else:
+            dst[i] = tf[0]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -46,18 +52,26 @@ def _add_slots(w: np.ndarray, out: np.ndarray) -> None:
 
 
 def _pack_slots(x: np.ndarray, bounds: np.ndarray, ratio: float, choose,
-                dec: np.ndarray | None = None, words: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                dec: np.ndarray | None = None, words: np.ndarray | None = None,
+                feedback: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Each chunk [bounds[j], bounds[j+1]) of x (flat floats) as k = :func:`topk_count` slots
     that ``choose(chunk, k)`` names ((k,) distinct indices within the chunk), packed as 3·k
     16-bit words: index low words, index high words, bf16 values. Returns (words, decoded
     (x.size,) float32: what the receivers will see); ``dec`` (x.size floats) and ``words``
-    (at least Σ 3·k) are scratch to reuse, overwritten."""
-    x32 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    (at least Σ 3·k) are scratch to reuse, overwritten. ``feedback`` (x flat float32): no
+    decoded vector (None); x becomes x − decoded in place (error feedback's residual)."""
+    if feedback:
+        if x.dtype != np.float32 or x.ndim != 1 or not x.flags.c_contiguous:
+            raise ValueError("feedback packing needs flat C-contiguous float32")
+        x32 = x
+    else:
+        x32 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     ks = [topk_count(int(bounds[j + 1] - bounds[j]), ratio) for j in range(bounds.size - 1)]
     n = 3 * sum(ks)
     words = np.empty(n, dtype=np.uint16) if words is None else words[:n]
-    if dec is None:
+    if feedback:
+        dec = None
+    elif dec is None:
         dec = np.zeros(x32.size, dtype=np.float32)
     else:
         dec.fill(0.0)
@@ -68,7 +82,8 @@ def _pack_slots(x: np.ndarray, bounds: np.ndarray, ratio: float, choose,
         lo, hi = int(bounds[j]), int(bounds[j + 1])
         c = x32[lo:hi]
         idx = np.asarray(choose(c, k), dtype=np.int64)
-        _fill_slots(c.view(np.uint32), idx, words[off:off + 3 * k], dec[lo:hi])
+        _fill_slots(c.view(np.uint32), idx, words[off:off + 3 * k],
+                    c if feedback else dec[lo:hi], feedback)
         off += 3 * k
     return words, dec
 
@@ -154,17 +169,18 @@ def _select_largest(xu: np.ndarray, k: int, idx: np.ndarray) -> None:
 
 
 def pack_topk(x: np.ndarray, bounds: np.ndarray, ratio: float, dec: np.ndarray | None = None,
-              words: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              words: np.ndarray | None = None, feedback: bool = False
+              ) -> tuple[np.ndarray, np.ndarray | None]:
     """Top-k by magnitude of each chunk [bounds[j], bounds[j+1]) of x (flat floats), packed as
     3·k 16-bit words per chunk (:func:`_pack_slots`; indices ascending; ties at the k-th
     magnitude broken by index). Returns (words, decoded (x.size,) float32: what the receivers
-    will see; ``dec``, ``words``: scratch as :func:`_pack_slots` takes it)."""
+    will see; ``dec``, ``words``, ``feedback``: as :func:`_pack_slots` takes them)."""
     def largest(c: np.ndarray, k: int) -> np.ndarray:
         idx = np.empty(k, dtype=np.int64)
         _select_largest(c.view(np.uint32), k, idx)
         return idx
 
-    return _pack_slots(x, bounds, ratio, largest, dec, words)
+    return _pack_slots(x, bounds, ratio, largest, dec, words, feedback)
 
 
 def add_topk(words: np.ndarray, out: np.ndarray) -> None:
@@ -195,15 +211,15 @@ def _select_threshold(c: np.ndarray, k: int, tau: np.float32, idx: np.ndarray) -
 
 
 def pack_threshold(x: np.ndarray, bounds: np.ndarray, ratio: float, tau: float,
-                   dec: np.ndarray | None = None, words: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, int]:
+                   dec: np.ndarray | None = None, words: np.ndarray | None = None,
+                   feedback: bool = False) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Hard threshold (DCT, Gupta et al. 2020) in a fixed budget: each chunk [bounds[j],
     bounds[j+1]) of x sends k = :func:`topk_count` slots, the entries with |x| >= tau in index
     order (those past k stay in the error-feedback residual), the budget filled from the
     entries below tau when fewer pass. The words are :func:`pack_topk`'s (3·k per chunk, read
     by :func:`add_topk`), so the bytes are known before the values: plans stay exact. Returns
-    (words, decoded (x.size,) float32, entries that passed tau; ``dec``, ``words``: scratch as
-    :func:`_pack_slots` takes it)."""
+    (words, decoded (x.size,) float32, entries that passed tau; ``dec``, ``words``,
+    ``feedback``: as :func:`_pack_slots` takes them)."""
     passed = [0]
 
     def over(c: np.ndarray, k: int) -> np.ndarray:
@@ -211,7 +227,7 @@ def pack_threshold(x: np.ndarray, bounds: np.ndarray, ratio: float, tau: float,
         passed[0] += _select_threshold(c, k, np.float32(tau), idx)
         return idx
 
-    words, dec = _pack_slots(x, bounds, ratio, over, dec, words)
+    words, dec = _pack_slots(x, bounds, ratio, over, dec, words, feedback)
     return words, dec, passed[0]
 
 

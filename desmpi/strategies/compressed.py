@@ -209,20 +209,36 @@ class Threshold:
 
 
 def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: Buffers,
-            thr: Threshold | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+            thr: Threshold | None = None, feedback: bool = False
+            ) -> tuple[np.ndarray, np.ndarray | None]:
     """(words, decoded or None): x's blocks as the codec sends them (decoded: topk and
-    threshold only)."""
+    threshold without ``feedback``; with it, x (flat float32) becomes what the slots left
+    out)."""
     if codec not in SPARSE:
         n = int(words(blocks, codec).sum())
         return pack_chunks(codec, x, blocks, bufs.get("q", n, np.uint16)), None
     bounds = np.concatenate([[0], np.cumsum(blocks)])
-    dec = bufs.get("dec", x.size, np.float32)
+    dec = None if feedback else bufs.get("dec", x.size, np.float32)
     q = bufs.get("sq", int(words(blocks, codec, ratio).sum()), np.uint16)
     if codec == "topk":
-        return pack_topk(x, bounds, ratio, dec, q)
+        return pack_topk(x, bounds, ratio, dec, q, feedback)
     thr = thr if thr is not None else Threshold(every=1)  # threshold
-    q, dec, _ = pack_threshold(x, bounds, ratio, thr.value(x, ratio), dec, q)
+    q, dec, _ = pack_threshold(x, bounds, ratio, thr.value(x, ratio), dec, q, feedback)
     return q, dec
+
+
+def _encode_feedback(x: np.ndarray, r: np.ndarray, blocks: np.ndarray, codec: str,
+                     ratio: float, bufs: Buffers, thr: Threshold | None) -> np.ndarray | None:
+    """Error feedback where a kernel does it in place (x, r: flat float32): the words of
+    x + r, and r = what they lost (x is left as it was, or for topk and threshold holds
+    nothing of use: the allreduce overwrites it). None (nothing done) otherwise."""
+    if x.dtype != np.float32 or r.dtype != np.float32:
+        return None
+    if codec in SPARSE:  # v = x + r kept in r; the kept slots' values leave it there
+        np.add(x, r, out=r)
+        return _encode(r, blocks, codec, ratio, bufs, thr, feedback=True)[0]
+    q = bufs.get("q", int(words(blocks, codec).sum()), np.uint16)
+    return q if pack_feedback(codec, x, r, blocks, q) else None
 
 
 def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec: str,
@@ -249,11 +265,9 @@ def _allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | Non
     flat = x.reshape(-1)
     P, r = comm.size, comm.rank
     ch = split_counts(flat.size, P)
-    q = bufs.get("q", int(words(ch, codec).sum()), np.uint16) \
-        if codec in ("bf16", "fp16") else None
-    if residual is None or q is None or not pack_feedback(codec, flat, residual.reshape(-1),
-                                                          ch, q):
-        # (the one-pass kernel above where there is one)
+    q = None if residual is None else _encode_feedback(flat, residual.reshape(-1), ch, codec,
+                                                       ratio, bufs, thr)
+    if q is None:  # add, pack, decode, subtract
         if residual is not None:
             flat += residual.reshape(-1)
         q, dec = _encode(flat, ch, codec, ratio, bufs, thr)
