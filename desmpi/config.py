@@ -143,7 +143,8 @@ class DistConfig:
     # or gone); armed after the first step (JIT compilation); 0: never
     timeout_s: float = 600.0
     # payload compression (desmpi.strategies.compressed): none | bf16 | fp16 (16-bit DES
-    # partials, their gradients and the dense gradients; error feedback on the dense
+    # partials, their gradients, the all-to-all strategies' rows, pooled parts and partials
+    # and their gradients, and the dense gradients; error feedback on the dense
     # gradients; fp16 chunks scaled by a power of two each) | int8 (as bf16, 8-bit values
     # with a bf16 scale per 64) | topk (the dense gradients' largest compress_ratio of each
     # chunk as (index, bf16) triples with error feedback; the partials as bf16) | threshold
@@ -152,8 +153,9 @@ class DistConfig:
     compress: str = "none"
     compress_ratio: float = 0.1
     compress_every: int = 16
-    # the DES partials' and their gradients' own codec: auto (compress's rule above) | none |
-    # bf16 | fp16 | int8 (e.g. compress = "topk" with compress_partials = "int8")
+    # the DES partials' and their gradients' own codec (and ps's rows, a2a's pooled parts,
+    # des-a2a's partials and their gradients): auto (compress's rule above) | none | bf16 |
+    # fp16 | int8 (e.g. compress = "topk" with compress_partials = "int8")
     compress_partials: str = "auto"
     # the DES input Allgatherv's keys: int64 | narrow (32-bit words, field implied by
     # position, lossless: desmpi.data.keycodec)

@@ -69,10 +69,10 @@ def test_equivalent_to_single_process(runs, P):
     # with replicated input: adagrad) + multi-hot weighted for every model and variant +
     # W&D and DeepFM with the other substitution of the first layer for every variant
     # (pooling where auto fuses, fused where it pools)
-    # + lifecycle for every strategy, + 7 compressed cases (test_compressed_close_to_full_width)
+    # + lifecycle for every strategy, + 9 compressed cases (test_compressed_close_to_full_width)
     # + 4 with narrow keys (test_narrow_keys_change_no_bit) + 3 sparse-coded (topk, threshold,
     # topk with int8 partials: test_sparse_codecs_learn)
-    assert len(cases) == 6 * (2 * 4 + 5) + 6 * 7 + 2 * 7 + 5 + 7 + 4 + 3
+    assert len(cases) == 6 * (2 * 4 + 5) + 6 * 7 + 2 * 7 + 5 + 9 + 4 + 3
     worst = {}
     for c in cases:
         if c.endswith(("-bf16", "-fp16", "-int8", "-topk", "-threshold", "-topkq8")):
@@ -111,7 +111,7 @@ def test_compressed_close_to_full_width(runs):
     a gradient's rounding into a step of up to lr; the compressed sums themselves are checked
     exactly in test_compress.py); the wire bytes of the DES partials shrink."""
     pairs = list(_with_base(runs, ("-bf16", "-fp16", "-int8")))
-    assert len(pairs) == 7 * len(runs)
+    assert len(pairs) == 9 * len(runs)
     for P, c, sc, sb, pc, pb in pairs:
         assert abs(sc["train_logloss"] - sb["train_logloss"]) <= 0.01 * sb["train_logloss"], \
             (P, c, sc["train_logloss"], sb["train_logloss"])
@@ -121,11 +121,15 @@ def test_compressed_close_to_full_width(runs):
         assert np.max(np.abs(pc - pb)) <= bound, (P, c, np.max(np.abs(pc - pb)))
         assert np.mean(np.abs(pc - pb)) <= bound / 5, (P, c, np.mean(np.abs(pc - pb)))
         assert np.max(np.abs(pc - pb)) > 0, (P, c)  # compression did change something
-        if P > 1 and "-des-" in f"-{c}":
+        if P > 1:
             kinds = sc["comm"]
             assert "alltoallv" in kinds and kinds["alltoallv"]["wire_bytes_per_step"] > 0
-            # the partials move as 16-bit words (int8: half that): fewer bytes than at full width
+            # the partials (DES) or rows and partials (ps, a2a, des-a2a) move as 16-bit words
+            # (int8: half that): fewer bytes than at full width
             assert sc["wire_bytes_per_step"] < sb["wire_bytes_per_step"], (P, c)
+            if any(f"-{t}-" in f"-{c}-" for t in ("ps", "a2a")):  # ps, a2a, des-a2a
+                assert kinds["alltoallv"]["wire_bytes_per_step"] < \
+                    sb["comm"]["alltoallv"]["wire_bytes_per_step"], (P, c)
 
 
 def test_sparse_codecs_learn(runs):

@@ -110,6 +110,10 @@ def test_compare_compression_quick(tmp_path):
     # int8: half a word a float and a scale per 64 (the loss sum stays float64)
     q8 = plan[64, "des/allreduce+replicate", "int8"]
     assert 0.25 < q8["wire_bytes_per_step"] / full["wire_bytes_per_step"] < 0.3
+    # ps compressed the same way: its rows (not its int64 keys) as 16-bit words; the baseline
+    # column is ps at full width
+    assert full["ps_same_codec_bytes_per_step"] == full["ps_bytes_per_step"]
+    assert 0.5 < half["ps_same_codec_bytes_per_step"] / half["ps_bytes_per_step"] < 1
     for data in ("criteo", "synthetic"):
         assert real[data, 2, "int8"]["wire_bytes_per_step"] < \
             real[data, 2, "bf16"]["wire_bytes_per_step"]

@@ -43,7 +43,7 @@ class A2AStrategy(ExchangeStrategy):
         pool(seg_of_key, zf, rows, vals_in, table.weights, model.emb_col, seg_out,
              0 if L else -1, -1, w - 1 if Q else -1, seg_out, int(L) if E else -1)
         tm.lap("partials")
-        back, _ = comm.alltoallv(seg_out.reshape(-1), rs * w, scnt * w)
+        back = self.floats(seg_out, rs * w, scnt * w)
         back = back.reshape(-1, w)
         tm.lap("exchange")
         pooled = model.empty_pooled(b.n)  # the parts summed in segment (owner) order
@@ -55,7 +55,7 @@ class A2AStrategy(ExchangeStrategy):
         return Z, (pooled, seg_s, seg_f, scnt, rs, occ, nseg_in, w)
 
     def _sparse_backward(self, state, gZ: np.ndarray):
-        comm, table, model, tm = self.comm, self.table, self.model, self.timer
+        table, model, tm = self.table, self.model, self.timer
         pooled, seg_s, seg_f, scnt, rs, occ, nseg_in, w = state
         kg = model.key_grads(gZ, pooled)
         L, E, Q = model.needs()
@@ -64,7 +64,7 @@ class A2AStrategy(ExchangeStrategy):
         gather_segments(seg_s, seg_f, gseg, 0 if L else -1, int(L) if E else -1,
                         w - 1 if Q else -1, model.d, *kg.kernel_args)
         tm.lap("key_grads")
-        g_in, _ = comm.alltoallv(gseg.reshape(-1), scnt * w, rs * w)
+        g_in = self.floats(gseg, scnt * w, rs * w)
         g_in = g_in.reshape(-1, w)
         tm.lap("exchange")
         # the owner's segments [L | v (d) | Q]: v is a one-field E (occurrence field 0)

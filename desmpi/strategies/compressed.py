@@ -1,4 +1,4 @@
-"""Sums of compressed payloads built on MPI (``dist.compress``: bf16, fp16, topk, threshold).
+"""Sums and exchanges of compressed payloads built on MPI (``dist.compress``).
 
 MPI has no bf16 sum, so a compressed Allreduce of n floats is composed of two collectives on
 16-bit words, with float32 accumulation in between:
@@ -10,10 +10,11 @@ MPI has no bf16 sum, so a compressed Allreduce of n floats is composed of two co
    replicas stay bitwise equal.
 
 Wire bytes: 2·(P − 1)/P·n·2 per rank on average against 2·(P − 1)/P·n·4 for a float32 ring or
-Rabenseifner Allreduce: half. A compressed
-Reduce_scatter is step 1 alone (the owner keeps its float32 sum); a compressed Allgatherv sends
-the packed words. :func:`calls` is the plan of each form (the accounting records exactly
-those calls; :mod:`desmpi.strategies.plans` uses it).
+Rabenseifner Allreduce: half. A compressed Reduce_scatter is step 1 alone (the owner keeps its
+float32 sum); a compressed Allgatherv sends the packed words; a compressed Alltoallv
+(:func:`alltoallv`: the all-to-all strategies' rows and partials) packs each destination's
+block on its own. :func:`calls` is the plan of each form (the accounting records exactly those
+calls; :mod:`desmpi.strategies.plans` uses it).
 
 ``topk`` (``dist.compress_ratio`` = r) compresses the dense gradients (:attr:`Wire.dense`,
 with error feedback; the partials and their gradients go as bf16, :attr:`Wire.partials`): in
@@ -109,11 +110,13 @@ class Wire:
 
     @property
     def partials(self) -> str:
-        """Codec of the partials Z and their per-sample gradients gZ: ``dist.compress_partials``
-        when set, else ``compress``'s. Top-k has no error feedback there (the rows are other
-        samples every step): it would zero most of a sample's logit terms forward and drop most
-        samples' gradients backward (measured on the Criteo sample: −0.02 to −0.15 AUC), so
-        topk and threshold send them as bf16 unless told otherwise (int8: half bf16's bytes)."""
+        """Codec of the partials Z and their per-sample gradients gZ (and of the all-to-all
+        strategies' float payloads: ps's rows, a2a's pooled parts, des-a2a's pair partials, and
+        their gradients): ``dist.compress_partials`` when set, else ``compress``'s. Top-k has
+        no error feedback there (the rows are other samples every step): it would zero most of
+        a sample's logit terms forward and drop most samples' gradients backward (measured on
+        the Criteo sample: −0.02 to −0.15 AUC), so topk and threshold send them as bf16 unless
+        told otherwise (int8: half bf16's bytes)."""
         if self.partial != "auto":
             return self.partial
         return "bf16" if self.compress in SPARSE else self.compress
@@ -159,6 +162,10 @@ def calls(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.1
         return [("alltoallv", np.tile(words(c, codec, ratio), (P, 1)), WORD)]
     if kind == "allgatherv":
         return [("allgatherv", words(c, codec, ratio), WORD)]
+    if kind == "alltoallv":  # counts (P, P): row i what rank i sends to each rank
+        if codec in SPARSE:
+            raise ValueError(f"no {codec} form of alltoallv (the rows go dense)")
+        return [("alltoallv", words(c.reshape(-1), codec).reshape(c.shape), WORD)]
     raise ValueError(f"no compressed form of {kind}")
 
 
@@ -323,6 +330,33 @@ def _allgatherv(comm: Comm, x: np.ndarray, counts, codec: str, out: np.ndarray,
     if acc is not flat:
         flat[:] = acc
     return out
+
+
+def _alltoallv(comm: Comm, x: np.ndarray, sendcounts, recvcounts, codec: str, dtype,
+               bufs: Buffers) -> np.ndarray:
+    sc = np.asarray(sendcounts, dtype=np.int64)
+    rc = np.asarray(recvcounts, dtype=np.int64)
+    if codec in SPARSE or codec == "none":
+        raise ValueError(f"no {codec} form of alltoallv (bf16, fp16, int8)")
+    if sc.sum() != x.size:
+        raise ValueError(f"sendcounts {sc.tolist()} do not split {x.size} elements")
+    ws, wr = words(sc, codec), words(rc, codec)
+    q = pack_chunks(codec, x.reshape(-1), sc, bufs.get("q", int(ws.sum()), np.uint16))
+    recv, _ = comm.alltoallv(q, ws, wr, out=bufs.get("recv", int(wr.sum()), np.uint16))
+    return unpack_chunks(codec, recv, rc, dtype)
+
+
+def alltoallv(comm: Comm, x: np.ndarray, sendcounts, recvcounts, codec: str, dtype=None,
+              bufs: Buffers | None = None) -> np.ndarray:
+    """Compressed Alltoallv of floats (the all-to-all strategies' rows, pooled parts and
+    partials, and their gradients): ``sendcounts[j]`` elements of x (flat, in rank order) go
+    to rank j, each block packed on its own (fp16's scale and int8's blocks restart at each),
+    one Alltoallv of the words; returns the (Σ recvcounts,) decoded floats of ``dtype``
+    (x's by default), a new array. Dense codecs only (bf16, fp16, int8)."""
+    bufs = bufs or Buffers()
+    with bufs.timing(comm):
+        return _alltoallv(comm, x, sendcounts, recvcounts, codec,
+                          x.dtype if dtype is None else dtype, bufs)
 
 
 def allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None = None,

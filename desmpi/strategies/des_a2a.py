@@ -35,17 +35,17 @@ class DesA2AStrategy(ExchangeStrategy):
         pooled_pairs = pool_owned(model, occ, n_in, table)
         Zp = model.partial(pooled_pairs)
         tm.lap("partials")
-        back, _ = comm.alltoallv(np.ascontiguousarray(Zp).reshape(-1), rp * W, pcnt * W)
+        back = self.floats(Zp, rp * W, pcnt * W)
         tm.lap("exchange")
         Z = np.zeros((b.n, W), dtype=dt)
         np.add.at(Z, pair_s, back.reshape(-1, W))  # owner order, the same at every run
         return Z, (pair_s, pcnt, rp, occ, pooled_pairs)
 
     def _sparse_backward(self, state, gZ: np.ndarray):
-        comm, table, model, tm = self.comm, self.table, self.model, self.timer
+        table, model, tm = self.table, self.model, self.timer
         pair_s, pcnt, rp, occ, pooled_pairs = state
         W = model.W
-        g_in, _ = comm.alltoallv(np.ascontiguousarray(gZ[pair_s]).reshape(-1), pcnt * W, rp * W)
+        g_in = self.floats(gZ[pair_s], pcnt * W, rp * W)
         tm.lap("exchange")
         kg = model.key_grads(g_in.reshape(-1, W), pooled_pairs)  # fused: local part of dW1
         tm.lap("key_grads")

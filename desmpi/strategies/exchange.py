@@ -11,6 +11,7 @@ import numpy as np
 
 from desmpi.data.batch import Batch
 from desmpi.kernels.hashing import owners
+from desmpi.strategies import compressed
 from desmpi.strategies.template import DataParallelStrategy
 
 
@@ -77,6 +78,17 @@ class ExchangeStrategy(DataParallelStrategy):
         rows = table.lookup_or_insert(keys_in) if insert else table.lookup(keys_in)
         self.timer.lap("lookup")
         return keys_in, rows, lens_in, vals_in, rs
+
+    def floats(self, x: np.ndarray, sendcounts, recvcounts) -> np.ndarray:
+        """Alltoallv of float payloads (rows, pooled parts, partials and their gradients):
+        ``sendcounts[j]`` elements of x to rank j; returns the received (Σ recvcounts,) floats
+        of x's dtype — at full width, or through the partials' codec (``dist.compress``:
+        :func:`desmpi.strategies.compressed.alltoallv`)."""
+        x = np.ascontiguousarray(x).reshape(-1)
+        if self.wire.partials == "none":
+            return self.comm.alltoallv(x, sendcounts, recvcounts)[0]
+        return compressed.alltoallv(self.comm, x, sendcounts, recvcounts, self.wire.partials,
+                                    bufs=self.bufs)
 
     def owners(self, keys: np.ndarray) -> np.ndarray:
         P = self.comm.size

@@ -22,9 +22,10 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
                 wire: compressed.Wire = compressed.FULL) -> list[Collective]:
     """The collectives of one training step of variant ``v``, in call order, for all ranks;
     each names the algorithm ``layout``'s MPI library runs for it (wire bytes follow it).
-    ``wire.compress`` (dist.compress): the partials, their gradients and the dense gradients go
-    through :mod:`desmpi.strategies.compressed`'s forms; ``wire.keys`` (dist.keys) the DES
-    input's keys (:mod:`desmpi.data.keycodec`)."""
+    ``wire`` (dist.compress): the partials, their gradients (and the all-to-all strategies'
+    rows, pooled parts and partials and their gradients: :attr:`Wire.partials`) and the dense
+    gradients (:attr:`Wire.dense`) go through :mod:`desmpi.strategies.compressed`'s forms;
+    ``wire.keys`` (dist.keys) the DES input's keys (:mod:`desmpi.data.keycodec`)."""
     strategy, aggregate, replicate_input = v.strategy, v.aggregate, v.replicate_input
     P, F, W, isz = c.P, c.n_fields, m.W, m.itemsize
     out: list[Collective] = []
@@ -36,7 +37,8 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
                               ppn=layout.ppn if alg else 1))
 
     def summed(kind: str, counts, codec: str) -> None:
-        """A float sum (allreduce, reduce_scatter) or gather of floats, maybe compressed."""
+        """A float sum (allreduce, reduce_scatter), gather or exchange (alltoallv) of floats,
+        maybe compressed."""
         if codec == "none":
             add(kind, counts, isz)
         else:
@@ -79,8 +81,8 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
     if strategy == "ps":
         add("alltoall", np.ones((P, P)), I64)  # distinct-key counts
         add("alltoallv", c.distinct, I64)  # distinct keys to their owners
-        add("alltoallv", c.distinct.T * m.R, isz)  # their rows back
-        add("alltoallv", c.distinct * m.R, isz)  # row gradients to the owners
+        summed("alltoallv", c.distinct.T * m.R, wire.partials)  # their rows back
+        summed("alltoallv", c.distinct * m.R, wire.partials)  # row gradients to the owners
     elif strategy == "a2a":
         add("alltoall", np.full((P, P), 2), I64)  # (keys, bags) per peer
         add("alltoallv", c.keys, I64)
@@ -88,16 +90,16 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
             add("alltoallv", c.bags, I64)  # lengths of the bag parts
         if c.weighted:
             add("alltoallv", c.keys, isz)
-        add("alltoallv", c.bags.T * m.seg, isz)  # pooled (sample, field) parts back
-        add("alltoallv", c.bags * m.seg, isz)  # their gradients to the owners
+        summed("alltoallv", c.bags.T * m.seg, wire.partials)  # pooled (sample, field) parts
+        summed("alltoallv", c.bags * m.seg, wire.partials)  # their gradients to the owners
     elif strategy == "des-a2a":
         add("alltoall", np.full((P, P), 2), I64)  # (keys, samples) per peer
         add("alltoallv", c.keys, I64)
         add("alltoallv", c.samples, I64)  # keys per (sample, owner) pair
         if c.weighted:
             add("alltoallv", c.keys, isz)
-        add("alltoallv", c.samples.T * W, isz)  # partials of the pairs back
-        add("alltoallv", c.samples * W, isz)  # their gradients to the owners
+        summed("alltoallv", c.samples.T * W, wire.partials)  # partials of the pairs back
+        summed("alltoallv", c.samples * W, wire.partials)  # their gradients to the owners
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     dense_allreduce()

@@ -31,7 +31,7 @@ class PsStrategy(ExchangeStrategy):
         w_out = table.weights[rows]
         w_out[rows < 0] = 0.0  # never-trained keys (eval) contribute nothing
         tm.lap("lookup")
-        w_back, _ = comm.alltoallv(np.ascontiguousarray(w_out).reshape(-1), rc * R, cnt * R)
+        w_back = self.floats(w_out, rc * R, cnt * R)
         tm.lap("exchange")
         Wloc = np.empty((U.shape[0], R), dtype=table.dtype)
         Wloc[order] = w_back.reshape(-1, R)
@@ -43,7 +43,7 @@ class PsStrategy(ExchangeStrategy):
         return Z, (s, f.astype(np.int64), inv, vals, Wloc, order, cnt, rc, rows, pooled)
 
     def _sparse_backward(self, state, gZ: np.ndarray):
-        comm, table, model, tm = self.comm, self.table, self.model, self.timer
+        table, model, tm = self.table, self.model, self.timer
         s, f, inv, vals, Wloc, order, cnt, rc, rows, pooled = state
         R = table.R
         kg = model.key_grads(gZ, pooled)
@@ -51,7 +51,7 @@ class PsStrategy(ExchangeStrategy):
         row_grads(s, f, inv, np.arange(Wloc.shape[0]), vals, Wloc, model.emb_col, *kg.kernel_args,
                   gU)
         tm.lap("key_grads")
-        g_in, _ = comm.alltoallv(np.ascontiguousarray(gU[order]).reshape(-1), cnt * R, rc * R)
+        g_in = self.floats(gU[order], cnt * R, rc * R)
         tm.lap("exchange")
 
         def update(t: int) -> np.ndarray:

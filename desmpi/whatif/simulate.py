@@ -51,6 +51,7 @@ class ModelInfo:
 
 
 PACK_BYTES = 24  # bytes streamed per compressed element: pack, decode, sum, pack, decode
+A2A_PACK_BYTES = 12  # per element a compressed Alltoallv moves: packed (4 + 2), decoded (2 + 4)
 
 
 def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> Work:
@@ -59,7 +60,9 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
     reduced or sent, read by the dense part, its gradient written and read by the key
     gradients — four passes), which DES pays over all B samples and ps / a2a over b.
     ``wire.compress``: packing and decoding stream :data:`PACK_BYTES` per compressed element (the
-    DES partials and their gradients, the dense gradients)."""
+    DES partials and their gradients, the dense gradients) and :data:`A2A_PACK_BYTES` per
+    element of the all-to-all strategies' compressed rows and partials (sent and received
+    alike: the mean rank sends as many as it receives)."""
     st, agg = v.strategy, v.aggregate
     P = c.P
     B = float(c.sizes.sum())
@@ -99,6 +102,10 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
     if wire.dense != "none":
         packed += info.dims.partial_grad if (st, agg) == ("des", "allreduce") else info.dims.D
     mem += PACK_BYTES * packed
+    if wire.partials != "none" and st != "des":  # forward and backward, each sent once
+        sent = {"ps": upd * R, "a2a": c.bags.sum() / P * seg,
+                "des-a2a": c.samples.sum() / P * W}[st]
+        mem += A2A_PACK_BYTES * 2.0 * sent
     return Work(6.0 * (rows * info.dense_macs + fused_rows * info.fused_macs), keys,
                 mem_bytes=mem, key_ops=key_ops, route_keys=route, bucket_keys=bucket,
                 sort_keys=srt)

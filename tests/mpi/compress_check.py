@@ -148,6 +148,17 @@ def main() -> None:
         out = np.empty(counts.sum(), np.float32)
         C.allgatherv(comm, parts[r].copy(), counts, codec, out, ratio)
         assert np.array_equal(out, want), f"allgatherv {codec}"
+        if sparse:
+            continue
+        # alltoallv (the all-to-all strategies' rows): rank i sends S[i, j] floats to rank j,
+        # some blocks empty; each block decodes alone; float64 in, float64 out
+        S = np.array([[(3 * i + 5 * j) % 7 * ((i + j) % 3 != 1) for j in range(P)]
+                      for i in range(P)], dtype=np.int64)
+        offs = [np.concatenate([[0], np.cumsum(S[i])]) for i in range(P)]
+        want = np.concatenate([dense_q(codec, data[j][offs[j][r]:offs[j][r + 1]],
+                                       [0, int(S[j, r])]) for j in range(P)])
+        got = C.alltoallv(comm, data[r][:S[r].sum()].astype(np.float64), S[r], S[:, r], codec)
+        assert got.dtype == np.float64 and np.array_equal(got, want), f"alltoallv {codec}"
     # narrow keys: the gathered global batch equals the int64 gather bit for bit, escapes
     # (47-bit values, the reserved words, a wrong field) on some ranks only
     from desmpi.data.batch import Batch
@@ -171,6 +182,10 @@ def main() -> None:
     for codec in ("bf16", "fp16", "int8", "topk", "threshold"):
         C.allreduce(comm2, data[r].copy(), codec, ratio=0.25)
         plan = C.calls("allreduce", [n], P, codec, 0.25)
+        if codec not in C.SPARSE:
+            S = np.arange(P * P).reshape(P, P) % 5 + 60
+            C.alltoallv(comm2, data[r][:S[r].sum()], S[r], S[:, r], codec)
+            plan += C.calls("alltoallv", S, P, codec)
         log = [(c.kind, c.counts, c.itemsize) for _, c, _, _ in comm2.acct.log]
         comm2.acct.log.clear()
         want = [(k, tuple(int(x) for x in (cc[r] if k == "alltoallv" else cc)), it)

@@ -44,13 +44,14 @@ for n in ("des/allreduce", "des/reduce_scatter", "ps", "a2a", "des-a2a"):
     v = parse(n)
     cases.append((f"deepfm-{tag(v)}-lifecycle", "deepfm", v, "adagrad", onehot_h5, eval_h5,
                    "auto"))
-# dist.compress: 16-bit partials, their gradients and dense gradients (adagrad: the baseline
-# case of the same model and variant is f"{m}-{tag(v)}-adagrad")
+# dist.compress: 16-bit (or int8) partials or rows, their gradients and dense gradients
+# (adagrad: the baseline case of the same model and variant is f"{m}-{tag(v)}-adagrad")
 for m, n, codec in [("lr", "des/allreduce", "bf16"), ("deepfm", "des/allreduce", "bf16"),
                     ("deepfm", "des/reduce_scatter", "bf16"), ("dlrm", "des/reduce_scatter",
                                                                "bf16"),
                     ("wdl", "des/allreduce", "fp16"), ("deepfm", "ps", "bf16"),
-                    ("deepfm", "des/allreduce", "int8")]:
+                    ("deepfm", "des/allreduce", "int8"), ("fm", "a2a", "fp16"),
+                    ("wdl", "des-a2a", "int8")]:
     v = parse(n)
     cases.append((f"{m}-{tag(v)}-adagrad-{codec}", m, v, "adagrad", onehot_h5, eval_h5, "auto"))
 # the sparse codecs (dense gradients as 10% of each chunk, error feedback): W&D's dense
