@@ -28,6 +28,7 @@ from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.launch import run_json
 from desmpi.models import build_model
+from desmpi.strategies.compressed import FULL, Wire
 from desmpi.strategies.counts import ModelDims, count_step
 from desmpi.strategies.plans import traffic
 from desmpi.variants import COMPARED, Variant
@@ -39,15 +40,16 @@ PS = Variant("ps")
 
 
 def planned(ds: CtrDataset, dims: dict, P: int, B: int, steps: int, layout: Layout,
-            variants=VARIANTS) -> dict:
+            variants=VARIANTS, wire: Wire = FULL) -> dict:
     """Mean over ranks and steps of planned wire bytes per step, per variant (``dims``: the
-    ModelDims of each variant's model), under ``layout``'s algorithms."""
+    ModelDims of each variant's model), under ``layout``'s algorithms and the payload
+    encodings ``wire`` (``--set dist.compress=...``: every variant compressed alike)."""
     out = {v: 0.0 for v in variants}
     for t in range(steps):
         c = count_step(ds.read(t * B, (t + 1) * B), P, ds.onehot, ds.has("values"))
         for v in variants:
-            _, wire = traffic(v, c, dims[v], layout)
-            out[v] += wire.mean() / steps
+            _, sent = traffic(v, c, dims[v], layout, wire)
+            out[v] += sent.mean() / steps
     return out
 
 
@@ -107,7 +109,8 @@ def main() -> int:
                     for v in VARIANTS}
             t0 = time.perf_counter()
             plan = {P: planned(ds, dims, P, a.batch, a.steps,
-                               Layout(a.mpi, min(a.ranks_per_node, P))) for P in plan_ranks}
+                               Layout(a.mpi, min(a.ranks_per_node, P)), wire=cfg.dist.wire)
+                    for P in plan_ranks}
             print(f"{name}: planned {len(plan_ranks)} P values in "
                   f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
             for P in plan_ranks:
@@ -127,7 +130,8 @@ def main() -> int:
                                and r["variant"] == v.name)
                     # the run's own library and layout (this machine: one node)
                     here = planned(ds, dims, P, a.batch, a.steps,
-                                   Layout(s["mpi"], s["ranks_per_node"]), [v])[v]
+                                   Layout(s["mpi"], s["ranks_per_node"]), [v],
+                                   cfg.dist.wire)[v]
                     row["counted_wire_bytes_per_step"] = s["wire_bytes_per_step"]
                     row["planned_here_wire_bytes_per_step"] = here
                     row["step_time_s"] = s["step_time_s"]
@@ -162,7 +166,12 @@ def write_markdown(path: Path, rows, models, plan_ranks, a) -> None:
          "*planned here* the plan for that library and layout (the two must be equal). "
          "Saving = 1 − wire(variant)/wire(ps). "
          "`+replicate`: every rank reads the whole global batch from the data set (no input "
-         "Allgatherv; the DES paper's setting, I/O instead of MPI).", ""]
+         "Allgatherv; the DES paper's setting, I/O instead of MPI)."
+         + (" Payloads compressed as the `--set` options say, every variant alike (ps's rows "
+            "and a2a's and des-a2a's exchanges take the partials' codec; "
+            "docs/compression/compression.md)."
+            if any(kv.startswith("dist.compress") or kv.startswith("dist.keys")
+                   for kv in a.set) else ""), ""]
     for name in models:
         mr = [r for r in rows if r["model"] == name]
         widths = {}
