@@ -102,7 +102,7 @@ def main() -> int:
         ds = CtrDataset(data, in_memory=True)
         for name in models:
             cfg_path = ROOT / "configs" / f"{name}.toml"
-            cfg = load(cfg_path, [f"data.train={data}", *extra])
+            cfg = load(cfg_path, [f"data.train={data}", *a.set])
             # the substitution of the first dense layer depends on the strategy
             dims = {v: ModelDims.of(build_model(cfg.model, ds.n_fields, ds.n_dense, np.float32,
                                                 0, v.deep_input(cfg.model.deep_input)))
