@@ -18,7 +18,9 @@ def _run(args, timeout=900):
 
 
 def test_compare_strategies_quick(tmp_path):
-    _run(["scripts/compare_strategies.py", "--quick", "--out", str(tmp_path)])
+    """Compressed (--set reaches both the plans and the runs): counted equals planned."""
+    _run(["scripts/compare_strategies.py", "--quick", "--out", str(tmp_path),
+          "--set", "dist.compress=bf16"])
     rows = list(csv.DictReader(open(tmp_path / "strategies.csv")))
     real = [r for r in rows if r["counted_wire_bytes_per_step"] != ""]
     assert len(real) == 2 * 2 * 6  # models × real P × variants
@@ -27,7 +29,7 @@ def test_compare_strategies_quick(tmp_path):
         assert float(r["counted_wire_bytes_per_step"]) == \
             float(r["planned_here_wire_bytes_per_step"]), r
     md = (tmp_path / "strategies.md").read_text()
-    assert "Crossover" in md and "saving vs ps" in md
+    assert "Crossover" in md and "saving vs ps" in md and "Payloads compressed" in md
 
 
 def test_compare_compression_names_the_run_its_real_runs_came_from():
