@@ -294,3 +294,35 @@ def test_routing_work_follows_each_strategy(data):
     prof = profile(ds, info, 1, B, 1, [a2a])[0]
     assert own > 0
     assert prof.work.mem_bytes == pytest.approx(step_work(a2a, one, info[a2a]).mem_bytes + own)
+
+
+def test_compression_work_follows_the_compressed_payloads(data):
+    """dist.compress in the cost model: DES packs its partials (reduce_scatter: Z and gZ) and
+    its dense gradients, PACK_BYTES an element; ps, a2a and des-a2a their exchanged rows,
+    pooled parts or partials (forward and backward, A2A_PACK_BYTES an element sent) and their
+    dense gradients — closed forms from the step's counts."""
+    from desmpi.strategies.compressed import Wire
+    from desmpi.strategies.counts import count_step
+    from desmpi.variants import parse
+    from desmpi.whatif.simulate import A2A_PACK_BYTES, PACK_BYTES, step_work
+
+    cfg = from_dict({"model": {"name": "deepfm", "embed_dim": 8, "hidden": [16]},
+                     "data": {"train": str(data / "t.h5")}}).check()
+    ds = CtrDataset(cfg.data.train)
+    names = ["des/reduce_scatter", "ps", "a2a", "des-a2a"]
+    vs = [parse(n) for n in names]
+    info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, "float32", vs)
+    B, P = 1024, 4
+    c = count_step(ds.read(0, B), P, ds.onehot, ds.has("values"))
+    for v in vs:
+        d = info[v].dims
+        extra = step_work(v, c, info[v], Wire("bf16")).mem_bytes - \
+            step_work(v, c, info[v]).mem_bytes
+        sent = {"des": 0.0, "ps": c.distinct.sum() / P * d.R, "a2a": c.bags.sum() / P * d.seg,
+                "des-a2a": c.samples.sum() / P * d.W}[v.strategy]
+        packed = d.D + (2 * B * d.W if v.strategy == "des" else 0)
+        assert extra == pytest.approx(PACK_BYTES * packed + A2A_PACK_BYTES * 2 * sent), v
+        # the partials' codec alone: no dense-gradient term
+        only = step_work(v, c, info[v], Wire(partial="bf16")).mem_bytes - \
+            step_work(v, c, info[v]).mem_bytes
+        assert only == pytest.approx(extra - PACK_BYTES * d.D), v
