@@ -68,12 +68,14 @@ def test_replay_of_a_real_trace(data, tmp_path):
 
 
 def test_validate_reports_every_case(tmp_path):
+    """Compressed (--set reaches the runs and the plans): bytes planned == counted."""
     p = _desmpi("simulate", "--validate", "--models", "lr,fm", "--strategies", "des,ps",
                 "--ranks", "1,2", "--steps", "4", "--batch", "512", "--out", str(tmp_path),
-                "--json", timeout=900)
+                "--set", "dist.compress=bf16", "--json", timeout=900)
     rep = json.loads(p.stdout.strip().splitlines()[-1])
     assert len(rep["cases"]) == 2 * 2 * 2
     assert all(c["bytes_equal"] for c in rep["cases"])
+    assert rep["measurements"]["sets"] == ["dist.compress=bf16"]
     assert all(c["predicted_step_time_s"] > 0 for c in rep["cases"])
     # every case here is in-sample (P = 1 and the calibrated P = 2): a fit that misses its own
     # runs by more than half is broken, whatever the machine's noise
@@ -90,6 +92,7 @@ def test_validate_reports_every_case(tmp_path):
         assert lo <= grp["median_abs_error"] <= hi and grp["iqr"][0] <= grp["iqr"][1]
     md = (tmp_path / "validation.md").read_text()
     assert "held out by model" in md and md.count("| lr |") == 4
+    assert "under `dist.compress=bf16`" in md
 
 
 def test_network_source_extrapolates_from_the_largest_smaller_calibration():
@@ -118,7 +121,7 @@ def test_validate_defaults_to_small_ranks(monkeypatch):
     seen = {}
 
     def fake(models, variants, ranks, batch, steps, calibrate_ranks=None, repeats=1,
-             network_ranks=None, reuse=None):
+             network_ranks=None, reuse=None, sets=None):
         seen.update(ranks=ranks, calibrate=calibrate_ranks, batch=batch, network=network_ranks)
         return {"cases": [], "groups": {}, "median_abs_error": 0.0,
                 "median_abs_error_extrapolated": None, "measurements": {}}

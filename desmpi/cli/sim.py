@@ -212,7 +212,7 @@ def _validate(a, comm: Comm) -> int:
                    calibrate_ranks=_ints(a.calibrate_ranks) if a.calibrate_ranks else None,
                    repeats=a.repeats,
                    network_ranks=_ints(a.network_ranks) if a.network_ranks else None,
-                   reuse=reuse)
+                   reuse=reuse, sets=a.set)
     if reuse is None:  # the command that made the runs, for a later --reuse's report
         rep["measurements"]["command"] = _command()
     if a.out:
@@ -291,7 +291,9 @@ def validation_markdown(rep: dict) -> str:
             "where no network is crossed (a P = 1 run's collective time per call, median over the "
             "P = 1 cases) and added to every predicted collective time (the step charges it "
             "as the compute model's per-call cost, not fitted)."
-            if rep["calibration"]["compute"].get("per_call_measured") else ""), "",
+            if rep["calibration"]["compute"].get("per_call_measured") else "")
+         + (f" Every run and its prediction under `{' '.join(rep['measurements']['sets'])}`."
+            if rep.get("measurements", {}).get("sets") else ""), "",
          *([f"Run-to-run spread (the floor under any error here): a run's step time lies "
             f"{rep['run_spread']['median_abs_dev_from_case_median']:.1%} from its case's "
             f"median (median over the runs other than the median one; 90th percentile "

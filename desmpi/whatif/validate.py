@@ -109,7 +109,7 @@ def groups_of(cases: list[dict], cores: int) -> dict:
 
 def measure(models: list[str], variants: list[Variant], ranks: list[int], batch: int,
             steps: int, repeats: int = 1, network_ranks: list[int] | None = None,
-            workdir: str | None = None) -> dict:
+            workdir: str | None = None, sets: list[str] | None = None) -> dict:
     """Every measurement a validation predicts (no fitting): ``bench compute`` once, ``bench
     comm`` at each network P, and ``repeats`` training runs of each (model, variant, P) with
     their step time and collective time (the least-waiting rank's and the mean rank's).
@@ -135,7 +135,8 @@ def measure(models: list[str], variants: list[Variant], ranks: list[int], batch:
                 s = _run(P, ["train", str(_config_path(m)), "--set", f"data.train={data}",
                              "--set", "data.eval=", "--set", f"train.batch_size={batch}",
                              "--set", f"train.steps={steps}", *v.overrides(),
-                             "--set", f"train.log_every={steps}"])
+                             "--set", f"train.log_every={steps}",
+                             *[x for kv in sets or [] for x in ("--set", kv)]])
                 got[(m, v, P)].append({k: s.get(k) for k in _RUN_KEYS})
                 log.info("%s %s P=%d, run %d of %d: %.4f s/step, collectives %.4f s", m, v, P,
                          rep + 1, repeats, s["step_time_s"], s["comm_time_s_per_step_min"])
@@ -144,7 +145,7 @@ def measure(models: list[str], variants: list[Variant], ranks: list[int], batch:
     return {"models": models, "variants": [v.name for v in variants], "ranks": ranks,
             "batch": batch, "steps": steps, "repeats": repeats, "network_ranks": net_P,
             "cores": os.cpu_count() or 1, "bench_compute": bench, "bench_comm": comm,
-            "runs": runs}
+            "runs": runs, "sets": list(sets or [])}
 
 
 # what a validation keeps of each training run's summary
@@ -163,7 +164,7 @@ def _data(tmp: str, batch: int, steps: int) -> str:
 def validate(models: list[str], variants: list[Variant], ranks: list[int], batch: int, steps: int,
              workdir: str | None = None, calibrate_ranks: list[int] | None = None,
              repeats: int = 1, network_ranks: list[int] | None = None,
-             reuse: dict | None = None) -> dict:
+             reuse: dict | None = None, sets: list[str] | None = None) -> dict:
     """Predict each (model, variant, P) run and compare with the real run (module docstring).
 
     ``calibrate_ranks``: the rank counts whose training runs, with those at P = 1, fit the
@@ -174,10 +175,13 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
     extrapolates the network too, as from a smaller cluster). ``reuse``: the ``measurements``
     of an earlier report (:func:`measure`): its runs are analysed again instead of new ones
     (models, variants, ranks, batch, steps, repeats and network ranks are then the report's).
+    ``sets``: config overrides of every run and of its prediction (``--set``, e.g.
+    ``dist.compress=bf16``: the plans and the cost model then see the compressed payloads).
     """
     if reuse is None:
         _calibrated(calibrate_ranks, ranks)  # a bad choice fails before any run
-        reuse = measure(models, variants, ranks, batch, steps, repeats, network_ranks, workdir)
+        reuse = measure(models, variants, ranks, batch, steps, repeats, network_ranks, workdir,
+                        sets)
     return analyse(reuse, calibrate_ranks, workdir)
 
 
@@ -226,7 +230,7 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         ds = CtrDataset(_data(tmp, batch, steps), in_memory=True)
         for m in models:
-            cfg = load(_config_path(m), [f"data.train={ds.path}"])
+            cfg = load(_config_path(m), [f"data.train={ds.path}", *meas.get("sets", [])])
             info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, "float32",
                                          variants)
             for v in variants:
@@ -235,7 +239,8 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
                     steps_s = [s["step_time_s"] for s in runs]
                     s = runs[0]  # planned with the library and layout the run counted under
                     prof = profile(ds, info, P, batch, steps, [v],
-                                   layout=Layout(s.get("mpi", ""), s.get("ranks_per_node", 1)))[0]
+                                   layout=Layout(s.get("mpi", ""), s.get("ranks_per_node", 1)),
+                                   wire=cfg.dist.wire)[0]
                     cases.append({
                         "model": m, "variant": v.name, "P": P, "prof": prof,
                         "measured_step_time_s": statistics.median(steps_s),
