@@ -237,8 +237,7 @@ def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: B
 def _encode_feedback(x: np.ndarray, r: np.ndarray, blocks: np.ndarray, codec: str,
                      ratio: float, bufs: Buffers, thr: Threshold | None) -> np.ndarray | None:
     """Error feedback where a kernel does it in place (x, r: flat float32): the words of
-    x + r, and r = what they lost (x is left as it was, or for topk and threshold holds
-    nothing of use: the allreduce overwrites it). None (nothing done) otherwise."""
+    x + r, and r = what they lost; x is left as it was. None (nothing done) otherwise."""
     if x.dtype != np.float32 or r.dtype != np.float32:
         return None
     if codec in SPARSE:  # v = x + r kept in r; the kept slots' values leave it there
