@@ -360,21 +360,29 @@ def write_markdown(path: Path, rep: dict, a) -> None:
           "Saving against the same DES variant uncompressed, and against ps (negative: more "
           "bytes than ps).", ""]
     ms = list(dict.fromkeys(r["method"] for r in pr))
+
+    def table(rows, head: str, cell, first=None) -> list[str]:
+        """One row per P, one cell per method (``first``: a column before the methods')."""
+        out = ["| P | " + ("ps MB | " if first else "") + " | ".join(f"{m} {head}" for m in ms)
+               + " |", "|---:|" + ("---:|" if first else "") + "---:|" * len(ms)]
+        for P in dict.fromkeys(r["P"] for r in rows):
+            at = {r["method"]: r for r in rows if r["P"] == P}
+            out.append(f"| {P} | " + (f"{first(at[ms[0]])} | " if first else "")
+                       + " | ".join(cell(at[m]) for m in ms) + " |")
+        return out + [""]
+
     for model in dict.fromkeys(r["model"] for r in pr):
         for v in dict.fromkeys(r["variant"] for r in pr):
             rows = [r for r in pr if r["model"] == model and r["variant"] == v]
-            L += [f"### {model}, {v}", "",
-                  "| P | ps MB | " + " | ".join(f"{m} MB (vs DES, vs ps)" for m in ms) + " |",
-                  "|---:|---:|" + "---:|" * len(ms)]
-            for P in dict.fromkeys(r["P"] for r in rows):
-                cells = []
-                for m in ms:
-                    r = next(x for x in rows if x["P"] == P and x["method"] == m)
-                    cells.append(f"{r['wire_bytes_per_step'] / 1e6:.3f} "
-                                 f"({r['saving_vs_des']:+.0%}, {r['saving_vs_ps']:+.0%})")
-                ps = next(x for x in rows if x["P"] == P)["ps_bytes_per_step"]
-                L.append(f"| {P} | {ps / 1e6:.3f} | " + " | ".join(cells) + " |")
-            L.append("")
+            L += [f"### {model}, {v}", "", *table(
+                rows, "MB (vs DES, vs ps)",
+                lambda r: f"{r['wire_bytes_per_step'] / 1e6:.3f} ({r['saving_vs_des']:+.0%}, "
+                          f"{r['saving_vs_ps']:+.0%})",
+                first=lambda r: f"{r['ps_bytes_per_step'] / 1e6:.3f}")]
+
+    def ps_cell(r) -> str:
+        x, ps = r["ps_same_codec_bytes_per_step"], r["ps_bytes_per_step"]
+        return f"{x / 1e6:.3f} ({1 - x / ps if ps else 0.0:+.0%})"
     # ps compressed the same way (its rows as the partials, its dense gradients as DES's)
     if all("ps_same_codec_bytes_per_step" in r for r in pr):
         for model in dict.fromkeys(r["model"] for r in pr):
@@ -382,17 +390,7 @@ def write_markdown(path: Path, rep: dict, a) -> None:
             L += [f"### {model}, ps under each method", "",
                   "ps's rows and row gradients take the method's partials codec, its dense "
                   "gradients the dense one (MB per step and rank; in brackets, saving against "
-                  "ps at full width).", "",
-                  "| P | " + " | ".join(f"{m} MB" for m in ms) + " |",
-                  "|---:|" + "---:|" * len(ms)]
-            for P in dict.fromkeys(r["P"] for r in rows):
-                cells = []
-                for m in ms:
-                    r = next(x for x in rows if x["P"] == P and x["method"] == m)
-                    x, ps = r["ps_same_codec_bytes_per_step"], r["ps_bytes_per_step"]
-                    cells.append(f"{x / 1e6:.3f} ({1 - x / ps if ps else 0.0:+.0%})")
-                L.append(f"| {P} | " + " | ".join(cells) + " |")
-            L.append("")
+                  "ps at full width).", "", *table(rows, "MB", ps_cell)]
 
     # the ps target: topk DES <= ps for deepfm and wdl at P 4..64
     def ok(rs, key="ps_bytes_per_step"):

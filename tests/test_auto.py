@@ -259,6 +259,17 @@ def test_trial_extends_short_rounds_and_trusts_a_consistent_small_lead():
     assert len(t.schedule) == 2 + 2 * 3
 
 
+def _step_of(data, model: dict, variants, B: int = 1024, P: int = 4):
+    """(data set, {variant: ModelInfo}, the counts of its first global batch of B at P
+    ranks, B, P) for ``model`` on the module's data."""
+    from desmpi.strategies.counts import count_step
+
+    cfg = from_dict({"model": model, "data": {"train": str(data / "t.h5")}}).check()
+    ds = CtrDataset(cfg.data.train)
+    info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, "float32", variants)
+    return ds, info, count_step(ds.read(0, B), P, ds.onehot, ds.has("values")), B, P
+
+
 def test_routing_work_follows_each_strategy(data):
     """Where keys enter: DES hashes every key of the global batch (routed keys), a2a and
     des-a2a group their local keys by owner and bag (bucketed), ps deduplicates and groups
@@ -270,14 +281,9 @@ def test_routing_work_follows_each_strategy(data):
     from desmpi.whatif.simulate import step_work
     from sim.accounting import TEXTBOOK
 
-    cfg = from_dict({"model": {"name": "fm", "embed_dim": 8},
-                     "data": {"train": str(data / "t.h5")}}).check()
-    ds = CtrDataset(cfg.data.train)
     names = ["des/allreduce", "a2a", "des-a2a", "ps"]
     vs = [parse(n) for n in names]
-    info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, "float32", vs)
-    B, P = 1024, 4
-    c = count_step(ds.read(0, B), P, ds.onehot, ds.has("values"))
+    ds, info, c, B, P = _step_of(data, {"name": "fm", "embed_dim": 8}, vs)
     nnz = float(c.nnz.sum())
     w = {n: step_work(v, c, info[v]) for n, v in zip(names, vs)}
     assert (w["des/allreduce"].route_keys, w["des/allreduce"].bucket_keys,
@@ -302,18 +308,11 @@ def test_compression_work_follows_the_compressed_payloads(data):
     pooled parts or partials (forward and backward, A2A_PACK_BYTES an element sent) and their
     dense gradients — closed forms from the step's counts."""
     from desmpi.strategies.compressed import Wire
-    from desmpi.strategies.counts import count_step
     from desmpi.variants import parse
     from desmpi.whatif.simulate import A2A_PACK_BYTES, PACK_BYTES, step_work
 
-    cfg = from_dict({"model": {"name": "deepfm", "embed_dim": 8, "hidden": [16]},
-                     "data": {"train": str(data / "t.h5")}}).check()
-    ds = CtrDataset(cfg.data.train)
-    names = ["des/reduce_scatter", "ps", "a2a", "des-a2a"]
-    vs = [parse(n) for n in names]
-    info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, "float32", vs)
-    B, P = 1024, 4
-    c = count_step(ds.read(0, B), P, ds.onehot, ds.has("values"))
+    vs = [parse(n) for n in ("des/reduce_scatter", "ps", "a2a", "des-a2a")]
+    _, info, c, B, P = _step_of(data, {"name": "deepfm", "embed_dim": 8, "hidden": [16]}, vs)
     for v in vs:
         d = info[v].dims
         extra = step_work(v, c, info[v], Wire("bf16")).mem_bytes - \
