@@ -174,8 +174,8 @@ def validate(models: list[str], variants: list[Variant], ranks: list[int], batch
     one fitted at ``network_source(P, network_ranks)`` (``network_ranks = calibrate_ranks``
     extrapolates the network too, as from a smaller cluster). ``reuse``: the ``measurements``
     of an earlier report (:func:`measure`): its runs are analysed again instead of new ones
-    (models, variants, ranks, batch, steps, repeats and network ranks are then the report's).
-    ``sets``: config overrides of every run and of its prediction (``--set``, e.g.
+    (models, variants, ranks, batch, steps, repeats, network ranks and ``sets`` are then the
+    report's). ``sets``: config overrides of every run and of its prediction (``--set``, e.g.
     ``dist.compress=bf16``: the plans and the cost model then see the compressed payloads).
     """
     if reuse is None:
