@@ -114,6 +114,17 @@ def test_validate_rejects_calibration_without_runs():
     assert "--calibrate-ranks [2] not in --ranks [1, 8]" in p.stderr
 
 
+def test_validate_reuse_rejects_other_overrides(tmp_path):
+    """--reuse predicts the runs as they ran: a --set they were not made under is an error."""
+    f = tmp_path / "validation.json"
+    f.write_text(json.dumps({"measurements": {"sets": []}}))
+    p = subprocess.run([sys.executable, "-m", "desmpi", "simulate", "--validate", "--reuse",
+                        str(f), "--set", "dist.compress=bf16"], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert p.returncode != 0
+    assert "its runs were made under --set nothing, not ['dist.compress=bf16']" in p.stderr
+
+
 def test_validate_defaults_to_small_ranks(monkeypatch):
     import desmpi.whatif.validate
     from desmpi import cli

@@ -208,6 +208,10 @@ def _validate(a, comm: Comm) -> int:
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"--reuse {a.reuse}: not a validation.json with its measurements "
                              f"({e})") from e
+        if a.set and a.set != reuse.get("sets", []):
+            raise ValueError(f"--reuse {a.reuse}: its runs were made under --set "
+                             f"{reuse.get('sets') or 'nothing'}, not {a.set}; the analysis "
+                             "predicts them as they ran (leave --set out)")
     rep = validate(models, variants, _ints(a.ranks), a.batch_int, a.steps,
                    calibrate_ranks=_ints(a.calibrate_ranks) if a.calibrate_ranks else None,
                    repeats=a.repeats,
