@@ -158,7 +158,7 @@ class DistConfig:
     # fp16 | int8 (e.g. compress = "topk" with compress_partials = "int8")
     compress_partials: str = "auto"
     # the DES input Allgatherv's keys: int64 | narrow (32-bit words, field implied by
-    # position, lossless: desmpi.data.keycodec)
+    # position, lossless: desmpi.data.keycodec; multi-hot bag lengths as int32)
     keys: str = "int64"
 
     def check(self) -> None:

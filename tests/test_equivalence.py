@@ -149,7 +149,8 @@ def test_sparse_codecs_learn(runs):
 
 def test_narrow_keys_change_no_bit(runs):
     """dist.keys = narrow is lossless: the same predictions, loss and keys as int64 keys, with
-    the input keys' bytes halved (Criteo-style 32-bit values need no escape)."""
+    the input keys' bytes halved (Criteo-style 32-bit values need no escape) and multi-hot bag
+    lengths as int32 (the "-multi-narrow" cases; planned == counted step by step)."""
     cases = [c for c in json.loads((runs[1] / "cases.json").read_text())
              if c.endswith("-narrow")]
     assert len(cases) == 4

@@ -7,7 +7,8 @@ MPI traffic, the DES paper's setting); nothing is communicated.
 
 ``dist.keys = "narrow"``: the keys travel as 32-bit words with the field implied by position
 (:mod:`desmpi.data.keycodec`, lossless): the Allgatherv of the words, then an Allgatherv of the
-escaped full keys when any rank has one (every rank counts the escape words it received).
+escaped full keys when any rank has one (every rank counts the escape words it received); bag
+lengths travel as int32.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ def gather(comm: Comm, b: Batch, sizes: np.ndarray, features: bool, dtype,
     dt = dtype
     offsets = None
     if b.offsets is not None:
-        lens = comm.allgatherv(np.diff(b.offsets), sizes * F)
+        lens = np.diff(b.offsets)
+        if key_encoding == "narrow":  # bag lengths as 32-bit words (lossless below 2^31)
+            if lens.size and lens.max() > np.iinfo(np.int32).max:
+                raise ValueError(f"a bag of {int(lens.max())} keys does not fit dist.keys = "
+                                 "'narrow''s 32-bit lengths")
+            lens = comm.allgatherv(lens.astype(np.int32), sizes * F).astype(np.int64)
+        else:
+            lens = comm.allgatherv(lens, sizes * F)
         offsets = np.zeros(lens.shape[0] + 1, dtype=np.int64)
         np.cumsum(lens, out=offsets[1:])
         bounds = offsets[np.concatenate([[0], np.cumsum(sizes * F)])]

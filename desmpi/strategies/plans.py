@@ -54,8 +54,8 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
 
     if strategy == "des":
         if not replicate_input:
-            if not c.onehot:
-                add("allgatherv", c.sizes * F, I64)  # bag lengths
+            if not c.onehot:  # bag lengths (narrow: int32)
+                add("allgatherv", c.sizes * F, 4 if wire.keys == "narrow" else I64)
             if wire.keys == "narrow":
                 add("allgatherv", c.nnz, 4)  # 32-bit words
                 if c.escapes.sum():
