@@ -286,3 +286,22 @@ def test_codec_time_leaves_out_the_collectives_inside():
         comm.acct.record(Call("allgatherv", (1,), 2, 0, 1),
                          time.perf_counter() - t0)
     assert 0.0 <= bufs.codec_s - before < 0.01
+
+
+def test_alltoallv_has_dense_codecs_only():
+    """The all-to-all strategies' rows go dense (bf16, fp16, int8): a sparse codec or none is
+    refused by the collective and by its plan alike, naming the codec."""
+    from desmpi.comm import Comm
+    from desmpi.strategies import compressed as C
+
+    comm = Comm.local()
+    x = np.ones(6, np.float32)
+    for codec in ("topk", "threshold", "none"):
+        with pytest.raises(ValueError, match=f"no {codec} form of alltoallv"):
+            C.alltoallv(comm, x, [6], [6], codec)
+    with pytest.raises(ValueError, match="no topk form of alltoallv"):
+        C.calls("alltoallv", np.array([[6]]), 1, "topk")
+    with pytest.raises(ValueError, match="do not split 6 elements"):
+        C.alltoallv(comm, x, [5], [5], "bf16")
+    got = C.alltoallv(comm, x * 3, [6], [6], "fp16")  # one rank: its own block, decoded
+    assert got.dtype == np.float32 and np.array_equal(got, x * 3)
