@@ -37,7 +37,7 @@ def test_compare_compression_names_the_run_its_real_runs_came_from():
     before the command line was kept has only them."""
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        from compare_compression import _earlier
+        from compression_report import _earlier
     finally:
         sys.path.pop(0)
     assert _earlier({"argv": ["--out", "d", "--models", "lr"]}) == \
@@ -50,7 +50,7 @@ def test_compression_order_band_pairs_none_by_seed():
     """The summation-order band: none(P) − none(1) paired by seed, and bf16's ΔAUC at P."""
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        from compare_compression import _order_band
+        from compression_report import _order_band
     finally:
         sys.path.pop(0)
 
@@ -71,7 +71,7 @@ def test_compression_auc_targets_check_each_cell():
     paired by seed, misses named with their standard error; top-k one-sided at 0.001."""
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        from compare_compression import _auc_targets
+        from compression_report import _auc_targets
     finally:
         sys.path.pop(0)
 
