@@ -73,9 +73,10 @@ def _ef_bf16(x: np.ndarray, r: np.ndarray, q: np.ndarray) -> None:
 CHUNKED = ("int8", "fp16")  # dense codecs whose words depend on the chunks (scales per chunk)
 
 
-def chunk_words(codec: str, m: int) -> int:
+def chunk_words(codec: str, m):
     """16-bit words of a chunk of m floats under a dense codec (bf16: one a float; fp16: one
-    a float and the chunk's exponent; int8: :func:`desmpi.kernels.int8.int8_words`)."""
+    a float and the chunk's exponent; int8: :func:`desmpi.kernels.int8.int8_words`); m an int
+    or an integer array of chunk sizes (elementwise)."""
     if codec == "int8":
         return int8_words(m)
     return f16.f16_words(m) if codec == "fp16" else m
@@ -95,7 +96,7 @@ def pack_chunks(codec: str, x: np.ndarray, blocks, out: np.ndarray | None = None
     b = _bounds(blocks)
     if b[-1] != x32.size:
         raise ValueError(f"chunks of {b[-1]} floats do not split {x32.size}")
-    n = int(sum(chunk_words(codec, int(m)) for m in np.diff(b)))
+    n = int(chunk_words(codec, np.diff(b)).sum())
     out = np.empty(n, dtype=np.uint16) if out is None else out[:n]
     if codec == "fp16":  # overflow is inf, caught by the step's checks
         return f16.pack_chunks(x32, b, out)

@@ -177,9 +177,10 @@ def unpack(q: np.ndarray, out: np.ndarray) -> np.ndarray:
 K_MAX = 112  # |k| at most: the scales 2^±k stay normal float32 numbers
 
 
-def f16_words(m: int) -> int:
-    """16-bit words of a chunk of m floats: its exponent word and m halves (none if empty)."""
-    return m + 1 if m else 0
+def f16_words(m):
+    """16-bit words of a chunk of m floats: its exponent word and m halves (none if empty);
+    m an int or an integer array (elementwise)."""
+    return m + (m > 0)
 
 
 @nb.njit(cache=True, nogil=True)

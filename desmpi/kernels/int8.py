@@ -19,8 +19,9 @@ RINT = np.float32(12582912.0)  # 1.5·2^23: x + it − it rounds |x| < 2^22 to n
 INT8_BLOCK = 64  # floats per int8 scale: 1 scale word per 32 data words (3% on the bytes)
 
 
-def int8_words(m: int) -> int:
-    """16-bit words of a chunk of m floats under int8: ⌈m/2⌉ data words + ⌈m/64⌉ scales."""
+def int8_words(m):
+    """16-bit words of a chunk of m floats under int8: ⌈m/2⌉ data words + ⌈m/64⌉ scales (m an
+    int or an integer array, elementwise)."""
     return (m + 1) // 2 + (m + INT8_BLOCK - 1) // INT8_BLOCK
 
 

@@ -139,7 +139,7 @@ def words(blocks: np.ndarray, codec: str, ratio: float = 0.1) -> np.ndarray:
     if codec in SPARSE:
         return np.array([3 * topk_count(int(m), ratio) for m in b], dtype=np.int64)
     if codec in CHUNKED:
-        return np.array([chunk_words(codec, int(m)) for m in b], dtype=np.int64)
+        return chunk_words(codec, b)
     return b
 
 
