@@ -32,6 +32,7 @@ from desmpi.kernels.hashing import owners
 
 log = logging.getLogger("desmpi.checkpoint")
 FORMAT, VERSION = "desmpi-checkpoint", 1
+FEEDBACK = "feedback"  # the rank files' group of error-feedback state
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -73,8 +74,10 @@ def step_dir(root: Path, step: int) -> Path:
 
 
 def save(root: str | Path, step: int, comm: Comm, table, model, dense_opt, extra: dict,
-         keep: int) -> Path:
-    """Write the checkpoint of ``step`` collectively; returns its directory."""
+         keep: int, feedback: dict[str, np.ndarray] | None = None) -> Path:
+    """Write the checkpoint of ``step`` collectively; returns its directory. ``feedback``:
+    this rank's error-feedback state (:meth:`Strategy.feedback_state`), kept in its rank file
+    under ``feedback/``."""
     root = Path(root)
     d = step_dir(root, step)
     with comm.acct.scoped("checkpoint"):
@@ -88,6 +91,7 @@ def save(root: str | Path, step: int, comm: Comm, table, model, dense_opt, extra
         arrays = {"keys": table.keys(), "weights": table.weights[:n], "slots": table.slots[:n]}
         if table.lifecycle is not None:
             arrays.update(table.lifecycle.state(table))
+        arrays.update({f"{FEEDBACK}/{k}": v for k, v in (feedback or {}).items()})
         digest = _write_h5(d / name, arrays,
                            {"R": table.R, "emb_col": table.emb_col, "S": table.S,
                             "seed": table.seed, "init_std": table.init_std,
@@ -200,23 +204,61 @@ def newest_valid(root: str | Path) -> tuple[Path, dict] | None:
     return None
 
 
+def _feedback(f: h5py.File) -> dict[str, np.ndarray]:
+    """A rank file's error-feedback state (:meth:`Strategy.feedback_state`'s names)."""
+    out: dict[str, np.ndarray] = {}
+    for kind in ("residual", "threshold"):
+        g = f"{FEEDBACK}/{kind}"
+        if g not in f:
+            continue
+        if not isinstance(f.get(FEEDBACK, getlink=True), h5py.HardLink) or \
+                not isinstance(f[FEEDBACK].get(kind, getlink=True), h5py.HardLink):
+            raise CheckpointError(f"{f.filename}: '{g}' is a link, not a group of the file")
+        for name in f[g]:
+            out[f"{kind}/{name}"] = read_dataset(f, f"{g}/{name}", finite=True)
+    return out
+
+
+def _merge_feedback(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The error-feedback state of P_old ranks as one rank's, for a restore onto another P:
+    each residual summed over the old ranks in rank order (the compressed Allreduce sends
+    Σ_ranks (gradient + residual), so the sum is what the feedback must still deliver; rank 0
+    of the new P carries it, the others start at zero); τ is dropped (re-estimated at the
+    first step: it belongs to one rank's vector)."""
+    out: dict[str, np.ndarray] = {}
+    for part in parts:
+        for k, v in part.items():
+            if not k.startswith("residual/"):
+                continue
+            if k in out and out[k].shape != v.shape:
+                raise CheckpointError(f"error-feedback residual {k!r} has shapes "
+                                      f"{out[k].shape} and {v.shape} in different rank files")
+            out[k] = out[k] + v if k in out else np.array(v)
+    return out
+
+
 def _mine(keys: np.ndarray, comm: Comm) -> np.ndarray:
     if comm.size == 1:
         return np.ones(keys.shape[0], dtype=bool)
     return owners(keys, comm.size) == comm.rank
 
 
-def restore(d: Path, manifest: dict, comm: Comm, table, model, dense_opt) -> None:
-    """Load checkpoint ``d`` into this rank's table and the dense state, at any P.
+def restore(d: Path, manifest: dict, comm: Comm, table, model, dense_opt,
+            strategy=None) -> None:
+    """Load checkpoint ``d`` into this rank's table and the dense state, at any P, and, given
+    ``strategy``, its error-feedback state (:meth:`Strategy.load_feedback_state`).
 
-    Same P: each rank reads its own file. Other P: each rank reads every rank file and keeps
-    the keys it owns under the new P.
+    Same P: each rank reads its own file (its own residuals and τ: the run continues bit for
+    bit). Other P: each rank reads every rank file and keeps the keys it owns under the new P;
+    the residuals are summed onto rank 0 (:func:`_merge_feedback`).
     """
     P_old = int(manifest["world_size"])
     names = [f"rank-{r:05d}.h5" for r in range(P_old)]
     mine = [names[comm.rank]] if P_old == comm.size else names
+    feedback: list[dict[str, np.ndarray]] = []
     for name in mine:
         with h5py.File(d / name, "r") as f:
+            feedback.append(_feedback(f))
             if (int(f.attrs["R"]), int(f.attrs["S"]), int(f.attrs["emb_col"])) != \
                     (table.R, table.S, table.emb_col):
                 raise CheckpointError(f"{d / name}: rows of width {f.attrs['R']} with "
@@ -249,3 +291,8 @@ def restore(d: Path, manifest: dict, comm: Comm, table, model, dense_opt) -> Non
                               f"{dense_opt.state.shape})")
     model.params.data[:] = p
     dense_opt.state[...] = st
+    if strategy is not None:
+        if P_old == comm.size:
+            strategy.load_feedback_state(feedback[0])
+        else:
+            strategy.load_feedback_state(_merge_feedback(feedback) if comm.rank == 0 else {})

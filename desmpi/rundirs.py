@@ -3,6 +3,7 @@ checkpoint directory, and resuming from the newest usable checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,14 +37,58 @@ def _check_resumable(saved: dict, cfg: Config, where: Path) -> None:
                               f"with {a!r}")
 
 
-def resume_point(tr: Trainer, cfg: Config, comm: Comm, check_config: bool = True,
-                 allow_fresh: bool = False) -> tuple[int, str | None]:
-    """Restore the newest complete checkpoint of checkpoint.dir; returns (its step, the run id
-    it belongs to). Nothing usable is an error unless ``allow_fresh`` (then (0, None))."""
-    from desmpi.checkpoint import newest_valid, restore
+def find_checkpoint(cfg: Config, comm: Comm) -> tuple[str, dict] | None:
+    """(directory, manifest) of the newest complete checkpoint of checkpoint.dir, the same on
+    every rank (rank 0 looks); None when there is none."""
+    from desmpi.checkpoint import newest_valid
 
     found = newest_valid(cfg.checkpoint.dir) if comm.rank == 0 else None
-    found = comm.bcast_object(None if found is None else (str(found[0]), found[1]))
+    return comm.bcast_object(None if found is None else (str(found[0]), found[1]))
+
+
+def keep_choice(cfg: Config, found: tuple[str, dict] | None, comm: Comm) -> Config:
+    """dist 'auto' on --resume: at the P the checkpoint was saved at, the variant the run had
+    settled on (its trial over) is kept, written into cfg's 'auto' keys: the run continues
+    bit for bit and spends no start-up on choosing again. Onto another P, from a checkpoint
+    saved during the trial, or where cfg's explicit keys exclude that variant, cfg is
+    returned as it is (the choice is made again)."""
+    from desmpi.variants import Variant
+
+    if found is None or not cfg.dist.is_auto:
+        return cfg
+    d, m = found
+    saved = (m.get("config") or {}).get("dist") or {}
+    try:
+        v = Variant.of(saved["strategy"], saved["aggregate"], saved["input"])
+    except (KeyError, TypeError, ValueError):
+        v = None
+    why = ""
+    if m.get("world_size") != comm.size:
+        why = f"the checkpoint was saved at P = {m.get('world_size')}"
+    elif not m.get("variant_settled") or v is None:
+        why = "the checkpoint was saved before the run settled on a variant"
+    elif v not in cfg.dist.candidates():
+        why = f"{v} is not among dist's candidates now"
+    if why:
+        if comm.rank == 0:
+            log.info("dist auto: choosing again on --resume (%s)", why)
+        return cfg
+    if comm.rank == 0:
+        log.info("dist auto: resuming with %s, the variant the run settled on (%s, P = %d)",
+                 v, d, comm.size)
+    return dataclasses.replace(cfg, dist=cfg.dist.resolved(v))
+
+
+def resume_point(tr: Trainer, cfg: Config, comm: Comm, check_config: bool = True,
+                 allow_fresh: bool = False, found: tuple[str, dict] | None = None
+                 ) -> tuple[int, str | None]:
+    """Restore the newest complete checkpoint of checkpoint.dir (``found``: the one
+    :func:`find_checkpoint` gave, when the caller looked already); returns (its step, the run
+    id it belongs to). Nothing usable is an error unless ``allow_fresh`` (then (0, None))."""
+    from desmpi.checkpoint import restore
+
+    if found is None:
+        found = find_checkpoint(cfg, comm)
     if found is None:
         if not allow_fresh:
             raise ConfigError(f"--resume: no usable checkpoint in checkpoint.dir = "
@@ -54,7 +99,7 @@ def resume_point(tr: Trainer, cfg: Config, comm: Comm, check_config: bool = True
     d, manifest = Path(found[0]), found[1]
     if check_config:
         _check_resumable(manifest["config"], cfg, d)
-    restore(d, manifest, comm, tr.table, tr.model, tr.dense_opt)
+    restore(d, manifest, comm, tr.table, tr.model, tr.dense_opt, tr.strategy)
     if comm.rank == 0:
         log.info("resumed from %s (step %d, saved at P=%d)", d, manifest["step"],
                  manifest["world_size"])

@@ -17,7 +17,13 @@ import numpy as np
 from desmpi.accounting import Accounting
 from desmpi.comm import Comm
 from desmpi.config import Config, ConfigError
-from desmpi.rundirs import claim_checkpoint_dir, lock_dirs, resume_point
+from desmpi.rundirs import (
+    claim_checkpoint_dir,
+    find_checkpoint,
+    keep_choice,
+    lock_dirs,
+    resume_point,
+)
 from desmpi.runreport import fmt_eta, step_events, summary_of, write_trace
 from desmpi.strategies import DivergedError, NonFiniteError
 from desmpi.trainer import Trainer
@@ -57,15 +63,17 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
         raise ValueError("tracing needs a Comm created with keep_log=True")
     if resume and not cfg.checkpoint.dir:
         raise ConfigError("--resume needs checkpoint.dir")
-    tr = Trainer(cfg, comm)
-    cfg = tr.cfg  # with dist 'auto' resolved
+    found = find_checkpoint(cfg, comm) if resume else None
+    kept = keep_choice(cfg, found, comm)  # dist 'auto' resumed: the variant it settled on
+    tr = Trainer(kept, comm)
+    cfg_in, cfg = cfg, tr.cfg  # with dist 'auto' resolved
     tc = cfg.train
     rank0 = comm.rank == 0
     if rank0 and tr.choice is not None:
         log.info("%s", tr.choice.describe())
     run_id = None
     if resume:
-        start, run_id = resume_point(tr, cfg, comm, allow_fresh=allow_fresh)
+        start, run_id = resume_point(tr, cfg, comm, allow_fresh=allow_fresh, found=found)
     else:
         start = 0
         if cfg.checkpoint.dir:
@@ -98,7 +106,10 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
         if ck.dir and ((ck.every and step % ck.every == 0) or step == tr.total_steps):
             save(ck.dir, step, comm, tr.table, tr.model, tr.dense_opt,
                  {"config": tr.cfg.to_dict(), "next_batch": step % tr.nb, "epoch": step // tr.nb,
-                  "sparse_opt_t": step, "run_id": run_id}, ck.keep)
+                  "sparse_opt_t": step, "run_id": run_id,
+                  # dist 'auto': the variant in config is final (no trial, or it is over)
+                  "variant_settled": tr.trial is None or not tr.trial.active}, ck.keep,
+                 tr.strategy.feedback_state())
 
     current = [start]
     for step in range(start + 1, tr.total_steps + 1):
@@ -180,6 +191,8 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
         write_trace(trace, traced, cfg, comm)
     summary = summary_of(tr, cfg, comm, step_times, samples, last_interval, losses, comm_times)
     summary["resumed_from_step"] = start
+    # dist 'auto' resumed with the variant of this checkpoint (no new choice: "choice" is null)
+    summary["variant_from_checkpoint"] = found[0] if kept is not cfg_in else None
     summary["skipped_steps"] = skipped
     if tr.eval_ds is not None:
         auc, ll, preds = tr.evaluate()

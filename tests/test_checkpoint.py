@@ -211,3 +211,143 @@ def test_failed_write_leaves_previous_checkpoint_usable(tmp_path, monkeypatch):
     d, manifest = ck.newest_valid(tmp_path)
     assert manifest["step"] == 5 and d.name == "step-00000005"
     assert not (tmp_path / "step-00000010" / "manifest.json").exists()
+
+
+def _resume_half(data, tmp_path, P, extra, name):
+    """Run 40 steps checkpointing every 20 (run a), then continue a copy of its step-20
+    checkpoint to step 40 (run b); returns both runs' eval predictions and b's summary."""
+    import shutil
+
+    ck = tmp_path / f"ck_{name}"
+    run_mpi(P, [*_args(data, ck, 40, 20, extra), "--out", str(tmp_path / f"{name}_a")])
+    ckb = tmp_path / f"ck_{name}_b"
+    shutil.copytree(ck, ckb)
+    shutil.rmtree(ckb / "step-00000040")
+    run_mpi(P, [*_args(data, ckb, 40, 20, extra), "--out", str(tmp_path / f"{name}_b"),
+                "--resume"])
+    a = np.load(tmp_path / f"{name}_a" / "eval_predictions.npy")
+    b = np.load(tmp_path / f"{name}_b" / "eval_predictions.npy")
+    return a, b, json.loads((tmp_path / f"{name}_b" / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("method", ["bf16", "threshold"])
+def test_compressed_resume_is_bitwise(data, tmp_path, method):
+    """Error feedback's residuals (and threshold's τ state) are part of the checkpoint: a
+    compressed run resumed at the same P continues bit for bit, as an uncompressed one does."""
+    extra = ["--set", "train.dtype=float32", "--set", "dist.aggregate=reduce_scatter",
+             "--set", f"dist.compress={method}",
+             "--set", "dist.compress_every=3"]
+    a, b, s = _resume_half(data, tmp_path, 2, extra, method)
+    assert s["resumed_from_step"] == 20
+    assert np.array_equal(a, b)
+
+
+def test_compressed_restore_onto_one_rank_sums_the_residuals(data, tmp_path, caplog):
+    """Onto another P the residuals of the saved ranks arrive summed (what the compressed
+    Allreduce still owes is Σ_ranks residual); τ is re-estimated. Checked in-process at P = 1
+    against the rank files themselves; then training continues from there at P = 1."""
+    import h5py
+
+    from desmpi.comm import Comm
+    from desmpi.config import load
+    from desmpi.rundirs import resume_point
+    from desmpi.train import Trainer
+
+    extra = ["--set", "train.dtype=float32", "--set", "dist.aggregate=reduce_scatter",
+             "--set", "dist.compress=threshold"]
+    ck = tmp_path / "ck"
+    run_mpi(2, [*_args(data, ck, 10, 10, extra), "--out", str(tmp_path / "p2")])
+    files = [ck / "step-00000010" / f"rank-{r:05d}.h5" for r in range(2)]
+    saved = []
+    for f in files:
+        with h5py.File(f) as h:
+            saved.append(h["feedback/residual/dense"][...])
+            assert h["feedback/threshold/dense"][1] == 10  # τ's calls so far
+    assert all(np.abs(r).sum() > 0 for r in saved)
+    sets = [a for a in _args(data, ck, 20, 10, extra)[3:] if a != "--set"]
+    cfg = load(None, sets)
+    tr = Trainer(cfg, Comm.local())
+    assert resume_point(tr, tr.cfg, Comm.local())[0] == 10
+    r = tr.strategy._residuals["dense"]
+    assert r.dtype == np.float32 and np.array_equal(r, saved[0] + saved[1])
+    assert tr.strategy._thresholds == {}  # re-estimated at the next step
+    # and under dist.compress = none the residuals are dropped, with a warning
+    tr0 = Trainer(load(None, [*sets, "dist.compress=none"]), Comm.local())
+    with caplog.at_level("WARNING", logger="desmpi.strategies"):
+        resume_point(tr0, tr0.cfg, Comm.local())
+    assert tr0.strategy._residuals == {}
+    assert "residuals (dense) that dist.compress = 'none' does not send" in caplog.text
+    run_mpi(1, [*_args(data, ck, 20, 10, extra), "--out", str(tmp_path / "p1"), "--resume"])
+    s = json.loads((tmp_path / "p1" / "summary.json").read_text())
+    assert s["resumed_from_step"] == 10 and s["steps"] == 10
+
+
+def test_feedback_state_in_a_rank_file_is_read_only_from_the_file(tmp_path):
+    """A rank file's error-feedback group that links elsewhere, or holds NaN, is refused, naming
+    the file; residuals of different shapes across rank files cannot be summed."""
+    import h5py
+
+    from desmpi.checkpoint import CheckpointError, _feedback, _merge_feedback
+
+    good = tmp_path / "good.h5"
+    with h5py.File(good, "w") as f:
+        f["feedback/residual/dense"] = np.arange(4, dtype=np.float32)
+        f["feedback/threshold/dense"] = np.array([0.5, 7.0])
+    with h5py.File(good) as f:
+        st = _feedback(f)
+    assert set(st) == {"residual/dense", "threshold/dense"}
+    merged = _merge_feedback([st, {"residual/dense": np.ones(4, np.float32)}])
+    assert set(merged) == {"residual/dense"}
+    assert np.array_equal(merged["residual/dense"], np.arange(4, dtype=np.float32) + 1)
+    with pytest.raises(CheckpointError, match="shapes"):
+        _merge_feedback([st, {"residual/dense": np.ones(3, np.float32)}])
+    linked = tmp_path / "linked.h5"
+    with h5py.File(linked, "w") as f:
+        f["elsewhere/residual/dense"] = np.zeros(4, np.float32)
+        f["feedback"] = h5py.SoftLink("/elsewhere")
+    with h5py.File(linked) as f, pytest.raises(CheckpointError, match="linked.h5.*link"):
+        _feedback(f)
+    nan = tmp_path / "nan.h5"
+    with h5py.File(nan, "w") as f:
+        f["feedback/residual/dense"] = np.array([1.0, np.nan], np.float32)
+    with h5py.File(nan) as f, pytest.raises(CheckpointError, match="nan.h5.*NaN"):
+        _feedback(f)
+
+
+def test_auto_resume_keeps_the_settled_variant(data, tmp_path):
+    """dist 'auto' resumed at the same P keeps the variant the run settled on (after its
+    trial): no new choice, and the run continues bit for bit."""
+    extra = ["--set", "dist.strategy=auto", "--set", "dist.aggregate=auto",
+             "--set", "dist.auto_band=1000", "--set", "dist.auto_trial_steps=1"]
+    a, b, s = _resume_half(data, tmp_path, 2, extra, "auto")
+    sa = json.loads((tmp_path / "auto_a" / "summary.json").read_text())
+    assert sa["choice"]["trial"] is not None  # the first run chose, and measured candidates
+    assert s["resumed_from_step"] == 20 and s["choice"] is None
+    assert s["variant"] == sa["variant"]
+    assert s["variant_from_checkpoint"].endswith("step-00000020")
+    assert sa["variant_from_checkpoint"] is None
+    assert np.array_equal(a, b)
+
+
+def test_keep_choice_only_at_the_same_p_once_settled(tmp_path):
+    from desmpi.comm import Comm
+    from desmpi.config import from_dict
+    from desmpi.rundirs import keep_choice
+
+    cfg = from_dict({"model": {"name": "lr"}, "data": {"train": "x.h5"}}).check()
+    saved = {"dist": {"strategy": "ps", "aggregate": "allreduce", "input": "gather"}}
+
+    def found(P, settled=True):
+        return str(tmp_path), {"world_size": P, "config": saved, "variant_settled": settled}
+
+    one = Comm.local()
+    assert keep_choice(cfg, found(1), one).dist.variant.name == "ps"
+    assert keep_choice(cfg, found(2), one) is cfg  # another P: choose again
+    assert keep_choice(cfg, found(1, settled=False), one) is cfg  # saved during the trial
+    assert keep_choice(cfg, None, one) is cfg
+    des_only = from_dict({"model": {"name": "lr"}, "data": {"train": "x.h5"},
+                          "dist": {"strategy": "des"}}).check()
+    assert keep_choice(des_only, found(1), one) is des_only  # ps is excluded now
+    fixed = from_dict({"model": {"name": "lr"}, "data": {"train": "x.h5"},
+                       "dist": {"strategy": "des", "aggregate": "allreduce"}}).check()
+    assert keep_choice(fixed, found(1), one) is fixed  # nothing to choose

@@ -18,6 +18,8 @@ replicated dense part, so it has a step of its own.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from desmpi.comm import Comm
@@ -31,6 +33,8 @@ from desmpi.strategies.plans import plan
 from desmpi.timer import Timer
 from desmpi.variants import Variant
 from sim.accounting import Call
+
+log = logging.getLogger("desmpi.strategies")
 
 
 def allreduce_grads_and_loss(comm, params, loss_local: float,
@@ -154,6 +158,37 @@ class Strategy:
         if t is None:
             t = self._thresholds[name] = compressed.Threshold(every=self.wire.every)
         return t
+
+    def feedback_state(self) -> dict[str, np.ndarray]:
+        """What error feedback carries from one step to the next on this rank, for a
+        checkpoint: ``residual/NAME`` (gradient vector NAME's residual, its shape and dtype)
+        and ``threshold/NAME`` ([τ, calls so far], float64). Empty when uncompressed."""
+        out = {f"residual/{k}": r for k, r in self._residuals.items()}
+        out.update({f"threshold/{k}": np.array([t.tau, t.calls], dtype=np.float64)
+                    for k, t in self._thresholds.items()})
+        return out
+
+    def load_feedback_state(self, state: dict[str, np.ndarray]) -> None:
+        """Take :meth:`feedback_state`'s arrays (from a checkpoint) as this rank's own. The
+        dicts are updated in place: the candidates of a trial share them. Residuals are kept
+        under any codec with error feedback (what they hold, gradient not yet sent, means
+        the same under each); τ only under ``threshold``."""
+        res = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("residual/")}
+        thr = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("threshold/")}
+        if res and self.wire.dense == "none":
+            if self.comm.rank == 0:
+                log.warning("the checkpoint carries error-feedback residuals (%s) that "
+                            "dist.compress = 'none' does not send: dropped",
+                            ", ".join(sorted(res)))
+            res = {}
+        self._residuals.clear()
+        self._residuals.update({k: np.array(v) for k, v in res.items()})
+        self._thresholds.clear()
+        if self.wire.dense == "threshold":
+            for k, v in thr.items():
+                t = compressed.Threshold(every=self.wire.every)
+                t.tau, t.calls = float(v[0]), int(v[1])
+                self._thresholds[k] = t
 
     def plan(self, counts: StepCounts, rank: int) -> list[Call]:
         """Collectives of one training step on ``rank``, from the batch's counts alone."""
