@@ -277,6 +277,12 @@ def test_compressed_restore_onto_one_rank_sums_the_residuals(data, tmp_path, cap
         resume_point(tr0, tr0.cfg, Comm.local())
     assert tr0.strategy._residuals == {}
     assert "residuals (dense) that dist.compress = 'none' does not send" in caplog.text
+    # des/allreduce replicates the dense part: no dense gradient to feed back, and it says so
+    tr1 = Trainer(load(None, [*sets, "dist.aggregate=allreduce"]), Comm.local())
+    with caplog.at_level("WARNING", logger="desmpi.strategies"):
+        resume_point(tr1, tr1.cfg, Comm.local())
+    assert tr1.strategy._residuals == {}
+    assert "(dense) of gradient vectors that des/allreduce does not compress" in caplog.text
     run_mpi(1, [*_args(data, ck, 20, 10, extra), "--out", str(tmp_path / "p1"), "--resume"])
     s = json.loads((tmp_path / "p1" / "summary.json").read_text())
     assert s["resumed_from_step"] == 10 and s["steps"] == 10
@@ -351,3 +357,30 @@ def test_keep_choice_only_at_the_same_p_once_settled(tmp_path):
     fixed = from_dict({"model": {"name": "lr"}, "data": {"train": "x.h5"},
                        "dist": {"strategy": "des", "aggregate": "allreduce"}}).check()
     assert keep_choice(fixed, found(1), one) is fixed  # nothing to choose
+
+
+@pytest.mark.parametrize("variant,deep_input", [("des/allreduce", "pooling"),
+                                                ("des/allreduce", "fused"),
+                                                ("des/reduce_scatter", "auto"), ("ps", "auto"),
+                                                ("a2a", "auto"), ("des-a2a", "auto")])
+def test_feedback_vectors_name_the_residuals_a_step_makes(data, variant, deep_input):
+    """What a checkpoint keeps of error feedback (and what a restore checks against) is what a
+    training step actually carries over: one compressed step per variant, in-process."""
+    from desmpi.comm import Comm
+    from desmpi.config import load
+    from desmpi.train import Trainer
+    from desmpi.variants import parse
+
+    v = parse(variant)
+    sets = [a for a in BASE if a != "--set"] + [
+        f"data.train={data}/tr.h5", "train.dtype=float32", "dist.compress=bf16",
+        f"model.deep_input={deep_input}", f"dist.strategy={v.strategy}",
+        f"dist.aggregate={v.aggregate or 'allreduce'}"]
+    tr = Trainer(load(None, sets), Comm.local())
+    b, sizes = tr.local_batch(tr.train_ds, 0)
+    tr.strategy.train_step(b, sizes, 1)
+    names = set(tr.strategy.feedback_vectors())
+    assert set(tr.strategy._residuals) == names
+    assert names == ({"W1"} if deep_input == "fused" else set() if variant == "des/allreduce"
+                     else {"dense"})
+    assert set(tr.strategy.feedback_state()) == {f"residual/{n}" for n in names}

@@ -24,6 +24,9 @@ from desmpi.strategies.template import Strategy
 class DesReplicated(Strategy):
     strategy, aggregate = "des", "allreduce"
 
+    def feedback_vectors(self) -> tuple[str, ...]:
+        return ("W1",) if self.model.partial_grad_size else ()  # the dense part is replicated
+
     def _partials(self, b: Batch, sizes: np.ndarray, insert: bool):
         """(global batch, occurrences, pools, Z (B, W) local partials)."""
         tm = self.timer

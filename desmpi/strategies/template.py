@@ -159,6 +159,11 @@ class Strategy:
             t = self._thresholds[name] = compressed.Threshold(every=self.wire.every)
         return t
 
+    def feedback_vectors(self) -> tuple[str, ...]:
+        """Names of the gradient vectors this strategy sends through a compressed Allreduce
+        with error feedback (:meth:`residual`'s names)."""
+        return ()
+
     def feedback_state(self) -> dict[str, np.ndarray]:
         """What error feedback carries from one step to the next on this rank, for a
         checkpoint: ``residual/NAME`` (gradient vector NAME's residual, its shape and dtype)
@@ -181,6 +186,12 @@ class Strategy:
                             "dist.compress = 'none' does not send: dropped",
                             ", ".join(sorted(res)))
             res = {}
+        unused = sorted(set(res) - set(self.feedback_vectors()))
+        if unused and self.comm.rank == 0:  # the saved run compressed other vectors
+            log.warning("the checkpoint carries error-feedback residuals (%s) of gradient "
+                        "vectors that %s does not compress: dropped", ", ".join(unused),
+                        self.variant)
+        res = {k: v for k, v in res.items() if k not in unused}
         self._residuals.clear()
         self._residuals.update({k: np.array(v) for k, v in res.items()})
         self._thresholds.clear()
@@ -225,6 +236,9 @@ class DataParallelStrategy(Strategy):
     def _sparse_backward(self, state, gZ: np.ndarray):
         """gZ (b, W) -> the owner-side closure ``update(t)`` applying the sparse optimizer."""
         raise NotImplementedError
+
+    def feedback_vectors(self) -> tuple[str, ...]:
+        return ("dense",)  # every dense gradient, data parallel
 
     def _local_rows(self, b: Batch, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(labels (b,), dense rows (b, Dn)) of this rank's samples."""
