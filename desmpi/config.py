@@ -157,6 +157,9 @@ class DistConfig:
     # des-a2a's partials and their gradients): auto (compress's rule above) | none | bf16 |
     # fp16 | int8 (e.g. compress = "topk" with compress_partials = "int8")
     compress_partials: str = "auto"
+    # the backward direction's own codec (the partials' gradients, ps's row gradients, a2a's
+    # and des-a2a's gradients): auto (compress_partials's) | none | bf16 | fp16 | int8
+    compress_partial_grads: str = "auto"
     # the DES input Allgatherv's keys: int64 | narrow (32-bit words, field implied by
     # position, lossless: desmpi.data.keycodec; multi-hot bag lengths as int32)
     keys: str = "int64"
@@ -166,6 +169,8 @@ class DistConfig:
         _choice("dist.compress", self.compress,
                 ("none", "bf16", "fp16", "int8", "topk", "threshold"))
         _choice("dist.compress_partials", self.compress_partials,
+                ("auto", "none", "bf16", "fp16", "int8"))
+        _choice("dist.compress_partial_grads", self.compress_partial_grads,
                 ("auto", "none", "bf16", "fp16", "int8"))
         if not 0.0 < self.compress_ratio <= 1.0:
             raise ConfigError(f"dist.compress_ratio = {self.compress_ratio}: must be in (0, 1]")
@@ -221,7 +226,7 @@ class DistConfig:
         from desmpi.strategies.compressed import Wire
 
         return Wire(self.compress, self.compress_ratio, self.keys, self.compress_every,
-                    self.compress_partials)
+                    self.compress_partials, self.compress_partial_grads)
 
     @property
     def variant(self) -> Variant:

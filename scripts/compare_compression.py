@@ -82,7 +82,10 @@ def trained(ratio: float) -> dict[str, Wire]:
             # bf16's two payload classes apart: the partials and their gradients only, the
             # dense gradients only
             "bf16 Z only": Wire("none", partial="bf16"),
-            "bf16 dense only": Wire("bf16", partial="none")}
+            "bf16 dense only": Wire("bf16", partial="none"),
+            # and the partials' two directions apart (dist.compress_partial_grads)
+            "bf16 Z forward only": Wire("none", partial="bf16", partial_grad="none"),
+            "bf16 gZ only": Wire("none", partial="none", partial_grad="bf16")}
 
 
 def planned(models, ranks, batch, ratio, layout_of) -> list[dict]:
@@ -145,6 +148,7 @@ def run(model: str, P: int, data: tuple[str, str], w: Wire, seed: int, batch: in
                      "--set", f"dist.compress={w.compress}",
                      "--set", f"dist.compress_ratio={w.ratio}", "--set", f"dist.keys={w.keys}",
                      "--set", f"dist.compress_partials={w.partial}",
+                     "--set", f"dist.compress_partial_grads={w.partial_grad}",
                      "--set", "train.log_every=1000", *variant.overrides()])
     return {k: s[k] for k in ("eval_auc", "eval_logloss", "wire_bytes_per_step",
                               "step_time_s", "samples_per_s")}
@@ -153,7 +157,7 @@ def run(model: str, P: int, data: tuple[str, str], w: Wire, seed: int, batch: in
 def codec_cost(B: int, dims: ModelDims, methods: dict[str, Wire], reps: int = 15) -> dict:
     """Median seconds of one des/reduce_scatter step's codec work under each method, on a
     size-1 communicator: the partials' compressed Reduce_scatter (B × W floats) and their
-    gradients' Allgatherv under ``wire.partials``, and the dense gradients' Allreduce (D
+    gradients' Allgatherv under ``wire.partial_grads``, and the dense gradients' Allreduce (D
     floats, error feedback; threshold keeps its τ from call to call, re-estimated every 16th)
     under ``wire.dense`` — what one rank packs and decodes in a step, an upper bound of its
     share at P = 2 (where half the sums are another rank's)."""
@@ -176,7 +180,8 @@ def codec_cost(B: int, dims: ModelDims, methods: dict[str, Wire], reps: int = 15
             t0 = time.perf_counter()
             if w.partials != "none":
                 compressed.reduce_scatter(comm, z, n, w.partials, zout, w.ratio, bufs)
-                compressed.allgatherv(comm, z, n, w.partials, zout, w.ratio, bufs)
+            if w.partial_grads != "none":
+                compressed.allgatherv(comm, z, n, w.partial_grads, zout, w.ratio, bufs)
             if w.dense != "none":
                 compressed.allreduce(comm, g, w.dense, res, w.ratio, bufs, thr)
             ts.append(time.perf_counter() - t0)
@@ -229,7 +234,8 @@ def bench_step(wire: Wire, reps: int = 3) -> tuple[float, float]:
         "bench", "train", "--model", "deepfm", "--batch", "4096", "--steps", "8", "--warmup",
         "2", "--json", "--strategy", "des", "--aggregate", "reduce_scatter",
         "--set", f"dist.compress={wire.compress}", "--set", f"dist.keys={wire.keys}",
-        "--set", f"dist.compress_partials={wire.partial}"]) for _ in range(reps)]
+        "--set", f"dist.compress_partials={wire.partial}",
+        "--set", f"dist.compress_partial_grads={wire.partial_grad}"]) for _ in range(reps)]
     return (statistics.median(r["step_time_s"] for r in runs),
             statistics.median(r["codec_s"] for r in runs))
 

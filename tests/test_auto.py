@@ -325,3 +325,9 @@ def test_compression_work_follows_the_compressed_payloads(data):
         only = step_work(v, c, info[v], Wire(partial="bf16")).mem_bytes - \
             step_work(v, c, info[v]).mem_bytes
         assert only == pytest.approx(extra - PACK_BYTES * d.D), v
+        # and each direction of it alone: the forward (Z, rows, parts) or the backward
+        # (their gradients); des/reduce_scatter sends Z and gZ by one collective each
+        for fw, bw in (("bf16", "none"), ("none", "bf16")):
+            one = step_work(v, c, info[v], Wire(partial=fw, partial_grad=bw)).mem_bytes - \
+                step_work(v, c, info[v]).mem_bytes
+            assert one == pytest.approx(only / 2), (v, fw, bw)

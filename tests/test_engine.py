@@ -167,7 +167,18 @@ def test_config_errors_name_the_key(tmp_path):
                     "dist.compress_partials=int8"]).dist.wire
     assert (w.partials, w.dense) == ("int8", "topk")
     w = load(None, ["data.train=x.h5", "dist.compress=threshold"]).dist.wire
-    assert (w.partials, w.dense) == ("bf16", "threshold")
+    assert (w.partials, w.partial_grads, w.dense) == ("bf16", "bf16", "threshold")
+    # the backward direction follows the partials unless told otherwise
+    w = load(None, ["data.train=x.h5", "dist.compress_partials=fp16",
+                    "dist.compress_partial_grads=int8"]).dist.wire
+    assert (w.partials, w.partial_grads, w.dense, w.packed) == ("fp16", "int8", "none", True)
+    w = load(None, ["data.train=x.h5", "dist.compress=bf16",
+                    "dist.compress_partial_grads=none"]).dist.wire
+    assert (w.partials, w.partial_grads, w.dense) == ("bf16", "none", "bf16")
+    w = load(None, ["data.train=x.h5", "dist.compress_partial_grads=bf16"]).dist.wire
+    assert (w.partials, w.partial_grads, w.dense, w.packed) == ("none", "bf16", "none", True)
+    with pytest.raises(ConfigError, match="dist.compress_partial_grads = 'topk'"):
+        load(None, ["data.train=x.h5", "dist.compress_partial_grads=topk"])
     f = tmp_path / "c.toml"
     f.write_text("[model]\nname = 'dcn'\nhidden = [8, 4]\n[data]\ntrain = 'a.h5'\n")
     cfg = load(f, ["model.embed_dim=4", "train.lr=0.5"])

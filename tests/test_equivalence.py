@@ -71,11 +71,13 @@ def test_equivalent_to_single_process(runs, P):
     # (pooling where auto fuses, fused where it pools)
     # + lifecycle for every strategy, + 9 compressed cases (test_compressed_close_to_full_width)
     # + 4 with narrow keys (test_narrow_keys_change_no_bit) + 3 sparse-coded (topk, threshold,
-    # topk with int8 partials: test_sparse_codecs_learn)
-    assert len(cases) == 6 * (2 * 4 + 5) + 6 * 7 + 2 * 7 + 5 + 9 + 4 + 3
+    # topk with int8 partials: test_sparse_codecs_learn) + 2 with one direction of the
+    # partials compressed (test_one_direction_compressed)
+    assert len(cases) == 6 * (2 * 4 + 5) + 6 * 7 + 2 * 7 + 5 + 9 + 4 + 3 + 2
     worst = {}
     for c in cases:
-        if c.endswith(("-bf16", "-fp16", "-int8", "-topk", "-threshold", "-topkq8")):
+        if c.endswith(("-bf16", "-fp16", "-int8", "-topk", "-threshold", "-topkq8", "-zfwd",
+                       "-gzq8")):
             continue
         p1 = np.load(runs[1] / c / "eval_predictions.npy")
         pp = np.load(runs[P] / c / "eval_predictions.npy")
@@ -130,6 +132,30 @@ def test_compressed_close_to_full_width(runs):
             if any(f"-{t}-" in f"-{c}-" for t in ("ps", "a2a")):  # ps, a2a, des-a2a
                 assert kinds["alltoallv"]["wire_bytes_per_step"] < \
                     sb["comm"]["alltoallv"]["wire_bytes_per_step"], (P, c)
+
+
+def test_one_direction_compressed(runs):
+    """dist.compress_partial_grads: DES's partials compressed forward only (their gradients'
+    Allgatherv at full width: the same bytes as the base run's), ps's row gradients backward
+    only as int8 (its rows back at full width); close to the full-width run, fewer bytes in
+    the compressed direction alone (planned == counted: test_planned_equals_counted)."""
+    pairs = list(_with_base(runs, ("-zfwd", "-gzq8")))
+    assert len(pairs) == 2 * len(runs)
+    for P, c, sc, sb, pc, pb in pairs:
+        assert np.max(np.abs(pc - pb)) <= 0.2 and np.mean(np.abs(pc - pb)) <= 0.04, (P, c)
+        assert np.max(np.abs(pc - pb)) > 0, (P, c)  # compression did change something
+        if P == 1:
+            continue
+        kinds, base = sc["comm"], sb["comm"]
+        assert sc["wire_bytes_per_step"] < sb["wire_bytes_per_step"], (P, c)
+        if c.endswith("-zfwd"):  # the Reduce_scatter went as an Alltoallv of bf16 words
+            assert "reduce_scatter" not in kinds and "reduce_scatter" in base, (P, c)
+            assert kinds["allgatherv"]["wire_bytes_per_step"] == \
+                base["allgatherv"]["wire_bytes_per_step"], (P, c)
+        else:  # ps: one of its two float Alltoallvs is int8
+            saved = base["alltoallv"]["wire_bytes_per_step"] - \
+                kinds["alltoallv"]["wire_bytes_per_step"]
+            assert 0 < saved < base["alltoallv"]["wire_bytes_per_step"] / 2, (P, c)
 
 
 def test_sparse_codecs_learn(runs):

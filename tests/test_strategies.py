@@ -106,18 +106,30 @@ def test_compressed_plans_per_rank_and_vectorised_agree(P):
         full = traffic(v, c, dims, lay)[1]
         for w in (Wire("bf16"), Wire("fp16"), Wire("topk", 0.1), Wire(keys="narrow"),
                   Wire("topk", 0.25, "narrow"), Wire("threshold", 0.1, every=3),
-                  Wire("int8"), Wire("topk", 0.1, partial="int8"), Wire(partial="bf16")):
+                  Wire("int8"), Wire("topk", 0.1, partial="int8"), Wire(partial="bf16"),
+                  Wire(partial="fp16", partial_grad="int8"),
+                  Wire(partial="bf16", partial_grad="none"), Wire(partial_grad="bf16")):
             pay, wire = traffic(v, c, dims, lay, w)
             for r in range(P):
                 calls = plan(v, c, dims, r, lay, w)
                 assert wire[r] == sum(x.wire_bytes for x in calls), (v, w, r)
                 assert pay[r] == sum(x.payload_bytes for x in calls), (v, w, r)
-            if w.packed:  # the all-to-all strategies' rows and partials too
+            # the all-to-all strategies' rows and partials too; des/allreduce has no
+            # backward exchange (gZ stays on the rank), so its partials' gradients' codec
+            # alone compresses nothing
+            if (w.partials, w.dense) != ("none", "none") or \
+                    w.partial_grads != "none" and not v.replicated_dense:
                 assert wire.sum() < full.sum(), (v, w)
-            if w.partials != "none" and v.strategy != "des":
+            elif w.keys == "int64":
+                assert wire.sum() == full.sum(), (v, w)
+            if v.strategy != "des":  # rows / parts / partials forward, then their gradients
                 floats = [x for x in collectives(v, c, dims, lay, w) if x.kind == "alltoallv"
                           and x.itemsize != 8]
-                assert floats and all(x.itemsize == 2 for x in floats), (v, w)
+                # (after them, a compressed dense Allreduce's Alltoallv; no weighted keys'
+                # values before them in this batch)
+                assert len(floats) >= 2 and not c.weighted, (v, w)
+                for x, codec in zip(floats[:2], (w.partials, w.partial_grads)):
+                    assert x.itemsize == (dims.itemsize if codec == "none" else 2), (v, w)
         if v.strategy == "des" and not v.replicate_input:
             keys = [x for x in collectives(v, c, dims, lay) if x.kind == "allgatherv"
                     and x.itemsize == 8 and x.counts.sum() == c.nnz.sum()]

@@ -64,7 +64,7 @@ class A2AStrategy(ExchangeStrategy):
         gather_segments(seg_s, seg_f, gseg, 0 if L else -1, int(L) if E else -1,
                         w - 1 if Q else -1, model.d, *kg.kernel_args)
         tm.lap("key_grads")
-        g_in = self.floats(gseg, scnt * w, rs * w)
+        g_in = self.floats(gseg, scnt * w, rs * w, grads=True)
         g_in = g_in.reshape(-1, w)
         tm.lap("exchange")
         # the owner's segments [L | v (d) | Q]: v is a one-field E (occurrence field 0)

@@ -80,15 +80,17 @@ WORD = 2  # bytes per packed element
 @dataclass(frozen=True)
 class Wire:
     """How a run's payloads travel (``dist.compress``, ``dist.compress_ratio``, ``dist.keys``,
-    ``dist.compress_every``, ``dist.compress_partials``): the float payloads' codec, the kept
-    fraction of topk and threshold, the DES input keys' encoding, how often threshold
-    re-estimates τ, and the partials' own codec ("auto": :attr:`partials`' rule)."""
+    ``dist.compress_every``, ``dist.compress_partials``, ``dist.compress_partial_grads``): the
+    float payloads' codec, the kept fraction of topk and threshold, the DES input keys'
+    encoding, how often threshold re-estimates τ, the partials' own codec ("auto":
+    :attr:`partials`' rule) and their gradients' ("auto": the partials')."""
 
     compress: str = "none"
     ratio: float = 0.1
     keys: str = "int64"
     every: int = 16
     partial: str = "auto"
+    partial_grad: str = "auto"
 
     def __post_init__(self) -> None:
         if self.compress not in CODECS:
@@ -99,14 +101,14 @@ class Wire:
             raise ValueError(f"compress ratio {self.ratio} is not in (0, 1]")
         if self.every < 1:
             raise ValueError(f"compress_every {self.every} is not >= 1")
-        if self.partial not in PARTIAL_CODECS:
-            raise ValueError(f"partials codec {self.partial!r}; known: "
-                             f"{', '.join(PARTIAL_CODECS)}")
+        for what, c in (("partials", self.partial), ("partial gradients", self.partial_grad)):
+            if c not in PARTIAL_CODECS:
+                raise ValueError(f"{what} codec {c!r}; known: {', '.join(PARTIAL_CODECS)}")
 
     @property
     def packed(self) -> bool:
-        """Anything compressed (the partials or the dense gradients)."""
-        return self.partials != "none" or self.dense != "none"
+        """Anything compressed (the partials, their gradients or the dense gradients)."""
+        return {self.partials, self.partial_grads, self.dense} != {"none"}
 
     @property
     def partials(self) -> str:
@@ -120,6 +122,15 @@ class Wire:
         if self.partial != "auto":
             return self.partial
         return "bf16" if self.compress in SPARSE else self.compress
+
+    @property
+    def partial_grads(self) -> str:
+        """Codec of the backward direction of :attr:`partials`' payloads (the partials' per-
+        sample gradients gZ, ps's row gradients, a2a's pooled parts' and des-a2a's pair
+        partials' gradients): ``dist.compress_partial_grads`` when set, else the partials'.
+        Forward and backward are separate classes because their errors act differently: the
+        forward's enter the loss of this step, the backward's only its update."""
+        return self.partial_grad if self.partial_grad != "auto" else self.partials
 
     @property
     def dense(self) -> str:

@@ -45,7 +45,7 @@ class DesA2AStrategy(ExchangeStrategy):
         table, model, tm = self.table, self.model, self.timer
         pair_s, pcnt, rp, occ, pooled_pairs = state
         W = model.W
-        g_in = self.floats(gZ[pair_s], pcnt * W, rp * W)
+        g_in = self.floats(gZ[pair_s], pcnt * W, rp * W, grads=True)
         tm.lap("exchange")
         kg = model.key_grads(g_in.reshape(-1, W), pooled_pairs)  # fused: local part of dW1
         tm.lap("key_grads")

@@ -47,10 +47,10 @@ class DesReduceScatter(DataParallelStrategy):
         B, W = int(sizes.sum()), model.W
         out = model.params.scratch("gZall", (B, W))
         send = np.ascontiguousarray(gZ).reshape(-1)
-        if self.wire.partials == "none":
+        if self.wire.partial_grads == "none":
             comm.allgatherv(send, sizes * W, out=out)
         else:
-            compressed.allgatherv(comm, send, sizes * W, self.wire.partials, out,
+            compressed.allgatherv(comm, send, sizes * W, self.wire.partial_grads, out,
                                   self.wire.ratio, self.bufs)
         gZall = out.reshape(B, W)
         tm.lap("aggregate")

@@ -79,16 +79,18 @@ class ExchangeStrategy(DataParallelStrategy):
         self.timer.lap("lookup")
         return keys_in, rows, lens_in, vals_in, rs
 
-    def floats(self, x: np.ndarray, sendcounts, recvcounts) -> np.ndarray:
-        """Alltoallv of float payloads (rows, pooled parts, partials and their gradients):
-        ``sendcounts[j]`` elements of x to rank j; returns the received (Σ recvcounts,) floats
-        of x's dtype — at full width, or through the partials' codec (``dist.compress``:
+    def floats(self, x: np.ndarray, sendcounts, recvcounts, grads: bool = False
+               ) -> np.ndarray:
+        """Alltoallv of float payloads (rows, pooled parts, partials; ``grads``: their
+        gradients): ``sendcounts[j]`` elements of x to rank j; returns the received
+        (Σ recvcounts,) floats of x's dtype — at full width, or through the direction's codec
+        (:attr:`Wire.partials`, :attr:`Wire.partial_grads`:
         :func:`desmpi.strategies.compressed.alltoallv`)."""
         x = np.ascontiguousarray(x).reshape(-1)
-        if self.wire.partials == "none":
+        codec = self.wire.partial_grads if grads else self.wire.partials
+        if codec == "none":
             return self.comm.alltoallv(x, sendcounts, recvcounts)[0]
-        return compressed.alltoallv(self.comm, x, sendcounts, recvcounts, self.wire.partials,
-                                    bufs=self.bufs)
+        return compressed.alltoallv(self.comm, x, sendcounts, recvcounts, codec, bufs=self.bufs)
 
     def owners(self, keys: np.ndarray) -> np.ndarray:
         P = self.comm.size

@@ -23,7 +23,8 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
     """The collectives of one training step of variant ``v``, in call order, for all ranks;
     each names the algorithm ``layout``'s MPI library runs for it (wire bytes follow it).
     ``wire`` (dist.compress): the partials, their gradients (and the all-to-all strategies'
-    rows, pooled parts and partials and their gradients: :attr:`Wire.partials`) and the dense
+    rows, pooled parts and partials: :attr:`Wire.partials`; their gradients:
+    :attr:`Wire.partial_grads`) and the dense
     gradients (:attr:`Wire.dense`) go through :mod:`desmpi.strategies.compressed`'s forms;
     ``wire.keys`` (dist.keys) the DES input's keys (:mod:`desmpi.data.keycodec`)."""
     strategy, aggregate, replicate_input = v.strategy, v.aggregate, v.replicate_input
@@ -73,7 +74,7 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
                 summed("allreduce", [m.partial_grad], wire.dense)
         elif aggregate == "reduce_scatter":
             summed("reduce_scatter", c.sizes * W, wire.partials)
-            summed("allgatherv", c.sizes * W, wire.partials)
+            summed("allgatherv", c.sizes * W, wire.partial_grads)
             dense_allreduce()
         else:
             raise ValueError(f"unknown aggregate {aggregate!r}")
@@ -82,7 +83,7 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
         add("alltoall", np.ones((P, P)), I64)  # distinct-key counts
         add("alltoallv", c.distinct, I64)  # distinct keys to their owners
         summed("alltoallv", c.distinct.T * m.R, wire.partials)  # their rows back
-        summed("alltoallv", c.distinct * m.R, wire.partials)  # row gradients to the owners
+        summed("alltoallv", c.distinct * m.R, wire.partial_grads)  # row gradients to owners
     elif strategy == "a2a":
         add("alltoall", np.full((P, P), 2), I64)  # (keys, bags) per peer
         add("alltoallv", c.keys, I64)
@@ -91,7 +92,7 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
         if c.weighted:
             add("alltoallv", c.keys, isz)
         summed("alltoallv", c.bags.T * m.seg, wire.partials)  # pooled (sample, field) parts
-        summed("alltoallv", c.bags * m.seg, wire.partials)  # their gradients to the owners
+        summed("alltoallv", c.bags * m.seg, wire.partial_grads)  # their gradients to owners
     elif strategy == "des-a2a":
         add("alltoall", np.full((P, P), 2), I64)  # (keys, samples) per peer
         add("alltoallv", c.keys, I64)
@@ -99,7 +100,7 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
         if c.weighted:
             add("alltoallv", c.keys, isz)
         summed("alltoallv", c.samples.T * W, wire.partials)  # partials of the pairs back
-        summed("alltoallv", c.samples * W, wire.partials)  # their gradients to the owners
+        summed("alltoallv", c.samples * W, wire.partial_grads)  # their gradients to owners
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     dense_allreduce()

@@ -51,7 +51,7 @@ class PsStrategy(ExchangeStrategy):
         row_grads(s, f, inv, np.arange(Wloc.shape[0]), vals, Wloc, model.emb_col, *kg.kernel_args,
                   gU)
         tm.lap("key_grads")
-        g_in = self.floats(gU[order], cnt * R, rc * R)
+        g_in = self.floats(gU[order], cnt * R, rc * R, grads=True)
         tm.lap("exchange")
 
         def update(t: int) -> np.ndarray:

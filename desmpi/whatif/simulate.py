@@ -61,8 +61,9 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
     gradients — four passes), which DES pays over all B samples and ps / a2a over b.
     ``wire.compress``: packing and decoding stream :data:`PACK_BYTES` per compressed element (the
     DES partials and their gradients, the dense gradients) and :data:`A2A_PACK_BYTES` per
-    element of the all-to-all strategies' compressed rows and partials (sent and received
-    alike: the mean rank sends as many as it receives)."""
+    element of the all-to-all strategies' compressed rows and partials and their gradients
+    (sent and received alike: the mean rank sends as many as it receives), each direction
+    where its codec (:attr:`Wire.partials`, :attr:`Wire.partial_grads`) compresses."""
     st, agg = v.strategy, v.aggregate
     P = c.P
     B = float(c.sizes.sum())
@@ -97,15 +98,17 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
     z_rows = {"des": B, "ps": b, "a2a": b, "des-a2a": c.samples.sum() / P}[st]
     mem = 4.0 * z_rows * W * info.dims.itemsize
     packed = 0.0
-    if wire.partials != "none":
-        packed += {"des": B * W * (2 if agg == "reduce_scatter" else 1)}.get(st, 0.0)
+    if st == "des":  # the partials' sum; under reduce_scatter their gradients' Allgatherv too
+        packed += B * W * ((wire.partials != "none")
+                           + (agg == "reduce_scatter" and wire.partial_grads != "none"))
     if wire.dense != "none":
         packed += info.dims.partial_grad if (st, agg) == ("des", "allreduce") else info.dims.D
     mem += PACK_BYTES * packed
-    if wire.partials != "none" and st != "des":  # forward and backward, each sent once
+    if st != "des":  # forward and backward, each sent once, each by its own codec
         sent = {"ps": upd * R, "a2a": c.bags.sum() / P * seg,
                 "des-a2a": c.samples.sum() / P * W}[st]
-        mem += A2A_PACK_BYTES * 2.0 * sent
+        mem += A2A_PACK_BYTES * sent * ((wire.partials != "none")
+                                        + (wire.partial_grads != "none"))
     return Work(6.0 * (rows * info.dense_macs + fused_rows * info.fused_macs), keys,
                 mem_bytes=mem, key_ops=key_ops, route_keys=route, bucket_keys=bucket,
                 sort_keys=srt)

@@ -62,6 +62,11 @@ for m, n, codec in [("wdl", "des/allreduce", "threshold"), ("deepfm", "des/reduc
                     ("wdl", "des/reduce_scatter", "topkq8")]:
     v = parse(n)
     cases.append((f"{m}-{tag(v)}-adagrad-{codec}", m, v, "adagrad", onehot_h5, eval_h5, "auto"))
+# one direction of the partials compressed (dist.compress_partial_grads): DES's partials
+# forward alone (zfwd), ps's row gradients backward alone as int8 (gzq8)
+for m, n, codec in [("deepfm", "des/reduce_scatter", "zfwd"), ("wdl", "ps", "gzq8")]:
+    v = parse(n)
+    cases.append((f"{m}-{tag(v)}-adagrad-{codec}", m, v, "adagrad", onehot_h5, eval_h5, "auto"))
 # dist.keys = narrow (lossless: the same bits as the base case f"{name without -narrow}")
 for m, n in [("deepfm", "des/allreduce"), ("dlrm", "des/reduce_scatter")]:
     v = parse(n)
@@ -73,13 +78,15 @@ def keys_of(name: str) -> str:
     return "narrow" if name.endswith("-narrow") else "int64"
 
 
-CODECS = {"bf16": ("bf16", "auto"), "fp16": ("fp16", "auto"), "int8": ("int8", "auto"),
-          "threshold": ("threshold", "auto"), "topk": ("topk", "auto"),
-          "topkq8": ("topk", "int8")}  # case suffix: (dist.compress, dist.compress_partials)
+# case suffix: (dist.compress, dist.compress_partials, dist.compress_partial_grads)
+CODECS = {"bf16": ("bf16", "auto", "auto"), "fp16": ("fp16", "auto", "auto"),
+          "int8": ("int8", "auto", "auto"), "threshold": ("threshold", "auto", "auto"),
+          "topk": ("topk", "auto", "auto"), "topkq8": ("topk", "int8", "auto"),
+          "zfwd": ("none", "bf16", "none"), "gzq8": ("none", "none", "int8")}
 
 
-def compress_of(name: str) -> tuple[str, str]:
-    return CODECS.get(name.rsplit("-", 1)[1], ("none", "auto"))
+def compress_of(name: str) -> tuple[str, str, str]:
+    return CODECS.get(name.rsplit("-", 1)[1], ("none", "auto", "auto"))
 
 
 class Warnings(logging.Handler):
@@ -113,7 +120,8 @@ def main() -> None:
                          if name.endswith("lifecycle") else {}),
             "dist": {"strategy": v.strategy, "aggregate": v.aggregate or "allreduce",
                      "input": v.input, "check_every": 5, "compress": compress_of(name)[0],
-                     "compress_partials": compress_of(name)[1], "keys": keys_of(name)},
+                     "compress_partials": compress_of(name)[1],
+                     "compress_partial_grads": compress_of(name)[2], "keys": keys_of(name)},
         }).check()
         comm.acct.log.clear()
         comm.acct.totals.clear()  # each case's summary counts its own traffic
