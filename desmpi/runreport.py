@@ -59,12 +59,14 @@ def write_trace(path: str, traced: list[dict], cfg: Config, comm: Comm) -> None:
 
 
 def summary_of(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_loss, losses,
-             comm_times=()) -> dict:
+             comm_times=(), codec_times=()) -> dict:
     steps = max(len(step_times), 1)  # per-step figures; 0 steps run (resumed at the end)
     lc = tr.table.lifecycle
     warm_comm = list(comm_times[1:] if len(comm_times) > 1 else comm_times)
+    warm_codec = list(codec_times[1:] if len(codec_times) > 1 else codec_times)
     mine = {"counters": Accounting.as_dict(comm.acct.counters("train")), "keys": tr.table.n,
             "comm_step_s": statistics.median(warm_comm) if warm_comm else 0.0,
+            "codec_step_s": statistics.median(warm_codec) if warm_codec else 0.0,
             "evicted": lc.evicted if lc is not None else 0, "table_bytes": tr.table.nbytes,
             "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "phases": dict(tr.timer.phases)}
@@ -109,6 +111,10 @@ def summary_of(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_l
         # the rank that reaches the collectives last waits least: its time is the closest
         # measurement of the communication itself (the others add their wait for it)
         "comm_time_s_per_step_min": float(min(e["comm_step_s"] for e in every)),
+        # dist.compress's own work in a step (packing, selecting, decoding, summing; the
+        # median warm step of each rank, the most of any rank); None when uncompressed
+        "codec_time_s_per_step": float(max(e["codec_step_s"] for e in every))
+        if cfg.dist.wire.packed else None,
         "comm": comm_rep,
         "wire_bytes_per_step": sum(v["wire_bytes_per_step"] for v in comm_rep.values()),
         "wire_bytes_total": int(sum(v.get("wire_bytes", 0) for e in every

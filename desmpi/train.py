@@ -92,6 +92,7 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
                  tc.dtype)
     step_times: list[float] = []
     comm_times: list[float] = []  # this rank's seconds inside collectives, per step
+    codec_times: list[float] = []  # and in dist.compress's own work (packing, summing ...)
     losses: list[float] = []
     samples = 0
     interval_loss, interval_n, interval_t = 0.0, 0, 0.0
@@ -122,6 +123,7 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
             lc.step = step
         tr.before_step()  # dist 'auto': the trial's steps start together
         c0 = comm.acct.time_s()
+        k0 = tr.strategy.bufs.codec_s  # one Buffers for every strategy of a trial
         t0 = time.perf_counter()
         try:
             loss = tr.step_strategy().train_step(b, sizes, step)
@@ -145,6 +147,7 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
             tr.first_step_samples = n
         step_times.append(dt)
         comm_times.append(comm.acct.time_s() - c0)
+        codec_times.append(tr.strategy.bufs.codec_s - k0)
         if len(step_times) == 1:  # compiled and warm: from now on a stuck collective aborts
             comm.watchdog(cfg.dist.timeout_s, lambda: f"at or after step {current[0]}")
         samples += n
@@ -189,7 +192,8 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
     tr.strategy.check_replicas(tr.total_steps)
     if trace:
         write_trace(trace, traced, cfg, comm)
-    summary = summary_of(tr, cfg, comm, step_times, samples, last_interval, losses, comm_times)
+    summary = summary_of(tr, cfg, comm, step_times, samples, last_interval, losses, comm_times,
+                         codec_times)
     summary["resumed_from_step"] = start
     # dist 'auto' resumed with the variant of this checkpoint (no new choice: "choice" is null)
     summary["variant_from_checkpoint"] = found[0] if kept is not cfg_in else None
@@ -207,6 +211,10 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
                  "ranks), %d keys, %.1f bytes/key", summary["samples_per_s"],
                  summary["step_time_s"], summary["wire_bytes_per_step"] / 1e6,
                  summary["table_keys"], summary["bytes_per_key"])
+        if summary["codec_time_s_per_step"] is not None and summary["step_time_s"] > 0:
+            log.info("dist.compress's own work %.2f ms per step, %.1f%% of the median step",
+                     summary["codec_time_s_per_step"] * 1e3,
+                     100 * summary["codec_time_s_per_step"] / summary["step_time_s"])
         if out is not None:
             (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -123,6 +123,9 @@ def test_compressed_close_to_full_width(runs):
         assert np.max(np.abs(pc - pb)) <= bound, (P, c, np.max(np.abs(pc - pb)))
         assert np.mean(np.abs(pc - pb)) <= bound / 5, (P, c, np.mean(np.abs(pc - pb)))
         assert np.max(np.abs(pc - pb)) > 0, (P, c)  # compression did change something
+        # the summary gives the codec's own time in a step (none where nothing is packed)
+        assert sb["codec_time_s_per_step"] is None, (P, c)
+        assert 0 < sc["codec_time_s_per_step"] < sc["step_time_s"], (P, c)
         if P > 1:
             kinds = sc["comm"]
             assert "alltoallv" in kinds and kinds["alltoallv"]["wire_bytes_per_step"] > 0
