@@ -207,13 +207,20 @@ def newest_valid(root: str | Path) -> tuple[Path, dict] | None:
 def _feedback(f: h5py.File) -> dict[str, np.ndarray]:
     """A rank file's error-feedback state (:meth:`Strategy.feedback_state`'s names)."""
     out: dict[str, np.ndarray] = {}
+
+    def group(g: str, link) -> None:
+        if not isinstance(link, h5py.HardLink) or not isinstance(f[g], h5py.Group):
+            raise CheckpointError(f"{f.filename}: '{g}' is not a group stored in the file")
+
+    top = f.get(FEEDBACK, getlink=True)
+    if top is None:  # an uncompressed run's file
+        return out
+    group(FEEDBACK, top)
     for kind in ("residual", "threshold"):
-        g = f"{FEEDBACK}/{kind}"
-        if g not in f:
+        g, link = f"{FEEDBACK}/{kind}", f[FEEDBACK].get(kind, getlink=True)
+        if link is None:
             continue
-        if not isinstance(f.get(FEEDBACK, getlink=True), h5py.HardLink) or \
-                not isinstance(f[FEEDBACK].get(kind, getlink=True), h5py.HardLink):
-            raise CheckpointError(f"{f.filename}: '{g}' is a link, not a group of the file")
+        group(g, link)
         for name in f[g]:
             out[f"{kind}/{name}"] = read_dataset(f, f"{g}/{name}", finite=True)
     return out

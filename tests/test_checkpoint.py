@@ -311,7 +311,17 @@ def test_feedback_state_in_a_rank_file_is_read_only_from_the_file(tmp_path):
     with h5py.File(linked, "w") as f:
         f["elsewhere/residual/dense"] = np.zeros(4, np.float32)
         f["feedback"] = h5py.SoftLink("/elsewhere")
-    with h5py.File(linked) as f, pytest.raises(CheckpointError, match="linked.h5.*link"):
+    with h5py.File(linked) as f, pytest.raises(CheckpointError, match="linked.h5.*'feedback' is"):
+        _feedback(f)
+    missing = tmp_path / "missing.h5"  # a link to another file that is not there
+    with h5py.File(missing, "w") as f:
+        f["feedback"] = h5py.ExternalLink("nowhere.h5", "/feedback")
+    with h5py.File(missing) as f, pytest.raises(CheckpointError, match="not a group stored"):
+        _feedback(f)
+    odd = tmp_path / "odd.h5"  # a dataset where the group should be
+    with h5py.File(odd, "w") as f:
+        f["feedback/residual"] = np.zeros(3)
+    with h5py.File(odd) as f, pytest.raises(CheckpointError, match="'feedback/residual' is"):
         _feedback(f)
     nan = tmp_path / "nan.h5"
     with h5py.File(nan, "w") as f:

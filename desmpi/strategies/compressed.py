@@ -29,7 +29,8 @@ bits at any batch size. ``int8`` sends each chunk as blocks of 64 floats, a bf16
 8-bit values each (:func:`desmpi.kernels.compress.pack_chunks`): about half bf16's words, and
 the chunk of the sums travels the same way. ``dist.compress_partials`` (:attr:`Wire.partial`)
 gives the partials and their gradients a codec of their own, so that e.g. topk's dense
-gradients go with int8 partials.
+gradients go with int8 partials; ``dist.compress_partial_grads`` (:attr:`Wire.partial_grads`)
+sets the gradients' (the backward direction) apart.
 
 ``threshold`` (DCT: Gupta et al. 2020, arXiv 2010.08899) sends the same ⌈r·m⌉ slots a chunk
 in the same words, filled by a hard threshold instead of a selection: the entries whose
