@@ -90,9 +90,17 @@ def test_validate_reports_every_case(tmp_path):
     for grp in (g["in_sample"], g["held_out_model"]):
         lo, hi = grp["median_ci90"]
         assert lo <= grp["median_abs_error"] <= hi and grp["iqr"][0] <= grp["iqr"][1]
+    # the codec's own work: the runs' codec_time_s_per_step against its streamed bytes
+    codec = [c for c in rep["cases"] if "measured_codec_s" in c]
+    assert g["codec"]["cases"] == len(codec) >= 4
+    # (predicted: streamed bytes at the fitted memory rate, which a fit may leave unbounded:
+    # then 0)
+    assert all(c["measured_codec_s"] > 0 and c["predicted_codec_s"] >= 0 for c in codec)
+    assert all(c["predicted_codec_s"] < c["predicted_step_time_s"] for c in codec)
     md = (tmp_path / "validation.md").read_text()
-    assert "held out by model" in md and md.count("| lr |") == 4
-    assert "under `dist.compress=bf16`" in md
+    assert "held out by model" in md and md.count("| lr |") == 4 + sum(
+        c["model"] == "lr" for c in codec)
+    assert "under `dist.compress=bf16`" in md and "dist.compress's own work alone" in md
 
 
 def test_network_source_extrapolates_from_the_largest_smaller_calibration():

@@ -276,7 +276,9 @@ GROUPS = {"in_sample": "in-sample (P and model the compute fit saw)",
           "communication": "collective time alone (network model + each call's software "
                            "cost vs the least-waiting rank's counters)",
           "communication_within_cores": "collective time alone, at most one rank a core",
-          "communication_oversubscribed": "collective time alone, more ranks than cores"}
+          "communication_oversubscribed": "collective time alone, more ranks than cores",
+          "codec": "dist.compress's own work alone (its streamed bytes at the fitted memory "
+                   "rate vs the runs' codec_time_s_per_step)"}
 
 
 def validation_markdown(rep: dict) -> str:
@@ -321,6 +323,17 @@ def validation_markdown(rep: dict) -> str:
                  f"{c['predicted_comm_s']:.4f} | {c['predicted_step_time_s']:.4f} | "
                  f"{c['error']:+.1%} | {'' if mh is None else f'{mh:+.1%}'} | "
                  f"{c['bytes_equal']} |")
+    codec = [c for c in rep["cases"] if "measured_codec_s" in c]
+    if codec:
+        L += ["", "dist.compress's own work per step (packing, decoding, summing: measured, "
+              "`codec_time_s_per_step`; predicted, the codec's streamed bytes at the fitted "
+              "memory rate):", "", "| model | variant | P | measured ms | predicted ms | "
+              "error |", "|---|---|---:|---:|---:|---:|"]
+        for c in codec:
+            e = c.get("codec_error")
+            L.append(f"| {c['model']} | {c['variant']} | {c['P']} | "
+                     f"{c['measured_codec_s'] * 1e3:.3f} | {c['predicted_codec_s'] * 1e3:.3f} | "
+                     f"{'' if e is None else f'{e:+.1%}'} |")
     return "\n".join(L) + "\n"
 
 

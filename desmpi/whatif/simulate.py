@@ -127,6 +127,7 @@ class Profiled:
     wire_bytes: float  # mean over ranks, per step
     payload_bytes: float
     wire_total: int = 0  # over all ranks and profiled batches (exact, for comparison)
+    codec_bytes: float = 0.0  # of work.mem_bytes, what dist.compress's packing streams
 
 
 def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_batches: int,
@@ -144,7 +145,7 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
     out = []
     for v in variants:
         info = infos[v]
-        colls, sent, pay, total = [], 0.0, 0.0, 0
+        colls, sent, pay, total, codec = [], 0.0, 0.0, 0, 0.0
         work = Work(0.0, 0.0)
         for c in counts:
             cl = collectives(v, c, info.dims, layout, wire)
@@ -157,10 +158,12 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
                 pay += p.mean() / len(counts)
                 if x.kind in ("alltoall", "alltoallv"):
                     local += float(np.diagonal(np.asarray(x.counts)).mean()) * x.itemsize
-            work = work + (step_work(v, c, info, wire) + Work(0.0, 0.0, mem_bytes=local)
-                           ).scaled(1.0 / len(counts))
+            w = step_work(v, c, info, wire)
+            work = work + (w + Work(0.0, 0.0, mem_bytes=local)).scaled(1.0 / len(counts))
+            if wire.packed:
+                codec += (w.mem_bytes - step_work(v, c, info).mem_bytes) / len(counts)
         work = replace(work, calls=float(len(cl)))  # collective calls of one step
-        out.append(Profiled(v, P, B, colls, work, sent, pay, total))
+        out.append(Profiled(v, P, B, colls, work, sent, pay, total, codec))
     return out
 
 
@@ -180,9 +183,13 @@ def predict(p: Profiled, cluster: Cluster, rates: ComputeRates | None = None,
     comp_s = compute_time(p.work, r, cl.compute_share, cl.busy_cores)
     wait_s = wait_time(comp_s, r, p.P)
     step = comm_s + comp_s + wait_s
+    # of comp_s, dist.compress's packing and decoding (its streamed bytes)
+    codec_s = compute_time(Work(0.0, 0.0, mem_bytes=p.codec_bytes), replace(r, overhead_s=0.0),
+                           cl.compute_share, cl.busy_cores)
     return {"variant": p.variant.name, "P": p.P, "batch": p.batch, "cluster": cluster.name,
             "step_time_s": step, "samples_per_s": p.batch / step, "comm_s": comm_s,
-            "compute_s": comp_s, "wait_s": wait_s, "comm_share": comm_s / step,
+            "compute_s": comp_s, "wait_s": wait_s, "codec_s": codec_s,
+            "comm_share": comm_s / step,
             "wire_bytes_per_step": p.wire_bytes,
             "wire_bytes_per_sample": p.wire_bytes * p.P / p.batch}
 

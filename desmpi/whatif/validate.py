@@ -104,6 +104,10 @@ def groups_of(cases: list[dict], cores: int) -> dict:
                                                if c["P"] <= cores]),
         "communication_oversubscribed": _spread([c["comm_error"] for c in comm
                                                  if c["P"] > cores]),
+        # dist.compress: the codec's own work (packing, decoding, summing) against the runs'
+        # codec_time_s_per_step
+        "codec": _spread([c["codec_error"] for c in cases
+                          if c.get("codec_error") is not None]),
     }
 
 
@@ -150,7 +154,8 @@ def measure(models: list[str], variants: list[Variant], ranks: list[int], batch:
 
 # what a validation keeps of each training run's summary
 _RUN_KEYS = ("step_time_s", "comm_time_s_per_step_min", "comm_time_s_per_step",
-             "wire_bytes_per_step", "wire_bytes_total", "mpi", "ranks_per_node")
+             "wire_bytes_per_step", "wire_bytes_total", "mpi", "ranks_per_node",
+             "codec_time_s_per_step")
 
 
 def _data(tmp: str, batch: int, steps: int) -> str:
@@ -296,6 +301,14 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
             prof = c.pop("prof")
             pr = predict(prof, cluster_at(P, rates), rates)
             c["predicted_step_time_s"] = pr["step_time_s"]
+            # dist.compress's own work, predicted against measured (runs that recorded it)
+            codec = [r.get("codec_time_s_per_step") for r in by_case[(c["model"], c["variant"],
+                                                                       P)]]
+            if prof.codec_bytes > 0 and all(x is not None for x in codec):
+                c["measured_codec_s"] = statistics.median(codec)
+                c["predicted_codec_s"] = pr["codec_s"]
+                c["codec_error"] = (pr["codec_s"] - c["measured_codec_s"]) / \
+                    c["measured_codec_s"] if c["measured_codec_s"] > 0 else None
             c["error"] = (pr["step_time_s"] - c["measured_step_time_s"]) / \
                 c["measured_step_time_s"]
             if per_model:
