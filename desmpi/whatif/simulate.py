@@ -158,10 +158,10 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
                 pay += p.mean() / len(counts)
                 if x.kind in ("alltoall", "alltoallv"):
                     local += float(np.diagonal(np.asarray(x.counts)).mean()) * x.itemsize
-            w = step_work(v, c, info, wire)
-            work = work + (w + Work(0.0, 0.0, mem_bytes=local)).scaled(1.0 / len(counts))
+            sw = step_work(v, c, info, wire)
+            work = work + (sw + Work(0.0, 0.0, mem_bytes=local)).scaled(1.0 / len(counts))
             if wire.packed:
-                codec += (w.mem_bytes - step_work(v, c, info).mem_bytes) / len(counts)
+                codec += (sw.mem_bytes - step_work(v, c, info).mem_bytes) / len(counts)
         work = replace(work, calls=float(len(cl)))  # collective calls of one step
         out.append(Profiled(v, P, B, colls, work, sent, pay, total, codec))
     return out
