@@ -263,9 +263,11 @@ def restore(d: Path, manifest: dict, comm: Comm, table, model, dense_opt,
     names = [f"rank-{r:05d}.h5" for r in range(P_old)]
     mine = [names[comm.rank]] if P_old == comm.size else names
     feedback: list[dict[str, np.ndarray]] = []
+    takes_feedback = strategy is not None and (P_old == comm.size or comm.rank == 0)
     for name in mine:
         with h5py.File(d / name, "r") as f:
-            feedback.append(_feedback(f))
+            if takes_feedback:  # onto another P only rank 0 takes (the sum of) them
+                feedback.append(_feedback(f))
             if (int(f.attrs["R"]), int(f.attrs["S"]), int(f.attrs["emb_col"])) != \
                     (table.R, table.S, table.emb_col):
                 raise CheckpointError(f"{d / name}: rows of width {f.attrs['R']} with "

@@ -79,15 +79,18 @@ def keep_choice(cfg: Config, found: tuple[str, dict] | None, comm: Comm) -> Conf
     return dataclasses.replace(cfg, dist=cfg.dist.resolved(v))
 
 
+LOOK = object()  # resume_point's default: look for the checkpoint (find_checkpoint)
+
+
 def resume_point(tr: Trainer, cfg: Config, comm: Comm, check_config: bool = True,
-                 allow_fresh: bool = False, found: tuple[str, dict] | None = None
-                 ) -> tuple[int, str | None]:
-    """Restore the newest complete checkpoint of checkpoint.dir (``found``: the one
-    :func:`find_checkpoint` gave, when the caller looked already); returns (its step, the run
-    id it belongs to). Nothing usable is an error unless ``allow_fresh`` (then (0, None))."""
+                 allow_fresh: bool = False, found=LOOK) -> tuple[int, str | None]:
+    """Restore the newest complete checkpoint of checkpoint.dir (``found``: what
+    :func:`find_checkpoint` gave, None included, when the caller looked already); returns (its
+    step, the run id it belongs to). Nothing usable is an error unless ``allow_fresh`` (then
+    (0, None))."""
     from desmpi.checkpoint import restore
 
-    if found is None:
+    if found is LOOK:
         found = find_checkpoint(cfg, comm)
     if found is None:
         if not allow_fresh:

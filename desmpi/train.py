@@ -65,8 +65,10 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
         raise ConfigError("--resume needs checkpoint.dir")
     found = find_checkpoint(cfg, comm) if resume else None
     kept = keep_choice(cfg, found, comm)  # dist 'auto' resumed: the variant it settled on
+    # the checkpoint whose variant the run keeps (no new choice: the summary's "choice" is null)
+    variant_from = found[0] if kept is not cfg else None
     tr = Trainer(kept, comm)
-    cfg_in, cfg = cfg, tr.cfg  # with dist 'auto' resolved
+    cfg = tr.cfg  # with dist 'auto' resolved
     tc = cfg.train
     rank0 = comm.rank == 0
     if rank0 and tr.choice is not None:
@@ -195,8 +197,7 @@ def _run(cfg: Config, comm: Comm, out: str | Path | None, trace: str | None = No
     summary = summary_of(tr, cfg, comm, step_times, samples, last_interval, losses, comm_times,
                          codec_times)
     summary["resumed_from_step"] = start
-    # dist 'auto' resumed with the variant of this checkpoint (no new choice: "choice" is null)
-    summary["variant_from_checkpoint"] = found[0] if kept is not cfg_in else None
+    summary["variant_from_checkpoint"] = variant_from
     summary["skipped_steps"] = skipped
     if tr.eval_ds is not None:
         auc, ll, preds = tr.evaluate()

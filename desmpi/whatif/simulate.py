@@ -54,16 +54,37 @@ PACK_BYTES = 24  # bytes streamed per compressed element: pack, decode, sum, pac
 A2A_PACK_BYTES = 12  # per element a compressed Alltoallv moves: packed (4 + 2), decoded (2 + 4)
 
 
+def codec_bytes(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> float:
+    """Bytes a rank's packing and decoding stream in one step (mean rank): :data:`PACK_BYTES`
+    per compressed element of DES's partials and their gradients and of the dense gradients,
+    :data:`A2A_PACK_BYTES` per element of the all-to-all strategies' compressed rows and
+    partials and their gradients (sent and received alike: the mean rank sends as many as it
+    receives), each direction where its codec (:attr:`Wire.partials`,
+    :attr:`Wire.partial_grads`) compresses. 0 uncompressed."""
+    st, agg, P = v.strategy, v.aggregate, c.P
+    B = float(c.sizes.sum())
+    W = info.dims.W
+    packed = 0.0
+    if st == "des":  # the partials' sum; under reduce_scatter their gradients' Allgatherv too
+        packed += B * W * ((wire.partials != "none")
+                           + (agg == "reduce_scatter" and wire.partial_grads != "none"))
+    if wire.dense != "none":
+        packed += info.dims.partial_grad if (st, agg) == ("des", "allreduce") else info.dims.D
+    out = PACK_BYTES * packed
+    if st != "des":  # forward and backward, each sent once, each by its own codec
+        sent = {"ps": c.distinct.sum() / P * info.dims.R,
+                "a2a": c.bags.sum() / P * info.dims.seg, "des-a2a": c.samples.sum() / P * W}[st]
+        out += A2A_PACK_BYTES * sent * ((wire.partials != "none")
+                                        + (wire.partial_grads != "none"))
+    return out
+
+
 def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> Work:
     """Mean per-rank work of one step (the cost model's compute side): GEMM flops, sparse
     key-columns, and the bytes streamed over the rank's partial matrix (Z_rows × W: zeroed,
     reduced or sent, read by the dense part, its gradient written and read by the key
     gradients — four passes), which DES pays over all B samples and ps / a2a over b.
-    ``wire.compress``: packing and decoding stream :data:`PACK_BYTES` per compressed element (the
-    DES partials and their gradients, the dense gradients) and :data:`A2A_PACK_BYTES` per
-    element of the all-to-all strategies' compressed rows and partials and their gradients
-    (sent and received alike: the mean rank sends as many as it receives), each direction
-    where its codec (:attr:`Wire.partials`, :attr:`Wire.partial_grads`) compresses."""
+    ``wire``: packing and decoding add :func:`codec_bytes`."""
     st, agg = v.strategy, v.aggregate
     P = c.P
     B = float(c.sizes.sum())
@@ -96,19 +117,7 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
     else:
         raise ValueError(st)
     z_rows = {"des": B, "ps": b, "a2a": b, "des-a2a": c.samples.sum() / P}[st]
-    mem = 4.0 * z_rows * W * info.dims.itemsize
-    packed = 0.0
-    if st == "des":  # the partials' sum; under reduce_scatter their gradients' Allgatherv too
-        packed += B * W * ((wire.partials != "none")
-                           + (agg == "reduce_scatter" and wire.partial_grads != "none"))
-    if wire.dense != "none":
-        packed += info.dims.partial_grad if (st, agg) == ("des", "allreduce") else info.dims.D
-    mem += PACK_BYTES * packed
-    if st != "des":  # forward and backward, each sent once, each by its own codec
-        sent = {"ps": upd * R, "a2a": c.bags.sum() / P * seg,
-                "des-a2a": c.samples.sum() / P * W}[st]
-        mem += A2A_PACK_BYTES * sent * ((wire.partials != "none")
-                                        + (wire.partial_grads != "none"))
+    mem = 4.0 * z_rows * W * info.dims.itemsize + codec_bytes(v, c, info, wire)
     return Work(6.0 * (rows * info.dense_macs + fused_rows * info.fused_macs), keys,
                 mem_bytes=mem, key_ops=key_ops, route_keys=route, bucket_keys=bucket,
                 sort_keys=srt)
@@ -158,10 +167,9 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
                 pay += p.mean() / len(counts)
                 if x.kind in ("alltoall", "alltoallv"):
                     local += float(np.diagonal(np.asarray(x.counts)).mean()) * x.itemsize
-            sw = step_work(v, c, info, wire)
-            work = work + (sw + Work(0.0, 0.0, mem_bytes=local)).scaled(1.0 / len(counts))
-            if wire.packed:
-                codec += (sw.mem_bytes - step_work(v, c, info).mem_bytes) / len(counts)
+            work = work + (step_work(v, c, info, wire) + Work(0.0, 0.0, mem_bytes=local)
+                           ).scaled(1.0 / len(counts))
+            codec += codec_bytes(v, c, info, wire) / len(counts)
         work = replace(work, calls=float(len(cl)))  # collective calls of one step
         out.append(Profiled(v, P, B, colls, work, sent, pay, total, codec))
     return out
