@@ -30,6 +30,9 @@ Presets carry the source of their numbers; a TOML file can describe any cluster:
     route_keys_per_s = 3.0e8       # optional: keys hashed to their owner per second
     bucket_keys_per_s = 1.0e8      # optional: keys grouped by owner and bag (a2a) per second
     sort_keys_per_s = 6.0e7        # optional: keys deduplicated and grouped (ps) per second
+    codec_elems_per_s = 2.5e9      # optional: dist.compress's element passes per second,
+    select_elems_per_s = 3.0e8     # elements top-k / threshold select from per second,
+    codec_call_s = 3e-5            # and the software cost of a collective of packed words
     overhead_s = 1e-4
 
 Top-level optional keys: ``mpi`` (the library whose algorithm selection applies: ``mpich``,
@@ -139,6 +142,13 @@ class ComputeRates:
     sort_keys_per_s: float = 3.0e7  # keys deduplicated by a sort, grouped by owner (ps)
     jitter: float = 0.0  # spread of a rank's compute (its standard deviation / its mean):
     # a bulk-synchronous step waits for the slowest of P ranks, jitter · compute · E[max of P]
+    # compressed communication's own work (desmpi's dist.compress): element passes of its
+    # pack / decode kernels per second, elements a sparse codec (top-k, threshold) selects
+    # from per second, and the software cost of each collective of packed words; defaults:
+    # the order of bf16 and threshold measured on a 2-vCPU EPYC VM
+    codec_elems_per_s: float = 2.5e9
+    select_elems_per_s: float = 3.0e8
+    codec_call_s: float = 3.0e-5
 
 
 @dataclass(frozen=True)
@@ -243,7 +253,8 @@ def load_cluster(spec: str) -> Cluster:
     comp = d.get("compute", {})
     extra = set(comp) - {"gemm_flops", "sparse_keys_per_s", "overhead_s", "per_call_s",
                          "contention", "mem_Bps", "keys_per_s", "route_keys_per_s",
-                         "bucket_keys_per_s", "sort_keys_per_s", "jitter"}
+                         "bucket_keys_per_s", "sort_keys_per_s", "jitter",
+                         "codec_elems_per_s", "select_elems_per_s", "codec_call_s"}
     if extra:
         raise ValueError(f"{path}: unknown keys in [compute]: {sorted(extra)}")
     for k in ("nodes", "ranks_per_node"):
@@ -292,6 +303,8 @@ def dump_cluster(cl: Cluster) -> str:
          f"overhead_s = {num(c.overhead_s)}", f"per_call_s = {num(c.per_call_s)}",
          f"contention = {num(c.contention)}", f"mem_Bps = {num(c.mem_Bps)}",
          *[f"{k} = {num(getattr(c, k))}" for k in ("keys_per_s", "route_keys_per_s",
-                                                    "bucket_keys_per_s", "sort_keys_per_s")
-           if np.isfinite(getattr(c, k))], f"jitter = {num(c.jitter)}"]
+                                                    "bucket_keys_per_s", "sort_keys_per_s",
+                                                    "codec_elems_per_s", "select_elems_per_s")
+           if np.isfinite(getattr(c, k))], f"codec_call_s = {num(c.codec_call_s)}",
+         f"jitter = {num(c.jitter)}"]
     return "\n".join(L) + "\n"

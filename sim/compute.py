@@ -25,6 +25,11 @@ class Work:
     route_keys: float = 0.0  # keys hashed to their owner (a vectorised pass)
     bucket_keys: float = 0.0  # keys grouped by owner and segment (a stable sort by owner)
     sort_keys: float = 0.0  # keys deduplicated (np.unique: a sort) and grouped by owner
+    # compressed communication's own work: element passes of its pack / decode kernels,
+    # elements a sparse codec selects from, collectives of packed words (their wrapping)
+    codec_elems: float = 0.0
+    select_elems: float = 0.0
+    codec_calls: float = 0.0
 
     def __add__(self, o: Work) -> Work:
         return Work(*(getattr(self, f.name) + getattr(o, f.name) for f in fields(Work)))
@@ -42,14 +47,23 @@ def slowdown(rates: ComputeRates, busy: int) -> float:
 def compute_time(w: Work, rates: ComputeRates, share: float = 1.0, busy: int = 1) -> float:
     """Seconds: overhead + flops / GEMM rate + key-columns / sparse rate + key operations /
     key rate + routed, bucketed and sorted keys / their rates + calls × per-call cost +
-    streamed bytes / memory rate, on ``share`` of a core
+    streamed bytes / memory rate + the codec's work (:func:`codec_time`), on ``share`` of a
+    core
     (oversubscribed ranks get less), slowed by :func:`slowdown` when ``busy`` cores of the
     node compute at once."""
     t = rates.overhead_s + w.gemm_flops / rates.gemm_flops + w.sparse_keys / \
         rates.sparse_keys_per_s + w.calls * rates.per_call_s + w.mem_bytes / rates.mem_Bps + \
         w.key_ops / rates.keys_per_s + w.route_keys / rates.route_keys_per_s + \
-        w.bucket_keys / rates.bucket_keys_per_s + w.sort_keys / rates.sort_keys_per_s
+        w.bucket_keys / rates.bucket_keys_per_s + w.sort_keys / rates.sort_keys_per_s + \
+        codec_time(w, rates)
     return t * slowdown(rates, busy) / share
+
+
+def codec_time(w: Work, rates: ComputeRates) -> float:
+    """Seconds of compressed communication's own work on one core alone: element passes /
+    codec rate + selected elements / selection rate + calls × each call's software cost."""
+    return w.codec_elems / rates.codec_elems_per_s + \
+        w.select_elems / rates.select_elems_per_s + w.codec_calls * rates.codec_call_s
 
 
 def wait_time(compute_s: float, rates: ComputeRates, P: int) -> float:

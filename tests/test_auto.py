@@ -110,6 +110,7 @@ def test_a_damaged_calibration_cache_is_measured_again(data, tmp_path):
         assert len(files) == 1 and set(CACHED) <= set(json.loads(files[0].read_text()))
     # the sparse rates were measured on this data's first batch: another batch is measured anew
     assert json.loads(files[0].read_text())["data"].endswith(":512")
+    assert json.loads(files[0].read_text())["codecs"] is None  # uncompressed: not measured
     p = subprocess.run([*cmd[:-1], "train.steps=1", "--set", "train.batch_size=256"],
                        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -303,31 +304,49 @@ def test_routing_work_follows_each_strategy(data):
 
 
 def test_compression_work_follows_the_compressed_payloads(data):
-    """dist.compress in the cost model: DES packs its partials (reduce_scatter: Z and gZ) and
-    its dense gradients, PACK_BYTES an element; ps, a2a and des-a2a their exchanged rows,
-    pooled parts or partials (forward and backward, A2A_PACK_BYTES an element sent) and their
-    dense gradients — closed forms from the step's counts."""
+    """dist.compress in the cost model: the mean rank's element passes and calls, closed forms
+    from the step's counts. A compressed Allreduce of n floats (error feedback fused under
+    bf16): pack n, decode and sum n, pack its n/P sums, decode n, two calls; Reduce_scatter:
+    pack n, decode and sum n; Allgatherv: pack n/P, decode n; Alltoallv: pack what a rank
+    sends, decode what it receives. DES packs its partials (reduce_scatter: Z and gZ) and its
+    dense gradients; ps, a2a and des-a2a their exchanged rows, pooled parts or partials and
+    their gradients, and the dense gradients. Compression adds no other work."""
+    from dataclasses import replace
+
+    from desmpi.data.slicing import split_counts
+    from desmpi.kernels.slots import topk_count
     from desmpi.strategies.compressed import Wire
     from desmpi.variants import parse
-    from desmpi.whatif.simulate import A2A_PACK_BYTES, PACK_BYTES, step_work
+    from desmpi.whatif.simulate import step_work
 
     vs = [parse(n) for n in ("des/reduce_scatter", "ps", "a2a", "des-a2a")]
     _, info, c, B, P = _step_of(data, {"name": "deepfm", "embed_dim": 8, "hidden": [16]}, vs)
+    zero = {"codec_elems": 0.0, "select_elems": 0.0, "codec_calls": 0.0}
     for v in vs:
         d = info[v].dims
-        extra = step_work(v, c, info[v], Wire("bf16")).mem_bytes - \
-            step_work(v, c, info[v]).mem_bytes
-        sent = {"des": 0.0, "ps": c.distinct.sum() / P * d.R, "a2a": c.bags.sum() / P * d.seg,
-                "des-a2a": c.samples.sum() / P * d.W}[v.strategy]
-        packed = d.D + (2 * B * d.W if v.strategy == "des" else 0)
-        assert extra == pytest.approx(PACK_BYTES * packed + A2A_PACK_BYTES * 2 * sent), v
-        # the partials' codec alone: no dense-gradient term
-        only = step_work(v, c, info[v], Wire(partial="bf16")).mem_bytes - \
-            step_work(v, c, info[v]).mem_bytes
-        assert only == pytest.approx(extra - PACK_BYTES * d.D), v
-        # and each direction of it alone: the forward (Z, rows, parts) or the backward
-        # (their gradients); des/reduce_scatter sends Z and gZ by one collective each
-        for fw, bw in (("bf16", "none"), ("none", "bf16")):
-            one = step_work(v, c, info[v], Wire(partial=fw, partial_grad=bw)).mem_bytes - \
-                step_work(v, c, info[v]).mem_bytes
-            assert one == pytest.approx(only / 2), (v, fw, bw)
+        full = step_work(v, c, info[v])
+        assert {k: getattr(full, k) for k in zero} == zero, v
+        bf = step_work(v, c, info[v], Wire("bf16"))
+        assert replace(bf, **zero) == full, v  # nothing else changes
+        dense = 3 * d.D + d.D / P  # the dense gradients' Allreduce
+        if v.strategy == "des":
+            fwd, bwd = 2 * B * d.W, B * d.W / P + B * d.W  # Reduce_scatter, Allgatherv
+        else:
+            n = {"ps": c.distinct.sum() * d.R, "a2a": c.bags.sum() * d.seg,
+                 "des-a2a": c.samples.sum() * d.W}[v.strategy]
+            fwd = bwd = 2 * n / P  # sent and received, over the mean rank
+        assert bf.codec_elems == pytest.approx(fwd + bwd + dense), v
+        assert bf.codec_calls == 4 and bf.select_elems == 0, v
+        # the partials' codec alone: no dense-gradient term; and each direction of it alone
+        only = step_work(v, c, info[v], Wire(partial="bf16"))
+        assert only.codec_elems == pytest.approx(fwd + bwd) and only.codec_calls == 2, v
+        for fw, bw, want in (("bf16", "none", fwd), ("none", "bf16", bwd)):
+            one = step_work(v, c, info[v], Wire(partial=fw, partial_grad=bw))
+            assert one.codec_elems == pytest.approx(want) and one.codec_calls == 1, (v, fw)
+        # threshold's dense gradients: the whole vector selected, the residual added (error
+        # feedback), its P chunks' slots and zeroed block summed, the bf16 sums gathered
+        thr = step_work(v, c, info[v], Wire("threshold", ratio=0.25, partial="none"))
+        assert thr.select_elems == pytest.approx(d.D), v
+        ch = split_counts(d.D, P)
+        slots = sum(P * topk_count(int(m), 0.25) for m in ch) / P
+        assert thr.codec_elems == pytest.approx(d.D + d.D / P + slots + d.D / P + d.D), v

@@ -152,10 +152,12 @@ def test_bench_compute_on_a_data_file(tmp_path):
 
     generate(SynthSpec(rows=1024, seed=1, cap=5_000), tmp_path / "t.h5")
     p = _run(["-m", "desmpi", "bench", "compute", "--data", str(tmp_path / "t.h5"), "--batch",
-              "512", "--repeats", "1", "--json"])
+              "512", "--repeats", "1", "--codec", "int8", "--select", "topk", "--json"])
     rep = json.loads(p.stdout.strip().splitlines()[-1])
     assert all(rep[k] > 0 for k in ("sparse_keys_per_s", "keys_per_s", "route_keys_per_s",
-                                    "bucket_keys_per_s", "sort_keys_per_s"))
+                                    "bucket_keys_per_s", "sort_keys_per_s",
+                                    "codec_elems_per_s", "select_elems_per_s"))
+    assert (rep["codec"], rep["select"]) == ("int8", "topk") and rep["codec_call_s"] >= 0
     p = subprocess.run([sys.executable, "-m", "desmpi", "bench", "compute", "--data",
                         str(tmp_path / "none.h5")], capture_output=True, text=True, cwd=ROOT,
                        timeout=120)

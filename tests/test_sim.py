@@ -305,6 +305,44 @@ def test_compute_fit_with_a_measured_per_call_cost():
         fit_compute(samples, per_call_s=-1e-6)
 
 
+def test_compute_fit_with_codec_work():
+    """Compressed steps: the codec's element passes, selected elements and calls are charged
+    at their own rates (compute_time = the rest + codec_time); given (bench compute measures
+    them on the codec's kernels) they are kept and the other rates recovered around them;
+    not given, they are fitted like any rate; uncompressed samples leave them free (inf)."""
+    from sim.compute import codec_time
+
+    true = ComputeRates(gemm_flops=5e10, sparse_keys_per_s=1e8, overhead_s=2e-4,
+                        per_call_s=1e-5, codec_elems_per_s=3e9, select_elems_per_s=5e8,
+                        codec_call_s=6e-5)
+    rng = np.random.default_rng(5)
+    samples = []
+    for i in range(16):
+        w = Work(rng.uniform(1e8, 1e10), rng.uniform(1e5, 1e7), rng.integers(1, 6),
+                 codec_elems=rng.uniform(1e5, 1e7) * (i % 4 > 0),
+                 select_elems=rng.uniform(1e5, 1e6) * (i % 4 == 3), codec_calls=(i % 4) * 2.0)
+        samples.append((w, compute_time(w, true)))
+    w = samples[5][0]
+    assert compute_time(w, true) - compute_time(replace(w, codec_elems=0.0, select_elems=0.0,
+                                                        codec_calls=0.0), true) == \
+        pytest.approx(codec_time(w, true)) == pytest.approx(
+            w.codec_elems / 3e9 + w.select_elems / 5e8 + w.codec_calls * 6e-5)
+    given = replace(ComputeRates(), codec_elems_per_s=3e9, select_elems_per_s=5e8,
+                    codec_call_s=6e-5)
+    rates, fit = fit_compute(samples, codec=given)
+    assert (rates.codec_elems_per_s, rates.select_elems_per_s, rates.codec_call_s) == \
+        (3e9, 5e8, 6e-5)
+    assert rates.gemm_flops == pytest.approx(5e10, rel=1e-6) and fit.rel_rms < 1e-9
+    free, fit = fit_compute(samples)
+    assert free.codec_elems_per_s == pytest.approx(3e9, rel=1e-6)
+    assert free.select_elems_per_s == pytest.approx(5e8, rel=1e-6)
+    assert free.codec_call_s == pytest.approx(6e-5, rel=1e-6) and fit.rel_rms < 1e-9
+    plain, _ = fit_compute([s for s in samples if s[0].codec_calls == 0])
+    assert plain.codec_elems_per_s == float("inf") and plain.codec_call_s == 0.0
+    with pytest.raises(ValueError, match="codec"):
+        fit_compute(samples, codec=replace(given, codec_call_s=-1.0))
+
+
 def test_cluster_busy_cores_and_contention_key(tmp_path):
     cl = Cluster("c", 2, 8, Level(1e-6, 1e10), Level(1e-6, 1e9))
     assert cl.busy_cores == 8
@@ -378,7 +416,8 @@ def test_cluster_waits_round_trips_through_toml(tmp_path):
 
     cl = replace(PRESETS["edr"], waits="step",
                  compute=replace(PRESETS["edr"].compute, jitter=0.07, keys_per_s=2e7,
-                                 route_keys_per_s=4e8))
+                                 route_keys_per_s=4e8, codec_elems_per_s=1.5e9,
+                                 select_elems_per_s=2e8, codec_call_s=7e-5))
     f = tmp_path / "c.toml"
     f.write_text(dump_cluster(cl))
     back = load_cluster(str(f))

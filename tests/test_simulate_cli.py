@@ -170,11 +170,14 @@ def test_validation_groups_keep_held_out_and_oversubscribed_cases_apart():
     assert g["communication_oversubscribed"]["median_abs_error"] == pytest.approx(0.85)
 
 
-def test_analyse_predicts_runs_of_a_known_machine_back(tmp_path):
+@pytest.mark.parametrize("compress", ["none", "bf16"])
+def test_analyse_predicts_runs_of_a_known_machine_back(tmp_path, compress):
     """Runs made up from a known machine — one network level, compute rates, and a software
     cost on every collective call that the run's counters hold beside the network's — are
     predicted back exactly: the per-call cost comes from the P = 1 runs' counters, the rates
-    from the compute fit, and the P = 4 runs (held out) follow."""
+    from the compute fit, and the P = 4 runs (held out) follow. Compressed: the codec's rates
+    come from bench compute, its work is part of the step, and the runs' codec time is
+    predicted back."""
     from desmpi.config import load
     from desmpi.data.h5 import CtrDataset
     from desmpi.variants import parse_list
@@ -189,9 +192,13 @@ def test_analyse_predicts_runs_of_a_known_machine_back(tmp_path):
     lvl, sw = Level(2e-5, 2e9), 9e-5
     true = ComputeRates(gemm_flops=3e10, sparse_keys_per_s=4e8, overhead_s=3e-4,
                         per_call_s=sw, mem_Bps=5e9, keys_per_s=4e7, route_keys_per_s=2e8,
-                        bucket_keys_per_s=6e7, sort_keys_per_s=3e7)
+                        bucket_keys_per_s=6e7, sort_keys_per_s=3e7, codec_elems_per_s=2e9,
+                        select_elems_per_s=1e9, codec_call_s=4e-5)
+    from sim.compute import codec_time
+
     models, variants, ranks, batch, steps, cores = ["lr", "fm"], "des,des-rs,ps", [1, 2, 4], \
         256, 2, 4
+    sets = [] if compress == "none" else [f"dist.compress={compress}"]
     bench_comm = {}
     for P in (2, 4):
         rows = []
@@ -203,12 +210,14 @@ def test_analyse_predicts_runs_of_a_known_machine_back(tmp_path):
     ds = CtrDataset(_data(str(tmp_path), batch, steps), in_memory=True)
     runs = []
     for m in models:
-        cfg = load(_config_path(m), [f"data.train={ds.path}"])
+        cfg = load(_config_path(m), [f"data.train={ds.path}", *sets])
         info = ModelInfo.per_variant(cfg.model, ds.n_fields, ds.n_dense, "float32",
                                      parse_list(variants))
         for v in parse_list(variants):
             for P in ranks:
-                p = profile(ds, info, P, batch, steps, [v], layout=Layout("mpich", 1))[0]
+                p = profile(ds, info, P, batch, steps, [v], layout=Layout("mpich", 1),
+                            wire=cfg.dist.wire)[0]
+                assert (p.codec.codec_calls > 0) == bool(sets)
                 cl = Cluster("made up", 1, P, lvl, lvl, cores, true)
                 net = comm_time(p, cl) if P > 1 else 0.0
                 step = net + compute_time(p.work, true, busy=P)
@@ -216,14 +225,24 @@ def test_analyse_predicts_runs_of_a_known_machine_back(tmp_path):
                     "step_time_s": step, "comm_time_s_per_step_min": net + sw * p.work.calls,
                     "comm_time_s_per_step": net + sw * p.work.calls,
                     "wire_bytes_per_step": p.wire_bytes, "wire_bytes_total": p.wire_total,
-                    "mpi": "mpich", "ranks_per_node": 1}]})
+                    "mpi": "mpich", "ranks_per_node": 1,
+                    "codec_time_s_per_step": codec_time(p.codec, true) if sets else None}]})
     meas = {"models": models, "variants": [v.name for v in parse_list(variants)],
             "ranks": ranks, "batch": batch, "steps": steps, "repeats": 1, "network_ranks": [2, 4],
             "cores": cores, "bench_comm": bench_comm, "runs": runs,
             "bench_compute": {"sparse_keys_per_s": 4e8, "keys_per_s": 4e7,
                               "route_keys_per_s": 2e8, "bucket_keys_per_s": 6e7,
-                              "sort_keys_per_s": 3e7, "reduce_Bps": 0.0}}
+                              "sort_keys_per_s": 3e7, "reduce_Bps": 0.0,
+                              "codec_elems_per_s": 2e9, "select_elems_per_s": 1e9,
+                              "codec_call_s": 4e-5}, "sets": sets}
     rep = analyse(meas, workdir=str(tmp_path))
+    cc = rep["calibration"]["compute"]
+    assert cc["codec_measured"] and cc["codec_elems_per_s"] == 2e9  # bench's, not fitted
+    assert cc["codec_call_s"] == 4e-5
+    codec = [c for c in rep["cases"] if "codec_error" in c]
+    assert len(codec) == (18 if sets else 0)
+    for c in codec:  # P = 4 on 4 cores: each rank a core, no contention
+        assert abs(c["codec_error"]) < 1e-6, c
     assert rep["calibration"]["compute"]["per_call_s"] == pytest.approx(sw, rel=1e-9)
     assert rep["calibration"]["compute"]["per_call_measured"]
     for c in rep["cases"]:

@@ -62,11 +62,13 @@ def fit_network(rows: list[dict]):
                       for r in rows])
 
 
-def bench_compute(repeats: int = 5, batch=None) -> dict:
+def bench_compute(repeats: int = 5, batch=None, codec: str | None = "bf16",
+                  select: str = "threshold") -> dict:
     """Per-kernel rates of this process: GEMM flop/s, sparse key-columns/s (pooling and row
     gradients), key look-ups/s, keys routed to their owner/s (DES), keys bucketed by owner
-    and bag/s (a2a, des-a2a), keys deduplicated and grouped by owner/s (ps) and the reduction
-    rate γ (``reduce_Bps``, :func:`reduce_rate`).
+    and bag/s (a2a, des-a2a), keys deduplicated and grouped by owner/s (ps), the reduction
+    rate γ (``reduce_Bps``, :func:`reduce_rate`) and compressed communication's own rates
+    under ``codec`` and ``select`` (:func:`codec_rates`; ``codec`` None: not measured).
 
     ``batch`` (a :class:`desmpi.data.batch.Batch`, e.g. a data file's first rows): the sparse
     rates are measured on its keys, so that the table's size and the keys' repeats (cache hits)
@@ -140,7 +142,77 @@ def bench_compute(repeats: int = 5, batch=None) -> dict:
             "route_keys_per_s": n / statistics.median(tr[1:]),
             "bucket_keys_per_s": n / statistics.median(tb[1:]),
             "sort_keys_per_s": n / statistics.median(tu[1:]),
-            "reduce_Bps": reduce_rate(repeats), "mem_Bps": memory_rate(repeats)}
+            "reduce_Bps": reduce_rate(repeats), "mem_Bps": memory_rate(repeats),
+            **(codec_rates(codec, select, repeats) if codec is not None else {})}
+
+
+FLUSH_BYTES = 64 << 20  # streamed before each timed codec call: more than a last-level cache
+CODEC_SIZES = (4096, 1 << 20)  # elements of the timed vectors: the calls' cost, the passes'
+
+
+def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5) -> dict:
+    """Compressed communication's own rates on this process (the cost model's
+    ``codec_elems_per_s``, ``codec_call_s``, ``select_elems_per_s``): the compressed forms of
+    :mod:`desmpi.strategies.compressed` run on one rank (no network: the collectives inside
+    are local copies, which their accounting leaves out as a run's does), each call timed as
+    :attr:`~desmpi.strategies.compressed.Buffers.codec_s` times it in training, after
+    :data:`FLUSH_BYTES` of other memory traffic (in a step, the codec's operands are not in
+    cache: the rest of the step streams over them). Under ``codec``, the Allreduce with
+    error feedback, Reduce_scatter, Allgatherv and Alltoallv of :data:`CODEC_SIZES` floats:
+    the element passes' rate and each call's cost are the non-negative least squares of the
+    median times on :func:`~desmpi.strategies.compressed.codec_work`'s counts (its relative
+    RMS: ``codec_fit_rel_rms``); then ``select``'s (topk or threshold) Allreduce with error
+    feedback of the larger vector: what its selection adds, per element."""
+    from desmpi.strategies import compressed as cx
+    from sim.calibrate import _nnls
+
+    if codec not in cx.CODECS or codec == "none" or codec in cx.SPARSE:
+        raise ValueError(f"codec {codec!r}: a dense codec (bf16, fp16, int8)")
+    if select not in cx.SPARSE:
+        raise ValueError(f"select {select!r}: one of {', '.join(cx.SPARSE)}")
+    comm = Comm.local()
+    flush = np.ones(FLUSH_BYTES // 4, np.float32)
+    rng = np.random.default_rng(0)
+
+    def timed(c: str, kind: str, n: int) -> float:
+        x = rng.standard_normal(n).astype(np.float32)
+        r = np.zeros(n, np.float32)
+        out = np.empty(n, np.float32)
+        bufs, thr = cx.Buffers(), cx.Threshold()
+        ts = []
+        for rep in range(repeats + 2):
+            np.add(flush, 1.0, out=flush)
+            c0 = bufs.codec_s
+            if kind == "allreduce":
+                cx.allreduce(comm, x.copy(), c, r, bufs=bufs, thr=thr)
+            elif kind == "reduce_scatter":
+                cx.reduce_scatter(comm, x, [n], c, out, bufs=bufs)
+            elif kind == "allgatherv":
+                cx.allgatherv(comm, x, [n], c, out, bufs=bufs)
+            else:
+                cx.alltoallv(comm, x, [n], [n], c, bufs=bufs)
+            if rep >= 2:  # warm-up: buffers, compilation, τ's first estimate
+                ts.append(bufs.codec_s - c0)
+        return statistics.median(ts)
+
+    rows, y = [], []
+    for kind in ("allreduce", "reduce_scatter", "allgatherv", "alltoallv"):
+        for n in CODEC_SIZES:
+            counts = [[n]] if kind == "alltoallv" else [n]
+            w = cx.codec_work(kind, counts, 1, codec, feedback=kind == "allreduce")[0]
+            rows.append((w[0], w[2]))
+            y.append(timed(codec, kind, n))
+    X, y = np.array(rows), np.array(y)
+    inv_rate, call_s = _nnls(X, y, 1.0 / y)  # relative errors: small and large calls alike
+    rel = (X @ np.array([inv_rate, call_s]) - y) / y
+    n = CODEC_SIZES[-1]
+    w = cx.codec_work("allreduce", [n], 1, select, feedback=True)[0]
+    extra = timed(select, "allreduce", n) - w[0] * inv_rate - w[2] * call_s
+    return {"codec": codec, "select": select,
+            "codec_elems_per_s": 1.0 / inv_rate if inv_rate > 0 else float("inf"),
+            "codec_call_s": float(call_s),
+            "select_elems_per_s": w[1] / extra if extra > 0 else float("inf"),
+            "codec_fit_rel_rms": float(np.sqrt(np.mean(rel ** 2)))}
 
 
 def memory_rate(repeats: int = 5, rows: int = 4096, width: int = 418) -> float:

@@ -277,8 +277,11 @@ GROUPS = {"in_sample": "in-sample (P and model the compute fit saw)",
                            "cost vs the least-waiting rank's counters)",
           "communication_within_cores": "collective time alone, at most one rank a core",
           "communication_oversubscribed": "collective time alone, more ranks than cores",
-          "codec": "dist.compress's own work alone (its streamed bytes at the fitted memory "
-                   "rate vs the runs' codec_time_s_per_step)"}
+          "codec": "dist.compress's own work alone (its element passes, selections and "
+                   "calls at the rates bench compute measured vs the runs' "
+                   "codec_time_s_per_step)",
+          "codec_within_cores": "dist.compress's own work alone, at most one rank a core",
+          "codec_oversubscribed": "dist.compress's own work alone, more ranks than cores"}
 
 
 def validation_markdown(rep: dict) -> str:
@@ -325,9 +328,14 @@ def validation_markdown(rep: dict) -> str:
                  f"{c['bytes_equal']} |")
     codec = [c for c in rep["cases"] if "measured_codec_s" in c]
     if codec:
+        cc = rep["calibration"]["compute"]
+        how = (f"at the rates `desmpi bench compute` measured on its own kernels: "
+               f"{cc['codec_elems_per_s']:.3g} element passes/s, "
+               f"{cc['codec_call_s'] * 1e6:.0f} µs a collective of packed words"
+               if cc.get("codec_measured") else "at rates fitted to the runs' compute")
         L += ["", "dist.compress's own work per step (packing, decoding, summing: measured, "
-              "`codec_time_s_per_step`; predicted, the codec's streamed bytes at the fitted "
-              "memory rate):", "", "| model | variant | P | measured ms | predicted ms | "
+              "`codec_time_s_per_step`; predicted, the codec's element passes, selections "
+              f"and calls {how}):", "", "| model | variant | P | measured ms | predicted ms | "
               "error |", "|---|---|---:|---:|---:|---:|"]
         for c in codec:
             e = c.get("codec_error")

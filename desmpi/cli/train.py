@@ -113,11 +113,14 @@ def _bench_compute(a, comm: Comm):
         from desmpi.data.h5 import CtrDataset
 
         batch = CtrDataset(a.data, in_memory=False).read(0, a.batch)
-    return bench_compute(batch=batch), lambda rep: log.info(
+    return bench_compute(batch=batch, codec=a.codec, select=a.select), lambda rep: log.info(
         "GEMM %.3g flop/s, sparse %.3g key-columns/s, %.3g key look-ups/s, keys routed %.3g/s "
-        "(DES), bucketed %.3g/s (a2a), deduplicated %.3g/s (ps), reduction %.3g B/s",
+        "(DES), bucketed %.3g/s (a2a), deduplicated %.3g/s (ps), reduction %.3g B/s; %s codec "
+        "%.3g element passes/s and %.0f us a call (fit RMS %.0f%%), %s %.3g elements/s",
         rep["gemm_flops"], rep["sparse_keys_per_s"], rep["keys_per_s"], rep["route_keys_per_s"],
-        rep["bucket_keys_per_s"], rep["sort_keys_per_s"], rep["reduce_Bps"])
+        rep["bucket_keys_per_s"], rep["sort_keys_per_s"], rep["reduce_Bps"], rep["codec"],
+        rep["codec_elems_per_s"], rep["codec_call_s"] * 1e6, 100 * rep["codec_fit_rel_rms"],
+        rep["select"], rep["select_elems_per_s"])
 
 
 def _bench_train(a, comm: Comm):
@@ -285,5 +288,9 @@ def add_commands(sub) -> None:
     b.add_argument("--data", default=None, metavar="H5",
                    help="compute: measure the sparse rates on the first --batch rows of this "
                         "file (default: distinct random keys)")
+    b.add_argument("--codec", default="bf16", choices=["bf16", "fp16", "int8"],
+                   help="compute: the dist.compress codec whose kernels' rates are measured")
+    b.add_argument("--select", default="threshold", choices=["threshold", "topk"],
+                   help="compute: the sparse codec whose selection rate is measured")
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench)

@@ -7,6 +7,8 @@ simulator costs them for any P.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from desmpi.data.batch import Batch
@@ -18,10 +20,23 @@ from sim.accounting import TEXTBOOK, Call, Collective, Layout
 I64 = 8  # keys, lengths and counts travel as int64
 
 
-def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBOOK,
-                wire: compressed.Wire = compressed.FULL) -> list[Collective]:
-    """The collectives of one training step of variant ``v``, in call order, for all ranks;
-    each names the algorithm ``layout``'s MPI library runs for it (wire bytes follow it).
+@dataclass(frozen=True)
+class Payload:
+    """One transfer of a step before compression: a collective ``kind`` on ``counts`` (as in
+    :class:`sim.accounting.Collective`) of ``itemsize``-byte elements, through ``codec``
+    (:mod:`desmpi.strategies.compressed`; "none": one plain collective); ``feedback``: with
+    error feedback (the dense gradients, a fused first layer's W1 gradient)."""
+
+    kind: str
+    counts: np.ndarray
+    itemsize: int
+    codec: str = "none"
+    feedback: bool = False
+
+
+def payloads(v: Variant, c: StepCounts, m: ModelDims,
+             wire: compressed.Wire = compressed.FULL) -> list[Payload]:
+    """The transfers of one training step of variant ``v``, in call order, for all ranks.
     ``wire`` (dist.compress): the partials, their gradients (and the all-to-all strategies'
     rows, pooled parts and partials: :attr:`Wire.partials`; their gradients:
     :attr:`Wire.partial_grads`) and the dense
@@ -29,28 +44,22 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
     ``wire.keys`` (dist.keys) the DES input's keys (:mod:`desmpi.data.keycodec`)."""
     strategy, aggregate, replicate_input = v.strategy, v.aggregate, v.replicate_input
     P, F, W, isz = c.P, c.n_fields, m.W, m.itemsize
-    out: list[Collective] = []
+    out: list[Payload] = []
 
     def add(kind: str, counts, itemsize: int) -> None:
-        cc = np.asarray(counts, dtype=np.int64)
-        alg = layout.algorithm(kind, cc, itemsize, P)
-        out.append(Collective(kind, itemsize, cc, algorithm=alg,
-                              ppn=layout.ppn if alg else 1))
+        out.append(Payload(kind, np.asarray(counts, dtype=np.int64), itemsize))
 
-    def summed(kind: str, counts, codec: str) -> None:
+    def summed(kind: str, counts, codec: str, feedback: bool = False) -> None:
         """A float sum (allreduce, reduce_scatter), gather or exchange (alltoallv) of floats,
         maybe compressed."""
-        if codec == "none":
-            add(kind, counts, isz)
-        else:
-            for k, cc, item in compressed.calls(kind, counts, P, codec, wire.ratio):
-                add(k, cc, item)
+        out.append(Payload(kind, np.asarray(counts, dtype=np.int64), isz, codec,
+                           feedback and codec != "none"))
 
     def dense_allreduce() -> None:
         if wire.dense == "none":
             add("allreduce", [m.D + 1], isz)  # dense gradients + the loss sum
         else:
-            summed("allreduce", [m.D], wire.dense)
+            summed("allreduce", [m.D], wire.dense, feedback=True)
             add("allreduce", [1], 8)  # the loss sum, float64
 
     if strategy == "des":
@@ -71,7 +80,7 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
                 add("allgatherv", c.sizes * (1 + c.n_dense), isz)  # [label | dense] rows
             summed("allreduce", [B * W], wire.partials)
             if m.partial_grad:
-                summed("allreduce", [m.partial_grad], wire.dense)
+                summed("allreduce", [m.partial_grad], wire.dense, feedback=True)
         elif aggregate == "reduce_scatter":
             summed("reduce_scatter", c.sizes * W, wire.partials)
             summed("allgatherv", c.sizes * W, wire.partial_grads)
@@ -104,6 +113,43 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     dense_allreduce()
+    return out
+
+
+def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBOOK,
+                wire: compressed.Wire = compressed.FULL) -> list[Collective]:
+    """The collectives of one training step of variant ``v`` (its :func:`payloads`, each
+    compressed one as the calls :func:`desmpi.strategies.compressed.calls` lists), in call
+    order, for all ranks; each names the algorithm ``layout``'s MPI library runs for it (wire
+    bytes follow it)."""
+    P = c.P
+    out: list[Collective] = []
+
+    def add(kind: str, counts, itemsize: int) -> None:
+        cc = np.asarray(counts, dtype=np.int64)
+        alg = layout.algorithm(kind, cc, itemsize, P)
+        out.append(Collective(kind, itemsize, cc, algorithm=alg,
+                              ppn=layout.ppn if alg else 1))
+
+    for x in payloads(v, c, m, wire):
+        if x.codec == "none":
+            add(x.kind, x.counts, x.itemsize)
+        else:
+            for k, cc, item in compressed.calls(x.kind, x.counts, P, x.codec, wire.ratio):
+                add(k, cc, item)
+    return out
+
+
+def codec_work(v: Variant, c: StepCounts, m: ModelDims,
+               wire: compressed.Wire = compressed.FULL) -> np.ndarray:
+    """(P, 3): each rank's codec work of one step (:data:`compressed.CODEC_TERMS`: element
+    passes, elements selected, collectives of packed words), summed over its compressed
+    :func:`payloads` (:func:`desmpi.strategies.compressed.codec_work`); zeros uncompressed."""
+    out = np.zeros((c.P, len(compressed.CODEC_TERMS)))
+    for x in payloads(v, c, m, wire):
+        if x.codec != "none":
+            out += compressed.codec_work(x.kind, x.counts, c.P, x.codec, wire.ratio,
+                                         x.feedback)
     return out
 
 

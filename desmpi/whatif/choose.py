@@ -9,7 +9,8 @@ run of that variant (equivalence and exact byte plans hold as for any other).
 The cluster at hand (``dist.cluster = "auto"``): ranks per node from MPI (shared-memory
 split), α and β fitted to a short ``bench comm`` over the run's own ranks, γ and compute rates
 from ``bench compute`` on rank 0, its sparse rates on the run's first batch (the table's size
-and the keys' repeats set their cache hits); cached per (host set, P, data file, batch) under
+and the keys' repeats set their cache hits), its codec rates under the run's codecs; cached
+per (host set, P, data file, batch, codecs) under
 ``$DESMPI_CACHE`` (default ``~/.cache/desmpi``) so later runs start at once. A preset or
 cluster TOML skips the measurement (compute rates are then the file's).
 """
@@ -27,13 +28,15 @@ from pathlib import Path
 
 from desmpi.comm import Comm
 from desmpi.data.h5 import CtrDataset
+from desmpi.strategies.compressed import FULL, Wire, rated_codecs
 from desmpi.variants import Variant, parse
 from sim.cluster import Cluster, ComputeRates, Level, load_cluster
 
 log = logging.getLogger("desmpi.choose")
 PROBE_BYTES = (1024, 65536, 1 << 20)  # bench comm sizes of the start-up calibration
 RATES = ("gemm_flops", "sparse_keys_per_s", "mem_Bps", "keys_per_s", "route_keys_per_s",
-         "bucket_keys_per_s", "sort_keys_per_s")  # of bench compute, kept in ComputeRates
+         "bucket_keys_per_s", "sort_keys_per_s", "codec_elems_per_s", "select_elems_per_s",
+         "codec_call_s")  # of bench compute, kept in ComputeRates
 CACHED = ("latency_s", "bandwidth_Bps", "reduce_Bps", *RATES)
 
 
@@ -85,18 +88,21 @@ def data_id(ds: CtrDataset, B: int) -> str:
 
 
 def cluster_at_hand(comm: Comm, spec: str = "auto", ds: CtrDataset | None = None,
-                    B: int = 0) -> Cluster:
+                    B: int = 0, wire: Wire = FULL) -> Cluster:
     """The cluster the run is on (module docstring); collective over ``comm``. ``ds``, ``B``:
     bench compute measures the sparse rates on the first B rows of ``ds`` (read on rank 0 only
-    when measuring; None: random keys), and :func:`data_id` is part of the cache key."""
+    when measuring; None: random keys), and :func:`data_id` is part of the cache key; the
+    codec's rates under ``wire``'s codecs (:func:`rated_codecs`, part of the key too)."""
     nodes, ppn = comm.node_layout()
     if spec != "auto":
         cl = load_cluster(spec)
         return replace(cl, nodes=nodes, ranks_per_node=ppn)
     from desmpi.bench.comm import bench_comm, bench_compute, fit_network
 
+    codecs = list(rated_codecs(wire)) if wire.packed else None  # uncompressed: not measured
+    codec, select = codecs if codecs else (None, "threshold")
     data = data_id(ds, B) if ds is not None else ""
-    path = _cache_path(comm, data)
+    path = _cache_path(comm, data if codecs is None else f"{data}|{','.join(codecs)}")
     cached = None
     if comm.rank == 0 and path.exists():
         try:
@@ -109,14 +115,16 @@ def cluster_at_hand(comm: Comm, spec: str = "auto", ds: CtrDataset | None = None
     cached = comm.bcast_object(cached)
     if cached is None:
         samples = bench_comm(comm, list(PROBE_BYTES), repeats=3) if comm.size > 1 else []
-        rates = bench_compute(repeats=3, batch=ds.read(0, B) if ds is not None else None) \
-            if comm.rank == 0 else None
+        rates = bench_compute(repeats=3, batch=ds.read(0, B) if ds is not None else None,
+                              codec=codec, select=select) if comm.rank == 0 else None
         cached = None
         if comm.rank == 0:
             lvl = fit_network(samples)[0] if samples else Level(0.0, float("inf"))
             cached = {"latency_s": lvl.latency_s, "bandwidth_Bps": lvl.bandwidth_Bps,
-                      "reduce_Bps": rates["reduce_Bps"], **{k: rates[k] for k in RATES},
-                      "data": data}
+                      "reduce_Bps": rates["reduce_Bps"],
+                      # uncompressed, the codec's rates are not measured (nothing charges them)
+                      **{k: rates.get(k, getattr(ComputeRates(), k)) for k in RATES},
+                      "data": data, "codecs": codecs}
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -158,7 +166,7 @@ def choose(cfg, comm: Comm, ds: CtrDataset) -> Choice:
     if comm.size == 1 or len(cands) == 1:
         # one rank: every variant is the single-process model with no traffic
         return Choice(cands[0].name, None, None, [], "one rank" if comm.size == 1 else "", 0.0)
-    cluster = cluster_at_hand(comm, cfg.dist.cluster, ds, _batch(cfg, ds))
+    cluster = cluster_at_hand(comm, cfg.dist.cluster, ds, _batch(cfg, ds), cfg.dist.wire)
     ranking = rank_variants(ds, cfg, comm.size, cluster, cands) if comm.rank == 0 else None
     ranking = comm.bcast_object(ranking)
     best = ranking[0]

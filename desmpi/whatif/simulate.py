@@ -14,7 +14,8 @@ import numpy as np
 
 from desmpi.data.h5 import CtrDataset
 from desmpi.models import Model
-from desmpi.strategies.compressed import FULL, Wire
+from desmpi.strategies import plans
+from desmpi.strategies.compressed import CODEC_TERMS, FULL, Wire
 from desmpi.strategies.counts import ModelDims, StepCounts, count_step
 from desmpi.strategies.plans import collectives
 from desmpi.variants import Variant
@@ -50,33 +51,12 @@ class ModelInfo:
                                             v.deep_input(mcfg.deep_input))) for v in variants}
 
 
-PACK_BYTES = 24  # bytes streamed per compressed element: pack, decode, sum, pack, decode
-A2A_PACK_BYTES = 12  # per element a compressed Alltoallv moves: packed (4 + 2), decoded (2 + 4)
-
-
-def codec_bytes(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> float:
-    """Bytes a rank's packing and decoding stream in one step (mean rank): :data:`PACK_BYTES`
-    per compressed element of DES's partials and their gradients and of the dense gradients,
-    :data:`A2A_PACK_BYTES` per element of the all-to-all strategies' compressed rows and
-    partials and their gradients (sent and received alike: the mean rank sends as many as it
-    receives), each direction where its codec (:attr:`Wire.partials`,
-    :attr:`Wire.partial_grads`) compresses. 0 uncompressed."""
-    st, agg, P = v.strategy, v.aggregate, c.P
-    B = float(c.sizes.sum())
-    W = info.dims.W
-    packed = 0.0
-    if st == "des":  # the partials' sum; under reduce_scatter their gradients' Allgatherv too
-        packed += B * W * ((wire.partials != "none")
-                           + (agg == "reduce_scatter" and wire.partial_grads != "none"))
-    if wire.dense != "none":
-        packed += info.dims.partial_grad if (st, agg) == ("des", "allreduce") else info.dims.D
-    out = PACK_BYTES * packed
-    if st != "des":  # forward and backward, each sent once, each by its own codec
-        sent = {"ps": c.distinct.sum() / P * info.dims.R,
-                "a2a": c.bags.sum() / P * info.dims.seg, "des-a2a": c.samples.sum() / P * W}[st]
-        out += A2A_PACK_BYTES * sent * ((wire.partials != "none")
-                                        + (wire.partial_grads != "none"))
-    return out
+def codec_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> Work:
+    """The mean rank's codec work of one step (dist.compress's packing, selecting and
+    decoding, and its collectives' wrapping: :func:`desmpi.strategies.plans.codec_work`, the
+    calls the strategies make); zero uncompressed."""
+    w = plans.codec_work(v, c, info.dims, wire).mean(axis=0)
+    return Work(0.0, 0.0, **dict(zip(CODEC_TERMS, map(float, w))))
 
 
 def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> Work:
@@ -84,7 +64,7 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
     key-columns, and the bytes streamed over the rank's partial matrix (Z_rows × W: zeroed,
     reduced or sent, read by the dense part, its gradient written and read by the key
     gradients — four passes), which DES pays over all B samples and ps / a2a over b.
-    ``wire``: packing and decoding add :func:`codec_bytes`."""
+    ``wire``: packing and decoding add :func:`codec_work`."""
     st, agg = v.strategy, v.aggregate
     P = c.P
     B = float(c.sizes.sum())
@@ -117,10 +97,10 @@ def step_work(v: Variant, c: StepCounts, info: ModelInfo, wire: Wire = FULL) -> 
     else:
         raise ValueError(st)
     z_rows = {"des": B, "ps": b, "a2a": b, "des-a2a": c.samples.sum() / P}[st]
-    mem = 4.0 * z_rows * W * info.dims.itemsize + codec_bytes(v, c, info, wire)
+    mem = 4.0 * z_rows * W * info.dims.itemsize
     return Work(6.0 * (rows * info.dense_macs + fused_rows * info.fused_macs), keys,
                 mem_bytes=mem, key_ops=key_ops, route_keys=route, bucket_keys=bucket,
-                sort_keys=srt)
+                sort_keys=srt) + codec_work(v, c, info, wire)
 
 
 @dataclass
@@ -136,7 +116,7 @@ class Profiled:
     wire_bytes: float  # mean over ranks, per step
     payload_bytes: float
     wire_total: int = 0  # over all ranks and profiled batches (exact, for comparison)
-    codec_bytes: float = 0.0  # of work.mem_bytes, what dist.compress's packing streams
+    codec: Work = Work(0.0, 0.0)  # of work, dist.compress's own (:func:`codec_work`)
 
 
 def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_batches: int,
@@ -154,7 +134,7 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
     out = []
     for v in variants:
         info = infos[v]
-        colls, sent, pay, total, codec = [], 0.0, 0.0, 0, 0.0
+        colls, sent, pay, total, codec = [], 0.0, 0.0, 0, Work(0.0, 0.0)
         work = Work(0.0, 0.0)
         for c in counts:
             cl = collectives(v, c, info.dims, layout, wire)
@@ -169,7 +149,7 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
                     local += float(np.diagonal(np.asarray(x.counts)).mean()) * x.itemsize
             work = work + (step_work(v, c, info, wire) + Work(0.0, 0.0, mem_bytes=local)
                            ).scaled(1.0 / len(counts))
-            codec += codec_bytes(v, c, info, wire) / len(counts)
+            codec = codec + codec_work(v, c, info, wire).scaled(1.0 / len(counts))
         work = replace(work, calls=float(len(cl)))  # collective calls of one step
         out.append(Profiled(v, P, B, colls, work, sent, pay, total, codec))
     return out
@@ -191,9 +171,8 @@ def predict(p: Profiled, cluster: Cluster, rates: ComputeRates | None = None,
     comp_s = compute_time(p.work, r, cl.compute_share, cl.busy_cores)
     wait_s = wait_time(comp_s, r, p.P)
     step = comm_s + comp_s + wait_s
-    # of comp_s, dist.compress's packing and decoding (its streamed bytes)
-    codec_s = compute_time(Work(0.0, 0.0, mem_bytes=p.codec_bytes), replace(r, overhead_s=0.0),
-                           cl.compute_share, cl.busy_cores)
+    # of comp_s, dist.compress's packing, selecting and decoding
+    codec_s = compute_time(p.codec, replace(r, overhead_s=0.0), cl.compute_share, cl.busy_cores)
     return {"variant": p.variant.name, "P": p.P, "batch": p.batch, "cluster": cluster.name,
             "step_time_s": step, "samples_per_s": p.batch / step, "comm_s": comm_s,
             "compute_s": comp_s, "wait_s": wait_s, "codec_s": codec_s,

@@ -38,10 +38,11 @@ from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.launch import ROOT, run_json
+from desmpi.strategies.compressed import rated_codecs
 from desmpi.variants import Variant
 from desmpi.whatif.simulate import ModelInfo, comm_time, predict, profile
 from sim.accounting import Layout
-from sim.calibrate import KEY_TERMS, fit_compute
+from sim.calibrate import CODEC_TERMS, KEY_TERMS, fit_compute
 from sim.cluster import Cluster, ComputeRates, Level
 
 log = logging.getLogger("desmpi.whatif.validate")
@@ -86,12 +87,13 @@ def _spread(errs: list[float], seed: int = 0) -> dict | None:
 
 def groups_of(cases: list[dict], cores: int) -> dict:
     """The error groups of a validation, each with :func:`_spread`: in-sample, held out by P,
-    by model, by both, and the collective time alone — all, then the runs with at most one
-    rank a core and the oversubscribed ones apart (with more ranks than cores a rank waiting in
-    a collective spins on a core another rank needs to finish its compute: the counters then
-    hold compute of others, and the split of a step between the two is no longer the
-    network's)."""
+    by model, by both, the collective time alone and the codec's work alone — all, then the
+    runs with at most one rank a core and the oversubscribed ones apart (with more ranks than
+    cores a rank waiting in a collective spins on a core another rank needs to finish its
+    compute: the counters then hold compute of others, and the split of a step between the
+    two is no longer the network's)."""
     comm = [c for c in cases if c.get("comm_error") is not None]
+    codec = [c for c in cases if c.get("codec_error") is not None]
     return {
         "in_sample": _spread([c["error"] for c in cases if not c["held_out_P"]]),
         "held_out_P": _spread([c["error"] for c in cases if c["held_out_P"]]),
@@ -105,9 +107,10 @@ def groups_of(cases: list[dict], cores: int) -> dict:
         "communication_oversubscribed": _spread([c["comm_error"] for c in comm
                                                  if c["P"] > cores]),
         # dist.compress: the codec's own work (packing, decoding, summing) against the runs'
-        # codec_time_s_per_step
-        "codec": _spread([c["codec_error"] for c in cases
-                          if c.get("codec_error") is not None]),
+        # codec_time_s_per_step; oversubscribed apart, as the collectives
+        "codec": _spread([c["codec_error"] for c in codec]),
+        "codec_within_cores": _spread([c["codec_error"] for c in codec if c["P"] <= cores]),
+        "codec_oversubscribed": _spread([c["codec_error"] for c in codec if c["P"] > cores]),
     }
 
 
@@ -127,7 +130,10 @@ def measure(models: list[str], variants: list[Variant], ranks: list[int], batch:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         data = _data(tmp, batch, steps)
         # the sparse rates on the runs' own keys (their repeats decide the cache hits)
-        bench = _run(1, ["bench", "compute", "--data", data, "--batch", str(batch)])
+        # the codec's rates under the runs' own codecs
+        dense, select = rated_codecs(load(_config_path(models[0]), list(sets or [])).dist.wire)
+        bench = _run(1, ["bench", "compute", "--data", data, "--batch", str(batch),
+                         "--codec", dense, "--select", select])
         comm = {str(P): _run(P, ["bench", "comm"])["samples"] for P in net_P}
         cases = [(m, v, P) for m in models for v in variants for P in ranks]
         got: dict = {c: [] for c in cases}
@@ -219,6 +225,9 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
     # a key look-up's and a routed, bucketed or sorted key's cost in key-columns, measured
     # apart (fit_compute; a report from before a rate was measured leaves that one fitted)
     costs = {t: bench["sparse_keys_per_s"] / bench[r] for t, r in KEY_TERMS if r in bench}
+    # the codec's rates, measured apart (a report from before they were: fitted to the runs)
+    codec_rates = ComputeRates(**{r: float(bench[r]) for _, r in CODEC_TERMS}) \
+        if all(r in bench for _, r in CODEC_TERMS) else None
     levels, fits = {}, {}
     for P in net_P:
         levels[P], fits[P] = fit_network(meas["bench_comm"][str(P)])
@@ -284,7 +293,8 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
                 raise ValueError(f"only {len(samples)} calibration runs"
                                  f"{' without ' + exclude_model if exclude_model else ''}; the "
                                  "compute fit needs 4 (more models or variants, or other P)")
-            return fit_compute(samples, costs=costs, per_call_s=per_call)[0]
+            return fit_compute(samples, costs=costs, per_call_s=per_call,
+                               codec=codec_rates)[0]
 
         rates = fit(None)
         per_model = {m: fit(m) for m in models} if len(models) > 1 else {}
@@ -304,7 +314,7 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
             # dist.compress's own work, predicted against measured (runs that recorded it)
             codec = [r.get("codec_time_s_per_step") for r in by_case[(c["model"], c["variant"],
                                                                        P)]]
-            if prof.codec_bytes > 0 and all(x is not None for x in codec):
+            if prof.codec.codec_calls > 0 and all(x is not None for x in codec):
                 c["measured_codec_s"] = statistics.median(codec)
                 c["predicted_codec_s"] = pr["codec_s"]
                 c["codec_error"] = (pr["codec_s"] - c["measured_codec_s"]) / \
@@ -338,6 +348,8 @@ def analyse(meas: dict, calibrate_ranks: list[int] | None = None,
                                         "contention": rates.contention,
                                         "mem_Bps": rates.mem_Bps,
                                         **{r: getattr(rates, r) for _, r in KEY_TERMS},
+                                        **{r: getattr(rates, r) for _, r in CODEC_TERMS},
+                                        "codec_measured": codec_rates is not None,
                                         "fitted_on_P": sorted(fit_P)},
                             "reduce_Bps": gamma,
                             "network": {str(P): {"latency_s": lv.latency_s,

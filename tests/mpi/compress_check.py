@@ -191,6 +191,86 @@ def main() -> None:
         want = [(k, tuple(int(x) for x in (cc[r] if k == "alltoallv" else cc)), it)
                 for k, cc, it in plan]
         assert log == want, (codec, log, want)
+    codec_work_is_what_the_kernels_do(data[r], n)
+
+
+def codec_work_is_what_the_kernels_do(x, n: int) -> None:
+    """C.codec_work (the cost model's codec work) against this rank's kernel calls, counted
+    by wrapping the kernels C calls: elements packed (fused error feedback too), decoded
+    (summed: P chunks), selected (topk, threshold) and slots added; numpy's own passes (a
+    sparse block zeroed, the residual added) are not kernel calls and are added to the count
+    as codec_work documents them."""
+    P, r = comm.size, comm.rank
+    seen = np.zeros(3)
+    unfused = [False]
+    wrapped = {}
+
+    def count(name, col, size):
+        f = getattr(C, name)
+        wrapped[name] = f
+
+        def g(*a, **k):
+            seen[col] += size(*a)
+            return f(*a, **k)
+        setattr(C, name, g)
+
+    count("pack_chunks", 0, lambda codec, v, *a: v.size)
+    count("unpack_chunks", 0, lambda codec, q, blocks, *a: int(np.sum(blocks)))
+    count("sum_packed", 0, lambda codec, q, P_, out: P_ * out.size)
+    fused = C.pack_feedback
+    wrapped["pack_feedback"] = fused
+
+    def feedback(codec, v, res, blocks, out):
+        done = fused(codec, v, res, blocks, out)
+        seen[0] += v.size if done else 0  # else numpy adds, packs, decodes, subtracts
+        unfused[0] = not done
+        return done
+    C.pack_feedback = feedback
+    count("pack_topk", 1, lambda v, *a: v.size)
+    count("pack_threshold", 1, lambda v, *a: v.size)
+    count("add_topk", 0, lambda slots, acc: slots.size // 3)
+    c2 = Comm.world(keep_log=True)
+    try:
+        ch = split_counts(n, P)
+        S = np.arange(P * P).reshape(P, P) % 5 + 60
+        sizes = np.array([7 + j for j in range(P)])
+        for codec in ("bf16", "fp16", "int8", "topk", "threshold"):
+            for kind in ("allreduce", "allreduce+feedback", "reduce_scatter", "allgatherv",
+                         "alltoallv"):
+                if codec in C.SPARSE and kind == "alltoallv":
+                    continue
+                seen[:] = 0.0
+                unfused[0] = False
+                c2.acct.log.clear()
+                fb = kind.endswith("feedback")
+                if kind.startswith("allreduce"):
+                    res = np.zeros(n, np.float32) if fb else None
+                    C.allreduce(c2, x.copy(), codec, res, ratio=0.25)
+                    counts = [n]
+                elif kind == "reduce_scatter":
+                    C.reduce_scatter(c2, x, ch, codec, np.empty(ch[r], np.float32), 0.25)
+                    counts = ch
+                elif kind == "allgatherv":
+                    C.allgatherv(c2, x[:sizes[r]], sizes, codec,
+                                 np.empty(sizes.sum(), np.float32), 0.25)
+                    counts = sizes
+                else:
+                    C.alltoallv(c2, x[:S[r].sum()], S[r], S[:, r], codec)
+                    counts = S
+                want = C.codec_work(kind.split("+")[0], counts, P, codec, 0.25, fb)[r]
+                got = seen.copy()
+                got[2] = len(c2.acct.log)  # the collectives of packed words
+                if codec in C.SPARSE:  # numpy's passes: the zeroed block, the residual added
+                    block = {"allgatherv": sizes.sum()}.get(kind.split("+")[0], ch[r])
+                    got[0] += block + (n if fb else 0)
+                if fb and codec not in C.SPARSE and unfused[0]:
+                    if codec == "fp16":
+                        continue  # codec_work counts the fused kernel, which this CPU lacks
+                    got[0] += 2 * n  # numpy adds and subtracts around the kernels' decode
+                assert np.allclose(got, want), (codec, kind, got.tolist(), want.tolist())
+    finally:
+        for name, f in wrapped.items():
+            setattr(C, name, f)
 
 
 sys.exit(run_or_abort(main, comm))
