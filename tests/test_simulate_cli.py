@@ -251,3 +251,19 @@ def test_analyse_predicts_runs_of_a_known_machine_back(tmp_path, compress):
         if c["P"] > 1:  # the counters: the network and each call's software cost
             assert abs(c["comm_error"]) < 1e-6, c
     assert rep["groups"]["held_out_P"]["cases"] == 6
+
+
+def test_network_samples_are_the_median_of_their_runs():
+    """bench comm runs before the training runs and after each repeat: each sample's median
+    time, so that one slow spell of the machine (the second run here, 3x) does not set α, β."""
+    from desmpi.whatif.validate import median_samples
+
+    def run(f):
+        return [{"kind": "allreduce", "P": 2, "n": n, "time_s": f * (1e-5 + n / 2e9)}
+                for n in (1024, 1 << 20)]
+
+    got = median_samples([run(1.0), run(3.0), run(1.1)])
+    assert [g["time_s"] for g in got] == [x["time_s"] for x in run(1.1)]
+    assert [(g["kind"], g["n"]) for g in got] == [(x["kind"], x["n"]) for x in run(1.0)]
+    with pytest.raises(ValueError, match="different kinds or sizes"):
+        median_samples([run(1.0), run(1.0)[::-1]])

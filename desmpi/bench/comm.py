@@ -10,12 +10,20 @@ import numpy as np
 from desmpi.comm import Comm
 
 KINDS = ("allreduce", "allgatherv", "reduce_scatter", "alltoallv")
+FLUSH_BYTES = 64 << 20  # streamed before each timed call of a cold measurement: more than a
+# last-level cache, as a training step's other work streams between two of its calls
 
 
-def bench_comm(comm: Comm, sizes_bytes: list[int], repeats: int = 20) -> list[dict]:
+def bench_comm(comm: Comm, sizes_bytes: list[int], repeats: int = 20, cold: bool = False
+               ) -> list[dict]:
     """Median seconds per collective and size on this communicator (every rank times, the
-    maximum over ranks counts). ``n`` follows :func:`sim.collectives.cost`."""
+    maximum over ranks counts). ``n`` follows :func:`sim.collectives.cost`. ``cold``: each
+    rank streams :data:`FLUSH_BYTES` of other memory before each call, so that the operands
+    are out of cache as in a training step (whose other work streams over them); within a node
+    (shared-memory copies) that makes large collectives up to three times slower than OSU-style
+    repeats on the same hot buffers; across nodes the network dominates either way."""
     P = comm.size
+    flush = np.ones(FLUSH_BYTES // 4 if cold else 1, np.float32)
     out = []
     for kind in KINDS:
         for nbytes in sizes_bytes:
@@ -28,6 +36,8 @@ def bench_comm(comm: Comm, sizes_bytes: list[int], repeats: int = 20) -> list[di
                     x = np.ones(per)
                 else:
                     x = np.ones(per * P)
+                if cold:
+                    np.add(flush, 1.0, out=flush)
                 with comm.acct.scoped("bench"):
                     comm.barrier()
                     t0 = time.perf_counter()
@@ -146,7 +156,6 @@ def bench_compute(repeats: int = 5, batch=None, codec: str | None = "bf16",
             **(codec_rates(codec, select, repeats) if codec is not None else {})}
 
 
-FLUSH_BYTES = 64 << 20  # streamed before each timed codec call: more than a last-level cache
 CODEC_SIZES = (4096, 1 << 20)  # elements of the timed vectors: the calls' cost, the passes'
 
 

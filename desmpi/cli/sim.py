@@ -291,9 +291,13 @@ def validation_markdown(rep: dict) -> str:
          f"Command: `{cmd}`" + ("" if runs == cmd else f" (the runs: `{runs}`)"), "",
          f"{rep['cores']} cores; batch {rep['batch']}, {rep['steps']} steps, "
          f"{rep['repeats']} run(s) per case (median); network measured by `desmpi bench comm` "
-         f"at P = {rep.get('network_ranks', rep['calibrated_ranks'])} (a run at another P takes "
-         "the largest measured P below it), compute fitted to the measured compute time (step "
-         "time less the run's own collective time) of the training runs at P = "
+         f"at P = {rep.get('network_ranks', rep['calibrated_ranks'])}"
+         + (f" {len(next(iter(rep['measurements']['bench_comm_runs'].values())))} times (before "
+            "the runs and after each repeat; each sample's median)"
+            if rep.get("measurements", {}).get("bench_comm_runs") else "")
+         + " (a run at another P takes the largest measured P below it), compute fitted to "
+         "the measured compute time (step time less the run's own collective time) of the "
+         "training runs at P = "
          f"{rep['calibration']['compute']['fitted_on_P']}; every other P is held out."
          + (" Each collective call's software cost (desmpi.comm's wrapper, the MPI binding, "
             f"buffers), {rep['calibration']['compute']['per_call_s'] * 1e6:.0f} µs, is measured "

@@ -2,9 +2,11 @@
 
 1. the network: ``desmpi bench comm`` at each network P (by default every P > 1 of the runs:
    a micro-benchmark, as a cluster file or OSU numbers describe a target cluster, not a
-   training run), α and β fitted per P (one node: ranks share memory, and past the core count
-   they share cores too), and γ (reduction rate) and the sparse rates' ratios from ``desmpi
-   bench compute`` on the runs' own keys;
+   training run), run before the training runs and after each repeat of them, each sample's
+   median taken (:func:`median_samples`: a slow spell of the machine during one of them does
+   not set the network); α and β fitted per P (one node: ranks share memory, and past the
+   core count they share cores too), and γ (reduction rate), the sparse rates' ratios and
+   the codec's rates from ``desmpi bench compute`` on the runs' own keys and codecs;
 2. every (model, variant, P) case runs ``repeats`` times, repeat after repeat over all cases;
    its measured collective time comes from the run's own counters (the rank that waits least:
    the others add their wait for the slowest), its compute time is the step time less that.
@@ -118,8 +120,9 @@ def measure(models: list[str], variants: list[Variant], ranks: list[int], batch:
             steps: int, repeats: int = 1, network_ranks: list[int] | None = None,
             workdir: str | None = None, sets: list[str] | None = None) -> dict:
     """Every measurement a validation predicts (no fitting): ``bench compute`` once, ``bench
-    comm`` at each network P, and ``repeats`` training runs of each (model, variant, P) with
-    their step time and collective time (the least-waiting rank's and the mean rank's).
+    comm`` at each network P before the runs and after each repeat, and ``repeats`` training
+    runs of each (model, variant, P) with their step time and collective time (the
+    least-waiting rank's and the mean rank's).
 
     The result is plain JSON, kept in the report (``measurements``) so that the analysis can be
     run again on the same runs (``simulate --validate --reuse FILE``)."""
@@ -134,7 +137,15 @@ def measure(models: list[str], variants: list[Variant], ranks: list[int], batch:
         dense, select = rated_codecs(load(_config_path(models[0]), list(sets or [])).dist.wire)
         bench = _run(1, ["bench", "compute", "--data", data, "--batch", str(batch),
                          "--codec", dense, "--select", select])
-        comm = {str(P): _run(P, ["bench", "comm"])["samples"] for P in net_P}
+        # the network before the runs and after each repeat of them: a slow spell of the
+        # machine during one measurement is then one of several, which the medians discard
+        nets: dict[str, list] = {str(P): [] for P in net_P}
+
+        def network() -> None:
+            for P in net_P:
+                nets[str(P)].append(_run(P, ["bench", "comm"])["samples"])
+
+        network()
         cases = [(m, v, P) for m in models for v in variants for P in ranks]
         got: dict = {c: [] for c in cases}
         # repeat after repeat over all cases (not a case's repeats back to back): a slow spell
@@ -150,12 +161,25 @@ def measure(models: list[str], variants: list[Variant], ranks: list[int], batch:
                 got[(m, v, P)].append({k: s.get(k) for k in _RUN_KEYS})
                 log.info("%s %s P=%d, run %d of %d: %.4f s/step, collectives %.4f s", m, v, P,
                          rep + 1, repeats, s["step_time_s"], s["comm_time_s_per_step_min"])
+            network()
         runs = [{"model": m, "variant": v.name, "P": P, "runs": got[(m, v, P)]}
                 for m, v, P in cases]
     return {"models": models, "variants": [v.name for v in variants], "ranks": ranks,
             "batch": batch, "steps": steps, "repeats": repeats, "network_ranks": net_P,
-            "cores": os.cpu_count() or 1, "bench_compute": bench, "bench_comm": comm,
-            "runs": runs, "sets": list(sets or [])}
+            "cores": os.cpu_count() or 1, "bench_compute": bench,
+            "bench_comm": {P: median_samples(x) for P, x in nets.items()},
+            "bench_comm_runs": nets, "runs": runs, "sets": list(sets or [])}
+
+
+def median_samples(runs: list[list[dict]]) -> list[dict]:
+    """One ``bench comm`` sample list from several runs of it (the same kinds and sizes in the
+    same order): each sample's median time."""
+    out = []
+    for same in zip(*runs):
+        if len({(s["kind"], s["n"]) for s in same}) != 1:
+            raise ValueError("bench comm runs of different kinds or sizes cannot be combined")
+        out.append({**same[0], "time_s": statistics.median(s["time_s"] for s in same)})
+    return out
 
 
 # what a validation keeps of each training run's summary
