@@ -10,20 +10,14 @@ import numpy as np
 from desmpi.comm import Comm
 
 KINDS = ("allreduce", "allgatherv", "reduce_scatter", "alltoallv")
-FLUSH_BYTES = 64 << 20  # streamed before each timed call of a cold measurement: more than a
-# last-level cache, as a training step's other work streams between two of its calls
+FLUSH_BYTES = 64 << 20  # streamed before each large timed codec call: more than a last-level
+# cache, as a training step's other work streams between two of its calls (codec_rates)
 
 
-def bench_comm(comm: Comm, sizes_bytes: list[int], repeats: int = 20, cold: bool = False
-               ) -> list[dict]:
+def bench_comm(comm: Comm, sizes_bytes: list[int], repeats: int = 20) -> list[dict]:
     """Median seconds per collective and size on this communicator (every rank times, the
-    maximum over ranks counts). ``n`` follows :func:`sim.collectives.cost`. ``cold``: each
-    rank streams :data:`FLUSH_BYTES` of other memory before each call, so that the operands
-    are out of cache as in a training step (whose other work streams over them); within a node
-    (shared-memory copies) that makes large collectives up to three times slower than OSU-style
-    repeats on the same hot buffers; across nodes the network dominates either way."""
+    maximum over ranks counts). ``n`` follows :func:`sim.collectives.cost`."""
     P = comm.size
-    flush = np.ones(FLUSH_BYTES // 4 if cold else 1, np.float32)
     out = []
     for kind in KINDS:
         for nbytes in sizes_bytes:
@@ -36,8 +30,6 @@ def bench_comm(comm: Comm, sizes_bytes: list[int], repeats: int = 20, cold: bool
                     x = np.ones(per)
                 else:
                     x = np.ones(per * P)
-                if cold:
-                    np.add(flush, 1.0, out=flush)
                 with comm.acct.scoped("bench"):
                     comm.barrier()
                     t0 = time.perf_counter()
@@ -157,6 +149,7 @@ def bench_compute(repeats: int = 5, batch=None, codec: str | None = "bf16",
 
 
 CODEC_SIZES = (4096, 1 << 20)  # elements of the timed vectors: the calls' cost, the passes'
+CALL_FLUSH_BYTES = 4 << 20  # streamed before each small timed codec call (codec_rates)
 
 
 def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5) -> dict:
@@ -164,13 +157,16 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
     ``codec_elems_per_s``, ``codec_call_s``, ``select_elems_per_s``): the compressed forms of
     :mod:`desmpi.strategies.compressed` run on one rank (no network: the collectives inside
     are local copies, which their accounting leaves out as a run's does), each call timed as
-    :attr:`~desmpi.strategies.compressed.Buffers.codec_s` times it in training, after
-    :data:`FLUSH_BYTES` of other memory traffic (in a step, the codec's operands are not in
-    cache: the rest of the step streams over them). Under ``codec``, the Allreduce with
-    error feedback, Reduce_scatter, Allgatherv and Alltoallv of :data:`CODEC_SIZES` floats:
-    the element passes' rate and each call's cost are the non-negative least squares of the
-    median times on :func:`~desmpi.strategies.compressed.codec_work`'s counts (its relative
-    RMS: ``codec_fit_rel_rms``); then ``select``'s (topk or threshold) Allreduce with error
+    :attr:`~desmpi.strategies.compressed.Buffers.codec_s` times it in training, after other
+    memory traffic as a step's other work makes between two calls: :data:`FLUSH_BYTES` before
+    the large vectors (their operands come from memory: the rest of the step streams over
+    them), :data:`CALL_FLUSH_BYTES` before the small ones (the core's own caches evicted, the
+    interpreter's code and objects of a loop that runs every step not). Under ``codec``, the
+    Allreduce with error feedback, Reduce_scatter, Allgatherv and Alltoallv of
+    :data:`CODEC_SIZES` floats: the element passes' rate and each call's cost are the
+    non-negative least squares of the median times on
+    :func:`~desmpi.strategies.compressed.codec_work`'s counts (its relative RMS:
+    ``codec_fit_rel_rms``); then ``select``'s (topk or threshold) Allreduce with error
     feedback of the larger vector: what its selection adds, per element."""
     from desmpi.strategies import compressed as cx
     from sim.calibrate import _nnls
@@ -180,10 +176,11 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
     if select not in cx.SPARSE:
         raise ValueError(f"select {select!r}: one of {', '.join(cx.SPARSE)}")
     comm = Comm.local()
-    flush = np.ones(FLUSH_BYTES // 4, np.float32)
+    big = np.ones(FLUSH_BYTES // 4, np.float32)
     rng = np.random.default_rng(0)
 
     def timed(c: str, kind: str, n: int) -> float:
+        flush = big[:(FLUSH_BYTES if n == max(CODEC_SIZES) else CALL_FLUSH_BYTES) // 4]
         x = rng.standard_normal(n).astype(np.float32)
         r = np.zeros(n, np.float32)
         out = np.empty(n, np.float32)

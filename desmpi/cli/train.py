@@ -96,7 +96,7 @@ def _bench(a, comm: Comm) -> int:
 def _bench_comm(a, comm: Comm):
     from desmpi.bench.comm import bench_comm
 
-    samples = bench_comm(comm, [int(x) for x in a.sizes.split(",")], a.repeats_comm, a.cold)
+    samples = bench_comm(comm, [int(x) for x in a.sizes.split(",")], a.repeats_comm)
 
     def describe(rep):
         for s in rep["samples"]:
@@ -280,9 +280,6 @@ def add_commands(sub) -> None:
     b.add_argument("--sizes", default="64,1024,16384,131072,1048576,4194304",
                    help="bench comm: message sizes in bytes")
     b.add_argument("--repeats-comm", type=int, default=10)
-    b.add_argument("--cold", action="store_true",
-                   help="comm: operands out of cache before each call, as in a training step "
-                        "(default: the same hot buffers, as OSU's benchmarks)")
     b.add_argument("--source", default=None,
                    help="Criteo TSV to repeat (default: tests/data/criteo/head15k.tsv)")
     b.add_argument("--rows", type=int, default=1_000_000)
