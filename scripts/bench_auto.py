@@ -39,16 +39,22 @@ VARIANTS = [Variant("des", "allreduce"), Variant("des", "reduce_scatter"), Varia
 MAX_BLOCK_STEPS = 200
 
 
-def bench_auto(model: str, P: int, batch: int, steps: int) -> dict:
+def _sets(sets: list[str]) -> list[str]:
+    return [x for kv in sets for x in ("--set", kv)]
+
+
+def bench_auto(model: str, P: int, batch: int, steps: int, sets: list[str] = ()) -> dict:
     return run_json(P, ["bench", "train", "--model", model, "--batch", str(batch), "--steps",
                         str(steps), "--warmup", "2", "--strategy", "auto", "--aggregate",
-                        "auto"], timeout=1800)
+                        "auto", *_sets(sets)], timeout=1800)
 
 
-def bench_variants(model: str, P: int, batch: int, steps: int, rounds: int) -> dict:
+def bench_variants(model: str, P: int, batch: int, steps: int, rounds: int,
+                   sets: list[str] = ()) -> dict:
     return run_json(P, ["bench", "variants", "--model", model, "--batch", str(batch),
                         "--steps", str(steps), "--rounds", str(rounds), "--warmup", "2",
-                        "--variants", ",".join(v.name for v in VARIANTS)], timeout=3600)
+                        "--variants", ",".join(v.name for v in VARIANTS), *_sets(sets)],
+                    timeout=3600)
 
 
 def _predicted(r: dict) -> str:
@@ -92,6 +98,9 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=3,
                     help="auto runs and bench variants jobs per case, alternating")
     ap.add_argument("--out", default="docs/auto.md")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="config override for every run, auto and the variants alike "
+                         "(e.g. dist.compress=bf16)")
     ap.add_argument("--variants-from", default=None,
                     help="JSON of an earlier run: reuse its variant measurements, run only auto")
     ap.add_argument("--render-from", default=None,
@@ -113,11 +122,11 @@ def main() -> int:
                     raise SystemExit(f"{a.variants_from}: no runs of {model} P={P} B={B}")
                 autos, jobs = [], earlier.get((model, P, B), [])
                 for _ in range(a.jobs):
-                    autos.append(bench_auto(model, P, B, 8))
+                    autos.append(bench_auto(model, P, B, 8, a.set))
                     if not a.variants_from:
                         k = min(MAX_BLOCK_STEPS,
                                 max(a.steps, math.ceil(a.block_s / autos[0]["step_time_s"])))
-                        jobs.append(bench_variants(model, P, B, k, a.rounds))
+                        jobs.append(bench_variants(model, P, B, k, a.rounds, a.set))
                 pool = pooled(jobs)
                 got, best = pool["samples_per_s"], pool["fastest"]
                 chosen = [r["variant"] for r in autos]
@@ -156,7 +165,8 @@ def write_markdown(out: Path, rows: list[dict], a) -> None:
     # the decision rule against the simplest other: take the trial's measured fastest always
     alt = [[r["variants"][_measured_best(t, c)] / r["variants"][r["best"]]
             for c, t in zip(r["auto"], r["trials"])] for r in rows]
-    src = f" --variants-from {a.variants_from}" if a.variants_from else ""
+    src = "".join(f" --set {kv}" for kv in getattr(a, "set", []))
+    src += f" --variants-from {a.variants_from}" if a.variants_from else ""
     if a.render_from:
         src += f"`, table written again by `--render-from {a.render_from}"
     L = ["# dist.strategy = \"auto\" against every variant, measured", "",
