@@ -168,8 +168,9 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
     :func:`~desmpi.strategies.compressed.codec_work`'s counts (its relative RMS:
     ``codec_fit_rel_rms``); then ``select``'s (topk or threshold) Allreduce with error
     feedback of the larger vector: what its selection adds, per element."""
+    from scipy.optimize import nnls
+
     from desmpi.strategies import compressed as cx
-    from sim.calibrate import _nnls
 
     if codec not in cx.CODECS or codec == "none" or codec in cx.SPARSE:
         raise ValueError(f"codec {codec!r}: a dense codec (bf16, fp16, int8)")
@@ -209,15 +210,16 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
             rows.append((w[0], w[2]))
             y.append(timed(codec, kind, n))
     X, y = np.array(rows), np.array(y)
-    inv_rate, call_s = _nnls(X, y, 1.0 / y)  # relative errors: small and large calls alike
+    # relative errors: small and large calls weigh alike
+    inv_rate, call_s = nnls(X / y[:, None], np.ones(len(y)))[0]
     rel = (X @ np.array([inv_rate, call_s]) - y) / y
     n = CODEC_SIZES[-1]
     w = cx.codec_work("allreduce", [n], 1, select, feedback=True)[0]
     extra = timed(select, "allreduce", n) - w[0] * inv_rate - w[2] * call_s
     return {"codec": codec, "select": select,
-            "codec_elems_per_s": 1.0 / inv_rate if inv_rate > 0 else float("inf"),
+            "codec_elems_per_s": float(1.0 / inv_rate) if inv_rate > 0 else float("inf"),
             "codec_call_s": float(call_s),
-            "select_elems_per_s": w[1] / extra if extra > 0 else float("inf"),
+            "select_elems_per_s": float(w[1] / extra) if extra > 0 else float("inf"),
             "codec_fit_rel_rms": float(np.sqrt(np.mean(rel ** 2)))}
 
 
