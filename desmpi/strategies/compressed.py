@@ -413,7 +413,7 @@ def _allgatherv(comm: Comm, x: np.ndarray, counts, codec: str, out: np.ndarray,
 
 
 def _alltoallv(comm: Comm, x: np.ndarray, sendcounts, recvcounts, codec: str, dtype,
-               bufs: Buffers) -> np.ndarray:
+               bufs: Buffers, out: str | None) -> np.ndarray:
     sc = np.asarray(sendcounts, dtype=np.int64)
     rc = np.asarray(recvcounts, dtype=np.int64)
     if codec in SPARSE or codec == "none":
@@ -423,20 +423,22 @@ def _alltoallv(comm: Comm, x: np.ndarray, sendcounts, recvcounts, codec: str, dt
     ws, wr = words(sc, codec), words(rc, codec)
     q = pack_chunks(codec, x.reshape(-1), sc, bufs.get("q", int(ws.sum()), np.uint16))
     recv, _ = comm.alltoallv(q, ws, wr, out=bufs.get("recv", int(wr.sum()), np.uint16))
-    return unpack_chunks(codec, recv, rc, dtype)
+    return unpack_chunks(codec, recv, rc, dtype,
+                         None if out is None else bufs.get(out, int(rc.sum()), dtype))
 
 
 def alltoallv(comm: Comm, x: np.ndarray, sendcounts, recvcounts, codec: str, dtype=None,
-              bufs: Buffers | None = None) -> np.ndarray:
+              bufs: Buffers | None = None, out: str | None = None) -> np.ndarray:
     """Compressed Alltoallv of floats (the all-to-all strategies' rows, pooled parts and
     partials, and their gradients): ``sendcounts[j]`` elements of x (flat, in rank order) go
     to rank j, each block packed on its own (fp16's scale and int8's blocks restart at each),
     one Alltoallv of the words; returns the (Σ recvcounts,) decoded floats of ``dtype``
-    (x's by default), a new array. Dense codecs only (bf16, fp16, int8)."""
+    (x's by default): a new array, or ``bufs``' scratch array named ``out`` (valid until the
+    next call that names it). Dense codecs only (bf16, fp16, int8)."""
     bufs = bufs or Buffers()
     with bufs.timing(comm):
         return _alltoallv(comm, x, sendcounts, recvcounts, codec,
-                          x.dtype if dtype is None else dtype, bufs)
+                          x.dtype if dtype is None else dtype, bufs, out)
 
 
 def allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None = None,
