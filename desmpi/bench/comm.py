@@ -165,12 +165,13 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
     Allreduce with error feedback, Reduce_scatter, Allgatherv and Alltoallv of
     :data:`CODEC_SIZES` floats: the element passes' rate and each call's cost are the
     non-negative least squares of the median times on
-    :func:`~desmpi.strategies.compressed.codec_work`'s counts (its relative RMS:
+    :func:`~desmpi.strategies.codecwork.codec_work`'s counts (its relative RMS:
     ``codec_fit_rel_rms``); then ``select``'s (topk or threshold) Allreduce with error
     feedback of the larger vector: what its selection adds, per element."""
     from scipy.optimize import nnls
 
     from desmpi.strategies import compressed as cx
+    from desmpi.strategies.codecwork import codec_work
 
     if codec not in cx.CODECS or codec == "none" or codec in cx.SPARSE:
         raise ValueError(f"codec {codec!r}: a dense codec (bf16, fp16, int8)")
@@ -206,7 +207,7 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
     for kind in ("allreduce", "reduce_scatter", "allgatherv", "alltoallv"):
         for n in CODEC_SIZES:
             counts = [[n]] if kind == "alltoallv" else [n]
-            w = cx.codec_work(kind, counts, 1, codec, feedback=kind == "allreduce")[0]
+            w = codec_work(kind, counts, 1, codec, feedback=kind == "allreduce")[0]
             rows.append((w[0], w[2]))
             y.append(timed(codec, kind, n))
     X, y = np.array(rows), np.array(y)
@@ -214,7 +215,7 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
     inv_rate, call_s = nnls(X / y[:, None], np.ones(len(y)))[0]
     rel = (X @ np.array([inv_rate, call_s]) - y) / y
     n = CODEC_SIZES[-1]
-    w = cx.codec_work("allreduce", [n], 1, select, feedback=True)[0]
+    w = codec_work("allreduce", [n], 1, select, feedback=True)[0]
     extra = timed(select, "allreduce", n) - w[0] * inv_rate - w[2] * call_s
     return {"codec": codec, "select": select,
             "codec_elems_per_s": float(1.0 / inv_rate) if inv_rate > 0 else float("inf"),

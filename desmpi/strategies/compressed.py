@@ -192,64 +192,6 @@ def calls(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.1
     raise ValueError(f"no compressed form of {kind}")
 
 
-CODEC_TERMS = ("codec_elems", "select_elems", "codec_calls")  # the columns of codec_work
-# element passes error feedback adds to a float32 vector's packing: none where a kernel fuses
-# it (bf16, fp16: :func:`desmpi.kernels.compress.pack_feedback`), the residual added, the
-# words decoded and subtracted (int8), the residual added (topk, threshold: they keep it)
-FEEDBACK_PASSES = {"bf16": 0, "fp16": 0, "int8": 3, "topk": 1, "threshold": 1}
-
-
-def codec_work(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.1,
-               feedback: bool = False) -> np.ndarray:
-    """(P, 3) per rank: the work of one compressed ``kind`` (counts as in :func:`calls`) that
-    is the codec's own, in :data:`CODEC_TERMS`: element passes (each float a kernel packs,
-    decodes, or decodes and adds into a float32 sum, counted once; a sparse chunk's float32
-    block zeroed and its received slots added; ``feedback``: error feedback's own passes,
-    :data:`FEEDBACK_PASSES`), elements a sparse codec selects from (topk's selection,
-    threshold's pass), and
-    the collectives that carry packed words (each has its wrapping: buffers, counts, calls).
-    What :func:`allreduce`, :func:`reduce_scatter`, :func:`allgatherv` and :func:`alltoallv`
-    do, by rank."""
-    c = np.asarray(counts, dtype=np.int64)
-    sparse = codec in SPARSE
-    out = np.zeros((P, 3), dtype=np.float64)
-
-    def received(blocks: np.ndarray) -> np.ndarray:  # (P,) decoded, or zeroed and added into
-        if not sparse:
-            return P * blocks.astype(np.float64)
-        return blocks + P * np.array([topk_count(int(m), ratio) for m in blocks], np.float64)
-
-    if kind == "allreduce":
-        n = int(c[0])
-        ch = split_counts(n, P)
-        out[:, 0] = received(ch) + ch + n  # the sums, the own sum packed, everything decoded
-        out[:, 1 if sparse else 0] += n  # the whole vector packed (sparse: selected)
-        if feedback:
-            out[:, 0] += FEEDBACK_PASSES[codec] * n
-        out[:, 2] = 2
-    elif kind == "reduce_scatter":
-        n = int(c.sum())
-        out[:, 0] = received(c)
-        out[:, 1 if sparse else 0] += n
-        out[:, 2] = 1
-    elif kind == "allgatherv":
-        n = int(c.sum())
-        out[:, 1 if sparse else 0] += c
-        out[:, 0] += n  # decoded (sparse: the block zeroed and the slots added)
-        if sparse:  # every rank's slots
-            out[:, 0] += sum(topk_count(int(m), ratio) for m in c)
-        out[:, 2] = 1
-    elif kind == "alltoallv":  # counts (P, P): row i what rank i sends to each rank
-        if sparse:
-            raise ValueError(f"no {codec} form of alltoallv (the rows go dense)")
-        m = c.reshape(P, P)
-        out[:, 0] = m.sum(axis=1) + m.sum(axis=0)  # packed, decoded
-        out[:, 2] = 1
-    else:
-        raise ValueError(f"no compressed form of {kind}")
-    return out
-
-
 class Buffers:
     """Scratch arrays reused from call to call (a strategy keeps one): fresh multi-megabyte
     arrays every step would cost their page faults again each time. ``codec_s``: the seconds

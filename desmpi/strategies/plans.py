@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from desmpi.data.batch import Batch
-from desmpi.strategies import compressed
+from desmpi.strategies import codecwork, compressed
 from desmpi.strategies.counts import ModelDims, StepCounts, count_step
 from desmpi.variants import Variant
 from sim.accounting import TEXTBOOK, Call, Collective, Layout
@@ -142,14 +142,14 @@ def collectives(v: Variant, c: StepCounts, m: ModelDims, layout: Layout = TEXTBO
 
 def codec_work(v: Variant, c: StepCounts, m: ModelDims,
                wire: compressed.Wire = compressed.FULL) -> np.ndarray:
-    """(P, 3): each rank's codec work of one step (:data:`compressed.CODEC_TERMS`: element
+    """(P, 3): each rank's codec work of one step (:data:`codecwork.CODEC_TERMS`: element
     passes, elements selected, collectives of packed words), summed over its compressed
-    :func:`payloads` (:func:`desmpi.strategies.compressed.codec_work`); zeros uncompressed."""
-    out = np.zeros((c.P, len(compressed.CODEC_TERMS)))
+    :func:`payloads` (:func:`desmpi.strategies.codecwork.codec_work`); zeros uncompressed."""
+    out = np.zeros((c.P, len(codecwork.CODEC_TERMS)))
     for x in payloads(v, c, m, wire):
         if x.codec != "none":
-            out += compressed.codec_work(x.kind, x.counts, c.P, x.codec, wire.ratio,
-                                         x.feedback)
+            out += codecwork.codec_work(x.kind, x.counts, c.P, x.codec, wire.ratio,
+                                        x.feedback)
     return out
 
 

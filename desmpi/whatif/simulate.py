@@ -15,7 +15,8 @@ import numpy as np
 from desmpi.data.h5 import CtrDataset
 from desmpi.models import Model
 from desmpi.strategies import plans
-from desmpi.strategies.compressed import CODEC_TERMS, FULL, Wire
+from desmpi.strategies.codecwork import CODEC_TERMS
+from desmpi.strategies.compressed import FULL, Wire
 from desmpi.strategies.counts import ModelDims, StepCounts, count_step
 from desmpi.strategies.plans import collectives
 from desmpi.variants import Variant

@@ -11,6 +11,7 @@ from desmpi.data.slicing import split_counts
 from desmpi.kernels.compress import pack, unpack
 from desmpi.kernels.slots import topk_count
 from desmpi.strategies import compressed as C
+from desmpi.strategies.codecwork import codec_work
 
 comm = Comm.world()
 
@@ -195,8 +196,8 @@ def main() -> None:
 
 
 def codec_work_is_what_the_kernels_do(x, n: int) -> None:
-    """C.codec_work (the cost model's codec work) against this rank's kernel calls, counted
-    by wrapping the kernels C calls: elements packed (fused error feedback too), decoded
+    """codec_work (the cost model's codec work) against this rank's kernel calls, counted
+    by wrapping the kernels compressed calls: elements packed (fused error feedback too), decoded
     (summed: P chunks), selected (topk, threshold) and slots added; numpy's own passes (a
     sparse block zeroed, the residual added) are not kernel calls and are added to the count
     as codec_work documents them."""
@@ -257,13 +258,13 @@ def codec_work_is_what_the_kernels_do(x, n: int) -> None:
                 else:
                     C.alltoallv(c2, x[:S[r].sum()], S[r], S[:, r], codec)
                     counts = S
-                want = C.codec_work(kind.split("+")[0], counts, P, codec, 0.25, fb)[r]
+                want = codec_work(kind.split("+")[0], counts, P, codec, 0.25, fb)[r]
                 got = seen.copy()
                 got[2] = len(c2.acct.log)  # the collectives of packed words
                 if codec in C.SPARSE:  # numpy's passes: the zeroed block, the residual added
                     block = {"allgatherv": sizes.sum()}.get(kind.split("+")[0], ch[r])
                     got[0] += block + (n if fb else 0)
-                if fb and codec not in C.SPARSE and unfused[0]:
+                if fb and codec not in C.SPARSE and unfused[0]:  # FEEDBACK_PASSES: 3
                     if codec == "fp16":
                         continue  # codec_work counts the fused kernel, which this CPU lacks
                     got[0] += 2 * n  # numpy adds and subtracts around the kernels' decode
