@@ -62,11 +62,12 @@ def summary_of(tr: Trainer, cfg: Config, comm: Comm, step_times, samples, last_l
              comm_times=(), codec_times=()) -> dict:
     steps = max(len(step_times), 1)  # per-step figures; 0 steps run (resumed at the end)
     lc = tr.table.lifecycle
-    warm_comm = list(comm_times[1:] if len(comm_times) > 1 else comm_times)
-    warm_codec = list(codec_times[1:] if len(codec_times) > 1 else codec_times)
+    def warm_median(times) -> float:  # the first step compiles and fills caches
+        warm = list(times[1:] if len(times) > 1 else times)
+        return statistics.median(warm) if warm else 0.0
+
     mine = {"counters": Accounting.as_dict(comm.acct.counters("train")), "keys": tr.table.n,
-            "comm_step_s": statistics.median(warm_comm) if warm_comm else 0.0,
-            "codec_step_s": statistics.median(warm_codec) if warm_codec else 0.0,
+            "comm_step_s": warm_median(comm_times), "codec_step_s": warm_median(codec_times),
             "evicted": lc.evicted if lc is not None else 0, "table_bytes": tr.table.nbytes,
             "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "phases": dict(tr.timer.phases)}

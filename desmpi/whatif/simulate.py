@@ -135,7 +135,7 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
     out = []
     for v in variants:
         info = infos[v]
-        colls, sent, pay, total, codec = [], 0.0, 0.0, 0, Work(0.0, 0.0)
+        colls, sent, pay, total = [], 0.0, 0.0, 0
         work = Work(0.0, 0.0)
         for c in counts:
             cl = collectives(v, c, info.dims, layout, wire)
@@ -150,8 +150,8 @@ def profile(ds: CtrDataset, infos: dict[Variant, ModelInfo], P: int, B: int, n_b
                     local += float(np.diagonal(np.asarray(x.counts)).mean()) * x.itemsize
             work = work + (step_work(v, c, info, wire) + Work(0.0, 0.0, mem_bytes=local)
                            ).scaled(1.0 / len(counts))
-            codec = codec + codec_work(v, c, info, wire).scaled(1.0 / len(counts))
         work = replace(work, calls=float(len(cl)))  # collective calls of one step
+        codec = Work(0.0, 0.0, **{t: getattr(work, t) for t in CODEC_TERMS})  # of the work
         out.append(Profiled(v, P, B, colls, work, sent, pay, total, codec))
     return out
 
