@@ -12,10 +12,11 @@
    ``--ranks-per-node``).
 2. **Real runs** (``mpiexec``) at ``--ranks`` on the real Criteo rows shipped in
    ``tests/data/criteo`` (first 12,000 rows train, last 3,000 evaluate) and on synthetic data
-   with a known oracle, for every model × method × seed: eval AUC and logloss, counted wire
-   bytes, step time. ΔAUC is paired by seed (same initialisation, same data order) against
-   ``none``; its spread over seeds is the noise band, and ``none`` at P against ``none`` at
-   P = 1 (the same model up to the order of float32 sums) the summation-order band. The
+   with a known oracle, for every model × method × seed: eval AUC and logloss (evaluation at
+   full width, as the trained model is served), counted wire bytes, step time. ΔAUC is
+   paired by seed (same initialisation, same data order) against ``none``; its spread over
+   seeds is the noise band, and ``none`` at P against ``none`` at P = 1 (the same model up to
+   the order of float32 sums) the summation-order band. The
    default protocol is the engine table's (docs/engine_table.md): global batch 256, one epoch.
    A second epoch over the same 12,000 rows overfits (W&D eval logloss 0.57 against 0.48 after
    one) and makes the deep models' AUC chaotic: at batch 512 and 2 epochs summation order
@@ -324,9 +325,10 @@ def main() -> int:
            "real": real, "codec_s": kern, "payload_precision": precision,
            "deepfm_b4096_step_s": steps,
            "deepfm_b4096_codec_in_step_s": in_step, "deepfm_W": dm.W,
-           "deepfm_D": dm.D}
-    if earlier is not None:  # the command of the run that made the real runs
-        rep["real_args"] = earlier.get("real_args") or earlier["args"]
+           "deepfm_D": dm.D, "eval_full_width": True}
+    if earlier is not None:  # the command of the run that made the real runs, and how they
+        rep["real_args"] = earlier.get("real_args") or earlier["args"]  # evaluated
+        rep["eval_full_width"] = bool(earlier.get("eval_full_width"))
     (out / "compression.json").write_text(json.dumps(rep, indent=1))
     write_markdown(out / "compression.md", rep, a)
     return 0

@@ -96,7 +96,10 @@ def write_markdown(path: Path, rep: dict, a) -> None:
     ra = rep.get("real_args") or vars(a)  # how the real runs ran (maybe an earlier run)
     L += [f"## Real runs: {ra['variant']}, batch {ra['batch']}, {ra['epochs']} epoch(s), "
           f"{ra['seeds']} seed(s)", "",
-          "Criteo: the first 12,000 shipped rows train, the last 3,000 evaluate. Synthetic: "
+          "Criteo: the first 12,000 shipped rows train, the last 3,000 evaluate ("
+          + ("at full width, as the trained model is served" if rep.get("eval_full_width")
+             else "through the method's codec, as runs did before evaluation went full width")
+          + "). Synthetic: "
           f"Criteo-schema data with a hidden model (eval oracle AUC "
           f"{rep['oracle_auc_synthetic']:.4f}). ΔAUC = AUC(method) − AUC(none), paired by "
           "seed; mean ± its standard error [min, max] over seeds (`+narrow` rows: seed 1 "

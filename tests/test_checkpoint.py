@@ -128,9 +128,13 @@ def test_corrupt_newest_checkpoint_falls_back(data, tmp_path):
     assert p.returncode != 0 and "no complete checkpoint" in p.stderr
 
 
-def test_export_serves_without_mpi(data, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--set", "dist.aggregate=reduce_scatter", "--set",
+                                          "dist.compress=bf16")], ids=["full", "bf16"])
+def test_export_serves_without_mpi(data, tmp_path, extra):
+    """The exported model serves, in one process, the predictions the run's evaluation gave —
+    also for a run whose training step was compressed (evaluation runs at full width)."""
     ck = tmp_path / "ck"
-    run_mpi(2, [*_args(data, ck, 10, 0), "--out", str(tmp_path / "r")])
+    run_mpi(2, [*_args(data, ck, 10, 0, extra), "--out", str(tmp_path / "r")])
     model = tmp_path / "model.h5"
     subprocess.run([sys.executable, "-m", "desmpi", "export", "--checkpoint", str(ck), "--out",
                     str(model)], check=True, cwd=ROOT, capture_output=True, timeout=300)

@@ -139,6 +139,11 @@ class Wire:
         vector every step: error feedback carries what top-k left out)."""
         return self.compress
 
+    def lossless(self) -> Wire:
+        """This wire with every float at full width, the keys' (lossless) encoding kept: how
+        evaluation's forward travels (:meth:`desmpi.strategies.template.Strategy.evaluating`)."""
+        return Wire(keys=self.keys)
+
 
 FULL = Wire()  # everything at full width (the default)
 

@@ -76,9 +76,9 @@ class DesReplicated(Strategy):
         return loss
 
     def predict(self, b: Batch, sizes: np.ndarray) -> np.ndarray:
-        """Probabilities of the whole global batch, on every rank (communication: scope eval)."""
+        """Probabilities of the whole global batch, on every rank (:meth:`evaluating`)."""
         sizes = np.asarray(sizes, dtype=np.int64)
-        with self.comm.acct.scoped("eval"):
+        with self.evaluating():
             g, _, _, Zloc = self._partials(b, sizes, insert=False)
             logits, _ = self.model.forward(self._aggregate(Zloc), g.dense)
         return sigmoid(np.asarray(logits, dtype=np.float64))

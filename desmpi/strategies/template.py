@@ -19,6 +19,7 @@ replicated dense part, so it has a step of its own.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -206,6 +207,21 @@ class Strategy:
         return plan(self.variant, counts, ModelDims.of(self.model), rank, self.comm.layout,
                     self.wire)
 
+    @contextmanager
+    def evaluating(self):
+        """Evaluation's forward: its collectives in the accounting's ``eval`` scope, every float
+        at full width whatever ``dist.compress`` says (the keys keep their lossless encoding).
+        Compression serves the training step's traffic; the model it trains is the one served
+        (:mod:`desmpi.serving`, full width), so the evaluation reports that model's quality,
+        not the codec's rounding of one forward on top of it."""
+        wire = self.wire
+        self.wire = wire.lossless()
+        try:
+            with self.comm.acct.scoped("eval"):
+                yield
+        finally:
+            self.wire = wire
+
     def check_replicas(self, step: int) -> None:
         """Nothing is replicated outside the dense Allreduce's result (overridden where it is)."""
 
@@ -269,9 +285,9 @@ class DataParallelStrategy(Strategy):
         return loss
 
     def predict(self, b: Batch, sizes: np.ndarray) -> np.ndarray:
-        """Probabilities of the whole global batch, on every rank (communication: scope eval)."""
+        """Probabilities of the whole global batch, on every rank (:meth:`evaluating`)."""
         sizes = np.asarray(sizes, dtype=np.int64)
-        with self.comm.acct.scoped("eval"):
+        with self.evaluating():
             Z, _ = self._sparse_forward(b, sizes, insert=False)
             _, x = self._local_rows(b, sizes)
             logits, _ = self.model.forward(Z, x)
