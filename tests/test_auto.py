@@ -306,9 +306,11 @@ def test_routing_work_follows_each_strategy(data):
 def test_compression_work_follows_the_compressed_payloads(data):
     """dist.compress in the cost model: the mean rank's element passes and calls, closed forms
     from the step's counts. A compressed Allreduce of n floats (error feedback fused under
-    bf16): pack n, decode and sum n, pack its n/P sums, decode n, two calls; Reduce_scatter:
-    pack n, decode and sum n; Allgatherv: pack n/P, decode n; Alltoallv: pack what a rank
-    sends, decode what it receives. DES packs its partials (reduce_scatter: Z and gZ) and its
+    bf16): pack the n − n/P floats of the other ranks' chunks, read the own chunk's
+    residual (n/P: zero, nothing to add), decode and sum n − n/P and start from the own n/P,
+    pack its n/P sums, decode n, two calls; Reduce_scatter: the same first step; Allgatherv:
+    pack n/P, decode n; Alltoallv: pack what a rank sends others, decode what it receives
+    from them, copy its own block. DES packs its partials (reduce_scatter: Z and gZ) and its
     dense gradients; ps, a2a and des-a2a their exchanged rows, pooled parts or partials and
     their gradients, and the dense gradients. Compression adds no other work."""
     from dataclasses import replace
@@ -328,13 +330,14 @@ def test_compression_work_follows_the_compressed_payloads(data):
         assert {k: getattr(full, k) for k in zero} == zero, v
         bf = step_work(v, c, info[v], Wire("bf16"))
         assert replace(bf, **zero) == full, v  # nothing else changes
-        dense = 3 * d.D + d.D / P  # the dense gradients' Allreduce
-        if v.strategy == "des":
-            fwd, bwd = 2 * B * d.W, B * d.W / P + B * d.W  # Reduce_scatter, Allgatherv
+        dense = 3 * d.D + d.D / P  # the dense gradients' Allreduce (own chunk: read, not packed)
+        if v.strategy == "des":  # Reduce_scatter, Allgatherv
+            fwd, bwd = 2 * B * d.W - B * d.W / P, B * d.W / P + B * d.W
         else:
-            n = {"ps": c.distinct.sum() * d.R, "a2a": c.bags.sum() * d.seg,
-                 "des-a2a": c.samples.sum() * d.W}[v.strategy]
-            fwd = bwd = 2 * n / P  # sent and received, over the mean rank
+            m = {"ps": c.distinct * d.R, "a2a": c.bags * d.seg,
+                 "des-a2a": c.samples * d.W}[v.strategy]
+            # sent and received over the mean rank, each rank's own block copied once
+            fwd = bwd = (2 * m.sum() - m.trace()) / P
         assert bf.codec_elems == pytest.approx(fwd + bwd + dense), v
         assert bf.codec_calls == 4 and bf.select_elems == 0, v
         # the partials' codec alone: no dense-gradient term; and each direction of it alone

@@ -200,6 +200,13 @@ def test_sum_packed_decodes_each_chunk_and_adds_in_rank_order(monkeypatch):
             want += unpack_chunks(codec, pack_chunks(codec, p, [m]), [m])
         got = sum_packed(codec, words, P, np.empty(m, np.float32))
         assert np.array_equal(got, want), codec  # (a sum may be ±0 by where it starts)
+        # a rank's own chunk (never packed) starts the sum, at full width
+        own = (rng.normal(size=m) * 10.0 ** rng.integers(-8, 4, m)).astype(np.float32)
+        start = own.copy()
+        for p in parts:
+            start += unpack_chunks(codec, pack_chunks(codec, p, [m]), [m])
+        assert np.array_equal(sum_packed(codec, words, P, np.empty(m, np.float32), own),
+                              start), codec
     monkeypatch.setattr(f16, "hardware_f16", lambda: False)
     portable = np.empty(m, np.float32)
     f16.sum_chunks(words, P, m, portable)  # the fp16 words of the last loop
@@ -303,5 +310,8 @@ def test_alltoallv_has_dense_codecs_only():
         C.calls("alltoallv", np.array([[6]]), 1, "topk")
     with pytest.raises(ValueError, match="do not split 6 elements"):
         C.alltoallv(comm, x, [5], [5], "bf16")
-    got = C.alltoallv(comm, x * 3, [6], [6], "fp16")  # one rank: its own block, decoded
-    assert got.dtype == np.float32 and np.array_equal(got, x * 3)
+    # one rank: its own block, copied at full width (not packed)
+    got = C.alltoallv(comm, x / 3, [6], [6], "bf16")
+    assert got.dtype == np.float32 and np.array_equal(got, x / 3)
+    with pytest.raises(ValueError, match="sends itself 6 elements but receives 5"):
+        C.alltoallv(comm, x, [6], [5], "bf16")

@@ -182,10 +182,9 @@ def unpack(codec: str, q: np.ndarray, dtype=np.float32, out: np.ndarray | None =
 
 @nb.njit(cache=True, nogil=True)
 def _sum_bf16(q: np.ndarray, P: int, m: int, out: np.ndarray) -> None:
+    """out (m,) += the P chunks of q decoded, in rank order."""
     u = np.empty(1, dtype=np.uint32)
     f = u.view(np.float32)
-    for i in range(m):
-        out[i] = 0.0
     for j in range(P):  # rank order; the inner loop runs over contiguous words
         base = j * m
         for i in range(m):
@@ -193,23 +192,52 @@ def _sum_bf16(q: np.ndarray, P: int, m: int, out: np.ndarray) -> None:
             out[i] += f[0]
 
 
-def sum_packed(codec: str, q: np.ndarray, P: int, out: np.ndarray) -> np.ndarray:
-    """q: P chunks of :func:`chunk_words` (m) words, m = out.size (chunk j from rank j) ->
-    out (m,) float32 = Σ_j decode(chunk j), summed in float32 in rank order."""
+@nb.njit(cache=True, nogil=True)
+def _start_bf16(q: np.ndarray, m: int, init: np.ndarray, out: np.ndarray) -> None:
+    """out (m,) = init + the first chunk of q decoded (one pass: the sum's start and its
+    first term)."""
+    u = np.empty(1, dtype=np.uint32)
+    f = u.view(np.float32)
+    for i in range(m):
+        u[0] = np.uint32(q[i]) << 16
+        out[i] = np.float32(init[i]) + f[0]
+
+
+@nb.njit(cache=True, nogil=True)
+def any_nonzero(x: np.ndarray) -> bool:
+    """Whether x holds anything but zeros (NaN counts); reads no further than the first."""
+    for i in range(x.size):
+        if x[i] != 0:
+            return True
+    return False
+
+
+def sum_packed(codec: str, q: np.ndarray, P: int, out: np.ndarray,
+               init: np.ndarray | None = None) -> np.ndarray:
+    """q: P chunks of :func:`chunk_words` (m) words, m = out.size -> out (m,) float32 =
+    init + Σ_j decode(chunk j), summed in float32 in order: ``init`` (m floats: a rank's own
+    chunk, which never went through the codec; zeros when None) first, then the chunks."""
     m = out.size
     w = chunk_words(codec, m)
     if q.size != P * w:
         raise ValueError(f"{q.size} words are not {P} chunks of {w}")
+    if codec not in ("int8", "bf16", "fp16"):
+        raise ValueError(f"unknown codec {codec!r}")
     o = out.reshape(-1)
+    if codec == "bf16" and init is not None and P > 0 and init.dtype == np.float32:
+        _start_bf16(q, m, init.reshape(-1), o)  # init + chunk 0 in one pass
+        _sum_bf16(q[w:], P - 1, m, o)
+        return out
+    if init is None:
+        o.fill(0.0)
+    else:
+        o[:] = init.reshape(-1)
     if codec == "int8":
-        o[:] = 0.0
         for j in range(P):  # rank order
             c = q[j * w:(j + 1) * w]
             unpack_int8(c, c.view(np.int8), np.array([0, m], dtype=np.int64), o, True)
     elif codec == "bf16":
         _sum_bf16(q, P, m, o)
-    elif codec == "fp16":
-        f16.sum_chunks(q, P, m, o)
     else:
-        raise ValueError(f"unknown codec {codec!r}")
+        f16.sum_chunks(q, P, m, o, add=True)
     return out

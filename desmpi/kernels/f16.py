@@ -310,13 +310,15 @@ def unpack_chunks(q: np.ndarray, bounds: np.ndarray, out: np.ndarray, add: bool 
     return out
 
 
-def sum_chunks(q: np.ndarray, P: int, m: int, out: np.ndarray) -> np.ndarray:
+def sum_chunks(q: np.ndarray, P: int, m: int, out: np.ndarray, add: bool = False
+               ) -> np.ndarray:
     """q: P chunks of m floats' words (chunk j from rank j) -> out (m,) float32 = Σ_j
-    decode(chunk j), in rank order (the same bits on every rank and either kernel)."""
+    decode(chunk j), in rank order (the same bits on every rank and either kernel); ``add``:
+    out += that sum, chunk after chunk."""
     one = np.array([0, m], dtype=np.int64)
     w = f16_words(m)
     for j in range(P):
-        unpack_chunks(q[j * w:(j + 1) * w], one, out, add=j > 0)
+        unpack_chunks(q[j * w:(j + 1) * w], one, out, add=add or j > 0)
     return out
 
 

@@ -4,17 +4,20 @@ MPI has no bf16 sum, so a compressed Allreduce of n floats is composed of two co
 16-bit words, with float32 accumulation in between:
 
 1. reduce-scatter by ``Alltoallv``: the vector is split in P chunks as ``numpy.array_split``
-   does, each packed on its own; chunk j goes to rank j, which decodes the P chunks it
-   receives and sums them in float32, in rank order;
+   does, each packed on its own; chunk j goes to rank j, which sums in float32 its own chunk
+   (never packed: it does not leave the rank, so it is neither encoded nor rounded) and then
+   the P − 1 chunks it receives, decoded, in rank order;
 2. ``Allgatherv`` of the packed sums; every rank (the owner too) decodes the same words, so
    replicas stay bitwise equal.
 
 Wire bytes: 2·(P − 1)/P·n·2 per rank on average against 2·(P − 1)/P·n·4 for a float32 ring or
 Rabenseifner Allreduce: half. A compressed Reduce_scatter is step 1 alone (the owner keeps its
 float32 sum); a compressed Allgatherv sends the packed words; a compressed Alltoallv
-(:func:`alltoallv`: the all-to-all strategies' rows and partials) packs each destination's
-block on its own. :func:`calls` is the plan of each form (the accounting records exactly those
-calls; :mod:`desmpi.strategies.plans` uses it).
+(:func:`alltoallv`: the all-to-all strategies' rows and partials) packs each other
+destination's block on its own (the rank's own block is copied at full width). The sparse
+codecs (topk, threshold) send the own chunk's slots to the rank itself like any other.
+:func:`calls` is the plan of each form (the accounting records exactly those calls;
+:mod:`desmpi.strategies.plans` uses it).
 
 ``topk`` (``dist.compress_ratio`` = r) compresses the dense gradients (:attr:`Wire.dense`,
 with error feedback; the partials and their gradients go as bf16, :attr:`Wire.partials`): in
@@ -57,6 +60,7 @@ from desmpi.comm import Comm
 from desmpi.data.slicing import split_counts
 from desmpi.kernels.compress import (
     CHUNKED,
+    any_nonzero,
     chunk_words,
     pack_chunks,
     pack_feedback,
@@ -168,7 +172,7 @@ def words(blocks: np.ndarray, codec: str, ratio: float = 0.1) -> np.ndarray:
         return np.array([3 * topk_count(int(m), ratio) for m in b], dtype=np.int64)
     if codec in CHUNKED:
         return chunk_words(codec, b)
-    return b
+    return b.copy()  # a new array, as the other codecs give: callers may write to it
 
 
 def gathered(codec: str) -> str:
@@ -182,18 +186,27 @@ def calls(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.1
     """The collectives (kind, counts as in :class:`sim.accounting.Collective`, itemsize) of a
     compressed ``kind`` (allreduce: ``[n]``; reduce_scatter / allgatherv: the P blocks)."""
     c = np.asarray(counts, dtype=np.int64)
+
+    def scattered(w: np.ndarray) -> np.ndarray:  # step 1's (P, P) words: row i from rank i
+        m = np.tile(w, (P, 1))
+        if codec not in SPARSE:
+            np.fill_diagonal(m, 0)  # a dense codec's own chunk stays home unpacked
+        return m
+
     if kind == "allreduce":
         ch = split_counts(int(c[0]), P)
-        return [("alltoallv", np.tile(words(ch, codec, ratio), (P, 1)), WORD),
+        return [("alltoallv", scattered(words(ch, codec, ratio)), WORD),
                 ("allgatherv", words(ch, gathered(codec)), WORD)]
     if kind == "reduce_scatter":
-        return [("alltoallv", np.tile(words(c, codec, ratio), (P, 1)), WORD)]
+        return [("alltoallv", scattered(words(c, codec, ratio)), WORD)]
     if kind == "allgatherv":
         return [("allgatherv", words(c, codec, ratio), WORD)]
     if kind == "alltoallv":  # counts (P, P): row i what rank i sends to each rank
         if codec in SPARSE:
             raise ValueError(f"no {codec} form of alltoallv (the rows go dense)")
-        return [("alltoallv", words(c.reshape(-1), codec).reshape(c.shape), WORD)]
+        m = words(c.reshape(-1), codec).reshape(c.shape)
+        np.fill_diagonal(m, 0)  # the block a rank keeps is copied, not packed
+        return [("alltoallv", m, WORD)]
     raise ValueError(f"no compressed form of {kind}")
 
 
@@ -246,12 +259,9 @@ class Threshold:
 def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: Buffers,
             thr: Threshold | None = None, feedback: bool = False
             ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(words, decoded or None): x's blocks as the codec sends them (decoded: topk and
-    threshold without ``feedback``; with it, x (flat float32) becomes what the slots left
-    out)."""
-    if codec not in SPARSE:
-        n = int(words(blocks, codec).sum())
-        return pack_chunks(codec, x, blocks, bufs.get("q", n, np.uint16)), None
+    """(words, decoded or None) of a sparse codec (topk, threshold): x's blocks as it sends
+    them (decoded: without ``feedback``; with it, x (flat float32) becomes what the slots
+    left out)."""
     bounds = np.concatenate([[0], np.cumsum(blocks)])
     dec = None if feedback else bufs.get("dec", x.size, np.float32)
     q = bufs.get("sq", int(words(blocks, codec, ratio).sum()), np.uint16)
@@ -262,28 +272,73 @@ def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: B
     return q, dec
 
 
+def _pack_others(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, bufs: Buffers,
+                 residual: np.ndarray | None) -> np.ndarray:
+    """A dense codec's words of every chunk of x (flat) but this rank's own, in rank order.
+    ``residual`` (x's shape): error feedback — each packed chunk is that of x + residual, and
+    the residual becomes what packing lost; the own chunk, which is not packed, loses
+    nothing: where its residual is not 0 (a restored one), x there becomes x + residual and
+    the residual 0 (the other chunks of x are left as they were, or hold x + residual where
+    no kernel fuses the feedback)."""
+    r = comm.rank
+    b = np.concatenate([[0], np.cumsum(blocks)])
+    lo, hi = int(b[r]), int(b[r + 1])
+    wb = words(blocks, codec)
+    wlo = int(wb[:r].sum())
+    q = bufs.get("q", int(wb.sum() - wb[r]), np.uint16)
+    parts = [(slice(0, lo), blocks[:r], q[:wlo]), (slice(hi, x.size), blocks[r + 1:], q[wlo:])]
+    if residual is None:
+        for sl, bl, qq in parts:
+            pack_chunks(codec, x[sl], bl, qq)
+        return q
+    if any_nonzero(residual[lo:hi]):  # only after a restore onto other chunks: once sent
+        x[lo:hi] += residual[lo:hi]  # at full width, the own chunk leaves no residual
+        residual[lo:hi] = 0.0
+    if x.dtype == residual.dtype == np.float32 and all(
+            [pack_feedback(codec, x[sl], residual[sl], bl, qq) for sl, bl, qq in parts]):
+        return q
+    for sl, bl, qq in parts:  # add, pack, decode, subtract
+        x[sl] += residual[sl]
+        pack_chunks(codec, x[sl], bl, qq)
+        seen = unpack_chunks(codec, qq, bl, out=bufs.get("seen", int(np.sum(bl)), np.float32))
+        np.subtract(x[sl], seen, out=residual[sl])
+    return q
+
+
+def _scatter_dense(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, out: np.ndarray,
+                   bufs: Buffers, residual: np.ndarray | None = None) -> np.ndarray:
+    """Step 1 under a dense codec: the other ranks' chunks packed (:func:`_pack_others`), one
+    Alltoallv, out (float32) = this rank's own chunk + the chunks received decoded, in rank
+    order. The own chunk never leaves the rank, so it is neither packed nor rounded."""
+    P, r = comm.size, comm.rank
+    q = _pack_others(comm, x, blocks, codec, bufs, residual)
+    send = words(blocks, codec)
+    recvc = np.full(P, send[r], dtype=np.int64)
+    send[r] = recvc[r] = 0
+    recv, _ = comm.alltoallv(q, send, recvc, out=bufs.get("recv", int(recvc.sum()), np.uint16))
+    lo = int(np.sum(blocks[:r]))
+    return sum_packed(codec, recv, P - 1, out, init=x[lo:lo + int(blocks[r])])
+
+
 def _encode_feedback(x: np.ndarray, r: np.ndarray, blocks: np.ndarray, codec: str,
                      ratio: float, bufs: Buffers, thr: Threshold | None) -> np.ndarray | None:
-    """Error feedback where a kernel does it in place (x, r: flat float32): the words of
-    x + r, and r = what they lost; x is left as it was. None (nothing done) otherwise."""
+    """A sparse codec's error feedback in place (x, r: flat float32): the words of x + r,
+    and r = what they lost; x is left as it was. None (nothing done) otherwise."""
     if x.dtype != np.float32 or r.dtype != np.float32:
         return None
-    if codec in SPARSE:  # v = x + r kept in r; the kept slots' values leave it there
-        np.add(x, r, out=r)
-        return _encode(r, blocks, codec, ratio, bufs, thr, feedback=True)[0]
-    q = bufs.get("q", int(words(blocks, codec).sum()), np.uint16)
-    return q if pack_feedback(codec, x, r, blocks, q) else None
+    np.add(x, r, out=r)  # v = x + r kept in r; the kept slots' values leave it there
+    return _encode(r, blocks, codec, ratio, bufs, thr, feedback=True)[0]
 
 
 def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec: str,
                            ratio: float, out: np.ndarray, bufs: Buffers) -> np.ndarray:
+    """Step 1 under a sparse codec: every chunk's slots (the own one's too) by one Alltoallv,
+    added into a float32 block in rank order."""
     P, r = comm.size, comm.rank
     wb = words(blocks, codec, ratio)
     w = int(wb[r])
     recv, _ = comm.alltoallv(q, wb, np.full(P, w, dtype=np.int64),
                              out=bufs.get("recv", P * w, np.uint16))
-    if codec not in SPARSE:
-        return sum_packed(codec, recv, P, out)
     flat = out.reshape(-1)
     acc = flat if flat.dtype == np.float32 else bufs.get("acc", flat.size, np.float32)
     acc.fill(0.0)
@@ -299,18 +354,19 @@ def _allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | Non
     flat = x.reshape(-1)
     P, r = comm.size, comm.rank
     ch = split_counts(flat.size, P)
-    q = None if residual is None else _encode_feedback(flat, residual.reshape(-1), ch, codec,
-                                                       ratio, bufs, thr)
-    if q is None:  # add, pack, decode, subtract
-        if residual is not None:
-            flat += residual.reshape(-1)
-        q, dec = _encode(flat, ch, codec, ratio, bufs, thr)
-        if residual is not None:
-            seen = dec if dec is not None else unpack_chunks(
-                codec, q, ch, out=bufs.get("seen", flat.size, np.float32))
-            np.subtract(flat, seen, out=residual.reshape(-1))
     mine = bufs.get("mine", int(ch[r]), np.float32)
-    _reduce_scatter_packed(comm, q, ch, codec, ratio, mine, bufs)
+    res = None if residual is None else residual.reshape(-1)
+    if codec not in SPARSE:
+        _scatter_dense(comm, flat, ch, codec, mine, bufs, res)
+    else:
+        q = None if res is None else _encode_feedback(flat, res, ch, codec, ratio, bufs, thr)
+        if q is None:  # add, pack, subtract what the slots sent
+            if res is not None:
+                flat += res
+            q, dec = _encode(flat, ch, codec, ratio, bufs, thr)
+            if res is not None:
+                np.subtract(flat, dec, out=res)
+        _reduce_scatter_packed(comm, q, ch, codec, ratio, mine, bufs)
     wire = gathered(codec)  # the sums travel dense
     wch = words(ch, wire)
     allq = comm.allgatherv(pack_chunks(wire, mine, [mine.size],
@@ -325,12 +381,14 @@ def _reduce_scatter(comm: Comm, x: np.ndarray, recvcounts, codec: str, out: np.n
     blocks = np.asarray(recvcounts, dtype=np.int64)
     if blocks.sum() != x.size:
         raise ValueError(f"recvcounts {blocks.tolist()} do not split {x.size} elements")
-    q, _ = _encode(x, blocks, codec, ratio, bufs)
-    if out.dtype == np.float32:
-        return _reduce_scatter_packed(comm, q, blocks, codec, ratio, out, bufs)
-    s = _reduce_scatter_packed(comm, q, blocks, codec, ratio,
-                               np.empty(out.size, np.float32), bufs)
-    out.reshape(-1)[:] = s
+    o = out if out.dtype == np.float32 else bufs.get("sum", out.size, np.float32)
+    if codec not in SPARSE:
+        _scatter_dense(comm, x.reshape(-1), blocks, codec, o, bufs)
+    else:
+        _reduce_scatter_packed(comm, _encode(x, blocks, codec, ratio, bufs)[0], blocks, codec,
+                               ratio, o, bufs)
+    if o is not out:
+        out.reshape(-1)[:] = o
     return out
 
 
@@ -367,11 +425,23 @@ def _alltoallv(comm: Comm, x: np.ndarray, sendcounts, recvcounts, codec: str, dt
         raise ValueError(f"no {codec} form of alltoallv (bf16, fp16, int8)")
     if sc.sum() != x.size:
         raise ValueError(f"sendcounts {sc.tolist()} do not split {x.size} elements")
-    ws, wr = words(sc, codec), words(rc, codec)
-    q = pack_chunks(codec, x.reshape(-1), sc, bufs.get("q", int(ws.sum()), np.uint16))
+    r = comm.rank
+    if sc[r] != rc[r]:
+        raise ValueError(f"rank {r} sends itself {sc[r]} elements but receives {rc[r]}")
+    xf, ws, wr = x.reshape(-1), words(sc, codec), words(rc, codec)
+    lo, hi = int(sc[:r].sum()), int(sc[:r + 1].sum())
+    ws[r] = wr[r] = 0  # the block a rank keeps is copied at full width, not packed
+    q = bufs.get("q", int(ws.sum()), np.uint16)
+    pack_chunks(codec, xf[:lo], sc[:r], q[:int(ws[:r].sum())])
+    pack_chunks(codec, xf[hi:], sc[r + 1:], q[int(ws[:r].sum()):])
     recv, _ = comm.alltoallv(q, ws, wr, out=bufs.get("recv", int(wr.sum()), np.uint16))
-    return unpack_chunks(codec, recv, rc, dtype,
-                         None if out is None else bufs.get(out, int(rc.sum()), dtype))
+    n = int(rc.sum())
+    res = np.empty(n, dtype) if out is None else bufs.get(out, n, dtype)
+    a, b, w = int(rc[:r].sum()), int(rc[:r + 1].sum()), int(wr[:r].sum())
+    unpack_chunks(codec, recv[:w], rc[:r], dtype, out=res[:a])
+    res[a:b] = xf[lo:hi]
+    unpack_chunks(codec, recv[w:], rc[r + 1:], dtype, out=res[b:])
+    return res
 
 
 def alltoallv(comm: Comm, x: np.ndarray, sendcounts, recvcounts, codec: str, dtype=None,

@@ -93,6 +93,21 @@ def sparse_q(codec, x, bounds, ratio):
     return (topk_q if codec == "topk" else threshold_q)(x, bounds, ratio)
 
 
+def owner_sums(data, sent, bounds, sparse):
+    """What the owners of the chunks sum (float32): under a dense codec each owner starts from
+    its own chunk exactly (it never leaves the rank) and adds the others' as sent, in rank
+    order; a sparse codec's owner adds every rank's slots, its own too, in rank order."""
+    acc = np.zeros(bounds[-1], np.float32)
+    for c in range(len(bounds) - 1):
+        sl = slice(bounds[c], bounds[c + 1])
+        if not sparse:
+            acc[sl] = data[c][sl]
+        for j, s in enumerate(sent):
+            if sparse or j != c:
+                acc[sl] += s[sl]
+    return acc
+
+
 def main() -> None:
     P, r = comm.size, comm.rank
     rng = np.random.default_rng(7)
@@ -107,26 +122,26 @@ def main() -> None:
         # travel dense (bf16 for topk)
         sent = [sparse_q(codec, d, bounds, ratio) if sparse else dense_q(codec, d, bounds)
                 for d in data]
-        acc = np.zeros(n, np.float32)
-        for s in sent:
-            acc += s
-        want = dense_q("bf16" if sparse else codec, acc, bounds)
+        want = dense_q("bf16" if sparse else codec, owner_sums(data, sent, bounds, sparse),
+                       bounds)
         got = C.allreduce(comm, data[r].copy(), codec, ratio=ratio)
         assert np.array_equal(got, want), f"allreduce {codec}"
-        # error feedback: the residual is what this rank's packing lost
+        # error feedback: the residual is what this rank's packing lost (nothing on its own
+        # chunk under a dense codec: not packed)
         res = np.full(n, 0.01, np.float32)
         x = data[r].copy()
         C.allreduce(comm, x, codec, res, ratio)
         mine = data[r] + np.float32(0.01)
         seen = sparse_q(codec, mine, bounds, ratio) if sparse else dense_q(codec, mine, bounds)
+        if not sparse:
+            seen[bounds[r]:bounds[r + 1]] = mine[bounds[r]:bounds[r + 1]]
         assert np.array_equal(res, mine - seen), f"residual {codec}"
         # ... and the sum is that of what every rank packed from its x + residual
-        sent = [sparse_q(codec, d + np.float32(0.01), bounds, ratio) if sparse
-                else dense_q(codec, d + np.float32(0.01), bounds) for d in data]
-        acc = np.zeros(n, np.float32)
-        for s in sent:
-            acc += s
-        assert np.array_equal(x, dense_q("bf16" if sparse else codec, acc, bounds)), \
+        fed = [d + np.float32(0.01) for d in data]
+        sent = [sparse_q(codec, d, bounds, ratio) if sparse else dense_q(codec, d, bounds)
+                for d in fed]
+        assert np.array_equal(x, dense_q("bf16" if sparse else codec,
+                                         owner_sums(fed, sent, bounds, sparse), bounds)), \
             f"allreduce with error feedback {codec}"
         # reduce_scatter into unequal blocks
         blocks = np.array([(j * 37) % 101 + 1 for j in range(P)])
@@ -135,9 +150,7 @@ def main() -> None:
             bb = np.concatenate([[0], np.cumsum(blocks)])
             sent = [sparse_q(codec, d, bb, ratio) if sparse else dense_q(codec, d, bb)
                     for d in data]
-            acc = np.zeros(n, np.float32)
-            for s in sent:
-                acc += s
+            acc = owner_sums(data, sent, bb, sparse)
             out = np.empty(blocks[r], np.float32)
             C.reduce_scatter(comm, data[r], blocks, codec, out, ratio)
             assert np.array_equal(out, acc[bb[r]:bb[r + 1]]), f"reduce_scatter {codec}"
@@ -152,11 +165,14 @@ def main() -> None:
         if sparse:
             continue
         # alltoallv (the all-to-all strategies' rows): rank i sends S[i, j] floats to rank j,
-        # some blocks empty; each block decodes alone; float64 in, float64 out
+        # some blocks empty; each block decodes alone, the rank's own block is copied at full
+        # width; float64 in, float64 out
         S = np.array([[(3 * i + 5 * j) % 7 * ((i + j) % 3 != 1) for j in range(P)]
                       for i in range(P)], dtype=np.int64)
+        np.fill_diagonal(S, np.diag(S) + 4)  # every rank keeps a block of its own
         offs = [np.concatenate([[0], np.cumsum(S[i])]) for i in range(P)]
-        want = np.concatenate([dense_q(codec, data[j][offs[j][r]:offs[j][r + 1]],
+        want = np.concatenate([data[j][offs[j][r]:offs[j][r + 1]] if j == r else
+                               dense_q(codec, data[j][offs[j][r]:offs[j][r + 1]],
                                        [0, int(S[j, r])]) for j in range(P)])
         got = C.alltoallv(comm, data[r][:S[r].sum()].astype(np.float64), S[r], S[:, r], codec)
         assert got.dtype == np.float64 and np.array_equal(got, want), f"alltoallv {codec}"
@@ -198,9 +214,10 @@ def main() -> None:
 def codec_work_is_what_the_kernels_do(x, n: int) -> None:
     """codec_work (the cost model's codec work) against this rank's kernel calls, counted
     by wrapping the kernels compressed calls: elements packed (fused error feedback too), decoded
-    (summed: P chunks), selected (topk, threshold) and slots added; numpy's own passes (a
-    sparse block zeroed, the residual added) are not kernel calls and are added to the count
-    as codec_work documents them."""
+    (summed: the chunks received and the sum's start, the own chunk), selected (topk,
+    threshold) and slots added; numpy's own passes (a sparse block zeroed, the residual added,
+    the own chunk's residual read, an Alltoallv's own block copied) are not kernel calls
+    and are added to the count as codec_work documents them."""
     P, r = comm.size, comm.rank
     seen = np.zeros(3)
     unfused = [False]
@@ -211,13 +228,14 @@ def codec_work_is_what_the_kernels_do(x, n: int) -> None:
         wrapped[name] = f
 
         def g(*a, **k):
-            seen[col] += size(*a)
+            seen[col] += size(*a, **k)
             return f(*a, **k)
         setattr(C, name, g)
 
-    count("pack_chunks", 0, lambda codec, v, *a: v.size)
-    count("unpack_chunks", 0, lambda codec, q, blocks, *a: int(np.sum(blocks)))
-    count("sum_packed", 0, lambda codec, q, P_, out: P_ * out.size)
+    count("pack_chunks", 0, lambda codec, v, *a, **k: v.size)
+    count("unpack_chunks", 0, lambda codec, q, blocks, *a, **k: int(np.sum(blocks)))
+    count("sum_packed", 0,
+          lambda codec, q, P_, out, init=None: (P_ + (init is not None)) * out.size)
     fused = C.pack_feedback
     wrapped["pack_feedback"] = fused
 
@@ -264,10 +282,15 @@ def codec_work_is_what_the_kernels_do(x, n: int) -> None:
                 if codec in C.SPARSE:  # numpy's passes: the zeroed block, the residual added
                     block = {"allgatherv": sizes.sum()}.get(kind.split("+")[0], ch[r])
                     got[0] += block + (n if fb else 0)
+                if kind == "alltoallv":  # the own block copied
+                    got[0] += S[r, r]
+                if fb and codec not in C.SPARSE:  # the own chunk's residual read (all 0)
+                    got[0] += ch[r]
                 if fb and codec not in C.SPARSE and unfused[0]:  # FEEDBACK_PASSES: 3
                     if codec == "fp16":
                         continue  # codec_work counts the fused kernel, which this CPU lacks
-                    got[0] += 2 * n  # numpy adds and subtracts around the kernels' decode
+                    # numpy adds and subtracts around the kernels' decode of the others
+                    got[0] += 2 * (n - ch[r])
                 assert np.allclose(got, want), (codec, kind, got.tolist(), want.tolist())
     finally:
         for name, f in wrapped.items():
