@@ -204,12 +204,13 @@ def _start_bf16(q: np.ndarray, m: int, init: np.ndarray, out: np.ndarray) -> Non
 
 
 @nb.njit(cache=True, nogil=True)
-def any_nonzero(x: np.ndarray) -> bool:
-    """Whether x holds anything but zeros (NaN counts); reads no further than the first."""
-    for i in range(x.size):
-        if x[i] != 0:
-            return True
-    return False
+def take_residual(x: np.ndarray, r: np.ndarray) -> None:
+    """x += r and r = 0 where r is not 0 (one read of r; it writes only where r held
+    something: a rank's own chunk, sent at full width, leaves no residual)."""
+    for i in range(r.size):
+        if r[i] != 0:
+            x[i] += r[i]
+            r[i] = 0
 
 
 def sum_packed(codec: str, q: np.ndarray, P: int, out: np.ndarray,

@@ -60,11 +60,11 @@ from desmpi.comm import Comm
 from desmpi.data.slicing import split_counts
 from desmpi.kernels.compress import (
     CHUNKED,
-    any_nonzero,
     chunk_words,
     pack_chunks,
     pack_feedback,
     sum_packed,
+    take_residual,
     unpack_chunks,
 )
 from desmpi.kernels.slots import (
@@ -276,10 +276,9 @@ def _pack_others(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, bufs
                  residual: np.ndarray | None) -> np.ndarray:
     """A dense codec's words of every chunk of x (flat) but this rank's own, in rank order.
     ``residual`` (x's shape): error feedback — each packed chunk is that of x + residual, and
-    the residual becomes what packing lost; the own chunk, which is not packed, loses
-    nothing: where its residual is not 0 (a restored one), x there becomes x + residual and
-    the residual 0 (the other chunks of x are left as they were, or hold x + residual where
-    no kernel fuses the feedback)."""
+    the residual becomes what packing lost (x's chunks are left as they were, or hold
+    x + residual where no kernel fuses the feedback); the own chunk's residual is the
+    caller's (:func:`take_residual`)."""
     r = comm.rank
     b = np.concatenate([[0], np.cumsum(blocks)])
     lo, hi = int(b[r]), int(b[r + 1])
@@ -291,9 +290,6 @@ def _pack_others(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, bufs
         for sl, bl, qq in parts:
             pack_chunks(codec, x[sl], bl, qq)
         return q
-    if any_nonzero(residual[lo:hi]):  # only after a restore onto other chunks: once sent
-        x[lo:hi] += residual[lo:hi]  # at full width, the own chunk leaves no residual
-        residual[lo:hi] = 0.0
     if x.dtype == residual.dtype == np.float32 and all(
             [pack_feedback(codec, x[sl], residual[sl], bl, qq) for sl, bl, qq in parts]):
         return q
@@ -305,19 +301,31 @@ def _pack_others(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, bufs
     return q
 
 
-def _scatter_dense(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, out: np.ndarray,
-                   bufs: Buffers, residual: np.ndarray | None = None) -> np.ndarray:
-    """Step 1 under a dense codec: the other ranks' chunks packed (:func:`_pack_others`), one
-    Alltoallv, out (float32) = this rank's own chunk + the chunks received decoded, in rank
-    order. The own chunk never leaves the rank, so it is neither packed nor rounded."""
+def _exchange_others(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str,
+                     bufs: Buffers, residual: np.ndarray | None) -> np.ndarray:
+    """Step 1's Alltoallv under a dense codec: the other ranks' chunks packed
+    (:func:`_pack_others`) go to their owners; returns the P − 1 chunks of this rank's
+    block received from the others, in rank order."""
     P, r = comm.size, comm.rank
     q = _pack_others(comm, x, blocks, codec, bufs, residual)
     send = words(blocks, codec)
     recvc = np.full(P, send[r], dtype=np.int64)
     send[r] = recvc[r] = 0
-    recv, _ = comm.alltoallv(q, send, recvc, out=bufs.get("recv", int(recvc.sum()), np.uint16))
-    lo = int(np.sum(blocks[:r]))
-    return sum_packed(codec, recv, P - 1, out, init=x[lo:lo + int(blocks[r])])
+    return comm.alltoallv(q, send, recvc,
+                          out=bufs.get("recv", int(recvc.sum()), np.uint16))[0]
+
+
+def _scatter_dense(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, out: np.ndarray,
+                   bufs: Buffers, residual: np.ndarray | None = None) -> np.ndarray:
+    """Step 1 under a dense codec: out (float32) = this rank's own chunk of x (with its
+    residual taken: :func:`take_residual`) + the chunks received decoded, in rank order. The
+    own chunk never leaves the rank, so it is neither packed nor rounded."""
+    lo = int(np.sum(blocks[:comm.rank]))
+    own = slice(lo, lo + int(blocks[comm.rank]))
+    if residual is not None:
+        take_residual(x[own], residual[own])
+    recv = _exchange_others(comm, x, blocks, codec, bufs, residual)
+    return sum_packed(codec, recv, comm.size - 1, out, init=x[own])
 
 
 def _encode_feedback(x: np.ndarray, r: np.ndarray, blocks: np.ndarray, codec: str,
@@ -356,6 +364,8 @@ def _allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | Non
     ch = split_counts(flat.size, P)
     mine = bufs.get("mine", int(ch[r]), np.float32)
     res = None if residual is None else residual.reshape(-1)
+    wire = gathered(codec)  # the sums travel dense
+    wch = words(ch, wire)
     if codec not in SPARSE:
         _scatter_dense(comm, flat, ch, codec, mine, bufs, res)
     else:
@@ -367,8 +377,6 @@ def _allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | Non
             if res is not None:
                 np.subtract(flat, dec, out=res)
         _reduce_scatter_packed(comm, q, ch, codec, ratio, mine, bufs)
-    wire = gathered(codec)  # the sums travel dense
-    wch = words(ch, wire)
     allq = comm.allgatherv(pack_chunks(wire, mine, [mine.size],
                                        bufs.get("qm", int(wch[r]), np.uint16)), wch,
                            out=bufs.get("allq", int(wch.sum()), np.uint16))

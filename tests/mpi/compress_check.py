@@ -215,8 +215,8 @@ def codec_work_is_what_the_kernels_do(x, n: int) -> None:
     """codec_work (the cost model's codec work) against this rank's kernel calls, counted
     by wrapping the kernels compressed calls: elements packed (fused error feedback too), decoded
     (summed: the chunks received and the sum's start, the own chunk), selected (topk,
-    threshold) and slots added; numpy's own passes (a sparse block zeroed, the residual added,
-    the own chunk's residual read, an Alltoallv's own block copied) are not kernel calls
+    threshold) and slots added, the own chunk's residual read; numpy's own passes (a sparse
+    block zeroed, the residual added, an Alltoallv's own block copied) are not kernel calls
     and are added to the count as codec_work documents them."""
     P, r = comm.size, comm.rank
     seen = np.zeros(3)
@@ -236,6 +236,7 @@ def codec_work_is_what_the_kernels_do(x, n: int) -> None:
     count("unpack_chunks", 0, lambda codec, q, blocks, *a, **k: int(np.sum(blocks)))
     count("sum_packed", 0,
           lambda codec, q, P_, out, init=None: (P_ + (init is not None)) * out.size)
+    count("take_residual", 0, lambda v, res: res.size)  # the own chunk's residual read
     fused = C.pack_feedback
     wrapped["pack_feedback"] = fused
 
@@ -284,8 +285,6 @@ def codec_work_is_what_the_kernels_do(x, n: int) -> None:
                     got[0] += block + (n if fb else 0)
                 if kind == "alltoallv":  # the own block copied
                     got[0] += S[r, r]
-                if fb and codec not in C.SPARSE:  # the own chunk's residual read (all 0)
-                    got[0] += ch[r]
                 if fb and codec not in C.SPARSE and unfused[0]:  # FEEDBACK_PASSES: 3
                     if codec == "fp16":
                         continue  # codec_work counts the fused kernel, which this CPU lacks
