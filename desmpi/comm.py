@@ -333,6 +333,55 @@ class Comm:
         MPI.COMM_WORLD.Abort(code)
 
 
+class MirrorComm(Comm):
+    """Rank 0 of ``size`` ranks in one process, no MPI, whose peers mirror it: each sends this
+    rank what this rank sends it (an Alltoallv's counts must be symmetric; an Allgatherv's
+    other blocks are copies of its own, all of one size). Only those two collectives: it
+    exists so that ``desmpi bench compute --codec`` can time a rank's own codec work in a
+    ``size``-rank compressed collective (:func:`desmpi.bench.comm.codec_rates`) on one
+    process, the copies standing in for the network recorded as collectives."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(None)
+        if size < 1:
+            raise ValueError(f"size {size} < 1")
+        self.size = size
+
+    def allgatherv(self, send: np.ndarray, counts: Sequence[int],
+                   out: np.ndarray | None = None) -> np.ndarray:
+        self._check(send, "send")
+        c = np.asarray(counts, dtype=np.int64)
+        if len(c) != self.size or (c != send.size).any():
+            raise ValueError(f"a mirror gathers {self.size} blocks of {send.size}, not "
+                             f"{c.tolist()}")
+        out = self._out(out, int(c.sum()), send.dtype)
+        t0 = self._start()
+        out.reshape(self.size, -1)[:] = send.reshape(1, -1)
+        self._record("allgatherv", c, send.itemsize, t0)
+        return out
+
+    def alltoallv(self, send: np.ndarray, sendcounts: Sequence[int],
+                  recvcounts: Sequence[int] | None = None, out: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        self._check(send, "send")
+        sc = np.asarray(sendcounts, dtype=np.int64)
+        rc = sc if recvcounts is None else np.asarray(recvcounts, dtype=np.int64)
+        if len(sc) != self.size or sc.sum() != send.size or not np.array_equal(sc, rc):
+            raise ValueError(f"a mirror exchanges symmetric counts over {self.size} ranks, "
+                             f"not send {sc.tolist()} / receive {rc.tolist()}")
+        out = self._out(out, int(rc.sum()), send.dtype)
+        t0 = self._start()
+        np.copyto(out, send.reshape(-1))
+        self._record("alltoallv", sc, send.itemsize, t0)
+        return out, rc
+
+    def _unsupported(self, *a, **k):
+        raise NotImplementedError("a MirrorComm has Allgatherv and Alltoallv only")
+
+    allreduce = reduce_scatter = allgather_counts = alltoall_counts = _unsupported
+    bcast = barrier = bcast_object = allgather_object = node_layout = _unsupported
+
+
 def detect_library(version: str) -> str:
     """The :data:`sim.selection.LIBRARIES` name whose selection rules ``version`` (the text of
     ``MPI_Get_library_version``) follows, or "" when none is ported (MPICH before 4, Intel MPI,

@@ -76,6 +76,35 @@ def test_size_one_without_mpi():
     assert tot["allreduce"].calls == 1 and tot["allreduce"].wire_bytes == 0
 
 
+def test_mirror_comm_peers_send_what_the_rank_sends():
+    """MirrorComm (bench compute's codec timing): rank 0 of P whose peers mirror it — an
+    Allgatherv of P copies, an Alltoallv that receives from each peer what it sent it — the
+    calls recorded as P-rank collectives; anything else, or asymmetric counts, refused. A
+    compressed Reduce_scatter on it: the own chunk exact plus the mirrored chunk's bf16."""
+    from desmpi.comm import MirrorComm
+    from desmpi.kernels.compress import pack, unpack
+    from desmpi.strategies import compressed
+
+    c = MirrorComm(3)
+    x = np.arange(4.0)
+    assert np.array_equal(c.allgatherv(x, [4, 4, 4]), np.tile(x, 3))
+    y, rc = c.alltoallv(np.arange(6.0), [1, 2, 3], [1, 2, 3])
+    assert np.array_equal(y, np.arange(6.0)) and rc.tolist() == [1, 2, 3]
+    calls = c.acct.counters()
+    assert calls["allgatherv"].calls == 1 and calls["allgatherv"].wire_bytes > 0
+    with pytest.raises(ValueError, match="symmetric"):
+        c.alltoallv(np.arange(6.0), [1, 2, 3], [3, 2, 1])
+    with pytest.raises(ValueError, match="blocks of 4"):
+        c.allgatherv(x, [4, 4, 5])
+    with pytest.raises(NotImplementedError):
+        c.allreduce(x)
+    m = MirrorComm(2)
+    z = (np.arange(8, dtype=np.float32) + 1) / 3
+    out = np.empty(4, np.float32)
+    compressed.reduce_scatter(m, z, [4, 4], "bf16", out)
+    assert np.array_equal(out, z[:4] + unpack("bf16", pack("bf16", z[4:])))
+
+
 def test_counts_must_match():
     c = Comm.local()
     with pytest.raises(ValueError, match="counts"):

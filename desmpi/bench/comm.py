@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from desmpi.comm import Comm
+from desmpi.comm import Comm, MirrorComm
 
 KINDS = ("allreduce", "allgatherv", "reduce_scatter", "alltoallv")
 FLUSH_BYTES = 64 << 20  # streamed before each large timed codec call: more than a last-level
@@ -148,6 +148,7 @@ def bench_compute(repeats: int = 5, batch=None, codec: str | None = "bf16",
             **(codec_rates(codec, select, repeats) if codec is not None else {})}
 
 
+CODEC_RANKS = 2  # codec_rates times a rank of this many (an own chunk of half of each vector)
 CODEC_SIZES = (4096, 1 << 20)  # elements of the timed vectors: the calls' cost, the passes'
 CALL_FLUSH_BYTES = 4 << 20  # streamed before each small timed codec call (codec_rates)
 
@@ -155,8 +156,11 @@ CALL_FLUSH_BYTES = 4 << 20  # streamed before each small timed codec call (codec
 def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5) -> dict:
     """Compressed communication's own rates on this process (the cost model's
     ``codec_elems_per_s``, ``codec_call_s``, ``select_elems_per_s``): the compressed forms of
-    :mod:`desmpi.strategies.compressed` run on one rank (no network: the collectives inside
-    are local copies, which their accounting leaves out as a run's does), each call timed as
+    :mod:`desmpi.strategies.compressed` run as rank 0 of :data:`CODEC_RANKS` on one process
+    (:class:`desmpi.comm.MirrorComm`: the peers send what the rank sends them, and the
+    collectives inside are local copies, which their accounting leaves out as a run's does;
+    at one rank the forms would be degenerate — a dense codec packs no chunk of its own, so a
+    Reduce_scatter there is one copy), each call timed as
     :attr:`~desmpi.strategies.compressed.Buffers.codec_s` times it in training, after other
     memory traffic as a step's other work makes between two calls: :data:`FLUSH_BYTES` before
     the large vectors (their operands come from memory: the rest of the step streams over
@@ -177,9 +181,16 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
         raise ValueError(f"codec {codec!r}: a dense codec (bf16, fp16, int8)")
     if select not in cx.SPARSE:
         raise ValueError(f"select {select!r}: one of {', '.join(cx.SPARSE)}")
-    comm = Comm.local()
+    comm, P = MirrorComm(CODEC_RANKS), CODEC_RANKS
     big = np.ones(FLUSH_BYTES // 4, np.float32)
     rng = np.random.default_rng(0)
+
+    def counts(kind: str, n: int) -> np.ndarray:  # codec_work's counts of a form of n floats
+        if kind == "allreduce":
+            return np.array([n])
+        if kind == "alltoallv":  # (P, P): n / P to each rank
+            return np.full((P, P), n // P)
+        return np.full(P, n // P)  # reduce_scatter's blocks, allgatherv's counts
 
     def timed(c: str, kind: str, n: int) -> float:
         flush = big[:(FLUSH_BYTES if n == max(CODEC_SIZES) else CALL_FLUSH_BYTES) // 4]
@@ -194,11 +205,12 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
             if kind == "allreduce":
                 cx.allreduce(comm, x.copy(), c, r, bufs=bufs, thr=thr)
             elif kind == "reduce_scatter":
-                cx.reduce_scatter(comm, x, [n], c, out, bufs=bufs)
+                cx.reduce_scatter(comm, x, counts(kind, n), c, out[:n // P], bufs=bufs)
             elif kind == "allgatherv":
-                cx.allgatherv(comm, x, [n], c, out, bufs=bufs)
+                cx.allgatherv(comm, x[:n // P], counts(kind, n), c, out, bufs=bufs)
             else:
-                cx.alltoallv(comm, x, [n], [n], c, bufs=bufs)
+                cx.alltoallv(comm, x, counts(kind, n)[0], counts(kind, n)[:, 0], c, bufs=bufs,
+                             out="received")  # a reused array, as the strategies receive
             if rep >= 2:  # warm-up: buffers, compilation, τ's first estimate
                 ts.append(bufs.codec_s - c0)
         return statistics.median(ts)
@@ -206,8 +218,7 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
     rows, y = [], []
     for kind in ("allreduce", "reduce_scatter", "allgatherv", "alltoallv"):
         for n in CODEC_SIZES:
-            counts = [[n]] if kind == "alltoallv" else [n]
-            w = codec_work(kind, counts, 1, codec, feedback=kind == "allreduce")[0]
+            w = codec_work(kind, counts(kind, n), P, codec, feedback=kind == "allreduce")[0]
             rows.append((w[0], w[2]))
             y.append(timed(codec, kind, n))
     X, y = np.array(rows), np.array(y)
@@ -215,7 +226,7 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
     inv_rate, call_s = nnls(X / y[:, None], np.ones(len(y)))[0]
     rel = (X @ np.array([inv_rate, call_s]) - y) / y
     n = CODEC_SIZES[-1]
-    w = codec_work("allreduce", [n], 1, select, feedback=True)[0]
+    w = codec_work("allreduce", [n], P, select, feedback=True)[0]
     extra = timed(select, "allreduce", n) - w[0] * inv_rate - w[2] * call_s
     return {"codec": codec, "select": select,
             "codec_elems_per_s": float(1.0 / inv_rate) if inv_rate > 0 else float("inf"),

@@ -286,6 +286,7 @@ def _pack_others(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, bufs
     wlo = int(wb[:r].sum())
     q = bufs.get("q", int(wb.sum() - wb[r]), np.uint16)
     parts = [(slice(0, lo), blocks[:r], q[:wlo]), (slice(hi, x.size), blocks[r + 1:], q[wlo:])]
+    parts = [p for p in parts if p[1].size]  # (no kernel calls for nothing)
     if residual is None:
         for sl, bl, qq in parts:
             pack_chunks(codec, x[sl], bl, qq)
@@ -440,15 +441,19 @@ def _alltoallv(comm: Comm, x: np.ndarray, sendcounts, recvcounts, codec: str, dt
     lo, hi = int(sc[:r].sum()), int(sc[:r + 1].sum())
     ws[r] = wr[r] = 0  # the block a rank keeps is copied at full width, not packed
     q = bufs.get("q", int(ws.sum()), np.uint16)
-    pack_chunks(codec, xf[:lo], sc[:r], q[:int(ws[:r].sum())])
-    pack_chunks(codec, xf[hi:], sc[r + 1:], q[int(ws[:r].sum()):])
+    if r:
+        pack_chunks(codec, xf[:lo], sc[:r], q[:int(ws[:r].sum())])
+    if r + 1 < sc.size:
+        pack_chunks(codec, xf[hi:], sc[r + 1:], q[int(ws[:r].sum()):])
     recv, _ = comm.alltoallv(q, ws, wr, out=bufs.get("recv", int(wr.sum()), np.uint16))
     n = int(rc.sum())
     res = np.empty(n, dtype) if out is None else bufs.get(out, n, dtype)
     a, b, w = int(rc[:r].sum()), int(rc[:r + 1].sum()), int(wr[:r].sum())
-    unpack_chunks(codec, recv[:w], rc[:r], dtype, out=res[:a])
+    if r:
+        unpack_chunks(codec, recv[:w], rc[:r], dtype, out=res[:a])
     res[a:b] = xf[lo:hi]
-    unpack_chunks(codec, recv[w:], rc[r + 1:], dtype, out=res[b:])
+    if r + 1 < rc.size:
+        unpack_chunks(codec, recv[w:], rc[r + 1:], dtype, out=res[b:])
     return res
 
 
