@@ -41,11 +41,12 @@ from pathlib import Path
 import numpy as np
 from compression_report import write_markdown  # scripts/, beside this file
 
-from desmpi.comm import Comm
+from desmpi.comm import Comm, MirrorComm
 from desmpi.config import load
 from desmpi.data.convert import convert
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.schema import CRITEO_TSV
+from desmpi.data.slicing import split_counts
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.launch import run_json
 from desmpi.models import build_model
@@ -155,18 +156,22 @@ def run(model: str, P: int, data: tuple[str, str], w: Wire, seed: int, batch: in
                               "step_time_s", "samples_per_s")}
 
 
+CODEC_ALONE_RANKS = 2  # codec_cost times a rank of this many
+
+
 def codec_cost(B: int, dims: ModelDims, methods: dict[str, Wire], reps: int = 15) -> dict:
-    """Median seconds of one des/reduce_scatter step's codec work under each method, on a
-    size-1 communicator: the partials' compressed Reduce_scatter (B × W floats) and their
+    """Median seconds of one des/reduce_scatter step's compressed calls under each method, as
+    rank 0 of two in one process (:class:`desmpi.comm.MirrorComm`: the peer sends what the
+    rank sends it): the partials' compressed Reduce_scatter (B × W floats) and their
     gradients' Allgatherv under ``wire.partial_grads``, and the dense gradients' Allreduce (D
     floats, error feedback; threshold keeps its τ from call to call, re-estimated every 16th)
-    under ``wire.dense`` — what one rank packs and decodes in a step, an upper bound of its
-    share at P = 2 (where half the sums are another rank's)."""
+    under ``wire.dense`` — what one rank of two packs, decodes and sums in a step, with the
+    local copies that stand in for the network."""
     rng = np.random.default_rng(0)
     z0 = rng.normal(size=B * dims.W).astype(np.float32)
     g0 = rng.normal(size=dims.D).astype(np.float32) * 1e-3
-    comm = Comm.local()
-    n = np.array([B * dims.W])
+    comm = MirrorComm(CODEC_ALONE_RANKS)
+    n = split_counts(B * dims.W, CODEC_ALONE_RANKS)
     out = {}
     for name, w in methods.items():
         if not w.packed:
@@ -174,15 +179,16 @@ def codec_cost(B: int, dims: ModelDims, methods: dict[str, Wire], reps: int = 15
         ts = []
         thr = compressed.Threshold(every=w.every) if w.dense == "threshold" else None
         bufs = compressed.Buffers()  # reused from step to step, as a strategy keeps one
-        res = np.zeros_like(g0)
+        res = np.full_like(g0, 0.0)  # written zeros, as a strategy's residuals
         zout = np.empty(B * dims.W, np.float32)
         for _ in range(reps):
             z, g = z0.copy(), g0.copy()
             t0 = time.perf_counter()
             if w.partials != "none":
-                compressed.reduce_scatter(comm, z, n, w.partials, zout, w.ratio, bufs)
+                compressed.reduce_scatter(comm, z, n, w.partials, zout[:n[0]], w.ratio, bufs)
             if w.partial_grads != "none":
-                compressed.allgatherv(comm, z, n, w.partial_grads, zout, w.ratio, bufs)
+                compressed.allgatherv(comm, z[:n[0]], n, w.partial_grads, zout, w.ratio,
+                                      bufs)
             if w.dense != "none":
                 compressed.allreduce(comm, g, w.dense, res, w.ratio, bufs, thr)
             ts.append(time.perf_counter() - t0)
@@ -325,7 +331,7 @@ def main() -> int:
            "real": real, "codec_s": kern, "payload_precision": precision,
            "deepfm_b4096_step_s": steps,
            "deepfm_b4096_codec_in_step_s": in_step, "deepfm_W": dm.W,
-           "deepfm_D": dm.D, "eval_full_width": True}
+           "deepfm_D": dm.D, "eval_full_width": True, "codec_alone_ranks": CODEC_ALONE_RANKS}
     if earlier is not None:  # the command of the run that made the real runs, and how they
         rep["real_args"] = earlier.get("real_args") or earlier["args"]  # evaluated
         rep["eval_full_width"] = bool(earlier.get("eval_full_width"))

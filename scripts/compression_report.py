@@ -166,11 +166,17 @@ def write_markdown(path: Path, rep: dict, a) -> None:
           "two ways. *In the 2-rank step*: measured inside the real runs below — the time of "
           "the compressed calls less that of the collectives inside them (`bench train`'s "
           "`codec_s`: median per step, the most of either rank), and its share of that step. "
-          f"*Alone*: on a size-1 communicator (median of 15), the partials' Reduce_scatter "
+          "*Alone*: "
+          + ("as rank 0 of two in one process (`MirrorComm`: the peer sends what the rank "
+             "sends it; the local copies that stand in for the network included)"
+             if rep.get("codec_alone_ranks") == 2 else "on a size-1 communicator")
+          + f" (median of 15), the partials' Reduce_scatter "
           f"(4096 × {rep['deepfm_W']} floats) and their gradients' Allgatherv under the "
           f"partials' codec, and the dense gradients' Allreduce ({rep['deepfm_D']} floats, "
-          "error feedback) under the dense codec, with cold caches — an upper bound of one "
-          "rank's work at P = 2, as a share of the uncompressed step.", "",
+          "error feedback) under the dense codec, with cold caches — "
+          + ("one rank's work at P = 2" if rep.get("codec_alone_ranks") == 2 else
+             "an upper bound of one rank's work at P = 2")
+          + ", as a share of the uncompressed step.", "",
           "| method | in the 2-rank step: ms | share of that step | alone: ms | share of the "
           "uncompressed step | measured step ms (2 ranks) | step / none |",
           "|---|---:|---:|---:|---:|---:|---:|"]

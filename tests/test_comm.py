@@ -78,9 +78,10 @@ def test_size_one_without_mpi():
 
 def test_mirror_comm_peers_send_what_the_rank_sends():
     """MirrorComm (bench compute's codec timing): rank 0 of P whose peers mirror it — an
-    Allgatherv of P copies, an Alltoallv that receives from each peer what it sent it — the
-    calls recorded as P-rank collectives; anything else, or asymmetric counts, refused. A
-    compressed Reduce_scatter on it: the own chunk exact plus the mirrored chunk's bf16."""
+    Allgatherv of P copies, an Alltoallv that receives from each peer what it sent it (cut
+    or padded with zeros to the counts) — the calls recorded as P-rank collectives; other
+    collectives refused. A compressed Reduce_scatter on it: the own chunk exact plus the
+    mirrored chunk's bf16."""
     from desmpi.comm import MirrorComm
     from desmpi.kernels.compress import pack, unpack
     from desmpi.strategies import compressed
@@ -92,10 +93,13 @@ def test_mirror_comm_peers_send_what_the_rank_sends():
     assert np.array_equal(y, np.arange(6.0)) and rc.tolist() == [1, 2, 3]
     calls = c.acct.counters()
     assert calls["allgatherv"].calls == 1 and calls["allgatherv"].wire_bytes > 0
-    with pytest.raises(ValueError, match="symmetric"):
-        c.alltoallv(np.arange(6.0), [1, 2, 3], [3, 2, 1])
-    with pytest.raises(ValueError, match="blocks of 4"):
-        c.allgatherv(x, [4, 4, 5])
+    y, _ = c.alltoallv(np.arange(6.0) + 1, [1, 2, 3], [2, 1, 3])
+    assert y.tolist() == [1, 0, 2, 4, 5, 6]
+    assert c.allgatherv(x[:2] + 1, [2, 3, 1]).tolist() == [1, 2, 1, 2, 0, 1]
+    with pytest.raises(ValueError, match="do not split"):
+        c.alltoallv(np.arange(6.0), [1, 2, 2], [3, 2, 1])
+    with pytest.raises(ValueError, match="disagree"):
+        c.allgatherv(x, [3, 4, 4])
     with pytest.raises(NotImplementedError):
         c.allreduce(x)
     m = MirrorComm(2)
