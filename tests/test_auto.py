@@ -346,10 +346,12 @@ def test_compression_work_follows_the_compressed_payloads(data):
         for fw, bw, want in (("bf16", "none", fwd), ("none", "bf16", bwd)):
             one = step_work(v, c, info[v], Wire(partial=fw, partial_grad=bw))
             assert one.codec_elems == pytest.approx(want) and one.codec_calls == 1, (v, fw)
-        # threshold's dense gradients: the whole vector selected, the residual added (error
-        # feedback), its P chunks' slots and zeroed block summed, the bf16 sums gathered
+        # threshold's dense gradients: the others' chunks selected from, the residual added
+        # (error feedback) and the own chunk's zeroed, the own chunk copied and the P - 1
+        # others' slots added, the own sum packed, the bf16 sums gathered and decoded
         thr = step_work(v, c, info[v], Wire("threshold", ratio=0.25, partial="none"))
-        assert thr.select_elems == pytest.approx(d.D), v
+        assert thr.select_elems == pytest.approx(d.D - d.D / P), v
         ch = split_counts(d.D, P)
-        slots = sum(P * topk_count(int(m), 0.25) for m in ch) / P
-        assert thr.codec_elems == pytest.approx(d.D + d.D / P + slots + d.D / P + d.D), v
+        slots = sum((P - 1) * topk_count(int(m), 0.25) for m in ch) / P
+        assert thr.codec_elems == pytest.approx(d.D + d.D / P + d.D / P + slots + d.D / P
+                                                + d.D), v

@@ -12,11 +12,12 @@ from desmpi.kernels.slots import topk_count
 from desmpi.strategies.compressed import SPARSE
 
 CODEC_TERMS = ("codec_elems", "select_elems", "codec_calls")  # the columns of codec_work
-# element passes error feedback adds to a float32 vector's packing, per element packed: none
+# element passes error feedback adds to a float32 vector's packing: per element packed, none
 # where a kernel fuses it (bf16, fp16: :func:`desmpi.kernels.compress.pack_feedback`), the
-# residual added, the words decoded and subtracted (int8), the residual added (topk,
-# threshold: they keep it). A dense codec's own chunk, not packed, takes 1: its residual
-# read, found 0 (it is added and zeroed only after a restore onto other chunks).
+# residual added, the words decoded and subtracted (int8); per element of the vector, the
+# residual added (topk, threshold: they keep it). The own chunk, not packed, takes 1 more a
+# float: a dense codec reads its residual (0 but after a restore onto other chunks), a
+# sparse one zeroes it.
 FEEDBACK_PASSES = {"bf16": 0, "fp16": 0, "int8": 3, "topk": 1, "threshold": 1}
 OWN_FEEDBACK_PASSES = 1
 
@@ -26,42 +27,41 @@ def codec_work(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.
     """(P, 3) per rank: the work of one compressed ``kind`` (counts as in
     :func:`desmpi.strategies.compressed.calls`) that
     is the codec's own, in :data:`CODEC_TERMS`: element passes (each float a kernel packs,
-    decodes, or decodes and adds into a float32 sum, counted once; a dense codec's own chunk,
-    the sum's start, and an Alltoallv's own block, copied; a sparse chunk's float32 block
-    zeroed and its received slots added; ``feedback``: error feedback's own passes,
+    decodes, or decodes and adds into a float32 sum, counted once; the own chunk, the sum's
+    start, and an Alltoallv's own block, copied; a sparse codec's received slots added, and
+    its Allgatherv's float32 block zeroed; ``feedback``: error feedback's own passes,
     :data:`FEEDBACK_PASSES`), elements a sparse codec selects from (topk's selection,
     threshold's pass), and the collectives that carry packed words (each has its wrapping:
     buffers, counts, calls). What :mod:`desmpi.strategies.compressed`'s ``allreduce``,
-    ``reduce_scatter``, ``allgatherv`` and ``alltoallv`` do, by rank: a dense codec packs
-    every chunk but the rank's own."""
+    ``reduce_scatter``, ``allgatherv`` and ``alltoallv`` do, by rank: step one packs (or
+    selects from) every chunk but the rank's own."""
     c = np.asarray(counts, dtype=np.int64)
     sparse = codec in SPARSE
     out = np.zeros((P, 3), dtype=np.float64)
 
-    def received(blocks: np.ndarray) -> np.ndarray:  # (P,) decoded, or zeroed and added into
-        if not sparse:  # P − 1 chunks decoded and added, the own chunk copied
+    def received(blocks: np.ndarray) -> np.ndarray:
+        """(P,): the own chunk copied and the P − 1 others' decoded and added (sparse: their
+        slots added)."""
+        if not sparse:
             return P * blocks.astype(np.float64)
-        return blocks + P * np.array([topk_count(int(m), ratio) for m in blocks], np.float64)
+        return blocks + (P - 1) * np.array([topk_count(int(m), ratio) for m in blocks],
+                                           np.float64)
+
+    def scattered(n: int, blocks: np.ndarray) -> None:  # step 1, every chunk but the own
+        out[:, 0] += received(blocks)  # packed (sparse: selected from), their sum received
+        out[:, 1 if sparse else 0] += n - blocks
 
     if kind == "allreduce":
         n = int(c[0])
         ch = split_counts(n, P).astype(np.float64)
-        out[:, 0] = received(ch) + ch + n  # the sums, the own sum packed, everything decoded
-        if sparse:
-            out[:, 1] += n  # the whole vector selected from
-            out[:, 0] += FEEDBACK_PASSES[codec] * n if feedback else 0
-        else:
-            out[:, 0] += n - ch  # every chunk but the own packed
-            if feedback:
-                out[:, 0] += FEEDBACK_PASSES[codec] * (n - ch) + OWN_FEEDBACK_PASSES * ch
+        scattered(n, ch)
+        out[:, 0] += ch + n  # the own sum packed, everything decoded
+        if feedback:
+            out[:, 0] += FEEDBACK_PASSES[codec] * (n if sparse else n - ch) \
+                + OWN_FEEDBACK_PASSES * ch
         out[:, 2] = 2
     elif kind == "reduce_scatter":
-        n = int(c.sum())
-        out[:, 0] = received(c)
-        if sparse:
-            out[:, 1] += n
-        else:
-            out[:, 0] += n - c
+        scattered(int(c.sum()), c.astype(np.float64))
         out[:, 2] = 1
     elif kind == "allgatherv":
         n = int(c.sum())

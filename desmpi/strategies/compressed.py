@@ -5,8 +5,8 @@ MPI has no bf16 sum, so a compressed Allreduce of n floats is composed of two co
 
 1. reduce-scatter by ``Alltoallv``: the vector is split in P chunks as ``numpy.array_split``
    does, each packed on its own; chunk j goes to rank j, which sums in float32 its own chunk
-   (never packed: it does not leave the rank, so it is neither encoded nor rounded) and then
-   the P − 1 chunks it receives, decoded, in rank order;
+   (never packed, under every codec: it does not leave the rank, so it is neither encoded,
+   selected from nor rounded) and then the P − 1 chunks it receives, decoded, in rank order;
 2. ``Allgatherv`` of the packed sums; every rank (the owner too) decodes the same words, so
    replicas stay bitwise equal.
 
@@ -14,15 +14,15 @@ Wire bytes: 2·(P − 1)/P·n·2 per rank on average against 2·(P − 1)/P·n·
 Rabenseifner Allreduce: half. A compressed Reduce_scatter is step 1 alone (the owner keeps its
 float32 sum); a compressed Allgatherv sends the packed words; a compressed Alltoallv
 (:func:`alltoallv`: the all-to-all strategies' rows and partials) packs each other
-destination's block on its own (the rank's own block is copied at full width). The sparse
-codecs (topk, threshold) send the own chunk's slots to the rank itself like any other.
+destination's block on its own (the rank's own block is copied at full width).
 :func:`calls` is the plan of each form (the accounting records exactly those calls;
 :mod:`desmpi.strategies.plans` uses it).
 
 ``topk`` (``dist.compress_ratio`` = r) compresses the dense gradients (:attr:`Wire.dense`,
 with error feedback; the partials and their gradients go as bf16, :attr:`Wire.partials`): in
-step 1 each chunk of m floats travels as its ⌈r·m⌉ largest-magnitude entries, 3 words each
-(16-bit index halves and a bf16 value); the receiver adds them into its float32 block; step 2
+step 1 each other rank's chunk of m floats travels as its ⌈r·m⌉ largest-magnitude entries, 3
+words each (16-bit index halves and a bf16 value); the receiver adds them into its float32
+block, which starts as its own chunk (all of it, exact); step 2
 (the Allgatherv of the sums) is dense bf16. (:func:`allgatherv` can send each rank's block as
 top-k triples too.) The counts follow from the sizes alone, so plans stay exact.
 
@@ -189,8 +189,7 @@ def calls(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.1
 
     def scattered(w: np.ndarray) -> np.ndarray:  # step 1's (P, P) words: row i from rank i
         m = np.tile(w, (P, 1))
-        if codec not in SPARSE:
-            np.fill_diagonal(m, 0)  # a dense codec's own chunk stays home unpacked
+        np.fill_diagonal(m, 0)  # the own chunk stays home, unpacked
         return m
 
     if kind == "allreduce":
@@ -329,29 +328,57 @@ def _scatter_dense(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, ou
     return sum_packed(codec, recv, comm.size - 1, out, init=x[own])
 
 
-def _encode_feedback(x: np.ndarray, r: np.ndarray, blocks: np.ndarray, codec: str,
-                     ratio: float, bufs: Buffers, thr: Threshold | None) -> np.ndarray | None:
-    """A sparse codec's error feedback in place (x, r: flat float32): the words of x + r,
-    and r = what they lost; x is left as it was. None (nothing done) otherwise."""
-    if x.dtype != np.float32 or r.dtype != np.float32:
-        return None
-    np.add(x, r, out=r)  # v = x + r kept in r; the kept slots' values leave it there
-    return _encode(r, blocks, codec, ratio, bufs, thr, feedback=True)[0]
+def _slots(v: np.ndarray, bounds: np.ndarray, codec: str, ratio: float, tau: float,
+           dec: np.ndarray | None, q: np.ndarray, feedback: bool) -> np.ndarray | None:
+    """Pack v's chunks (``bounds`` from 0) as topk's or threshold's slots into q; returns
+    the decoded floats (None with ``feedback``: v becomes what the slots left out)."""
+    if codec == "topk":
+        return pack_topk(v, bounds, ratio, dec, q, feedback)[1]
+    return pack_threshold(v, bounds, ratio, tau, dec, q, feedback)[1]
 
 
-def _reduce_scatter_packed(comm: Comm, q: np.ndarray, blocks: np.ndarray, codec: str,
-                           ratio: float, out: np.ndarray, bufs: Buffers) -> np.ndarray:
-    """Step 1 under a sparse codec: every chunk's slots (the own one's too) by one Alltoallv,
-    added into a float32 block in rank order."""
+def _scatter_sparse(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float,
+                    out: np.ndarray, bufs: Buffers, residual: np.ndarray | None = None,
+                    thr: Threshold | None = None) -> np.ndarray:
+    """Step 1 under topk / threshold: each other rank's chunk of v = x (+ residual) as its
+    slots (threshold: τ from the whole of v), one Alltoallv, and out (float32) = this rank's
+    own chunk of v, exact (it never leaves the rank), + the slots received, added in rank
+    order. With ``residual``: it becomes what the slots left out, 0 on the own chunk."""
     P, r = comm.size, comm.rank
+    b = np.concatenate([[0], np.cumsum(blocks)])
+    lo, hi = int(b[r]), int(b[r + 1])
+    fused = residual is not None and x.dtype == residual.dtype == np.float32
+    if fused:  # v = x + r kept in r; the slots' values leave it there
+        v = np.add(x, residual, out=residual)
+    else:
+        if residual is not None:
+            x += residual
+        v = x
+    tau = (thr if thr is not None else Threshold(every=1)).value(v, ratio) \
+        if codec == "threshold" else 0.0
     wb = words(blocks, codec, ratio)
-    w = int(wb[r])
-    recv, _ = comm.alltoallv(q, wb, np.full(P, w, dtype=np.int64),
-                             out=bufs.get("recv", P * w, np.uint16))
+    wlo = int(wb[:r].sum())
+    q = bufs.get("sq", int(wb.sum() - wb[r]), np.uint16)
+    for sl, bb, qq in ((slice(0, lo), b[:r + 1], q[:wlo]),
+                       (slice(hi, x.size), b[r + 1:] - hi, q[wlo:])):
+        if bb.size < 2:
+            continue
+        dec = None if fused else bufs.get("dec", sl.stop - sl.start, np.float32)
+        dec = _slots(v[sl], bb, codec, ratio, tau, dec, qq, fused)
+        if residual is not None and not fused:
+            np.subtract(v[sl], dec, out=residual[sl])
     flat = out.reshape(-1)
     acc = flat if flat.dtype == np.float32 else bufs.get("acc", flat.size, np.float32)
-    acc.fill(0.0)
-    for j in range(P):  # rank order: the same bits on every rank that sums these chunks
+    acc[:] = v[lo:hi]
+    if residual is not None:
+        residual[lo:hi] = 0.0
+    send = wb.copy()
+    recvc = np.full(P, wb[r], dtype=np.int64)
+    send[r] = recvc[r] = 0
+    recv, _ = comm.alltoallv(q, send, recvc,
+                             out=bufs.get("recv", int(recvc.sum()), np.uint16))
+    w = int(wb[r])
+    for j in range(P - 1):  # the other ranks in rank order (every owner sums alike)
         add_topk(recv[j * w:(j + 1) * w], acc)
     if acc is not flat:
         flat[:] = acc
@@ -370,14 +397,7 @@ def _allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | Non
     if codec not in SPARSE:
         _scatter_dense(comm, flat, ch, codec, mine, bufs, res)
     else:
-        q = None if res is None else _encode_feedback(flat, res, ch, codec, ratio, bufs, thr)
-        if q is None:  # add, pack, subtract what the slots sent
-            if res is not None:
-                flat += res
-            q, dec = _encode(flat, ch, codec, ratio, bufs, thr)
-            if res is not None:
-                np.subtract(flat, dec, out=res)
-        _reduce_scatter_packed(comm, q, ch, codec, ratio, mine, bufs)
+        _scatter_sparse(comm, flat, ch, codec, ratio, mine, bufs, res, thr)
     allq = comm.allgatherv(pack_chunks(wire, mine, [mine.size],
                                        bufs.get("qm", int(wch[r]), np.uint16)), wch,
                            out=bufs.get("allq", int(wch.sum()), np.uint16))
@@ -394,8 +414,7 @@ def _reduce_scatter(comm: Comm, x: np.ndarray, recvcounts, codec: str, out: np.n
     if codec not in SPARSE:
         _scatter_dense(comm, x.reshape(-1), blocks, codec, o, bufs)
     else:
-        _reduce_scatter_packed(comm, _encode(x, blocks, codec, ratio, bufs)[0], blocks, codec,
-                               ratio, o, bufs)
+        _scatter_sparse(comm, x.reshape(-1), blocks, codec, ratio, o, bufs)
     if o is not out:
         out.reshape(-1)[:] = o
     return out

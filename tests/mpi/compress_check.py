@@ -93,17 +93,15 @@ def sparse_q(codec, x, bounds, ratio):
     return (topk_q if codec == "topk" else threshold_q)(x, bounds, ratio)
 
 
-def owner_sums(data, sent, bounds, sparse):
-    """What the owners of the chunks sum (float32): under a dense codec each owner starts from
-    its own chunk exactly (it never leaves the rank) and adds the others' as sent, in rank
-    order; a sparse codec's owner adds every rank's slots, its own too, in rank order."""
+def owner_sums(data, sent, bounds):
+    """What the owners of the chunks sum (float32): each owner starts from its own chunk
+    exactly (it never leaves the rank) and adds the others' as sent, in rank order."""
     acc = np.zeros(bounds[-1], np.float32)
     for c in range(len(bounds) - 1):
         sl = slice(bounds[c], bounds[c + 1])
-        if not sparse:
-            acc[sl] = data[c][sl]
+        acc[sl] = data[c][sl]
         for j, s in enumerate(sent):
-            if sparse or j != c:
+            if j != c:
                 acc[sl] += s[sl]
     return acc
 
@@ -122,26 +120,24 @@ def main() -> None:
         # travel dense (bf16 for topk)
         sent = [sparse_q(codec, d, bounds, ratio) if sparse else dense_q(codec, d, bounds)
                 for d in data]
-        want = dense_q("bf16" if sparse else codec, owner_sums(data, sent, bounds, sparse),
-                       bounds)
+        want = dense_q("bf16" if sparse else codec, owner_sums(data, sent, bounds), bounds)
         got = C.allreduce(comm, data[r].copy(), codec, ratio=ratio)
         assert np.array_equal(got, want), f"allreduce {codec}"
         # error feedback: the residual is what this rank's packing lost (nothing on its own
-        # chunk under a dense codec: not packed)
+        # chunk: not packed)
         res = np.full(n, 0.01, np.float32)
         x = data[r].copy()
         C.allreduce(comm, x, codec, res, ratio)
         mine = data[r] + np.float32(0.01)
         seen = sparse_q(codec, mine, bounds, ratio) if sparse else dense_q(codec, mine, bounds)
-        if not sparse:
-            seen[bounds[r]:bounds[r + 1]] = mine[bounds[r]:bounds[r + 1]]
+        seen[bounds[r]:bounds[r + 1]] = mine[bounds[r]:bounds[r + 1]]
         assert np.array_equal(res, mine - seen), f"residual {codec}"
         # ... and the sum is that of what every rank packed from its x + residual
         fed = [d + np.float32(0.01) for d in data]
         sent = [sparse_q(codec, d, bounds, ratio) if sparse else dense_q(codec, d, bounds)
                 for d in fed]
         assert np.array_equal(x, dense_q("bf16" if sparse else codec,
-                                         owner_sums(fed, sent, bounds, sparse), bounds)), \
+                                         owner_sums(fed, sent, bounds), bounds)), \
             f"allreduce with error feedback {codec}"
         # reduce_scatter into unequal blocks
         blocks = np.array([(j * 37) % 101 + 1 for j in range(P)])
@@ -150,7 +146,7 @@ def main() -> None:
             bb = np.concatenate([[0], np.cumsum(blocks)])
             sent = [sparse_q(codec, d, bb, ratio) if sparse else dense_q(codec, d, bb)
                     for d in data]
-            acc = owner_sums(data, sent, bb, sparse)
+            acc = owner_sums(data, sent, bb)
             out = np.empty(blocks[r], np.float32)
             C.reduce_scatter(comm, data[r], blocks, codec, out, ratio)
             assert np.array_equal(out, acc[bb[r]:bb[r + 1]]), f"reduce_scatter {codec}"
@@ -280,9 +276,10 @@ def codec_work_is_what_the_kernels_do(x, n: int) -> None:
                 want = codec_work(kind.split("+")[0], counts, P, codec, 0.25, fb)[r]
                 got = seen.copy()
                 got[2] = len(c2.acct.log)  # the collectives of packed words
-                if codec in C.SPARSE:  # numpy's passes: the zeroed block, the residual added
+                if codec in C.SPARSE:  # numpy's passes: the zeroed block (Allgatherv) or the
+                    # own chunk copied, the residual added and the own chunk's zeroed
                     block = {"allgatherv": sizes.sum()}.get(kind.split("+")[0], ch[r])
-                    got[0] += block + (n if fb else 0)
+                    got[0] += block + (n + ch[r] if fb else 0)
                 if kind == "alltoallv":  # the own block copied
                     got[0] += S[r, r]
                 if fb and codec not in C.SPARSE and unfused[0]:  # FEEDBACK_PASSES: 3
