@@ -161,20 +161,21 @@ def write_markdown(path: Path, rep: dict, a) -> None:
     # 4. codec cost
     k, st = rep["codec_s"], rep["deepfm_b4096_step_s"]
     ins = rep.get("deepfm_b4096_codec_in_step_s", {})
+    alone = rep.get("codec_alone_ranks")  # None: reports from before MirrorComm
     L += ["## Pack/unpack cost", "",
           "Codec work of one DeepFM des/reduce_scatter step at batch 4096 under each method, "
           "two ways. *In the 2-rank step*: measured inside the real runs below — the time of "
           "the compressed calls less that of the collectives inside them (`bench train`'s "
           "`codec_s`: median per step, the most of either rank), and its share of that step. "
           "*Alone*: "
-          + ("as rank 0 of two in one process (`MirrorComm`: the peer sends what the rank "
-             "sends it; the local copies that stand in for the network included)"
-             if rep.get("codec_alone_ranks") == 2 else "on a size-1 communicator")
+          + (f"as rank 0 of {alone} in one process (`MirrorComm`: the peers send what the "
+             "rank sends them; the local copies that stand in for the network included)"
+             if alone else "on a size-1 communicator")
           + f" (median of 15), the partials' Reduce_scatter "
           f"(4096 × {rep['deepfm_W']} floats) and their gradients' Allgatherv under the "
           f"partials' codec, and the dense gradients' Allreduce ({rep['deepfm_D']} floats, "
           "error feedback) under the dense codec, with cold caches — "
-          + ("one rank's work at P = 2" if rep.get("codec_alone_ranks") == 2 else
+          + (f"one rank's work at P = {alone}" if alone else
              "an upper bound of one rank's work at P = 2")
           + ", as a share of the uncompressed step.", "",
           "| method | in the 2-rank step: ms | share of that step | alone: ms | share of the "
