@@ -223,7 +223,7 @@ class DistConfig:
     @property
     def wire(self):
         """The payload encodings (:class:`desmpi.strategies.compressed.Wire`)."""
-        from desmpi.strategies.compressed import Wire
+        from desmpi.strategies.wire import Wire
 
         return Wire(self.compress, self.compress_ratio, self.keys, self.compress_every,
                     self.compress_partials, self.compress_partial_grads)

@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 from compression_report import write_markdown  # scripts/, beside this file
 
-from desmpi.comm import Comm, MirrorComm
+from desmpi.bench.mirror import MirrorComm
+from desmpi.comm import Comm
 from desmpi.config import load
 from desmpi.data.convert import convert
 from desmpi.data.h5 import CtrDataset
@@ -52,9 +53,9 @@ from desmpi.launch import run_json
 from desmpi.models import build_model
 from desmpi.samples import criteo_sample
 from desmpi.strategies import compressed
-from desmpi.strategies.compressed import Wire
 from desmpi.strategies.counts import ModelDims, count_step
 from desmpi.strategies.plans import traffic
+from desmpi.strategies.wire import Wire
 from desmpi.variants import Variant
 from sim.accounting import Layout
 
@@ -161,7 +162,7 @@ CODEC_ALONE_RANKS = 2  # codec_cost times a rank of this many
 
 def codec_cost(B: int, dims: ModelDims, methods: dict[str, Wire], reps: int = 15) -> dict:
     """Median seconds of one des/reduce_scatter step's compressed calls under each method, as
-    rank 0 of two in one process (:class:`desmpi.comm.MirrorComm`: the peer sends what the
+    rank 0 of two in one process (:class:`desmpi.bench.mirror.MirrorComm`: the peer sends what the
     rank sends it): the partials' compressed Reduce_scatter (B × W floats) and their
     gradients' Allgatherv under ``wire.partial_grads``, and the dense gradients' Allreduce (D
     floats, error feedback; threshold keeps its τ from call to call, re-estimated every 16th)

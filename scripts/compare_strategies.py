@@ -28,9 +28,9 @@ from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.launch import run_json
 from desmpi.models import build_model
-from desmpi.strategies.compressed import FULL, Wire
 from desmpi.strategies.counts import ModelDims, count_step
 from desmpi.strategies.plans import traffic
+from desmpi.strategies.wire import FULL, Wire
 from desmpi.variants import COMPARED, Variant
 from sim.accounting import Layout
 

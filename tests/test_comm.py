@@ -82,7 +82,7 @@ def test_mirror_comm_peers_send_what_the_rank_sends():
     or padded with zeros to the counts) — the calls recorded as P-rank collectives; other
     collectives refused. A compressed Reduce_scatter on it: the own chunk exact plus the
     mirrored chunk's bf16."""
-    from desmpi.comm import MirrorComm
+    from desmpi.bench.mirror import MirrorComm
     from desmpi.kernels.compress import pack, unpack
     from desmpi.strategies import compressed
 

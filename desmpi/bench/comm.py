@@ -7,7 +7,8 @@ import time
 
 import numpy as np
 
-from desmpi.comm import Comm, MirrorComm
+from desmpi.bench.mirror import MirrorComm
+from desmpi.comm import Comm
 
 KINDS = ("allreduce", "allgatherv", "reduce_scatter", "alltoallv")
 FLUSH_BYTES = 64 << 20  # streamed before each large timed codec call: more than a last-level
@@ -157,7 +158,7 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
     """Compressed communication's own rates on this process (the cost model's
     ``codec_elems_per_s``, ``codec_call_s``, ``select_elems_per_s``): the compressed forms of
     :mod:`desmpi.strategies.compressed` run as rank 0 of :data:`CODEC_RANKS` on one process
-    (:class:`desmpi.comm.MirrorComm`: the peers send what the rank sends them, and the
+    (:class:`desmpi.bench.mirror.MirrorComm`: the peers send what the rank sends them, and the
     collectives inside are local copies, which their accounting leaves out as a run's does;
     at one rank the forms would be degenerate — a dense codec packs no chunk of its own, so a
     Reduce_scatter there is one copy), each call timed as

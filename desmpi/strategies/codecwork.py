@@ -9,7 +9,7 @@ import numpy as np
 
 from desmpi.data.slicing import split_counts
 from desmpi.kernels.slots import topk_count
-from desmpi.strategies.compressed import SPARSE
+from desmpi.strategies.wire import SPARSE
 
 CODEC_TERMS = ("codec_elems", "select_elems", "codec_calls")  # the columns of codec_work
 # element passes error feedback adds to a float32 vector's packing: per element packed, none

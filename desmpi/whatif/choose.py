@@ -28,7 +28,7 @@ from pathlib import Path
 
 from desmpi.comm import Comm
 from desmpi.data.h5 import CtrDataset
-from desmpi.strategies.compressed import FULL, Wire, rated_codecs
+from desmpi.strategies.wire import FULL, Wire, rated_codecs
 from desmpi.variants import Variant, parse
 from sim.cluster import Cluster, ComputeRates, Level, load_cluster
 

@@ -16,9 +16,9 @@ from desmpi.data.h5 import CtrDataset
 from desmpi.models import Model
 from desmpi.strategies import plans
 from desmpi.strategies.codecwork import CODEC_TERMS
-from desmpi.strategies.compressed import FULL, Wire
 from desmpi.strategies.counts import ModelDims, StepCounts, count_step
 from desmpi.strategies.plans import collectives
+from desmpi.strategies.wire import FULL, Wire
 from desmpi.variants import Variant
 from sim.accounting import TEXTBOOK, Layout
 from sim.cluster import Cluster, ComputeRates

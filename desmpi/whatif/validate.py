@@ -40,7 +40,7 @@ from desmpi.config import load
 from desmpi.data.h5 import CtrDataset
 from desmpi.data.synth import SynthSpec, generate
 from desmpi.launch import ROOT, run_json
-from desmpi.strategies.compressed import rated_codecs
+from desmpi.strategies.wire import rated_codecs
 from desmpi.variants import Variant
 from desmpi.whatif.simulate import ModelInfo, comm_time, predict, profile
 from sim.accounting import Layout
