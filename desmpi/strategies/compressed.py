@@ -153,60 +153,65 @@ def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: B
     return q, dec
 
 
-def _pack_others(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, bufs: Buffers,
-                 residual: np.ndarray | None) -> np.ndarray:
-    """A dense codec's words of every chunk of x (flat) but this rank's own, in rank order.
-    ``residual`` (x's shape): error feedback — each packed chunk is that of x + residual, and
-    the residual becomes what packing lost (x's chunks are left as they were, or hold
-    x + residual where no kernel fuses the feedback); the own chunk's residual is the
-    caller's (:func:`take_residual`)."""
-    r = comm.rank
+def _others(n: int, blocks: np.ndarray, r: int, wb: np.ndarray, q: np.ndarray) -> list:
+    """The parts of a vector of n floats in chunks of ``blocks`` before and after rank r's
+    own chunk, with their words' places in q (wb words a chunk, the own chunk's left out):
+    [(slice of the vector, its blocks, its words)], the parts without a chunk left out."""
     b = np.concatenate([[0], np.cumsum(blocks)])
-    lo, hi = int(b[r]), int(b[r + 1])
-    wb = words(blocks, codec)
     wlo = int(wb[:r].sum())
-    q = bufs.get("q", int(wb.sum() - wb[r]), np.uint16)
-    parts = [(slice(0, lo), blocks[:r], q[:wlo]), (slice(hi, x.size), blocks[r + 1:], q[wlo:])]
-    parts = [p for p in parts if p[1].size]  # (no kernel calls for nothing)
-    if residual is None:
-        for sl, bl, qq in parts:
-            pack_chunks(codec, x[sl], bl, qq)
-        return q
-    if x.dtype == residual.dtype == np.float32 and all(
-            [pack_feedback(codec, x[sl], residual[sl], bl, qq) for sl, bl, qq in parts]):
-        return q
-    for sl, bl, qq in parts:  # add, pack, decode, subtract
-        x[sl] += residual[sl]
-        pack_chunks(codec, x[sl], bl, qq)
-        seen = unpack_chunks(codec, qq, bl, out=bufs.get("seen", int(np.sum(bl)), np.float32))
-        np.subtract(x[sl], seen, out=residual[sl])
-    return q
+    parts = [(slice(0, int(b[r])), blocks[:r], q[:wlo]),
+             (slice(int(b[r + 1]), n), blocks[r + 1:], q[wlo:])]
+    return [p for p in parts if p[1].size]  # (no kernel calls for nothing)
 
 
-def _exchange_others(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str,
-                     bufs: Buffers, residual: np.ndarray | None) -> np.ndarray:
-    """Step 1's Alltoallv under a dense codec: the other ranks' chunks packed
-    (:func:`_pack_others`) go to their owners; returns the P − 1 chunks of this rank's
-    block received from the others, in rank order."""
+def _to_owners(comm: Comm, q: np.ndarray, wb: np.ndarray, bufs: Buffers) -> np.ndarray:
+    """Step 1's Alltoallv: q (every chunk's words but this rank's own, wb words a chunk)
+    to the chunks' owners; returns the P − 1 chunks of this rank's block the others sent, in
+    rank order."""
     P, r = comm.size, comm.rank
-    q = _pack_others(comm, x, blocks, codec, bufs, residual)
-    send = words(blocks, codec)
-    recvc = np.full(P, send[r], dtype=np.int64)
+    send = wb.copy()
+    recvc = np.full(P, wb[r], dtype=np.int64)
     send[r] = recvc[r] = 0
     return comm.alltoallv(q, send, recvc,
                           out=bufs.get("recv", int(recvc.sum()), np.uint16))[0]
 
 
+def _pack_others(x: np.ndarray, parts: list, codec: str, bufs: Buffers,
+                 residual: np.ndarray | None) -> None:
+    """A dense codec's words of the :func:`_others` parts of x (flat). ``residual`` (x's
+    shape): error feedback — each packed chunk is that of x + residual, and the residual
+    becomes what packing lost (x's chunks are left as they were, or hold x + residual where
+    no kernel fuses the feedback); the own chunk's residual is the caller's
+    (:func:`take_residual`)."""
+    if residual is None:
+        for sl, bl, qq in parts:
+            pack_chunks(codec, x[sl], bl, qq)
+        return
+    if x.dtype == residual.dtype == np.float32 and all(
+            [pack_feedback(codec, x[sl], residual[sl], bl, qq) for sl, bl, qq in parts]):
+        return
+    for sl, bl, qq in parts:  # add, pack, decode, subtract
+        x[sl] += residual[sl]
+        pack_chunks(codec, x[sl], bl, qq)
+        seen = unpack_chunks(codec, qq, bl, out=bufs.get("seen", int(np.sum(bl)), np.float32))
+        np.subtract(x[sl], seen, out=residual[sl])
+
+
 def _scatter_dense(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, out: np.ndarray,
                    bufs: Buffers, residual: np.ndarray | None = None) -> np.ndarray:
-    """Step 1 under a dense codec: out (float32) = this rank's own chunk of x (with its
-    residual taken: :func:`take_residual`) + the chunks received decoded, in rank order. The
-    own chunk never leaves the rank, so it is neither packed nor rounded."""
-    lo = int(np.sum(blocks[:comm.rank]))
-    own = slice(lo, lo + int(blocks[comm.rank]))
+    """Step 1 under a dense codec: the other ranks' chunks packed (:func:`_pack_others`) go
+    to their owners; out (float32) = this rank's own chunk of x (with its residual taken:
+    :func:`take_residual`) + the chunks received decoded, in rank order. The own chunk never
+    leaves the rank, so it is neither packed nor rounded."""
+    r = comm.rank
+    lo = int(np.sum(blocks[:r]))
+    own = slice(lo, lo + int(blocks[r]))
     if residual is not None:
         take_residual(x[own], residual[own])
-    recv = _exchange_others(comm, x, blocks, codec, bufs, residual)
+    wb = words(blocks, codec)
+    q = bufs.get("q", int(wb.sum() - wb[r]), np.uint16)
+    _pack_others(x, _others(x.size, blocks, r, wb, q), codec, bufs, residual)
+    recv = _to_owners(comm, q, wb, bufs)
     return sum_packed(codec, recv, comm.size - 1, out, init=x[own])
 
 
@@ -227,8 +232,8 @@ def _scatter_sparse(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, r
     own chunk of v, exact (it never leaves the rank), + the slots received, added in rank
     order. With ``residual``: it becomes what the slots left out, 0 on the own chunk."""
     P, r = comm.size, comm.rank
-    b = np.concatenate([[0], np.cumsum(blocks)])
-    lo, hi = int(b[r]), int(b[r + 1])
+    lo = int(np.sum(blocks[:r]))
+    hi = lo + int(blocks[r])
     fused = residual is not None and x.dtype == residual.dtype == np.float32
     if fused:  # v = x + r kept in r; the slots' values leave it there
         v = np.add(x, residual, out=residual)
@@ -239,14 +244,11 @@ def _scatter_sparse(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, r
     tau = (thr if thr is not None else Threshold(every=1)).value(v, ratio) \
         if codec == "threshold" else 0.0
     wb = words(blocks, codec, ratio)
-    wlo = int(wb[:r].sum())
     q = bufs.get("sq", int(wb.sum() - wb[r]), np.uint16)
-    for sl, bb, qq in ((slice(0, lo), b[:r + 1], q[:wlo]),
-                       (slice(hi, x.size), b[r + 1:] - hi, q[wlo:])):
-        if bb.size < 2:
-            continue
+    for sl, bl, qq in _others(x.size, blocks, r, wb, q):
         dec = None if fused else bufs.get("dec", sl.stop - sl.start, np.float32)
-        dec = _slots(v[sl], bb, codec, ratio, tau, dec, qq, fused)
+        dec = _slots(v[sl], np.concatenate([[0], np.cumsum(bl)]), codec, ratio, tau, dec, qq,
+                     fused)
         if residual is not None and not fused:
             np.subtract(v[sl], dec, out=residual[sl])
     flat = out.reshape(-1)
@@ -254,11 +256,7 @@ def _scatter_sparse(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, r
     acc[:] = v[lo:hi]
     if residual is not None:
         residual[lo:hi] = 0.0
-    send = wb.copy()
-    recvc = np.full(P, wb[r], dtype=np.int64)
-    send[r] = recvc[r] = 0
-    recv, _ = comm.alltoallv(q, send, recvc,
-                             out=bufs.get("recv", int(recvc.sum()), np.uint16))
+    recv = _to_owners(comm, q, wb, bufs)
     w = int(wb[r])
     for j in range(P - 1):  # the other ranks in rank order (every owner sums alike)
         add_topk(recv[j * w:(j + 1) * w], acc)
