@@ -95,7 +95,7 @@ class Trainer:
                       for c in cands}
         for s in strategies.values():  # one error-feedback state and scratch for all
             s._residuals, s.bufs = self.strategy._residuals, self.strategy.bufs
-            s._thresholds = self.strategy._thresholds
+            s._thresholds, s._own_clean = self.strategy._thresholds, self.strategy._own_clean
         return Trial(self.comm, strategies, dc.auto_trial_steps, dc.auto_trial_s,
                      MAX_ROUNDS, max_steps=self.total_steps // 2)  # at most half the run
 

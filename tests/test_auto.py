@@ -306,9 +306,10 @@ def test_routing_work_follows_each_strategy(data):
 def test_compression_work_follows_the_compressed_payloads(data):
     """dist.compress in the cost model: the mean rank's element passes and calls, closed forms
     from the step's counts. A compressed Allreduce of n floats (error feedback fused under
-    bf16): pack the n − n/P floats of the other ranks' chunks, read the own chunk's
-    residual (n/P: zero, nothing to add), decode and sum n − n/P and start from the own n/P,
-    pack its n/P sums, decode n, two calls; Reduce_scatter: the same first step; Allgatherv:
+    bf16): pack the n − n/P floats of the other ranks' chunks (the own chunk's residual,
+    zero, not read), decode and sum n − n/P and start from the own n/P, pack its n/P sums
+    and decode them in the pass that adds the last chunk (n/P), decode the others' n − n/P,
+    two calls; Reduce_scatter: the same first step; Allgatherv:
     pack n/P, decode n; Alltoallv: pack what a rank sends others, decode what it receives
     from them, copy its own block. DES packs its partials (reduce_scatter: Z and gZ) and its
     dense gradients; ps, a2a and des-a2a their exchanged rows, pooled parts or partials and
@@ -330,7 +331,7 @@ def test_compression_work_follows_the_compressed_payloads(data):
         assert {k: getattr(full, k) for k in zero} == zero, v
         bf = step_work(v, c, info[v], Wire("bf16"))
         assert replace(bf, **zero) == full, v  # nothing else changes
-        dense = 3 * d.D + d.D / P  # the dense gradients' Allreduce (own chunk: read, not packed)
+        dense = 3 * d.D - d.D / P  # the dense gradients' Allreduce
         if v.strategy == "des":  # Reduce_scatter, Allgatherv
             fwd, bwd = 2 * B * d.W - B * d.W / P, B * d.W / P + B * d.W
         else:

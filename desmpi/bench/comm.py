@@ -204,7 +204,7 @@ def codec_rates(codec: str = "bf16", select: str = "threshold", repeats: int = 5
             np.add(flush, 1.0, out=flush)
             c0 = bufs.codec_s
             if kind == "allreduce":
-                cx.allreduce(comm, x.copy(), c, r, bufs=bufs, thr=thr)
+                cx.allreduce(comm, x.copy(), c, r, bufs=bufs, thr=thr, own_clean=rep > 0)
             elif kind == "reduce_scatter":
                 cx.reduce_scatter(comm, x, counts(kind, n), c, out[:n // P], bufs=bufs)
             elif kind == "allgatherv":

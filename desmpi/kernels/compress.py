@@ -8,7 +8,8 @@
 * int8: block-wise absmax quantisation, :mod:`desmpi.kernels.int8`.
 
 :func:`sum_packed` decodes P chunks of m words each and sums them in float32 (rank order, so
-every rank that sums the same chunks gets the same bits).
+every rank that sums the same chunks gets the same bits); :func:`finish_sum` (bf16) adds the
+last of them, packs the sum and decodes it back in one pass.
 """
 
 from __future__ import annotations
@@ -183,24 +184,36 @@ def unpack(codec: str, q: np.ndarray, dtype=np.float32, out: np.ndarray | None =
 @nb.njit(cache=True, nogil=True)
 def _sum_bf16(q: np.ndarray, P: int, m: int, out: np.ndarray) -> None:
     """out (m,) += the P chunks of q decoded, in rank order."""
-    u = np.empty(1, dtype=np.uint32)
-    f = u.view(np.float32)
     for j in range(P):  # rank order; the inner loop runs over contiguous words
-        base = j * m
+        c = q[j * m:(j + 1) * m]  # (a slice: q[j * m + i] would not vectorise)
         for i in range(m):
-            u[0] = np.uint32(q[base + i]) << 16
-            out[i] += f[0]
+            out[i] += _float_of(np.uint32(np.uint32(c[i]) << np.uint32(16)))
 
 
 @nb.njit(cache=True, nogil=True)
 def _start_bf16(q: np.ndarray, m: int, init: np.ndarray, out: np.ndarray) -> None:
     """out (m,) = init + the first chunk of q decoded (one pass: the sum's start and its
     first term)."""
-    u = np.empty(1, dtype=np.uint32)
-    f = u.view(np.float32)
     for i in range(m):
-        u[0] = np.uint32(q[i]) << 16
-        out[i] = np.float32(init[i]) + f[0]
+        out[i] = np.float32(init[i]) + _float_of(np.uint32(np.uint32(q[i]) << np.uint32(16)))
+
+
+@nb.njit(cache=True, nogil=True)
+def _finish_bf16(q: np.ndarray, P: int, m: int, x: np.ndarray, qm: np.ndarray) -> None:
+    """x (m,) float32 += the P chunks of q decoded, in rank order; then qm = x's bf16 words
+    and x = their value. The last chunk's add, the packing and the decoding in one pass."""
+    if P == 0:  # (x + 0 would turn −0 into +0)
+        for i in range(m):
+            h = _bf16_of(_bits_of(x[i]))
+            qm[i] = h
+            x[i] = _float_of(np.uint32(np.uint32(h) << np.uint32(16)))
+        return
+    _sum_bf16(q, P - 1, m, x)
+    last = q[(P - 1) * m:]
+    for i in range(m):
+        h = _bf16_of(_bits_of(x[i] + _float_of(np.uint32(np.uint32(last[i]) << np.uint32(16)))))
+        qm[i] = h
+        x[i] = _float_of(np.uint32(np.uint32(h) << np.uint32(16)))
 
 
 @nb.njit(cache=True, nogil=True)
@@ -242,3 +255,16 @@ def sum_packed(codec: str, q: np.ndarray, P: int, out: np.ndarray,
     else:
         f16.sum_chunks(q, P, m, o, add=True)
     return out
+
+
+def finish_sum(codec: str, q: np.ndarray, P: int, x: np.ndarray, qm: np.ndarray) -> np.ndarray:
+    """A compressed Allreduce's owner step after the sum's start, in one pass (bf16): x (m,
+    float32, the sum so far: this rank's own chunk) += the P chunks of q (m words each)
+    decoded, in rank order; then qm (m words) = the sum's bf16 words, which the Allgatherv
+    sends, and x = their value, what every other rank decodes from them."""
+    m = x.size
+    if codec != "bf16" or x.dtype != np.float32 or q.size != P * m or qm.size != m:
+        raise ValueError(f"finish_sum: bf16 on float32 only, {P} chunks of {m} words "
+                         f"({codec}, {x.dtype}, {q.size} words, {qm.size} out)")
+    _finish_bf16(q, P, m, x, qm)
+    return qm

@@ -15,11 +15,15 @@ CODEC_TERMS = ("codec_elems", "select_elems", "codec_calls")  # the columns of c
 # element passes error feedback adds to a float32 vector's packing: per element packed, none
 # where a kernel fuses it (bf16, fp16: :func:`desmpi.kernels.compress.pack_feedback`), the
 # residual added, the words decoded and subtracted (int8); per element of the vector, the
-# residual added (topk, threshold: they keep it). The own chunk, not packed, takes 1 more a
-# float: a dense codec reads its residual (0 but after a restore onto other chunks), a
-# sparse one zeroes it.
+# residual added (topk, threshold: they keep it). The own chunk, not packed: a dense codec
+# leaves its residual at 0 and does not read it (a strategy's calls after the first with the
+# same P, ``own_clean``); a sparse one zeroes it, 1 pass a float.
 FEEDBACK_PASSES = {"bf16": 0, "fp16": 0, "int8": 3, "topk": 1, "threshold": 1}
-OWN_FEEDBACK_PASSES = 1
+OWN_FEEDBACK_PASSES = {"bf16": 0, "fp16": 0, "int8": 0, "topk": 1, "threshold": 1}
+# passes of an Allreduce's own sum once summed: packed, and decoded by the owner from its
+# words like every other chunk (2); bf16 packs and decodes it in the pass that adds the last
+# chunk received (:func:`desmpi.kernels.compress.finish_sum`: 1)
+OWN_SUM_PASSES = {"bf16": 1}
 
 
 def codec_work(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.1,
@@ -55,10 +59,11 @@ def codec_work(kind: str, counts, P: int, codec: str = "bf16", ratio: float = 0.
         n = int(c[0])
         ch = split_counts(n, P).astype(np.float64)
         scattered(n, ch)
-        out[:, 0] += ch + n  # the own sum packed, everything decoded
+        # the own sum packed and decoded, the others' decoded (float32 vectors, as training's)
+        out[:, 0] += OWN_SUM_PASSES.get(codec, 2) * ch + n - ch
         if feedback:
             out[:, 0] += FEEDBACK_PASSES[codec] * (n if sparse else n - ch) \
-                + OWN_FEEDBACK_PASSES * ch
+                + OWN_FEEDBACK_PASSES[codec] * ch
         out[:, 2] = 2
     elif kind == "reduce_scatter":
         scattered(int(c.sum()), c.astype(np.float64))

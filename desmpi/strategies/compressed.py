@@ -59,6 +59,7 @@ import numpy as np
 from desmpi.comm import Comm
 from desmpi.data.slicing import split_counts
 from desmpi.kernels.compress import (
+    finish_sum,
     pack_chunks,
     pack_feedback,
     sum_packed,
@@ -100,6 +101,7 @@ class Buffers:
 
     def __init__(self) -> None:
         self._a: dict[str, np.ndarray] = {}
+        self._memo: dict[tuple, object] = {}
         self.codec_s = 0.0
 
     @contextmanager
@@ -112,6 +114,14 @@ class Buffers:
             yield
         finally:
             self.codec_s += time.perf_counter() - t0 - (acct.time_s(scope) - c0)
+
+    def memo(self, key: tuple, make):
+        """``make()``, computed once per key: a call's layout (chunks, words, counts) is the
+        same every step, and rebuilding it cost more than a tenth of the codec's time."""
+        v = self._memo.get(key)
+        if v is None:
+            v = self._memo[key] = make()
+        return v
 
     def get(self, name: str, n: int, dtype) -> np.ndarray:
         a = self._a.get(name)
@@ -153,65 +163,85 @@ def _encode(x: np.ndarray, blocks: np.ndarray, codec: str, ratio: float, bufs: B
     return q, dec
 
 
-def _others(n: int, blocks: np.ndarray, r: int, wb: np.ndarray, q: np.ndarray) -> list:
-    """The parts of a vector of n floats in chunks of ``blocks`` before and after rank r's
-    own chunk, with their words' places in q (wb words a chunk, the own chunk's left out):
-    [(slice of the vector, its blocks, its words)], the parts without a chunk left out."""
-    b = np.concatenate([[0], np.cumsum(blocks)])
-    wlo = int(wb[:r].sum())
-    parts = [(slice(0, int(b[r])), blocks[:r], q[:wlo]),
-             (slice(int(b[r + 1]), n), blocks[r + 1:], q[wlo:])]
-    return [p for p in parts if p[1].size]  # (no kernel calls for nothing)
+@dataclass(frozen=True)
+class _Step1:
+    """Step 1's layout at rank r of a vector in chunks of ``blocks`` under a codec: the own
+    chunk [lo, hi); ``parts``, the vector before and after it as (its slice, its blocks, the
+    slice of the packed words), the parts without a chunk left out; ``nq`` words packed (the
+    own chunk's left out), ``own_words`` the own chunk's; the Alltoallv's counts."""
+
+    lo: int
+    hi: int
+    parts: tuple
+    nq: int
+    own_words: int
+    send: np.ndarray
+    recv: np.ndarray
 
 
-def _to_owners(comm: Comm, q: np.ndarray, wb: np.ndarray, bufs: Buffers) -> np.ndarray:
-    """Step 1's Alltoallv: q (every chunk's words but this rank's own, wb words a chunk)
-    to the chunks' owners; returns the P − 1 chunks of this rank's block the others sent, in
-    rank order."""
-    P, r = comm.size, comm.rank
-    send = wb.copy()
-    recvc = np.full(P, wb[r], dtype=np.int64)
-    send[r] = recvc[r] = 0
-    return comm.alltoallv(q, send, recvc,
-                          out=bufs.get("recv", int(recvc.sum()), np.uint16))[0]
+def _step1(bufs: Buffers, blocks: np.ndarray, r: int, codec: str, ratio: float) -> _Step1:
+    """The :class:`_Step1` of ``blocks`` at rank r (made once: :meth:`Buffers.memo`)."""
+    def make() -> _Step1:
+        b = np.concatenate([[0], np.cumsum(blocks)]).astype(np.int64)
+        wb = words(blocks, codec, ratio)
+        wlo, nq = int(wb[:r].sum()), int(wb.sum() - wb[r])
+        parts = [(slice(0, int(b[r])), blocks[:r].copy(), slice(0, wlo)),
+                 (slice(int(b[r + 1]), int(b[-1])), blocks[r + 1:].copy(), slice(wlo, nq))]
+        send = wb.copy()
+        recv = np.full(blocks.size, wb[r], dtype=np.int64)
+        send[r] = recv[r] = 0
+        return _Step1(int(b[r]), int(b[r + 1]), tuple(p for p in parts if p[1].size), nq,
+                      int(wb[r]), send, recv)
+    ratio = ratio if codec in SPARSE else 0.0  # (the dense codecs' words do not use it)
+    return bufs.memo(("step1", tuple(blocks.tolist()), r, codec, ratio), make)
 
 
-def _pack_others(x: np.ndarray, parts: list, codec: str, bufs: Buffers,
+def _to_owners(comm: Comm, q: np.ndarray, lay: _Step1, bufs: Buffers) -> np.ndarray:
+    """Step 1's Alltoallv: q (every chunk's words but this rank's own) to the chunks'
+    owners; returns the P − 1 chunks of this rank's block the others sent, in rank order."""
+    return comm.alltoallv(q, lay.send, lay.recv,
+                          out=bufs.get("recv", (comm.size - 1) * lay.own_words, np.uint16))[0]
+
+
+def _pack_others(x: np.ndarray, q: np.ndarray, lay: _Step1, codec: str, bufs: Buffers,
                  residual: np.ndarray | None) -> None:
-    """A dense codec's words of the :func:`_others` parts of x (flat). ``residual`` (x's
-    shape): error feedback — each packed chunk is that of x + residual, and the residual
-    becomes what packing lost (x's chunks are left as they were, or hold x + residual where
-    no kernel fuses the feedback); the own chunk's residual is the caller's
+    """A dense codec's words (into q) of the other ranks' chunks of x (flat).
+    ``residual`` (x's shape): error feedback — each packed chunk is that of x + residual, and
+    the residual becomes what packing lost (x's chunks are left as they were, or hold x +
+    residual where no kernel fuses the feedback); the own chunk's residual is the caller's
     (:func:`take_residual`)."""
     if residual is None:
-        for sl, bl, qq in parts:
-            pack_chunks(codec, x[sl], bl, qq)
+        for sl, bl, qs in lay.parts:
+            pack_chunks(codec, x[sl], bl, q[qs])
         return
     if x.dtype == residual.dtype == np.float32 and all(
-            [pack_feedback(codec, x[sl], residual[sl], bl, qq) for sl, bl, qq in parts]):
+            [pack_feedback(codec, x[sl], residual[sl], bl, q[qs]) for sl, bl, qs in lay.parts]):
         return
-    for sl, bl, qq in parts:  # add, pack, decode, subtract
+    for sl, bl, qs in lay.parts:  # add, pack, decode, subtract
         x[sl] += residual[sl]
-        pack_chunks(codec, x[sl], bl, qq)
-        seen = unpack_chunks(codec, qq, bl, out=bufs.get("seen", int(np.sum(bl)), np.float32))
+        pack_chunks(codec, x[sl], bl, q[qs])
+        seen = unpack_chunks(codec, q[qs], bl,
+                             out=bufs.get("seen", sl.stop - sl.start, np.float32))
         np.subtract(x[sl], seen, out=residual[sl])
 
 
 def _scatter_dense(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, out: np.ndarray,
-                   bufs: Buffers, residual: np.ndarray | None = None) -> np.ndarray:
+                   bufs: Buffers, residual: np.ndarray | None = None,
+                   own_clean: bool = False) -> np.ndarray | None:
     """Step 1 under a dense codec: the other ranks' chunks packed (:func:`_pack_others`) go
     to their owners; out (float32) = this rank's own chunk of x (with its residual taken:
-    :func:`take_residual`) + the chunks received decoded, in rank order. The own chunk never
-    leaves the rank, so it is neither packed nor rounded."""
-    r = comm.rank
-    lo = int(np.sum(blocks[:r]))
-    own = slice(lo, lo + int(blocks[r]))
-    if residual is not None:
+    :func:`take_residual`, unless ``own_clean`` says it holds nothing) + the chunks received
+    decoded, in rank order. The own chunk never leaves the rank, so it is neither packed nor
+    rounded. ``out`` None: returns the received chunks and leaves the sum to the caller."""
+    lay = _step1(bufs, blocks, comm.rank, codec, 0.0)
+    own = slice(lay.lo, lay.hi)
+    if residual is not None and not own_clean:
         take_residual(x[own], residual[own])
-    wb = words(blocks, codec)
-    q = bufs.get("q", int(wb.sum() - wb[r]), np.uint16)
-    _pack_others(x, _others(x.size, blocks, r, wb, q), codec, bufs, residual)
-    recv = _to_owners(comm, q, wb, bufs)
+    q = bufs.get("q", lay.nq, np.uint16)
+    _pack_others(x, q, lay, codec, bufs, residual)
+    recv = _to_owners(comm, q, lay, bufs)
+    if out is None:
+        return recv
     return sum_packed(codec, recv, comm.size - 1, out, init=x[own])
 
 
@@ -231,9 +261,8 @@ def _scatter_sparse(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, r
     slots (threshold: τ from the whole of v), one Alltoallv, and out (float32) = this rank's
     own chunk of v, exact (it never leaves the rank), + the slots received, added in rank
     order. With ``residual``: it becomes what the slots left out, 0 on the own chunk."""
-    P, r = comm.size, comm.rank
-    lo = int(np.sum(blocks[:r]))
-    hi = lo + int(blocks[r])
+    lay = _step1(bufs, blocks, comm.rank, codec, ratio)
+    lo, hi = lay.lo, lay.hi
     fused = residual is not None and x.dtype == residual.dtype == np.float32
     if fused:  # v = x + r kept in r; the slots' values leave it there
         v = np.add(x, residual, out=residual)
@@ -243,12 +272,11 @@ def _scatter_sparse(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, r
         v = x
     tau = (thr if thr is not None else Threshold(every=1)).value(v, ratio) \
         if codec == "threshold" else 0.0
-    wb = words(blocks, codec, ratio)
-    q = bufs.get("sq", int(wb.sum() - wb[r]), np.uint16)
-    for sl, bl, qq in _others(x.size, blocks, r, wb, q):
+    q = bufs.get("sq", lay.nq, np.uint16)
+    for sl, bl, qs in lay.parts:
         dec = None if fused else bufs.get("dec", sl.stop - sl.start, np.float32)
-        dec = _slots(v[sl], np.concatenate([[0], np.cumsum(bl)]), codec, ratio, tau, dec, qq,
-                     fused)
+        dec = _slots(v[sl], np.concatenate([[0], np.cumsum(bl)]), codec, ratio, tau, dec,
+                     q[qs], fused)
         if residual is not None and not fused:
             np.subtract(v[sl], dec, out=residual[sl])
     flat = out.reshape(-1)
@@ -256,9 +284,9 @@ def _scatter_sparse(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, r
     acc[:] = v[lo:hi]
     if residual is not None:
         residual[lo:hi] = 0.0
-    recv = _to_owners(comm, q, wb, bufs)
-    w = int(wb[r])
-    for j in range(P - 1):  # the other ranks in rank order (every owner sums alike)
+    recv = _to_owners(comm, q, lay, bufs)
+    w = lay.own_words
+    for j in range(comm.size - 1):  # the other ranks in rank order (every owner sums alike)
         add_topk(recv[j * w:(j + 1) * w], acc)
     if acc is not flat:
         flat[:] = acc
@@ -266,16 +294,27 @@ def _scatter_sparse(comm: Comm, x: np.ndarray, blocks: np.ndarray, codec: str, r
 
 
 def _allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None,
-               ratio: float, bufs: Buffers, thr: Threshold | None) -> np.ndarray:
+               ratio: float, bufs: Buffers, thr: Threshold | None,
+               own_clean: bool = False) -> np.ndarray:
     flat = x.reshape(-1)
-    P, r = comm.size, comm.rank
-    ch = split_counts(flat.size, P)
-    mine = bufs.get("mine", int(ch[r]), np.float32)
+    n, P, r = flat.size, comm.size, comm.rank
+    ch = bufs.memo(("chunks", n, P), lambda: split_counts(n, P))
     res = None if residual is None else residual.reshape(-1)
     wire = gathered(codec)  # the sums travel dense
-    wch = words(ch, wire)
+    wch = bufs.memo(("words", n, P, wire), lambda: words(ch, wire))
+    if codec == "bf16" and flat.dtype == np.float32:  # the owner's step in place, in one pass
+        lay = _step1(bufs, ch, r, codec, ratio)
+        lo, hi = lay.lo, lay.hi
+        recv = _scatter_dense(comm, flat, ch, codec, None, bufs, res, own_clean)
+        qm = finish_sum(codec, recv, P - 1, flat[lo:hi], bufs.get("qm", hi - lo, np.uint16))
+        allq = comm.allgatherv(qm, wch, out=bufs.get("allq", int(wch.sum()), np.uint16))
+        # the own chunk holds its decoded words already; bf16 has a word a float
+        unpack_chunks(wire, allq[:lo], [lo], out=flat[:lo])
+        unpack_chunks(wire, allq[hi:], [flat.size - hi], out=flat[hi:])
+        return x
+    mine = bufs.get("mine", int(ch[r]), np.float32)
     if codec not in SPARSE:
-        _scatter_dense(comm, flat, ch, codec, mine, bufs, res)
+        _scatter_dense(comm, flat, ch, codec, mine, bufs, res, own_clean)
     else:
         _scatter_sparse(comm, flat, ch, codec, ratio, mine, bufs, res, thr)
     allq = comm.allgatherv(pack_chunks(wire, mine, [mine.size],
@@ -304,7 +343,7 @@ def _allgatherv(comm: Comm, x: np.ndarray, counts, codec: str, out: np.ndarray,
                 ratio: float, bufs: Buffers) -> np.ndarray:
     c = np.asarray(counts, dtype=np.int64)
     if codec not in SPARSE:
-        wc = words(c, codec)
+        wc = bufs.memo(("words", tuple(c.tolist()), codec), lambda: words(c, codec))
         allq = comm.allgatherv(pack_chunks(codec, x, [x.size],
                                            bufs.get("q", int(wc[comm.rank]), np.uint16)),
                                wc, out=bufs.get("allq", int(wc.sum()), np.uint16))
@@ -371,15 +410,18 @@ def alltoallv(comm: Comm, x: np.ndarray, sendcounts, recvcounts, codec: str, dty
 
 
 def allreduce(comm: Comm, x: np.ndarray, codec: str, residual: np.ndarray | None = None,
-              ratio: float = 0.1, bufs: Buffers | None = None, thr: Threshold | None = None
-              ) -> np.ndarray:
+              ratio: float = 0.1, bufs: Buffers | None = None, thr: Threshold | None = None,
+              own_clean: bool = False) -> np.ndarray:
     """Sum x (C-contiguous floats, any shape) over ranks in place through ``codec``; with
     ``residual`` (x's shape, float32 or x's dtype), error feedback: x + residual is packed and
     residual becomes what packing lost. ``thr``: the vector's τ state under ``threshold``
-    (None: estimated at this call). ``bufs``: scratch, and where the codec time adds up."""
+    (None: estimated at this call). ``bufs``: scratch, and where the codec time adds up.
+    ``own_clean``: the residual's own chunk (this rank's of P, :func:`split_counts`) is known
+    to hold 0 — a dense codec never writes it, so it does after one call with the same P —
+    and is not read (the one pass a step would spend on it)."""
     bufs = bufs or Buffers()
     with bufs.timing(comm):
-        return _allreduce(comm, x, codec, residual, ratio, bufs, thr)
+        return _allreduce(comm, x, codec, residual, ratio, bufs, thr, own_clean)
 
 
 def reduce_scatter(comm: Comm, x: np.ndarray, recvcounts, codec: str, out: np.ndarray,

@@ -68,8 +68,7 @@ class DesReplicated(Strategy):
             if self.wire.dense == "none":
                 comm.allreduce(gw1, out=gw1)
             else:
-                compressed.allreduce(comm, gw1, self.wire.dense, self.residual("W1", gw1),
-                                     self.wire.ratio, self.bufs, self.threshold("W1"))
+                self.feedback_allreduce("W1", gw1)
             tm.lap("aggregate")
         self._check_and_update(Z, loss, t, lambda t: sparse_update(
             model, occ, kg, self.table, self.sparse_opt, t))

@@ -139,6 +139,13 @@ def main() -> None:
         assert np.array_equal(x, dense_q("bf16" if sparse else codec,
                                          owner_sums(fed, sent, bounds), bounds)), \
             f"allreduce with error feedback {codec}"
+        # own_clean: a residual whose own chunk holds 0 need not be read there (the same sums)
+        held = np.full(n, 0.01, np.float32)
+        held[bounds[r]:bounds[r + 1]] = 0.0
+        a, b, ra, rb = data[r].copy(), data[r].copy(), held.copy(), held.copy()
+        C.allreduce(comm, a, codec, ra, ratio)
+        C.allreduce(comm, b, codec, rb, ratio, own_clean=True)
+        assert np.array_equal(a, b) and np.array_equal(ra, rb), f"own_clean {codec}"
         # reduce_scatter into unequal blocks
         blocks = np.array([(j * 37) % 101 + 1 for j in range(P)])
         blocks[-1] = n - blocks[:-1].sum() if n > blocks[:-1].sum() else blocks[-1]
@@ -233,6 +240,8 @@ def codec_work_is_what_the_kernels_do(x, n: int) -> None:
     count("sum_packed", 0,
           lambda codec, q, P_, out, init=None: (P_ + (init is not None)) * out.size)
     count("take_residual", 0, lambda v, res: res.size)  # the own chunk's residual read
+    # the sum's start (the own chunk), the chunks received, and the own sum packed and decoded
+    count("finish_sum", 0, lambda codec, q, P_, v, qm: (P_ + 2) * v.size)
     fused = C.pack_feedback
     wrapped["pack_feedback"] = fused
 
@@ -260,8 +269,8 @@ def codec_work_is_what_the_kernels_do(x, n: int) -> None:
                 c2.acct.log.clear()
                 fb = kind.endswith("feedback")
                 if kind.startswith("allreduce"):
-                    res = np.zeros(n, np.float32) if fb else None
-                    C.allreduce(c2, x.copy(), codec, res, ratio=0.25)
+                    res = np.zeros(n, np.float32) if fb else None  # its own chunk 0:
+                    C.allreduce(c2, x.copy(), codec, res, ratio=0.25, own_clean=True)
                     counts = [n]
                 elif kind == "reduce_scatter":
                     C.reduce_scatter(c2, x, ch, codec, np.empty(ch[r], np.float32), 0.25)
