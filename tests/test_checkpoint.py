@@ -292,6 +292,31 @@ def test_compressed_restore_onto_one_rank_sums_the_residuals(data, tmp_path, cap
     assert s["resumed_from_step"] == 10 and s["steps"] == 10
 
 
+def test_a_restored_residual_is_delivered_by_the_next_call(data, tmp_path):
+    """A dense codec never writes its residual's own chunk, so after a strategy's first call
+    it skips reading it; a restore may fill it (onto other chunks), and the next call must
+    add it (else that gradient is lost). At P = 1 the own chunk is the whole vector."""
+    from desmpi.comm import Comm
+    from desmpi.config import load
+    from desmpi.train import Trainer
+
+    extra = ["--set", "train.dtype=float32", "--set", "dist.aggregate=reduce_scatter",
+             "--set", "dist.compress=bf16"]
+    sets = [a for a in _args(data, tmp_path / "ck", 4, 0, extra)[3:] if a != "--set"]
+    s = Trainer(load(None, sets), Comm.local()).strategy
+    D = s.model.params.size
+    x = np.ones(D, np.float32)
+    s.feedback_allreduce("dense", x)  # the residual made, its own chunk clean
+    assert np.array_equal(x, np.ones(D)) and not s._residuals["dense"].any()
+    s.load_feedback_state({"residual/dense": np.full(D, 0.5, np.float32)})
+    y = np.ones(D, np.float32)
+    s.feedback_allreduce("dense", y)
+    assert np.array_equal(y, np.full(D, 1.5)) and not s._residuals["dense"].any()
+    z = np.ones(D, np.float32)
+    s.feedback_allreduce("dense", z)
+    assert np.array_equal(z, np.ones(D))
+
+
 def test_feedback_state_in_a_rank_file_is_read_only_from_the_file(tmp_path):
     """A rank file's error-feedback group that links elsewhere, or holds NaN, is refused, naming
     the file; residuals of different shapes across rank files cannot be summed."""
