@@ -11,6 +11,7 @@ from desmpi.data.slicing import split_counts
 from desmpi.kernels.compress import pack, unpack
 from desmpi.kernels.slots import topk_count
 from desmpi.strategies import compressed as C
+from desmpi.strategies import scatter as SC
 from desmpi.strategies.codecwork import codec_work
 
 comm = Comm.world()
@@ -226,14 +227,17 @@ def codec_work_is_what_the_kernels_do(x, n: int) -> None:
     unfused = [False]
     wrapped = {}
 
-    def count(name, col, size):
-        f = getattr(C, name)
-        wrapped[name] = f
+    def count(name, col, size):  # in each module that calls the kernel
+        for mod in (C, SC):
+            f = getattr(mod, name, None)
+            if f is None:
+                continue
+            wrapped[(mod, name)] = f
 
-        def g(*a, **k):
-            seen[col] += size(*a, **k)
-            return f(*a, **k)
-        setattr(C, name, g)
+            def g(*a, _f=f, **k):
+                seen[col] += size(*a, **k)
+                return _f(*a, **k)
+            setattr(mod, name, g)
 
     count("pack_chunks", 0, lambda codec, v, *a, **k: v.size)
     count("unpack_chunks", 0, lambda codec, q, blocks, *a, **k: int(np.sum(blocks)))
@@ -242,15 +246,15 @@ def codec_work_is_what_the_kernels_do(x, n: int) -> None:
     count("take_residual", 0, lambda v, res: res.size)  # the own chunk's residual read
     # the sum's start (the own chunk), the chunks received, and the own sum packed and decoded
     count("finish_sum", 0, lambda codec, q, P_, v, qm: (P_ + 2) * v.size)
-    fused = C.pack_feedback
-    wrapped["pack_feedback"] = fused
+    fused = SC.pack_feedback
+    wrapped[(SC, "pack_feedback")] = fused
 
     def feedback(codec, v, res, blocks, out):
         done = fused(codec, v, res, blocks, out)
         seen[0] += v.size if done else 0  # else numpy adds, packs, decodes, subtracts
         unfused[0] = not done
         return done
-    C.pack_feedback = feedback
+    SC.pack_feedback = feedback
     count("pack_topk", 1, lambda v, *a: v.size)
     count("pack_threshold", 1, lambda v, *a: v.size)
     count("add_topk", 0, lambda slots, acc: slots.size // 3)
@@ -298,8 +302,8 @@ def codec_work_is_what_the_kernels_do(x, n: int) -> None:
                     got[0] += 2 * (n - ch[r])
                 assert np.allclose(got, want), (codec, kind, got.tolist(), want.tolist())
     finally:
-        for name, f in wrapped.items():
-            setattr(C, name, f)
+        for (mod, name), f in wrapped.items():
+            setattr(mod, name, f)
 
 
 sys.exit(run_or_abort(main, comm))
