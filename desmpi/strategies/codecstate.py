@@ -39,7 +39,8 @@ class Buffers:
 
     def memo(self, key: tuple, make):
         """``make()``, computed once per key: a call's layout (chunks, words, counts) is the
-        same every step, and rebuilding it cost more than a tenth of the codec's time."""
+        same every step, and rebuilding it took about a tenth of the codec's time (80 of
+        890 µs a step, 2-rank DeepFM at batch 512 under bf16)."""
         v = self._memo.get(key)
         if v is None:
             v = self._memo[key] = make()

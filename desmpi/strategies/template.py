@@ -19,6 +19,7 @@ replicated dense part, so it has a step of its own.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
@@ -40,7 +41,8 @@ log = logging.getLogger("desmpi.strategies")
 
 def allreduce_grads_and_loss(comm, params, loss_local: float,
                              wire: compressed.Wire = compressed.FULL,
-                             feedback=None) -> float:
+                             feedback: Callable[[str, np.ndarray], np.ndarray] | None = None
+                             ) -> float:
     """Sum the dense gradients over ranks in place, with the loss sum riding along as one more
     element (one Allreduce of D + 1); returns the global loss sum. Compressed: the gradients
     through ``feedback`` (:meth:`Strategy.feedback_allreduce`: the codec with error feedback)
