@@ -17,6 +17,13 @@ five variants, level in 24-step blocks of the two alone), so blocks are long. Th
 figure is, for each auto run, the pooled median samples/s of the variant it chose against the
 best pooled median (target: within 5%).
 
+The finals: every variant side by side is as many models' tables and caches on the machine at
+once, a load that a run of one variant does not carry and that does not fall on all variants
+alike (LR at P = 4, batch 4096, on 2 cores: des/allreduce 0.88 of des/reduce_scatter among five
+variants, 0.98-0.99 with the two alone, two jobs each). So where auto chose another variant
+than the pooled fastest, ``--jobs`` more jobs run that fastest and auto's choices alone, side by
+side, and each auto run is also judged against their fastest.
+
 ``--variants-from JSON`` takes every variant's measurement from an earlier report's JSON and runs
 only ``auto``: a change to how auto chooses is then judged against the same measured variants
 (the variants' own code unchanged since that report).
@@ -50,11 +57,11 @@ def bench_auto(model: str, P: int, batch: int, steps: int, sets: list[str] = ())
 
 
 def bench_variants(model: str, P: int, batch: int, steps: int, rounds: int,
-                   sets: list[str] = ()) -> dict:
+                   sets: list[str] = (), variants: list[str] | None = None) -> dict:
+    names = variants or [v.name for v in VARIANTS]
     return run_json(P, ["bench", "variants", "--model", model, "--batch", str(batch),
                         "--steps", str(steps), "--rounds", str(rounds), "--warmup", "2",
-                        "--variants", ",".join(v.name for v in VARIANTS), *_sets(sets)],
-                    timeout=3600)
+                        "--variants", ",".join(names), *_sets(sets)], timeout=3600)
 
 
 def _predicted(r: dict) -> str:
@@ -84,6 +91,20 @@ def pooled(jobs: list[dict]) -> dict:
             "fastest_by_job": [j["fastest"] for j in jobs],
             "relative_by_job": [j["relative"] for j in jobs],
             "steps": jobs[0]["steps"], "rounds": sum(j["rounds"] for j in jobs)}
+
+
+def contenders(best: str, chosen: list[str]) -> list[str]:
+    """The finals' variants: the pooled fastest and every other variant auto chose (none
+    where auto always chose the fastest)."""
+    others = sorted(set(chosen) - {best})
+    return [best, *others] if others else []
+
+
+def finals_vs_best(final_jobs: list[dict], chosen: list[str]) -> list[float]:
+    """Each auto run's choice against the finals' fastest (their pooled medians)."""
+    got = pooled(final_jobs)["samples_per_s"]
+    top = max(got.values())
+    return [got[c] / top for c in chosen]
 
 
 def main() -> int:
@@ -130,9 +151,16 @@ def main() -> int:
                 pool = pooled(jobs)
                 got, best = pool["samples_per_s"], pool["fastest"]
                 chosen = [r["variant"] for r in autos]
+                # the finals: auto's choices against the fastest alone, side by side
+                final = contenders(best, chosen)
+                final_jobs = [bench_variants(model, P, B, pool["steps"], a.rounds, a.set,
+                                             final) for _ in range(a.jobs if final else 0)]
                 predicted = [_predicted(r) for r in autos]
                 row = {"model": model, "P": P, "batch": B, "auto": chosen,
                        "auto_vs_best": [got[c] / got[best] for c in chosen],
+                       "finals": final, "final_jobs": final_jobs,
+                       "auto_vs_best_finals": (finals_vs_best(final_jobs, chosen) if final
+                                               else [1.0] * len(chosen)),
                        "best": best, "variants": got, "pooled": pool, "paired_jobs": jobs,
                        "predicted": predicted,
                        "predicted_vs_best": [got[c] / got[best] for c in predicted],
@@ -160,6 +188,11 @@ def write_markdown(out: Path, rows: list[dict], a) -> None:
     runs = [x for r in rows for x in r["auto_vs_best"]]
     ok = sum(x >= 0.95 for x in runs)
     ok_case = sum(min(r["auto_vs_best"]) >= 0.95 for r in rows)
+    fin = [r.get("auto_vs_best_finals") for r in rows]
+    has_finals = all(f is not None for f in fin)
+    ok_fin = sum(x >= 0.95 for f in fin if f for x in f)
+    ok_fin_case = sum(bool(f) and min(f) >= 0.95 for f in fin)
+    n_finals = sum(bool(r.get("finals")) for r in rows)
     ok_sim = sum(x >= 0.95 for r in rows for x in r["predicted_vs_best"])
     same = sum(len(set(r["pooled"]["fastest_by_job"])) == 1 for r in rows)
     # the decision rule against the simplest other: take the trial's measured fastest always
@@ -184,27 +217,51 @@ def write_markdown(out: Path, rows: list[dict], a) -> None:
          "alone*: the variant the prediction ranked first, before the trial of the close "
          "candidates on the first steps (`desmpi/whatif/trial.py`) measured them. *Fastest "
          "by job*: each job's own fastest — where they differ, the variants' order is not "
-         "reproducible from one job to the next on this machine.", "",
-         f"**auto within 5% of the fastest in {ok} of {len(runs)} runs; every run of the case "
-         f"within 5% in {ok_case} of {len(rows)} cases** (the simulator's ranking alone: "
-         f"{ok_sim} of {len(runs)} runs). The fastest variant was the same in every job in "
-         f"{same} of {len(rows)} cases. Had the trial always switched to its measured "
+         "reproducible from one job to the next on this machine."
+         + (" *Finals*: where auto chose another variant than the fastest, that fastest and "
+            f"auto's choices alone, side by side, in {a.jobs} more `bench variants` jobs "
+            "(the same blocks and rounds): every variant side by side is as many models' "
+            "tables and caches on the machine's cores at once, a load a run of one variant "
+            "does not carry, and it does not fall on all variants alike (compare a case's "
+            "two auto / best columns). auto / best, "
+            "finals: each auto run's choice against the finals' fastest." if has_finals
+            else ""), ""]
+    if has_finals:
+        L += [f"**By the finals: auto within 5% of the fastest in {ok_fin} of {len(runs)} "
+              f"runs; every run of the case within 5% in {ok_fin_case} of {len(rows)} "
+              f"cases** ({n_finals} case{'' if n_finals == 1 else 's'} went to finals). "
+              "By the five side by side alone: "
+              f"{ok} of {len(runs)} runs, {ok_case} of {len(rows)} cases.", ""]
+    else:
+        L += [f"**auto within 5% of the fastest in {ok} of {len(runs)} runs; every run of the "
+              f"case within 5% in {ok_case} of {len(rows)} cases**.", ""]
+    L += [f"The simulator's ranking alone: {ok_sim} of {len(runs)} runs (against the five "
+          "side by side). The fastest variant was the same in every job in "
+          f"{same} of {len(rows)} cases. Had the trial always switched to its measured "
          "fastest (no margin, no sign test: `desmpi/whatif/trial.py`), "
-         f"{sum(x >= 0.95 for v in alt for x in v)} of {len(runs)} runs and "
-         f"{sum(min(v) >= 0.95 for v in alt)} of {len(rows)} cases would have been within "
-         "5%.", "",
-         "*s to choose*: the simulator's ranking with the start-up calibration; *trial "
-         "overhead*: what the trial's steps cost beyond running the winner throughout, about "
-         "(its steps / candidates) × the sum of the others' median steps less the winner's "
-         "(the trial's steps train the model; only that excess is lost).", "",
-         "| model | P | batch | auto chose | auto / best | simulator alone (/ best) | fastest "
-         "| fastest by job | s to choose | trial overhead s | steps | "
-         + " | ".join(v.name for v in VARIANTS) + " |",
-         "|---|---:|---:|---|---|---|---|---|---|---|---:|" + "---:|" * len(VARIANTS)]
+          f"{sum(x >= 0.95 for v in alt for x in v)} of {len(runs)} runs and "
+          f"{sum(min(v) >= 0.95 for v in alt)} of {len(rows)} cases would have been within "
+          "5% (against the five side by side).", "",
+          "*s to choose*: the simulator's ranking with the start-up calibration; *trial "
+          "overhead*: what the trial's steps cost beyond running the winner throughout, about "
+          "(its steps / candidates) × the sum of the others' median steps less the winner's "
+          "(the trial's steps train the model; only that excess is lost).", "",
+          "| model | P | batch | auto chose | auto / best | "
+          + ("auto / best, finals | finals (samples/s) | " if has_finals else "")
+          + "simulator alone (/ best) | fastest | fastest by job | s to choose | "
+          "trial overhead s | steps | " + " | ".join(v.name for v in VARIANTS) + " |",
+          "|---|---:|---:|---|---|" + ("---|---|" if has_finals else "")
+          + "---|---|---|---|---|---:|" + "---:|" * len(VARIANTS)]
     for r in rows:
         pool = r["pooled"]
+        fin_cells = ""
+        if has_finals:
+            fin_got = pooled(r["final_jobs"])["samples_per_s"] if r["finals"] else {}
+            fin_cells = (", ".join(f"{x:.2f}" for x in r["auto_vs_best_finals"]) + " | "
+                         + (", ".join(f"{v} {fin_got[v]:.0f}" for v in r["finals"])
+                            or "(auto chose the fastest)") + " | ")
         L.append(f"| {r['model']} | {r['P']} | {r['batch']} | {', '.join(r['auto'])} | "
-                 + ", ".join(f"{x:.2f}" for x in r["auto_vs_best"]) + " | "
+                 + ", ".join(f"{x:.2f}" for x in r["auto_vs_best"]) + " | " + fin_cells
                  + ", ".join(f"{p} ({x:.2f})" for p, x in zip(r["predicted"],
                                                               r["predicted_vs_best"]))
                  + f" | {r['best']} | {', '.join(pool['fastest_by_job'])} | "

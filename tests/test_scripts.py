@@ -254,6 +254,27 @@ def test_bench_auto_pools_the_jobs_rounds():
     assert p["samples_per_s"] == {"A": 9.5, "B": 9.75} and p["fastest"] == "B"
 
 
+def test_bench_auto_finals_judge_the_choices_against_the_fastest_alone():
+    """Where auto chose another variant than the pooled fastest, the finals run that fastest
+    and every other choice side by side; each run's choice is judged by the finals' medians."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from bench_auto import contenders, finals_vs_best
+    finally:
+        sys.path.pop(0)
+    assert contenders("A", ["A", "A", "A"]) == []
+    assert contenders("A", ["C", "A", "B", "C"]) == ["A", "B", "C"]
+
+    def job(by_round):
+        return {"variants": list(by_round), "samples_per_s_by_round": by_round,
+                "fastest": "", "relative": {}, "steps": 5, "rounds": 3}
+
+    jobs = [job({"A": [10, 12, 11], "C": [10.5, 11, 12]}), job({"A": [9, 10, 11],
+                                                                 "C": [12, 13, 14]})]
+    # A: 9 10 10 11 11 12 -> 10.5; C: 10.5 11 12 12 13 14 -> 12: the finals' fastest is C
+    assert finals_vs_best(jobs, ["C", "A"]) == pytest.approx([1.0, 10.5 / 12])
+
+
 def test_bench_scaling_small():
     p = _run(["scripts/bench_scaling.py", "--model", "wdl", "--repeats", "2", "--json", "--",
               "--batch", "256", "--steps", "2", "--warmup", "1", "--cap", "1000"])
