@@ -34,6 +34,7 @@ _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "
 
 
 ABORT_GRACE_S = 1.0  # pause between the last message and MPI_Abort (see Comm.abort)
+IDLE_POLL_S = 1e-3  # how often a rank waiting asleep (bcast_object idle=True) looks again
 
 
 def launched_by_mpi() -> bool:
@@ -300,12 +301,23 @@ class Comm:
             self._c.Barrier()
         self._record("barrier", (), 1, t0)
 
-    def bcast_object(self, obj, root: int = 0):
-        """Broadcast a small Python object (configs, manifests; never on the hot path)."""
+    def bcast_object(self, obj, root: int = 0, idle: bool = False):
+        """Broadcast a small Python object (configs, manifests; never on the hot path).
+
+        ``idle``: the other ranks wait for the root asleep (an Ibarrier tested every
+        :data:`IDLE_POLL_S`) instead of in MPI's busy poll, so that what the root does first
+        (the start-up calibration's compute rates, the ranking) has its core to itself: ranks
+        sharing a core with it (more ranks than cores, SMT siblings) would otherwise spin on
+        it and slow it (the 4-rank calibration on 2 cores measured half the GEMM rate)."""
         if self._c is None:
             return obj
         with self.acct.scoped("meta"):
             t0 = self._start()
+            if idle:
+                req = self._c.Ibarrier()
+                while self.rank != root and not req.Test():
+                    time.sleep(IDLE_POLL_S)
+                req.Wait()
             obj = self._c.bcast(obj, root=root)
             self._record("bcast", (0,), 1, t0, root=root)
         return obj

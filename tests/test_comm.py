@@ -1,6 +1,7 @@
 """Comm at P = 1, 2, 4 under mpiexec, and a failing rank that must end the job."""
 
 import json
+import os
 import time
 
 import numpy as np
@@ -140,3 +141,22 @@ def test_rank_slices_gather_to_global_batch(P, tmp_path):
     assert res["ranks"] == P and res["rows"] == 3001
     ag = res["comm"]["allgatherv"]
     assert ag["calls"] == 8  # ceil(3001 / 400) batches, the last one short
+
+
+def test_an_idle_broadcast_leaves_the_root_its_core(tmp_path):
+    """4 ranks: rank 0 works 0.6 s, then broadcasts. With ``idle=True`` the others wait asleep
+    (a few ms of CPU); with a plain bcast_object MPICH's wait polls busily (CPU time about
+    the wall time they have a core for), which is what slowed the start-up calibration of
+    ranks sharing cores."""
+    got = {}
+    for mode in ("idle", "spin"):
+        out = tmp_path / f"{mode}.json"
+        run_mpi(4, ["tests/mpi/idle_check.py", str(out), mode], timeout=120)
+        got[mode] = json.loads(out.read_text())
+        assert [r["got_from"] for r in got[mode]] == [0] * 4
+        assert len({r["n"] for r in got[mode]}) == 1  # every rank has the root's object
+    for r in got["idle"][1:]:
+        assert r["wall_s"] >= 0.5 and r["cpu_s"] < 0.2 * r["wall_s"], r
+    share = min(4, os.cpu_count() or 1) / 4  # of a core, each rank busy at once
+    for r in got["spin"][1:]:
+        assert r["cpu_s"] > 0.5 * share * r["wall_s"], r

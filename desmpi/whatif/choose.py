@@ -132,7 +132,7 @@ def cluster_at_hand(comm: Comm, spec: str = "auto", ds: CtrDataset | None = None
                 tmp.replace(path)
             except OSError as e:
                 log.warning("could not cache the cluster calibration in %s: %s", path, e)
-        cached = comm.bcast_object(cached)
+        cached = comm.bcast_object(cached, idle=True)  # rank 0's rates, not the others' spin
     lvl = Level(cached["latency_s"], cached["bandwidth_Bps"])
     rates = ComputeRates(**{k: cached[k] for k in RATES})
     return Cluster(f"at hand ({nodes} node(s) x {ppn})", nodes, ppn, lvl, lvl,
@@ -168,7 +168,7 @@ def choose(cfg, comm: Comm, ds: CtrDataset) -> Choice:
         return Choice(cands[0].name, None, None, [], "one rank" if comm.size == 1 else "", 0.0)
     cluster = cluster_at_hand(comm, cfg.dist.cluster, ds, _batch(cfg, ds), cfg.dist.wire)
     ranking = rank_variants(ds, cfg, comm.size, cluster, cands) if comm.rank == 0 else None
-    ranking = comm.bcast_object(ranking)
+    ranking = comm.bcast_object(ranking, idle=True)
     best = ranking[0]
     return Choice(best["variant"], best["step_time_s"], best["wire_bytes_per_step"],
                   [{k: r[k] for k in ("variant", "step_time_s", "comm_s", "compute_s",
