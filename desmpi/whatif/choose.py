@@ -38,6 +38,9 @@ RATES = ("gemm_flops", "sparse_keys_per_s", "mem_Bps", "keys_per_s", "route_keys
          "bucket_keys_per_s", "sort_keys_per_s", "codec_elems_per_s", "select_elems_per_s",
          "codec_call_s")  # of bench compute, kept in ComputeRates
 CACHED = ("latency_s", "bandwidth_Bps", "reduce_Bps", *RATES)
+# how the calibration is measured, part of the cache key: a change leaves earlier caches unused
+# (2: rank 0's compute rates with the other ranks asleep, not spinning on its core)
+CALIBRATION = 2
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ class Choice:
 
 def _cache_path(comm: Comm, data: str = "") -> Path:
     hosts = sorted(set(comm.allgather_object(socket.gethostname())))
-    key = hashlib.sha256(json.dumps([hosts, comm.size, data]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([hosts, comm.size, data, CALIBRATION]).encode()
+                         ).hexdigest()[:16]
     root = Path(os.environ.get("DESMPI_CACHE", Path.home() / ".cache" / "desmpi"))
     return root / f"cluster-{key}.json"
 
