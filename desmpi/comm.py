@@ -312,12 +312,14 @@ class Comm:
         if self._c is None:
             return obj
         with self.acct.scoped("meta"):
-            t0 = self._start()
             if idle:
+                t0 = self._start()
                 req = self._c.Ibarrier()
                 while self.rank != root and not req.Test():
                     time.sleep(IDLE_POLL_S)
                 req.Wait()
+                self._record("barrier", (), 1, t0)
+            t0 = self._start()
             obj = self._c.bcast(obj, root=root)
             self._record("bcast", (0,), 1, t0, root=root)
         return obj
